@@ -1,0 +1,1 @@
+# Hydra config package (config_path="pkg://mmnsim.conf"): the groups below are plain YAML files.

@@ -1,0 +1,42 @@
+"""mmnsim: a simulator of the Linux kernel's mmu_notifier mechanism.
+
+The public API for plugins is what this module exports, plus the array layouts in ``mmnsim.pagebits``.
+"""
+
+from .components import HostPolicy, Mode, NoConfig, SecondaryConfig
+from .config import ConfigError, require
+from .hookspecs import hookimpl, hookspec
+from .mm import MM
+from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
+from .reclaim import referenced, scan_frames, swap_out
+from .secondary import SecondaryMMU
+from .simulation import Simulation, Tenant
+from .workload import Workload, WorkloadConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MM",
+    "ConfigError",
+    "Event",
+    "HostPolicy",
+    "Mode",
+    "NoConfig",
+    "NotifierRange",
+    "PluginError",
+    "SecondaryConfig",
+    "SecondaryMMU",
+    "Simulation",
+    "Tenant",
+    "Workload",
+    "WorkloadConfig",
+    "expand_ranges",
+    "hookimpl",
+    "hookspec",
+    "referenced",
+    "require",
+    "scan_frames",
+    "single_pages",
+    "sum_per_range",
+    "swap_out",
+]

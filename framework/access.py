@@ -1,0 +1,348 @@
+"""The access hot path: one client's batch of accesses, run in order, in numba.
+
+A client is a CPU thread of a process (accesses go through the primary page table) or a secondary MMU's
+device (vCPUs, a NIC, a GPU: accesses go through the secondary's own table). ``run_accesses`` walks the
+batch from ``ks[K_I]``; a hit touches the frame; a miss is a fault resolved through the primary table
+(allocating a frame, or swapping the page in), and for a secondary, installed in its table under the
+invalidation-sequence rule of KVM and of the interval notifiers:
+
+    seq = snapshot of the secondary's invalidate sequence      (mmu_invalidate_seq / read_begin)
+    resolve the page through the primary table                 (may reclaim, and so invalidate)
+    if an invalidation is in progress or seq moved: retry      (mmu_invalidate_retry / read_retry)
+    else install the translation (and pin it, in pin mode)
+
+Whenever Python must act (wake kswapd, run direct reclaim, deliver a notifier for an eviction) the kernel
+saves its place in ``ks`` and returns a status; the engine acts and calls it again. The fault in flight
+keeps its sequence snapshot across that return, so an invalidation run by the reclaim it triggered makes
+it retry, exactly as in KVM.
+
+Reclaim modes. Batched (the default): allocation follows the kernel's watermarks (low: wake kswapd; min:
+direct reclaim), and the reclaim itself runs in Python through the host policy's ``reclaim`` hook. Exact
+CLOCK: no watermarks; an allocation with no free frame evicts exactly one page chosen by the CLOCK hand,
+here, inline. A victim whose mm has notifier subscribers is handed back to Python so the chain is called
+before its frame is reused. Its reference bit is ``FrameTable.ref``, set by every access the reclaimer
+can see: CPU accesses and accesses through a secondary that reports accessed bits (``SEC_YOUNG``).
+"""
+
+import numba
+import numpy as np
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import counters as C
+from .frames import (
+    FREE,
+    KSWAPD_FUTILE,
+    NFREE,
+    ORPHAN,
+    PAGEBLOCK_SHIFT,
+    PB_NODE,
+    RECLAIM_FUTILE,
+    REG_CLOCK_HAND,
+    REG_FLAGS,
+    WMARK_LOW,
+    WMARK_MIN,
+    alloc_frame,
+)
+from .pagebits import (
+    P_DIRTY,
+    P_PROTNONE,
+    P_READ,
+    P_VMA,
+    P_WRITE,
+    P_YOUNG,
+    PTE_NONE,
+    S_ACCESSED,
+    S_PINNED,
+    S_WRITABLE,
+    swap_slot,
+)
+from .pagetable import MM_HAS_NOTIFIERS
+from .secondary import IN_PROGRESS, MODE, SEC_PIN, SEC_YOUNG, SEQ
+from .swapdev import SWAPPED, swap_free, swap_out_frame
+
+
+@intrinsic
+def _as_voidptr(typingctx, address):
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
+@njit(cache=True)
+def borrow(a):
+    """A view of ``a`` that numba does not reference-count.
+
+    Every array numba passes to a function it cannot inline is incref'd by the caller and decref'd by
+    the callee, two atomic operations per array per call; a fault passes dozens. A view made from the
+    raw pointer has no owner to count. It is valid while ``a`` lives, which the caller guarantees for
+    the duration of the kernel call.
+    """
+    return numba.carray(_as_voidptr(a.ctypes.data), a.shape, a.dtype)
+
+
+# Kernel state (ks): where a batch stopped and the fault in flight.
+K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH = range(6)
+KS_SIZE = 6
+
+# Statuses returned by run_accesses.
+DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK = range(5)
+STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock")
+
+# Internal results of resolving a fault; a status for Python is encoded as _ASK - status.
+_OK, _ERR, _FAIL = -1, -2, -3
+_ASK = -100
+# What _miss tells the loop.
+_AGAIN, _NEXT = 0, 1
+
+MAX_RETRIES = 64  # a fault retried this often means a subscriber never ends its invalidation
+
+
+def new_kernel_state() -> np.ndarray:
+    ks = np.zeros(KS_SIZE, dtype=np.int64)
+    ks[K_SEQ] = -1
+    return ks
+
+
+@njit(cache=True, inline="always")
+def clock_victim(fkey, fpin, fref, reg):
+    """Advance the CLOCK hand to the next frame without its reference bit, clearing bits on the way.
+
+    Free, orphaned and pinned frames are passed over. Returns -1 if two sweeps find nothing.
+    """
+    n = fkey.size
+    hand = reg[REG_CLOCK_HAND]
+    for _ in range(2 * n + 1):
+        f = hand
+        hand = hand + 1 if hand + 1 < n else 0
+        if fkey[f] < 0 or fpin[f] > 0:
+            continue
+        if fref[f]:
+            fref[f] = 0
+            continue
+        reg[REG_CLOCK_HAND] = hand
+        return f
+    reg[REG_CLOCK_HAND] = hand
+    return -1
+
+
+@njit(cache=True, inline="always")
+def _fail_allocation(reg, ctr):
+    ctr[C.ALLOC_FAILURES] += 1
+    if not reg[REG_FLAGS] & RECLAIM_FUTILE:
+        reg[REG_FLAGS] |= RECLAIM_FUTILE
+        ctr[C.OOM_EVENTS] += 1
+    return _FAIL
+
+
+# The numba functions below take arrays, not the PageTable/FrameTable/SwapTable tuples: numba
+# reference-counts every field taken out of a tuple, which would cost more than a fault's own work.
+# run_accesses unpacks the tuples once per call.
+
+
+@njit(cache=True, inline="always")
+def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
+              node_order, reg, skey, stoken, sreg, key, nid, exact):  # fmt: skip
+    """A frame for ``key``, preferring node ``nid``; or _ASK - status for Python; or _FAIL."""
+    nodes = node_order.shape[1]
+    if exact:
+        while True:
+            for j in range(nodes):
+                n = node_order[nid, j]
+                if node[n, NFREE] > 0:
+                    return alloc_frame(node, lists, pb, bits, fkey, fref, n, key)
+            if reg[REG_FLAGS] & RECLAIM_FUTILE:
+                return _fail_allocation(reg, ctr)
+            v = clock_victim(fkey, fpin, fref, reg)
+            if v < 0:
+                return _fail_allocation(reg, ctr)
+            if mm_flags[np.searchsorted(mm_base, fkey[v], side="right") - 1] & MM_HAS_NOTIFIERS:
+                ks[K_VICTIM] = v
+                return _ASK - EVICT_ONE
+            ctr[C.PGSCAN] += 1
+            r = swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, v)
+            if r != SWAPPED:
+                return _fail_allocation(reg, ctr)
+    if ks[K_LEVEL] == 0:
+        for j in range(nodes):
+            n = node_order[nid, j]
+            if node[n, NFREE] > node[n, WMARK_LOW]:
+                return alloc_frame(node, lists, pb, bits, fkey, fref, n, key)
+        ks[K_LEVEL] = 1
+        if not reg[REG_FLAGS] & KSWAPD_FUTILE:
+            return _ASK - WAKE_KSWAPD
+    for j in range(nodes):
+        n = node_order[nid, j]
+        if node[n, NFREE] > node[n, WMARK_MIN]:
+            return alloc_frame(node, lists, pb, bits, fkey, fref, n, key)
+    if ks[K_LEVEL] == 1 and not reg[REG_FLAGS] & RECLAIM_FUTILE:
+        ks[K_LEVEL] = 2
+        return _ASK - DIRECT_RECLAIM
+    return _fail_allocation(reg, ctr)
+
+
+@njit(cache=True, inline="always")
+def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
+          pb, bits, lists, node, node_order, reg, skey, stoken, sreg, key, p, write, nid, exact):  # fmt: skip
+    """The slow path of one access: a fault, through the secondary (``spte.size > 0``) or the CPU.
+
+    Resolves the page through the primary table (handle_mm_fault) and, for a secondary, installs the
+    translation unless an invalidation ran meanwhile. Returns _AGAIN (the access can now proceed),
+    _NEXT (it failed and is skipped) or _ASK - status.
+    """
+    via_sec = spte.size > 0
+    if via_sec and ks[K_SEQ] < 0:
+        ks[K_SEQ] = sstate[SEQ]
+        ctr[C.SECONDARY_FAULTS] += 1
+    fl = pflags[key]
+    if not fl & P_VMA or (write and not fl & P_WRITE) or (not write and not fl & P_READ):
+        ctr[C.ACCESS_ERRORS] += 1
+        ks[K_SEQ] = -1
+        ks[K_RETRIES] = 0
+        ks[K_LEVEL] = 0
+        return _NEXT
+    e = pte[key]
+    if e >= 0:
+        if fl & P_PROTNONE:
+            pflags[key] = fl & ~P_PROTNONE
+            ctr[C.NUMA_HINT_FAULTS] += 1
+    else:
+        f = _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
+                      node_order, reg, skey, stoken, sreg, key, nid, exact)  # fmt: skip
+        if f == _FAIL:
+            ks[K_SEQ] = -1
+            ks[K_RETRIES] = 0
+            ks[K_LEVEL] = 0
+            return _NEXT
+        if f < 0:
+            return f
+        ks[K_LEVEL] = 0
+        if e == PTE_NONE:
+            ftoken[f] = ptoken[key]  # 0: a fresh anonymous page is zero-filled
+            ctr[C.MINOR_FAULTS] += 1
+        else:
+            slot = swap_slot(e)
+            ftoken[f] = stoken[slot]
+            swap_free(skey, stoken, sreg, slot)
+            ctr[C.MAJOR_FAULTS] += 1
+            ctr[C.SWAP_INS] += 1
+        pte[key] = f
+        pflags[key] = fl | P_YOUNG | (P_DIRTY if write else 0)
+        ks[K_FRESH] = 1  # the page was not resident: for CLOCK, this access is the miss, not a reference
+    if not via_sec:
+        return _AGAIN
+    if sstate[IN_PROGRESS] != 0 or sstate[SEQ] != ks[K_SEQ]:
+        ctr[C.FAULT_RETRIES] += 1
+        ks[K_RETRIES] += 1
+        if ks[K_RETRIES] > MAX_RETRIES:
+            return _ASK - LIVELOCK
+        ks[K_SEQ] = sstate[SEQ]
+        return _AGAIN
+    # Install the translation; in pin mode take a long-term pin (once per entry).
+    f = pte[key]
+    old = spte[p]
+    sfl = S_WRITABLE if pflags[key] & P_WRITE else 0
+    pin = (sstate[MODE] & SEC_PIN) != 0
+    if old >= 0 and sflags[p] & S_PINNED:
+        if old == f and pin:
+            sfl |= S_PINNED
+            pin = False
+        else:
+            fpin[old] -= 1
+            ctr[C.PINS_RELEASED] += 1
+    if pin:
+        fpin[f] += 1
+        ctr[C.PINS_ACQUIRED] += 1
+        sfl |= S_PINNED
+    spte[p] = f
+    sflags[p] = sfl
+    ks[K_SEQ] = -1
+    ks[K_RETRIES] = 0
+    return _AGAIN
+
+
+@njit(cache=True)
+def run_accesses(pages, writes, ks, pt, ft, sw, ctr, mm, spte, sflags, sstate, vcpu_node, exact):
+    """Run accesses ``pages[ks[K_I]:]`` of mm ``mm``; return DONE or what Python must do first.
+
+    ``spte``/``sflags``/``sstate`` are the secondary MMU the accesses go through, or empty arrays for
+    CPU accesses. ``vcpu_node[v]`` is the node of accessor ``v``; the batch is split evenly among them.
+    """
+    b = borrow
+    return _run(b(pages), b(writes), b(ks), b(ctr), mm, b(spte), b(sflags), b(sstate), b(vcpu_node), exact,
+                b(pt.pte), b(pt.flags), b(pt.token), b(pt.mm_base), b(pt.mm_flags),
+                b(ft.key), b(ft.token), b(ft.pin), b(ft.ref), b(ft.pb), b(ft.bits), b(ft.lists), b(ft.node),
+                b(ft.node_order), b(ft.reg), b(sw.key), b(sw.token), b(sw.reg))  # fmt: skip
+
+
+@njit(cache=True)
+def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, pte, pflags, ptoken, mm_base,
+         mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, reg, skey, stoken, sreg):  # fmt: skip
+    n = pages.size
+    base = mm_base[mm]
+    nv = vcpu_node.size
+    via_sec = spte.size > 0
+    visible = exact and (not via_sec or (sstate[MODE] & SEC_YOUNG) != 0)
+    numa = node.shape[0] > 1
+    i = ks[K_I]
+    v, v_end = -1, 0  # the accessor of accesses [.., v_end): accessor v issues [v * n // nv, ...)
+    while i < n:
+        if i >= v_end:
+            v = (i * nv) // n
+            v_end = -((-(v + 1) * n) // nv)
+            nid = vcpu_node[v]
+        p = pages[i]
+        w = writes[i]
+        key = base + p
+        if via_sec:
+            f = spte[p]
+            hit = f >= 0 and (not w or (sflags[p] & S_WRITABLE) != 0)
+        else:
+            f = pte[key]
+            fl = pflags[key]
+            hit = f >= 0 and not fl & P_PROTNONE and (fl & (P_WRITE if w else P_READ)) != 0
+        if not hit:
+            st = _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken,
+                       fpin, fref, pb, bits, lists, node, node_order, reg, skey, stoken, sreg, key, p, w, nid,
+                       exact)  # fmt: skip
+            if st == _AGAIN:
+                continue
+            if st == _NEXT:
+                i += 1
+                continue
+            ks[K_I] = i
+            return _ASK - st
+        # The access itself: check the frame is the page's, mark it used, write new content.
+        owner = fkey[f]
+        if owner != key:
+            if owner == FREE or (owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
+                ctr[C.ISOLATION_VIOLATIONS] += 1
+            else:
+                ctr[C.COHERENCE_VIOLATIONS] += 1
+        if via_sec:
+            sflags[p] |= S_ACCESSED
+        else:
+            pflags[key] |= P_YOUNG
+        if visible:
+            if ks[K_FRESH]:
+                ks[K_FRESH] = 0
+            else:
+                fref[f] = 1
+        if w:
+            seq = ctr[C.WRITE_SEQ] + 1
+            ctr[C.WRITE_SEQ] = seq
+            token = np.uint32(seq & 0xFFFFFFFF)
+            if token == 0:
+                token = np.uint32(1)
+            ftoken[f] = token
+            ptoken[key] = token
+            pflags[key] |= P_DIRTY
+            ctr[C.WRITES] += 1
+        if numa and pb[f >> PAGEBLOCK_SHIFT, PB_NODE] != nid:
+            ctr[C.REMOTE_ACCESSES] += 1
+        ctr[C.ACCESSES] += 1
+        i += 1
+    ks[K_I] = n
+    return DONE

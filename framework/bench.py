@@ -1,0 +1,137 @@
+"""``mmnsim-bench``: how fast the simulator runs and how much memory it needs.
+
+    mmnsim-bench                   # the core figure: one KVM guest, notifier mode, swap, 1.5x overcommit
+    mmnsim-bench --guest-mib 16384 --host-mib 10923   # the same at a larger scale
+    mmnsim-bench --json            # machine-readable
+
+Each case runs in a fresh process (so peak RSS is its own) with invariant checks on, after a small warm-up
+run that loads the compiled kernels. Reported: simulated guest accesses per wall second over the whole
+run (boot pass included), and peak resident memory above the process's size after warm-up, per guest page.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def _config(args: argparse.Namespace) -> list[str]:
+    return [
+        "secondary=kvm",
+        "secondary.mode=notifier",
+        "workload=zipf",
+        f"workload.accesses={args.accesses}",
+        f"guest.memory_mib={args.guest_mib}",
+        f"host.memory_mib={args.host_mib}",
+        f"host.swap_mib={args.guest_mib}",
+        f"seed={args.seed}",
+        "engine.check_invariants=true",
+        "engine.timeseries=false",
+        *args.override,
+    ]
+
+
+def _reset_peak_rss() -> None:
+    """Start the peak-RSS count afresh (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_kib() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+
+
+def _measure(overrides: list[str]) -> dict:
+    """Run one simulation in this process and measure it."""
+    from hydra import compose, initialize_config_module
+
+    from .simulation import Simulation
+
+    with initialize_config_module("mmnsim.conf", version_base="1.3"):
+        warm = compose("config", overrides=[*overrides, "guest.memory_mib=64", "host.memory_mib=48",
+                                            "host.swap_mib=64", "workload.accesses=100000"])  # fmt: skip
+        cfg = compose("config", overrides=overrides)
+    Simulation(warm).run()
+    baseline = _rss_kib()
+    _reset_peak_rss()
+    sim = Simulation(cfg)
+    start = time.perf_counter()
+    metrics = sim.run()
+    wall = time.perf_counter() - start
+    guest_pages = sum(mm.npages for mm in sim.mms)
+    peak = _peak_rss_kib()
+    return {
+        "accesses": int(metrics["accesses"]),
+        "wall_seconds": wall,
+        "accesses_per_second": metrics["accesses"] / wall,
+        "major_faults": int(metrics["major_faults"]),
+        "swap_outs": int(metrics["swap_outs"]),
+        "invariant_violations": int(metrics["invariant_violations"]),
+        "guest_pages": guest_pages,
+        "peak_rss_mib": peak / 1024,
+        "baseline_rss_mib": baseline / 1024,
+        "bytes_per_guest_page": (peak - baseline) * 1024 / guest_pages,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mmnsim-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--accesses", type=int, default=40_000_000, help="zipf accesses after the boot pass")
+    parser.add_argument("--guest-mib", type=int, default=1536)
+    parser.add_argument("--host-mib", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="runs (fresh processes); the median is quoted")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one run, here
+    parser.add_argument("override", nargs="*", help="extra config overrides, e.g. policies.swap.mode=clock")
+    args = parser.parse_args(argv)
+    overrides = _config(args)
+    if args.one:
+        print(json.dumps(_measure(overrides)))
+        return
+    runs = []
+    for _ in range(args.repeat):
+        out = subprocess.run(
+            [sys.executable, "-m", "mmnsim.bench", "--one", *[a for a in (argv or sys.argv[1:]) if a != "--json"]],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if out.returncode != 0:
+            sys.exit(f"mmnsim-bench: run failed:\n{out.stderr}")
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs.sort(key=lambda r: r["accesses_per_second"])
+    median = runs[len(runs) // 2]
+    summary = {"config": overrides, "runs": runs, "median": median}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"config: {' '.join(overrides)}")
+    for r in runs:
+        print(
+            f"  {r['accesses'] / 1e6:.1f} M accesses in {r['wall_seconds']:.2f} s: "
+            f"{r['accesses_per_second'] / 1e6:.2f} M accesses/s; {r['major_faults']:,} major faults; "
+            f"peak RSS {r['peak_rss_mib']:.0f} MiB ({r['bytes_per_guest_page']:.1f} B per guest page above "
+            f"the {r['baseline_rss_mib']:.0f} MiB warm process); violations {r['invariant_violations']}"
+        )
+    print(f"median: {median['accesses_per_second'] / 1e6:.2f} M accesses/s, "
+          f"{median['bytes_per_guest_page']:.1f} B per guest page")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

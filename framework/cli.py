@@ -1,0 +1,113 @@
+"""The ``mmnsim`` command: a Hydra app running one simulation per job.
+
+Before Hydra starts anything, the command composes the config for every value of every sweep and checks
+it (``load_settings``), so that a misspelled key, an unknown plugin or a bad value is reported in one
+line naming the key and what is accepted, with exit status 2, before any job runs or writes a file.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_module
+from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError
+from .discovery import Registry, plugin_manager
+from .notifier import PluginError
+from .output import summary_text, write_results
+from .settings import load_settings
+from .simulation import Simulation
+
+CONFIG_MODULE = "mmnsim.conf"
+log = logging.getLogger("mmnsim")
+
+
+def main() -> None:
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as exc:
+        print(f"mmnsim: {exc}", file=sys.stderr)
+        sys.exit(2)
+    _app()
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
+def _app(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    outdir = Path(hc.runtime.output_dir)
+    try:
+        sim = Simulation(cfg)
+        metrics = sim.run()
+    except (ConfigError, PluginError) as exc:
+        if hc.mode == RunMode.MULTIRUN:
+            raise
+        log.error("%s", exc)
+        print(f"mmnsim: {exc}", file=sys.stderr)
+        sys.exit(2)
+    write_results(outdir, cfg, metrics, sim.timeseries_rows())
+    for message in sim.violation_messages[:5]:
+        log.warning("invariant violated: %s", message)
+    print(summary_text(metrics))
+    print(f"results: {outdir}")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Compose and check the config for each value of each sweep; raise ConfigError if one is bad."""
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(
+            [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]
+        )
+    except HydraException as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    first, alternatives = [], []
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            values = list(o.sweep_string_iterator())
+            first.append(f"{key}={values[0]}")
+            alternatives += [(i, f"{key}={v}") for v in values[1:]]
+        else:
+            first.append(o.input_line)
+    registry = Registry.from_plugins(plugin_manager())
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        for i, alternative in [(None, None), *alternatives]:
+            overrides = first if i is None else [*first[:i], alternative, *first[i + 1 :]]
+            load_settings(_compose(overrides), registry)
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    try:
+        return compose("config", overrides=overrides)
+    except HydraException as exc:
+        raise ConfigError(_explain(exc, overrides)) from None
+
+
+def _explain(exc: HydraException, overrides: list[str]) -> str:
+    """Hydra's composition error in one line, with the keys or options that would have been accepted."""
+    cause = str(exc.__cause__ or "")
+    if "not in struct" in cause:
+        key = next((line.split("full_key:")[1].strip() for line in cause.splitlines() if "full_key:" in line), "")
+        parent = key.rpartition(".")[0]
+        loader = GlobalHydra.instance().config_loader()
+        groups = [o for o in overrides if o.split("=")[0].lstrip("+~") in loader.list_groups("")]
+        base = compose("config", overrides=groups)
+        node = OmegaConf.select(base, parent) if parent else base
+        accepted = ", ".join(str(k) for k in node if k != "hydra") if isinstance(node, DictConfig) else ""
+        return f"{key}: unknown key; accepted keys {'under ' + parent if parent else 'at top level'}: {accepted}"
+    if isinstance(exc, MissingConfigException):
+        missing = exc.missing_cfg_file or ""
+        group = missing.rpartition("/")[0]
+        options = exc.options or GlobalHydra.instance().config_loader().get_group_options(group)
+        return f"{group}: unknown option '{missing.rpartition('/')[2]}'; accepted: {', '.join(options)}"
+    return str(exc).splitlines()[0]

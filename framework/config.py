@@ -1,0 +1,62 @@
+"""Turning YAML nodes into typed, checked settings, and the error a bad one raises.
+
+A component declares its settings as a dataclass without defaults (the defaults live in its YAML file,
+once); ``typed`` checks a config node against it and names the key and the accepted values on failure.
+Range checks go in the dataclass's ``__post_init__`` as ``require(...)`` calls.
+"""
+
+import dataclasses
+from enum import Enum
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong. The message names the key and what would be accepted."""
+
+
+def require(ok: bool, message: str) -> None:
+    """For ``__post_init__`` checks: raise ConfigError(message) unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def typed(node: Any, schema: type[T], path: str) -> T:
+    """Check ``node`` (a DictConfig or dict) against the dataclass ``schema`` and return an instance."""
+    if not isinstance(node, DictConfig | dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {node!r}")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    keys = list(node.keys())
+    unknown = [k for k in keys if k not in fields]
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key; accepted keys: {', '.join(fields)}")
+    missing = [k for k in fields if k not in keys]
+    if missing:
+        raise ConfigError(f"{path}.{missing[0]}: missing; {path} needs: {', '.join(fields)}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        field = fields.get(key.split(".")[0])
+        raise ConfigError(f"{path}.{key}: {_reason(exc, field)}") from None
+    except ConfigError as exc:
+        field, _, rest = str(exc).partition(" ")
+        if field in fields:  # "memory_mib must be > 0, got 0" -> "host.memory_mib: must be > 0, got 0"
+            raise ConfigError(f"{path}.{field}: {rest}") from None
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _reason(exc: OmegaConfBaseException, field: dataclasses.Field | None) -> str:
+    value = getattr(exc, "value", None)
+    kind = field.type if field is not None else None
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return f"invalid value {value!r}; accepted: {', '.join(m.value for m in kind)}"
+    if kind is not None:
+        name = getattr(kind, "__name__", str(kind))
+        return f"invalid value {value!r}; expected {name}"
+    return str(exc).splitlines()[0]

@@ -1,0 +1,68 @@
+"""The event counters the numba kernels increment, named after the kernel's own counters where one exists.
+
+The kernels index one int64 array with the constants below (numba freezes module globals at compile
+time, so they are plain ints). ``NAMES[i]`` is the metric name of index ``i``.
+"""
+
+import numpy as np
+
+NAMES = (
+    "accesses",  # client accesses performed (hits and faulted-in alike)
+    "writes",
+    "secondary_faults",  # misses in a secondary MMU's table, resolved through the primary table
+    "minor_faults",  # primary faults that needed no I/O (first touch of anonymous memory)
+    "major_faults",  # primary faults that read the page from swap
+    "swap_ins",
+    "swap_outs",  # pswpout
+    "fault_retries",  # secondary faults discarded because an invalidation ran meanwhile
+    "pins_acquired",  # nr_foll_pin_acquired
+    "pins_released",  # nr_foll_pin_released
+    "alloc_failures",  # allocations that failed after reclaim (the access could not proceed)
+    "oom_events",  # out_of_memory() invocations: direct reclaim made no progress
+    "access_errors",  # accesses refused: no VMA, or the VMA forbids the access (SIGSEGV / -EFAULT)
+    "isolation_violations",  # a client read or wrote a frame that is free or belongs to another mm
+    "coherence_violations",  # a client used a translation the primary table no longer agrees with
+    "remote_accesses",  # accesses served by a frame on another NUMA node than the accessor's
+    "numa_hint_faults",  # faults on PROT_NONE hinting entries
+    "pgscan",  # frames examined by reclaim
+    "pin_skipped",  # reclaim candidates skipped because they are pinned
+    "invalidations",  # ranges delivered to a non-empty notifier chain by invalidate_range_start
+    "kswapd_wakeups",
+    "direct_reclaims",  # allocstall
+    "write_seq",  # content-token generator: bumped on every write
+)
+
+(
+    ACCESSES,
+    WRITES,
+    SECONDARY_FAULTS,
+    MINOR_FAULTS,
+    MAJOR_FAULTS,
+    SWAP_INS,
+    SWAP_OUTS,
+    FAULT_RETRIES,
+    PINS_ACQUIRED,
+    PINS_RELEASED,
+    ALLOC_FAILURES,
+    OOM_EVENTS,
+    ACCESS_ERRORS,
+    ISOLATION_VIOLATIONS,
+    COHERENCE_VIOLATIONS,
+    REMOTE_ACCESSES,
+    NUMA_HINT_FAULTS,
+    PGSCAN,
+    PIN_SKIPPED,
+    INVALIDATIONS,
+    KSWAPD_WAKEUPS,
+    DIRECT_RECLAIMS,
+    WRITE_SEQ,
+) = range(len(NAMES))
+
+
+def new_counters() -> np.ndarray:
+    return np.zeros(len(NAMES), dtype=np.int64)
+
+
+def as_dict(counters: np.ndarray) -> dict[str, int]:
+    """Counter values by name, without the internal token generator."""
+    return {name: int(v) for name, v in zip(NAMES, counters, strict=True) if name != "write_seq"}

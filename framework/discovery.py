@@ -1,0 +1,63 @@
+"""Finding plugins: the built-in modules of ``mmnsim.plugins`` and modules named by installed packages
+in the ``mmnsim`` entry-point group. Each simulation builds its own plugin manager, so nothing is shared
+between runs in one process (Hydra's joblib launcher reuses worker processes).
+"""
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+
+import pluggy
+
+from .components import Component
+from .config import ConfigError
+from .hookspecs import PROJECT, FrameworkHooks
+
+BUILTIN_PACKAGE = "mmnsim.plugins"
+KIND_DIRS = {"secondary": "secondary", "policy": "policies", "workload": "workload"}
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(FrameworkHooks)
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        pm.register(importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}"), name=f"builtin:{info.name}")
+    pm.load_setuptools_entrypoints(PROJECT)
+    return pm
+
+
+@dataclass
+class Registry:
+    """Component classes by kind and name, as the plugins registered them."""
+
+    classes: dict[str, dict[str, type[Component]]] = field(default_factory=dict)
+    source: dict[type, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_plugins(cls, pm: pluggy.PluginManager) -> "Registry":
+        reg = cls({kind: {} for kind in KIND_DIRS})
+        for impl in pm.hook.register_components.get_hookimpls():
+            for comp in impl.function() or ():
+                if not (isinstance(comp, type) and issubclass(comp, Component)) or comp.kind not in KIND_DIRS:
+                    raise ConfigError(
+                        f"plugin '{impl.plugin_name}' registered {comp!r}, which is not a SecondaryMMU, "
+                        "HostPolicy or Workload subclass"
+                    )
+                known = reg.classes[comp.kind].get(comp.name)
+                if known is not None and known is not comp:
+                    raise ConfigError(
+                        f"two plugins register a {comp.kind} named '{comp.name}': "
+                        f"{reg.source[known]} and {impl.plugin_name}"
+                    )
+                reg.classes[comp.kind][comp.name] = comp
+                reg.source[comp] = impl.plugin_name
+        return reg
+
+    def get(self, kind: str, name: str, key: str) -> type[Component]:
+        """The class of ``kind`` called ``name``; ``key`` is the config key that asked for it."""
+        try:
+            return self.classes[kind][name]
+        except KeyError:
+            accepted = ", ".join(sorted(self.classes.get(kind, {})))
+            raise ConfigError(f"{key}: unknown {kind} '{name}'; accepted: {accepted}") from None

@@ -1,0 +1,138 @@
+"""The hook specification: what the framework calls, and what a plugin promises when it answers.
+
+Two sets of hooks, as in the kernel:
+
+``NotifierOps`` mirrors ``struct mmu_notifier_ops`` (include/linux/mmu_notifier.h). Each mm has its own
+notifier chain; a secondary MMU in notifier mode subscribes to the chain of the mm it maps, and only the
+subscribers of that mm are called. Every call carries a *batch*: ``start``/``end`` are int64 arrays of page
+numbers inside the mm, one element per range, ranges half-open ``[start, end)``. Where the kernel would
+call the op once per range, the framework calls it once per batch; costs are still charged per range
+(one remote TLB flush per range that zapped anything, for example).
+
+``FrameworkHooks`` are per simulation, not per mm: registering components, running host policies on each
+tick, reclaiming memory on demand and collecting metrics.
+
+Pages, frames and flags are described in ``mmnsim.pagebits``; the ``Event`` values and ``NotifierRange`` in
+``mmnsim.notifier``.
+"""
+
+import pluggy
+
+PROJECT = "mmnsim"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class NotifierOps:
+    """``struct mmu_notifier_ops``: the calls a subscribed secondary MMU receives from its mm."""
+
+    @hookspec
+    def invalidate_range_start(self, ranges):
+        """The pages in ``ranges`` are about to lose their primary mapping, or change protection.
+
+        ``ranges`` is a ``NotifierRange``: a batch of ranges of one mm with one event.
+
+        Called while the primary PTEs still map the pages. From this call until the matching
+        ``invalidate_range_end`` the subscriber must drop every translation it holds for the ranges
+        (and flush its TLB) and must not establish a new one: the fault path has to see the invalidation
+        and retry (KVM raises ``mmu_invalidate_in_progress``; ``SecondaryMMU.begin_invalidate`` does it).
+
+        ``ranges.event`` says why (``Event.UNMAP``, ``CLEAR``, ``PROTECTION_VMA``, ...); ``ranges.owner`` is
+        the device that caused a ``MIGRATE`` or ``EXCLUSIVE`` event, so its own driver may skip it.
+
+        Return ``None`` (or True) when done. Only when ``ranges.blockable`` is False may a subscriber
+        refuse by returning False (-EAGAIN): the caller then gives up on the whole batch and calls
+        ``invalidate_range_end`` on every subscriber that implements it, so a subscriber that can
+        refuse must not implement ``invalidate_range_end``. Refusing a blockable range is a bug the
+        framework reports.
+        """
+
+    @hookspec
+    def invalidate_range_end(self, ranges):
+        """The invalidation begun by ``invalidate_range_start(ranges)`` is complete.
+
+        Called after the primary PTEs were cleared and, for unmap and reclaim, after the pages were
+        freed. The subscriber may let its fault path install translations again (KVM bumps
+        ``mmu_invalidate_seq`` and lowers in_progress; ``SecondaryMMU.end_invalidate`` does it).
+        """
+
+    @hookspec
+    def clear_flush_young(self, mm, start, end):
+        """Test and clear the accessed bit of every translation in each range, flushing if needed.
+
+        Reclaim calls this to age pages. Returns a bool array, one element per range: True when any
+        translation in the range had been accessed since the last clear. Subscribers that cannot report
+        accesses (RDMA, GPU) do not implement it, and their pages look cold to reclaim.
+        """
+
+    @hookspec
+    def clear_young(self, mm, start, end):
+        """As ``clear_flush_young``, but the subscriber may skip the TLB flush.
+
+        A stale TLB entry may then hide later accesses until it is evicted, so the answer is
+        allowed to err toward "old". Returns a bool array, one element per range.
+        """
+
+    @hookspec
+    def test_young(self, mm, pages):
+        """Whether each page in ``pages`` was accessed through this subscriber, without clearing.
+
+        Returns a bool array, one element per page. Used by khugepaged-style scanners.
+        """
+
+    @hookspec
+    def release(self, mm):
+        """The mm is being torn down (exit_mmap): drop every translation and pin of this mm now.
+
+        Called once, before the primary page tables are freed; the subscriber is then removed from
+        the chain. After it returns, no client may access the mm's pages.
+        """
+
+    @hookspec
+    def change_pte(self, mm, pages, frames):
+        """Historical (removed from the kernel in 2024): the PTE of each page now maps ``frames[i]``, read-only.
+
+        Raised by KSM between ``invalidate_range_start`` and ``invalidate_range_end``; because start
+        already zapped the translations, a subscriber usually finds nothing to change. Kept for
+        experiments with the 2008 design.
+        """
+
+    @hookspec
+    def arch_invalidate_secondary_tlbs(self, mm, start, end):
+        """The CPU TLB entries for each range of ``mm`` were just flushed: flush yours too.
+
+        For devices that walk the CPU page tables themselves (IOMMU shared virtual addressing) and keep
+        only a TLB. Called in atomic context with the page-table lock held: must not sleep or fail.
+        """
+
+
+class FrameworkHooks:
+    """Hooks called once per simulation (not per mm)."""
+
+    @hookspec
+    def register_components(self):
+        """Return the component classes this plugin module provides.
+
+        Each class derives from ``SecondaryMMU``, ``HostPolicy`` or ``Workload`` and has a ``name``
+        matching its YAML file under ``conf/secondary/``, ``conf/policies/`` or ``conf/workload/``.
+        """
+
+    @hookspec
+    def host_tick(self, sim):
+        """Run this component's periodic work for the tick ``sim.tick`` (kswapd, NUMA scanning, ...).
+
+        Called at the start of every tick, before the clients' accesses.
+        """
+
+    @hookspec(firstresult=True)
+    def reclaim(self, sim, nr_pages, direct):
+        """Free at least ``nr_pages`` frames if possible and return how many were freed.
+
+        ``direct`` is True when an allocation is stalled at the min watermark (direct reclaim) and
+        False when kswapd was woken at the low watermark. The first implementation to return a number
+        wins; with none, nothing is ever reclaimed and allocations fail when memory runs out.
+        """
+
+    @hookspec
+    def collect_metrics(self, sim):
+        """Return a dict of this component's metrics (name -> number), added to the run's results."""

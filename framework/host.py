@@ -1,0 +1,122 @@
+"""The host machine: its settings, and the arrays holding frames, page tables, swap and counters.
+
+Watermarks follow mm/page_alloc.c: ``min_free_kbytes`` defaults to sqrt(16 x lowmem KiB) clamped to
+[128 KiB, 256 MiB], shared among nodes by size; ``low = min + d`` and ``high = min + 2d`` with
+``d = max(min / 4, managed x watermark_scale_factor / 10000)``.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import counters
+from .config import ConfigError, require
+from .frames import NFREE, PAGE_SIZE, PAGEBLOCK_PAGES, WMARK_HIGH, WMARK_LOW, new_frame_table
+from .pagetable import new_page_table
+from .swapdev import new_swap_table
+
+MIB_PAGES = (1 << 20) // PAGE_SIZE
+LOCAL_DISTANCE, REMOTE_DISTANCE = 10, 20  # include/linux/topology.h
+
+
+@dataclass
+class HostConfig:
+    memory_mib: int
+    numa_nodes: int
+    swap_mib: int
+    watermark_scale_factor: int  # vm.watermark_scale_factor, in 1/10000 of memory
+    min_free_kbytes: int  # vm.min_free_kbytes; 0 computes the kernel's default
+    distance: list[list[int]] | None  # node distance matrix (SLIT); null = 10 local, 20 remote
+
+    def __post_init__(self) -> None:
+        require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
+        require(self.numa_nodes >= 1, f"numa_nodes must be >= 1, got {self.numa_nodes}")
+        require(self.swap_mib >= 0, f"swap_mib must be >= 0, got {self.swap_mib}")
+        require(
+            1 <= self.watermark_scale_factor <= 3000,
+            f"watermark_scale_factor must be in [1, 3000] as in the kernel, got {self.watermark_scale_factor}",
+        )
+        require(self.min_free_kbytes >= 0, f"min_free_kbytes must be >= 0, got {self.min_free_kbytes}")
+        frames = self.memory_mib * MIB_PAGES
+        require(
+            frames // self.numa_nodes >= PAGEBLOCK_PAGES,
+            f"numa_nodes={self.numa_nodes} leaves less than one 2 MiB pageblock per node of "
+            f"memory_mib={self.memory_mib}",
+        )
+        if self.distance is not None:
+            d = np.asarray(self.distance)
+            n = self.numa_nodes
+            require(d.shape == (n, n), f"distance must be a {n}x{n} matrix (numa_nodes={n}), got shape {d.shape}")
+            require(bool(np.all(np.diag(d) == LOCAL_DISTANCE)), f"distance diagonal must be {LOCAL_DISTANCE}")
+            require(
+                bool(np.all(d[~np.eye(n, dtype=bool)] > LOCAL_DISTANCE)),
+                f"distance between different nodes must be > {LOCAL_DISTANCE}",
+            )
+            require(bool(np.array_equal(d, d.T)), "distance must be symmetric")
+
+
+class Host:
+    """Frames, swap, page tables and counters of one simulated machine."""
+
+    def __init__(self, cfg: HostConfig, mm_pages: list[int]):
+        self.cfg = cfg
+        self.nframes = cfg.memory_mib * MIB_PAGES
+        self.nodes = cfg.numa_nodes
+        self.node_frames = _split(self.nframes, self.nodes)
+        self.distance = (
+            np.asarray(cfg.distance, dtype=np.int64)
+            if cfg.distance is not None
+            else np.where(np.eye(self.nodes, dtype=bool), LOCAL_DISTANCE, REMOTE_DISTANCE)
+        )
+        self.watermarks = _watermarks(self.node_frames, cfg.min_free_kbytes, cfg.watermark_scale_factor)
+        self.ft = new_frame_table(self.node_frames, self.distance, self.watermarks)
+        self.sw = new_swap_table(cfg.swap_mib * MIB_PAGES)
+        self.pt = new_page_table(mm_pages)
+        self.ctr = counters.new_counters()
+
+    def free_frames(self) -> int:
+        return int(self.ft.node[:, NFREE].sum())
+
+    def pages_to_high(self) -> int:
+        """Frames kswapd must free for every node to reach its high watermark."""
+        return int(np.maximum(self.ft.node[:, WMARK_HIGH] - self.ft.node[:, NFREE], 0).sum())
+
+    def high_watermarks(self) -> int:
+        return int(self.ft.node[:, WMARK_HIGH].sum())
+
+    def pages_to_low(self) -> int:
+        return int(np.maximum(self.ft.node[:, WMARK_LOW] - self.ft.node[:, NFREE], 0).sum())
+
+    def pinned_pages(self) -> int:
+        return int(np.count_nonzero(self.ft.pin))
+
+    def swap_used(self) -> int:
+        return int(self.sw.reg[1])
+
+
+def _split(nframes: int, nodes: int) -> list[int]:
+    """Node sizes: equal shares in whole pageblocks, the remainder on the last node."""
+    share = (nframes // nodes) // PAGEBLOCK_PAGES * PAGEBLOCK_PAGES
+    sizes = [share] * nodes
+    sizes[-1] = nframes - share * (nodes - 1)
+    return sizes
+
+
+def _watermarks(node_frames: list[int], min_free_kbytes: int, scale_factor: int) -> np.ndarray:
+    total = sum(node_frames)
+    if min_free_kbytes == 0:
+        lowmem_kb = total * PAGE_SIZE // 1024
+        min_free_kbytes = min(max(math.isqrt(lowmem_kb * 16), 128), 262144)
+    pages_min = min_free_kbytes // (PAGE_SIZE // 1024)
+    out = np.zeros((len(node_frames), 3), dtype=np.int64)
+    for n, managed in enumerate(node_frames):
+        wmin = pages_min * managed // total
+        delta = max(wmin // 4, managed * scale_factor // 10000)
+        out[n] = (wmin, wmin + delta, wmin + 2 * delta)
+        if out[n, 2] >= managed:
+            raise ConfigError(
+                f"host watermarks ({out[n].tolist()} frames) leave no usable memory on node {n} "
+                f"({managed} frames): lower host.min_free_kbytes or host.watermark_scale_factor"
+            )
+    return out

@@ -1,0 +1,207 @@
+"""The invariants mmu notifiers exist to guarantee, checked over the whole host in numba.
+
+* coherence:    no secondary entry points at a frame the primary table no longer maps at that page;
+* isolation:    no secondary entry points at a frame that is free or belongs to another mm;
+* integrity:    every page's content (its token) is where its PTE says: in its frame or its swap slot;
+* pin safety:   no pinned frame is free, and every pin is held by a secondary entry that says so;
+* conservation: free + used frames = total, the free lists agree with the frames, swap slots match
+                swap PTEs one to one.
+
+The access kernel also counts, at the moment it happens, every access through an entry whose frame is
+not the page's (``isolation_violations`` / ``coherence_violations``). A check counts each violating
+entry or page once per check, so a violation is counted again for every tick it persists.
+"""
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numba import njit
+
+from .frames import FREE, NFREE, ORPHAN, PAGEBLOCK_SHIFT, PB_NFREE, PB_SIZE, WORDS
+from .pagebits import PTE_NONE, S_PINNED
+from .swapdev import REG_USED, SLOT_FREE
+
+if TYPE_CHECKING:
+    from .simulation import Simulation
+
+KINDS = ("coherence", "isolation", "integrity", "pin", "conservation")
+COHERENCE, ISOLATION, INTEGRITY, PIN, CONSERVATION = range(len(KINDS))
+
+
+@njit(cache=True)
+def _note(counts, examples, kind, a, b):
+    if counts[kind] == 0:
+        examples[kind, 0] = a
+        examples[kind, 1] = b
+    counts[kind] += 1
+
+
+@njit(cache=True)
+def _check_host(pt, ft, sw, expected_pins, counts, examples):
+    """Everything but the secondary tables. Walks pages, frames and slots in order; the only random
+    lookups go from a PTE to the frame or slot it names (the rmap and content checks). Consistency the
+    other way round follows from the counts: if every present PTE's frame names that PTE back and as many
+    frames are in use as PTEs are present, the reverse map is exact (and likewise for swap slots)."""
+    pte, ptoken = pt.pte, pt.token
+    fkey, ftoken, fpin, pb, bits, node = ft.key, ft.token, ft.pin, ft.pb, ft.bits, ft.node
+    skey, stoken, sreg = sw.key, sw.token, sw.reg
+    nframes = fkey.size
+    nslots = skey.size
+    present = 0
+    swap_ptes = 0
+    for key in range(pte.size):
+        e = pte[key]
+        if e >= 0:
+            present += 1
+            if e >= nframes or fkey[e] != key:
+                _note(counts, examples, CONSERVATION, key, e)
+            elif ftoken[e] != ptoken[key]:
+                _note(counts, examples, INTEGRITY, key, e)
+        elif e != PTE_NONE:
+            slot = -2 - e
+            swap_ptes += 1
+            if slot >= nslots or skey[slot] != key:
+                _note(counts, examples, CONSERVATION, key, e)
+            elif stoken[slot] != ptoken[key]:
+                _note(counts, examples, INTEGRITY, key, e)
+        elif ptoken[key] != 0:
+            _note(counts, examples, INTEGRITY, key, e)
+    mapped = 0
+    orphans = 0
+    pinning = expected_pins.size > 0  # empty when nothing is pinned anywhere: no pins to account
+    for b in range(pb.shape[0]):
+        lo = b << PAGEBLOCK_SHIFT
+        nfree = 0
+        for w in range(WORDS):
+            word = np.uint64(0)
+            for off in range(w * 64, min((w + 1) * 64, pb[b, PB_SIZE])):
+                f = lo + off
+                k = fkey[f]
+                if pinning and fpin[f] != expected_pins[f]:
+                    _note(counts, examples, PIN, f, fpin[f])
+                if k == FREE:
+                    nfree += 1
+                    word |= np.uint64(1) << np.uint64(off & 63)
+                    if fpin[f] > 0:
+                        _note(counts, examples, PIN, f, k)
+                elif k == ORPHAN:
+                    orphans += 1
+                    if fpin[f] == 0:
+                        _note(counts, examples, CONSERVATION, f, k)
+                elif k >= 0:
+                    mapped += 1
+                else:
+                    _note(counts, examples, CONSERVATION, f, k)
+            if word != bits[b, w]:
+                _note(counts, examples, CONSERVATION, lo + w * 64, 0)
+        if nfree != pb[b, PB_NFREE]:
+            _note(counts, examples, CONSERVATION, lo, nfree)
+    if mapped != present:
+        _note(counts, examples, CONSERVATION, mapped, present)
+    free = 0
+    for n in range(node.shape[0]):
+        free += node[n, NFREE]
+    if free + mapped + orphans != nframes:
+        _note(counts, examples, CONSERVATION, free, mapped + orphans)
+    used_slots = 0
+    for s in range(nslots):
+        if skey[s] != SLOT_FREE:
+            used_slots += 1
+    if used_slots != sreg[REG_USED] or used_slots != swap_ptes:
+        _note(counts, examples, CONSERVATION, used_slots, swap_ptes)
+
+
+@njit(cache=True)
+def _check_secondary(pt, ft, mm, spte, sflags, expected_pins, counts, examples):
+    """A secondary table against the primary: an entry whose frame is the PTE's is coherent (and, the
+    host check having verified the rmap, isolated); only the rare other entry is looked up further."""
+    pte, mm_base, fkey = pt.pte, pt.mm_base, ft.key
+    base = mm_base[mm]
+    count_pins = expected_pins.size > 0
+    for p in range(spte.size):
+        f = spte[p]
+        if f < 0:
+            continue
+        if count_pins and sflags[p] & S_PINNED:
+            expected_pins[f] += 1
+        if pte[base + p] == f:
+            continue
+        owner = fkey[f]
+        if owner == FREE or (owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
+            _note(counts, examples, ISOLATION, p, f)
+        else:
+            _note(counts, examples, COHERENCE, p, f)
+
+
+@dataclass
+class Report:
+    """Violations found by one check: counts by kind and a message for the first of each kind."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(KINDS), dtype=np.int64))
+    messages: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.counts.any())
+
+
+def check(sim: "Simulation") -> Report:
+    host = sim.host
+    report = Report()
+    pinning = bool(host.ft.pin.any()) or any((s.sflags & S_PINNED).any() for s in sim.secondaries)
+    expected_pins = np.zeros(host.nframes if pinning else 0, dtype=np.int32)
+    for sec in sim.secondaries:
+        counts = np.zeros(len(KINDS), dtype=np.int64)
+        examples = np.zeros((len(KINDS), 2), dtype=np.int64)
+        _check_secondary(host.pt, host.ft, sec.mm.index, sec.spte, sec.sflags, expected_pins, counts, examples)
+        report.counts += counts
+        for kind in np.flatnonzero(counts):
+            page, frame = examples[kind]
+            report.messages.append(
+                f"{KINDS[kind]}: {sec.label} maps page {page} to frame {frame}, "
+                f"{_frame_story(sim, sec.mm, int(page), int(frame))} ({counts[kind]} entries)"
+            )
+    counts = np.zeros(len(KINDS), dtype=np.int64)
+    examples = np.zeros((len(KINDS), 2), dtype=np.int64)
+    _check_host(host.pt, host.ft, host.sw, expected_pins, counts, examples)
+    report.counts += counts
+    for kind in np.flatnonzero(counts):
+        a, b = examples[kind]
+        report.messages.append(f"{KINDS[kind]}: {_host_story(sim, kind, int(a), int(b))} ({counts[kind]} found)")
+    return report
+
+
+def _frame_story(sim: "Simulation", mm, page: int, frame: int) -> str:
+    owner = int(sim.host.ft.key[frame])
+    pte = int(sim.host.pt.pte[mm.base + page])
+    where = f"while the primary table has {_pte_story(pte)}"
+    if owner == FREE:
+        return f"which is free, {where}"
+    if owner == ORPHAN:
+        return f"which only a pin keeps alive, {where}"
+    other = sim.mm_of_key(owner)
+    return f"which holds page {owner - other.base} of mm '{other.name}', {where}"
+
+
+def _pte_story(pte: int) -> str:
+    if pte >= 0:
+        return f"frame {pte}"
+    if pte == PTE_NONE:
+        return "no page"
+    return f"swap slot {-2 - pte}"
+
+
+def _host_story(sim: "Simulation", kind: int, a: int, b: int) -> str:
+    if kind == PIN:
+        holders = [s.label for s in sim.secondaries if np.any((s.spte == a) & ((s.sflags & S_PINNED) != 0))]
+        return (
+            f"frame {a} has pin count {int(sim.host.ft.pin[a])} and key {int(sim.host.ft.key[a])}, but "
+            f"{'entries of ' + ', '.join(holders) if holders else 'no secondary entry'} account for its pins"
+        )
+    if kind == INTEGRITY:
+        mm = sim.mm_of_key(a)
+        return (
+            f"page {a - mm.base} of mm '{mm.name}' should hold content {int(sim.host.pt.token[a])} but "
+            f"{_pte_story(b)} does not"
+        )
+    return f"accounting mismatch at ({a}, {b})"

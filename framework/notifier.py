@@ -1,0 +1,180 @@
+"""An mm's notifier chain: its subscribers, and the calls that deliver ``NotifierOps`` to them.
+
+The chain is a pluggy plugin manager per mm, holding the ``NotifierOps`` spec; subscribing registers a
+secondary MMU object in it. Calls go to every subscriber, newest first, as the kernel walks its hlist.
+A subscriber that raises, or refuses what it may not refuse, is reported as a ``PluginError`` naming it.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import pluggy
+
+from .counters import INVALIDATIONS
+from .hookspecs import PROJECT, NotifierOps
+from .pagetable import MM_HAS_NOTIFIERS
+
+
+class Event(IntEnum):
+    """Why an invalidation happens: ``enum mmu_notifier_event``."""
+
+    UNMAP = 0  # munmap, mremap: the range is going away
+    CLEAR = 1  # the PTEs are cleared but the range stays (madvise, reclaim, page replacement)
+    PROTECTION_VMA = 2  # mprotect, and NUMA balancing's PROT_NONE scan, over the whole range
+    PROTECTION_PAGE = 3  # one page write-protected (writeback clean, KSM)
+    SOFT_DIRTY = 4  # soft-dirty tracking write-protected the range
+    RELEASE = 5  # the mm is being torn down (interval notifiers)
+    MIGRATE = 6  # pages migrate, possibly to device memory (``owner`` is the device)
+    EXCLUSIVE = 7  # a device takes exclusive access (``owner`` is the device)
+
+
+class PluginError(RuntimeError):
+    """A plugin broke the hook contract (raised, refused a blockable range, livelocked, ...)."""
+
+
+@dataclass(frozen=True, eq=False)
+class NotifierRange:
+    """``struct mmu_notifier_range`` for a batch: ranges ``[start[i], end[i])`` of one mm, one event."""
+
+    mm: Any
+    start: np.ndarray  # int64 page numbers inside the mm
+    end: np.ndarray  # int64, exclusive
+    event: Event
+    blockable: bool = True
+    owner: object | None = None
+
+    def __len__(self) -> int:
+        return int(self.start.size)
+
+    def pages(self) -> np.ndarray:
+        """Every page of every range, concatenated in range order."""
+        return expand_ranges(self.start, self.end)
+
+    def sum_per_range(self, per_page: np.ndarray) -> np.ndarray:
+        """Sum a per-page array (aligned with ``pages()``) within each range."""
+        return sum_per_range(self.start, self.end, per_page)
+
+
+def expand_ranges(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    lengths = end - start
+    if lengths.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if np.all(lengths == 1):
+        return start.astype(np.int64, copy=False)
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(start - offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
+def sum_per_range(start: np.ndarray, end: np.ndarray, per_page: np.ndarray) -> np.ndarray:
+    lengths = end - start
+    if lengths.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if np.all(lengths == 1):
+        return per_page.astype(np.int64, copy=False)
+    return np.add.reduceat(per_page.astype(np.int64, copy=False), np.cumsum(lengths) - lengths)
+
+
+def single_pages(mm: Any, pages: np.ndarray, event: Event, **kw: Any) -> NotifierRange:
+    """One range per page, as the kernel's per-folio calls in reclaim and migration."""
+    pages = np.asarray(pages, dtype=np.int64)
+    return NotifierRange(mm, pages, pages + 1, event, **kw)
+
+
+class NotifierChain:
+    """The subscribers of one mm and the delivery of ``NotifierOps`` to them."""
+
+    def __init__(self, mm: Any):
+        self.mm = mm
+        self._pm = pluggy.PluginManager(PROJECT)
+        self._pm.add_hookspecs(NotifierOps)
+
+    # -- subscription (mmu_notifier_register / mmu_notifier_unregister) --
+
+    def subscribe(self, subscriber: object) -> None:
+        name = _label(subscriber)
+        suffix = 1
+        while self._pm.has_plugin(name if suffix == 1 else f"{name}#{suffix}"):
+            suffix += 1
+        self._pm.register(subscriber, name=name if suffix == 1 else f"{name}#{suffix}")
+        self.mm.set_flag(MM_HAS_NOTIFIERS, True)
+
+    def unsubscribe(self, subscriber: object) -> None:
+        if self._pm.is_registered(subscriber):
+            self._pm.unregister(subscriber)
+        self.mm.set_flag(MM_HAS_NOTIFIERS, bool(self.subscribers()))
+
+    def subscribers(self) -> list[object]:
+        return list(self._pm.get_plugins())
+
+    def __bool__(self) -> bool:
+        return bool(self._pm.get_plugins())
+
+    # -- delivery --
+
+    def _impls(self, op: str) -> Iterator[tuple[str, Any, tuple[str, ...]]]:
+        for impl in reversed(getattr(self._pm.hook, op).get_hookimpls()):
+            yield impl.plugin_name, impl.function, impl.argnames
+
+    def call(self, op: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call ``op`` on every subscriber implementing it; return (subscriber name, result) pairs."""
+        results = []
+        for name, fn, argnames in self._impls(op):
+            try:
+                result = fn(*[kwargs[a] for a in argnames])
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"secondary MMU '{name}' raised in {op}: {exc!r}") from exc
+            results.append((name, result))
+        return results
+
+    def invalidate_range_start(self, ranges: NotifierRange) -> bool:
+        """mmu_notifier_invalidate_range_start: False if a subscriber refused a non-blockable batch."""
+        self.mm.sim.host.ctr[INVALIDATIONS] += len(ranges)
+        refused = [name for name, res in self.call("invalidate_range_start", ranges=ranges) if res is False]
+        if not refused:
+            return True
+        if ranges.blockable:
+            raise PluginError(
+                f"secondary MMU '{refused[0]}' refused a blockable invalidation "
+                f"({ranges.event.name}, {len(ranges)} ranges of mm '{self.mm.name}'): only "
+                "non-blockable ranges may be refused"
+            )
+        ending = {name for name, _, _ in self._impls("invalidate_range_end")}
+        if ending & set(refused):
+            raise PluginError(
+                f"secondary MMU '{sorted(ending & set(refused))[0]}' refused invalidate_range_start but "
+                "implements invalidate_range_end: a subscriber that can refuse must not implement end"
+            )
+        self.invalidate_range_end(ranges)
+        return False
+
+    def invalidate_range_end(self, ranges: NotifierRange) -> None:
+        self.call("invalidate_range_end", ranges=ranges)
+
+    def young(self, op: str, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """OR of every subscriber's answer to ``clear_flush_young``/``clear_young``, per range."""
+        young = np.zeros(start.size, dtype=bool)
+        for name, res in self.call(op, mm=self.mm, start=start, end=end):
+            arr = np.asarray(res)
+            if arr.shape != young.shape:
+                raise PluginError(
+                    f"secondary MMU '{name}' returned {arr.shape} from {op}; expected one bool per range "
+                    f"{young.shape}"
+                )
+            young |= arr.astype(bool, copy=False)
+        return young
+
+    def release(self) -> None:
+        """mmu_notifier_release: every subscriber drops the mm, then leaves the chain."""
+        self.call("release", mm=self.mm)
+        for sub in list(self._pm.get_plugins()):
+            self._pm.unregister(sub)
+        self.mm.set_flag(MM_HAS_NOTIFIERS, False)
+
+
+def _label(subscriber: object) -> str:
+    return str(getattr(subscriber, "label", None) or type(subscriber).__name__)

@@ -1,0 +1,112 @@
+"""What a run leaves in its output directory, and where it came from.
+
+* ``summary.parquet``: one row, the run's flattened config (``host.memory_mib``, ...), every metric, and
+  its provenance (``mmnsim_version``, ``git_commit``, ``config_hash``; ``seed`` is in the config).
+* ``timeseries.parquet``: one row per tick, cumulative counters and gauges.
+
+Both are written to a temporary name and renamed into place, so a crashed or interrupted run leaves no
+half-written result file.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from omegaconf import DictConfig, OmegaConf
+
+SUMMARY = "summary.parquet"
+TIMESERIES = "timeseries.parquet"
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as plain data, without Hydra's own node."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    return data
+
+
+def config_hash(cfg: DictConfig) -> str:
+    text = json.dumps(run_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys; lists become JSON text so every run has the same column types."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the source tree this package runs from, '-dirty' if modified; 'unknown' if none."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def provenance(cfg: DictConfig) -> dict[str, str]:
+    try:
+        version = metadata.version("mmnsim")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"mmnsim_version": version, "git_commit": git_commit(), "config_hash": config_hash(cfg)}
+
+
+def summary_frame(cfg: DictConfig, metrics: dict[str, float]) -> pl.DataFrame:
+    row = {**flatten(run_config(cfg)), **metrics, **provenance(cfg)}
+    return pl.DataFrame([row])
+
+
+def write_atomic(frame: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def write_results(outdir: Path, cfg: DictConfig, metrics: dict[str, float], rows: list[dict]) -> None:
+    outdir.mkdir(parents=True, exist_ok=True)
+    summary = summary_frame(cfg, metrics)
+    timeseries = pl.DataFrame(rows) if rows else None
+    if timeseries is not None:
+        prov = provenance(cfg)
+        timeseries = timeseries.with_columns(pl.lit(v).alias(k) for k, v in prov.items())
+        write_atomic(timeseries, outdir / TIMESERIES)
+    write_atomic(summary, outdir / SUMMARY)
+
+
+def summary_text(metrics: dict[str, float]) -> str:
+    """A few lines a person reads after a run."""
+    m = metrics
+    lines = [
+        f"accesses {m['accesses']:,} in {m['ticks']} ticks; simulated {m['sim_time_ns'] / 1e9:.3f} s, "
+        f"wall {m['wall_seconds']:.2f} s ({m['accesses'] / max(m['wall_seconds'], 1e-9) / 1e6:.1f} M accesses/s)",
+        f"faults: secondary {m['secondary_faults']:,} (retries {m['fault_retries']:,}), "
+        f"minor {m['minor_faults']:,}, major {m['major_faults']:,}; guest stall {100 * m['stall_fraction']:.1f}%",
+        f"pinned pages: now {m['pinned_pages']:,}, peak {m['pinned_pages_peak']:,}; swap out {m['swap_outs']:,}, "
+        f"in {m['swap_ins']:,}; OOM events {m['oom_events']:,}, failed allocations {m['alloc_failures']:,}",
+        f"notifier: invalidations {m['invalidations']:,.0f}, pages zapped {m['pages_zapped']:,.0f}, "
+        f"TLB flushes {m['tlb_flushes']:,.0f} ({m['flush_cost_ns'] / 1e6:.2f} ms)",
+        f"invariant violations: {m['invariant_violations']:,}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Reclaim building blocks for host policies, after mm/vmscan.c and mm/rmap.c.
+
+* ``scan_frames``: walk frames from a hand, collecting reclaim candidates (the LRU scan).
+* ``referenced``: were they used since last asked? The primary PTE's young bit, and every subscribed
+  secondary MMU's answer through ``clear_flush_young`` or ``clear_young`` (folio_referenced).
+* ``swap_out``: invalidate the secondaries (one range per page, event CLEAR, as try_to_unmap does per
+  folio), write the pages to swap and free their frames (shrink_folio_list + pageout).
+
+A policy combines them; the built-in ``swap`` policy is one such combination.
+"""
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numba import njit
+
+from . import counters as C
+from .notifier import Event, single_pages
+from .pagebits import P_YOUNG
+from .swapdev import swap_out_frames
+
+if TYPE_CHECKING:
+    from .simulation import Simulation
+
+YOUNG_OPS = ("clear_flush_young", "clear_young")
+
+
+@njit(cache=True)
+def _scan(fkey, fpin, ctr, hand, want, limit, out):
+    n = fkey.size
+    found = 0
+    scanned = 0
+    while found < want and scanned < limit:
+        f = hand
+        hand = hand + 1 if hand + 1 < n else 0
+        scanned += 1
+        if fkey[f] < 0:
+            continue
+        if fpin[f] > 0:
+            ctr[C.PIN_SKIPPED] += 1
+            continue
+        out[found] = f
+        found += 1
+    ctr[C.PGSCAN] += scanned
+    return found, hand, scanned
+
+
+def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np.ndarray, int, int]:
+    """Up to ``want`` in-use, unpinned frames from ``hand`` on, looking at no more than ``limit`` frames.
+
+    Returns the frames, the new hand position and the number of frames looked at.
+    """
+    out = np.empty(want, dtype=np.int64)
+    found, hand, scanned = _scan(sim.host.ft.key, sim.host.ft.pin, sim.host.ctr, hand, want, limit, out)
+    return out[:found], int(hand), int(scanned)
+
+
+@njit(cache=True)
+def _test_clear_young(pflags, keys, young):
+    for i in range(keys.size):
+        k = keys[i]
+        young[i] = (pflags[k] & P_YOUNG) != 0
+        pflags[k] &= ~P_YOUNG
+
+
+def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_young") -> np.ndarray:
+    """For each frame: accessed since last asked, by the CPU or by any subscribed secondary MMU?
+
+    Clears what it reads (test-and-clear), as folio_referenced does.
+    """
+    if op not in YOUNG_OPS:
+        raise ValueError(f"unknown young op {op!r}; accepted: {', '.join(YOUNG_OPS)}")
+    host = sim.host
+    keys = host.ft.key[frames].astype(np.int64)
+    young = np.zeros(frames.size, dtype=bool)
+    _test_clear_young(host.pt.flags, keys, young)
+    for mm, sel, pages in _by_mm(sim, keys):
+        if mm.chain:
+            young[sel] |= mm.chain.young(op, pages, pages + 1)
+    return young
+
+
+def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
+    """Unmap ``frames`` from every secondary and the primary table, write them to swap, free them.
+
+    Pinned or free frames are skipped. Returns the number of pages swapped out.
+    """
+    host = sim.host
+    keys = host.ft.key[frames].astype(np.int64)
+    done = 0
+    for mm, sel, pages in _by_mm(sim, keys):
+        mine = frames[sel]
+        if not mm.chain:
+            done += swap_out_frames(host.pt, host.ft, host.sw, host.ctr, mine)
+            continue
+        count = 0
+
+        def write_out(mine=mine) -> None:
+            nonlocal count
+            count = swap_out_frames(host.pt, host.ft, host.sw, host.ctr, mine)
+
+        mm.invalidate(single_pages(mm, pages, Event.CLEAR), write_out)
+        done += count
+    return done
+
+
+def _by_mm(sim: "Simulation", keys: np.ndarray):
+    """Split global page keys by owning mm: yields (mm, selector into keys, page numbers in the mm)."""
+    if keys.size == 0:
+        return
+    if len(sim.mms) == 1 and keys.min() >= 0:
+        yield sim.mms[0], slice(None), keys - sim.mms[0].base
+        return
+    valid = keys >= 0
+    owners = np.searchsorted(sim.host.pt.mm_base, keys, side="right") - 1
+    owners[~valid] = -1
+    for index in np.unique(owners[valid]):
+        sel = owners == index
+        mm = sim.mms[index]
+        yield mm, sel, keys[sel] - mm.base

@@ -1,0 +1,168 @@
+"""A run's configuration, checked: every value typed and in range, every plugin name known, and the
+scenario able to fit in the host. Nothing is allocated here, so the command line can check every
+combination of a sweep before any job starts.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from .components import Component
+from .config import ConfigError, require, typed
+from .costs import Costs
+from .discovery import Registry
+from .host import MIB_PAGES, HostConfig
+from .workload import WorkloadConfig
+
+NO_SECONDARY = "none"
+TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine")
+
+
+@dataclass
+class GuestConfig:
+    memory_mib: int
+    vcpus: int
+    count: int  # identical guests, each its own mm, secondary MMU and workload stream
+    vcpu_nodes: list[int] | None  # NUMA node of each vCPU; null = guest i entirely on node i % nodes
+
+    def __post_init__(self) -> None:
+        require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
+        require(self.vcpus >= 1, f"vcpus must be >= 1, got {self.vcpus}")
+        require(self.count >= 1, f"count must be >= 1, got {self.count}")
+
+
+@dataclass
+class ProcessConfig:
+    """A plain process on the host (no secondary MMU) with its own workload."""
+
+    name: str
+    memory_mib: int
+    node: int
+    workload: dict[str, Any]  # workload settings; unset keys come from conf/workload/<name>.yaml
+
+    def __post_init__(self) -> None:
+        require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
+
+
+@dataclass
+class EngineConfig:
+    accesses_per_tick: int  # accesses each client issues per tick
+    check_invariants: bool
+    stop_on_violation: bool  # raise at the first violated invariant instead of counting on
+    timeseries: bool
+
+    def __post_init__(self) -> None:
+        require(self.accesses_per_tick >= 1, f"accesses_per_tick must be >= 1, got {self.accesses_per_tick}")
+
+
+@dataclass
+class TenantSpec:
+    """One address space of the scenario, before it exists."""
+
+    name: str
+    pages: int
+    vcpu_nodes: np.ndarray
+    workload: tuple[type[Component], WorkloadConfig]
+    secondary: tuple[type[Component], Any] | None
+
+
+@dataclass
+class Settings:
+    seed: int
+    host: HostConfig
+    engine: EngineConfig
+    costs: Costs
+    tenants: list[TenantSpec]
+    policies: dict[str, tuple[type[Component], Any]] = field(default_factory=dict)
+
+
+def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
+    """Check ``cfg`` and return it typed; raise ConfigError naming the key at fault."""
+    top = {k: v for k, v in cfg.items() if k != "hydra"}
+    unknown = [k for k in top if k not in TOP_LEVEL]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key; accepted keys at top level: {', '.join(TOP_LEVEL)}")
+    seed = top.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
+    host = typed(top.get("host"), HostConfig, "host")
+    engine = typed(top.get("engine"), EngineConfig, "engine")
+    costs = typed(top.get("costs"), Costs, "costs")
+    guest = typed(top.get("guest"), GuestConfig, "guest")
+    secondary = _secondary(top.get("secondary"), registry)
+    workload = _workload(top.get("workload"), "workload", registry)
+    policies = {
+        name: _component("policy", name, node, f"policies.{name}", registry)
+        for name, node in (top.get("policies") or {}).items()
+    }
+
+    tenants = [
+        TenantSpec(f"guest{i}", guest.memory_mib * MIB_PAGES, _guest_nodes(guest, i, host), workload, secondary)
+        for i in range(guest.count)
+    ]
+    for i, node in enumerate(top.get("processes") or []):
+        key = f"processes[{i}]"
+        proc = typed(node, ProcessConfig, key)
+        if not 0 <= proc.node < host.numa_nodes:
+            raise ConfigError(f"{key}.node: {proc.node} is outside 0..{host.numa_nodes - 1}")
+        wl = _workload(proc.workload, f"{key}.workload", registry)
+        tenants.append(TenantSpec(proc.name, proc.memory_mib * MIB_PAGES, np.array([proc.node]), wl, None))
+    names = [t.name for t in tenants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"processes: names must be unique and differ from guest0..guestN; got {names}")
+
+    need = sum(t.pages for t in tenants)
+    have = (host.memory_mib + host.swap_mib) * MIB_PAGES
+    if need > have:
+        raise ConfigError(
+            f"guest.memory_mib: the tenants need {need // MIB_PAGES} MiB but host.memory_mib + host.swap_mib "
+            f"hold only {have // MIB_PAGES} MiB; shrink the guests or add RAM or swap"
+        )
+    return Settings(seed, host, engine, costs, tenants, policies)
+
+
+def _component(kind: str, name: str, node: Any, key: str, registry: Registry) -> tuple[type[Component], Any]:
+    cls = registry.get(kind, name, key)
+    return cls, typed(node, cls.Config, key)
+
+
+def _secondary(node: Any, registry: Registry) -> tuple[type[Component], Any] | None:
+    name = node.get("name") if isinstance(node, DictConfig | dict) else None
+    if name is None:
+        raise ConfigError("secondary.name: missing; choose one with secondary=NAME")
+    if name == NO_SECONDARY:
+        return None
+    return _component("secondary", name, node, "secondary", registry)
+
+
+def _workload(node: Any, key: str, registry: Registry) -> tuple[type[Component], WorkloadConfig]:
+    name = node.get("name") if isinstance(node, DictConfig | dict) else None
+    if name is None:
+        raise ConfigError(f"{key}.name: missing; choose a workload with workload=NAME")
+    if not isinstance(node, DictConfig):  # given inline (processes[].workload): fill in its YAML defaults
+        registry.get("workload", name, key)
+        node = OmegaConf.merge(_builtin_defaults("workload", name), node)
+    return _component("workload", name, node, key, registry)
+
+
+def _guest_nodes(guest: GuestConfig, index: int, host: HostConfig) -> np.ndarray:
+    nodes = host.numa_nodes
+    if guest.vcpu_nodes is None:
+        return np.full(guest.vcpus, index % nodes)
+    placed = np.asarray(guest.vcpu_nodes, dtype=np.int64)
+    if placed.size == 0 or placed.min() < 0 or placed.max() >= nodes:
+        raise ConfigError(
+            f"guest.vcpu_nodes: {guest.vcpu_nodes} names a node outside 0..{nodes - 1} (host.numa_nodes={nodes})"
+        )
+    return np.resize(placed, guest.vcpus)
+
+
+def _builtin_defaults(kind_dir: str, name: str) -> DictConfig:
+    from importlib import resources
+
+    path = resources.files("mmnsim.conf") / kind_dir / f"{name}.yaml"
+    if not path.is_file():
+        return OmegaConf.create({})
+    return OmegaConf.create(path.read_text())

@@ -1,0 +1,99 @@
+"""The swap device: slots holding the content of swapped-out pages, and the copies through it.
+
+Slots are found next-fit from a cursor, as the kernel's swap allocator scans its swap_map. A slot is
+freed when its page is swapped back in (no swap cache is modelled: a page swapped in is written again on
+its next swap-out).
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from . import counters as C
+from .frames import free_frame
+from .pagebits import P_DIRTY, P_HUGE, P_YOUNG, clear_mask, swap_entry
+
+SLOT_FREE = -1
+REG_CURSOR, REG_USED = range(2)
+
+_UNMAP_CLEAR = clear_mask(P_YOUNG | P_DIRTY | P_HUGE)
+SWAPPED, SWAP_FULL, NOT_RECLAIMABLE = 1, 0, -1
+
+
+class SwapTable(NamedTuple):
+    key: np.ndarray  # int32 per slot: the page key it holds, or SLOT_FREE
+    token: np.ndarray  # uint32 per slot: the content it holds
+    reg: np.ndarray  # int64 [2]: next-fit cursor, slots in use
+
+
+def new_swap_table(slots: int) -> SwapTable:
+    return SwapTable(
+        key=np.full(slots, SLOT_FREE, dtype=np.int32),
+        token=np.zeros(slots, dtype=np.uint32),
+        reg=np.zeros(2, dtype=np.int64),
+    )
+
+
+@njit(cache=True, inline="always")
+def swap_alloc(skey, stoken, sreg, key, token):
+    """Store ``token`` for page ``key`` in a free slot and return the slot, or -1 if swap is full."""
+    n = skey.size
+    if sreg[REG_USED] >= n:
+        return -1
+    c = sreg[REG_CURSOR]
+    while skey[c] != SLOT_FREE:
+        c += 1
+        if c == n:
+            c = 0
+    skey[c] = key
+    stoken[c] = token
+    sreg[REG_USED] += 1
+    sreg[REG_CURSOR] = c + 1 if c + 1 < n else 0
+    return c
+
+
+@njit(cache=True, inline="always")
+def swap_free(skey, stoken, sreg, slot):
+    skey[slot] = SLOT_FREE
+    stoken[slot] = 0
+    sreg[REG_USED] -= 1
+
+
+@njit(cache=True, inline="always")
+def swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, f):
+    """Write frame ``f``'s page to swap, point its PTE at the slot and free the frame.
+
+    The caller has already invalidated every secondary translation of the page (through the notifier
+    chain). Returns SWAPPED; SWAP_FULL (nothing changed); or NOT_RECLAIMABLE for a free, orphaned or
+    pinned frame, which reclaim must leave alone (the kernel undoes the unmap of a maybe-pinned page).
+    """
+    key = fkey[f]
+    if key < 0 or fpin[f] > 0:
+        if fpin[f] > 0:
+            ctr[C.PIN_SKIPPED] += 1
+        return NOT_RECLAIMABLE
+    slot = swap_alloc(skey, stoken, sreg, key, ftoken[f])
+    if slot < 0:
+        return SWAP_FULL
+    pte[key] = swap_entry(slot)
+    pflags[key] &= _UNMAP_CLEAR
+    free_frame(node, lists, pb, bits, fkey, ftoken, f)
+    ctr[C.SWAP_OUTS] += 1
+    return SWAPPED
+
+
+@njit(cache=True)
+def swap_out_frames(pt, ft, sw, ctr, frames):
+    """Swap out each of ``frames`` until swap fills; return how many went."""
+    pte, pflags = pt.pte, pt.flags
+    fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
+    skey, stoken, sreg = sw.key, sw.token, sw.reg
+    count = 0
+    for f in frames:
+        r = swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, f)
+        if r == SWAP_FULL:
+            break
+        if r == SWAPPED:
+            count += 1
+    return count

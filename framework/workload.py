@@ -1,0 +1,91 @@
+"""Workloads: the sequence of page numbers a client accesses, batch by batch.
+
+A workload plugin subclasses ``Workload`` and implements ``pages(n)``, the next ``n`` page numbers of its
+pattern. The framework adds what every workload shares (``WorkloadConfig``): the number of accesses, the
+fraction that are writes, and an optional guest boot pass first, one write to every page in order, as a
+64-bit guest kernel touches all of its memory through the direct map at boot.
+
+Randomness comes only from the ``rng`` each workload is given (a numpy Generator derived from the run's
+seed), so a run is determined by its config.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .components import Component
+from .config import require
+
+
+@dataclass
+class WorkloadConfig:
+    """Keys every ``conf/workload/*.yaml`` has; a workload's own Config extends it."""
+
+    name: str
+    accesses: int  # accesses after the boot pass
+    write_fraction: float
+    boot: bool  # touch every page once (a write) before the pattern starts
+
+    def __post_init__(self) -> None:
+        require(self.accesses >= 0, f"accesses must be >= 0, got {self.accesses}")
+        require(0.0 <= self.write_fraction <= 1.0, f"write_fraction must be in [0, 1], got {self.write_fraction}")
+
+
+PAGE_DTYPE = np.int32  # page numbers in access batches (an mm has fewer than 2**31 pages)
+
+
+class Workload(Component):
+    kind = "workload"
+
+    def __init__(self, cfg: Any, npages: int, rng: np.random.Generator):
+        self.cfg = cfg
+        self.npages = npages
+        self.rng = rng
+
+    def pages(self, n: int) -> np.ndarray:
+        """The next ``n`` page numbers, each in ``[0, npages)`` (any integer dtype; int32 avoids a copy)."""
+        raise NotImplementedError(f"workload {self.name!r} does not implement pages()")
+
+
+class WorkloadStream:
+    """Feeds a client: the boot pass, then the workload's pages with write flags, in batches."""
+
+    def __init__(self, workload: Workload):
+        self.workload = workload
+        cfg = workload.cfg
+        self.boot_left = workload.npages if cfg.boot else 0
+        self.boot_next = 0
+        self.left = int(cfg.accesses)
+        self.total = self.boot_left + self.left
+
+    @property
+    def done(self) -> bool:
+        return self.boot_left == 0 and self.left == 0
+
+    def next_batch(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.done:
+            return None
+        parts, writes = [], []
+        if self.boot_left:
+            k = min(n, self.boot_left)
+            parts.append(np.arange(self.boot_next, self.boot_next + k, dtype=PAGE_DTYPE))
+            writes.append(np.ones(k, dtype=np.bool_))
+            self.boot_next += k
+            self.boot_left -= k
+            n -= k
+        if n and self.left:
+            k = min(n, self.left)
+            pages = np.asarray(self.workload.pages(k), dtype=PAGE_DTYPE)
+            if pages.shape != (k,) or (k and (pages.min() < 0 or pages.max() >= self.workload.npages)):
+                raise ValueError(
+                    f"workload {self.workload.name!r} returned pages outside [0, {self.workload.npages}) "
+                    f"or not {k} of them"
+                )
+            parts.append(pages)
+            wf = self.workload.cfg.write_fraction
+            writes.append(self.workload.rng.random(k, dtype=np.float32) < wf)
+            self.left -= k
+        if len(parts) == 1:
+            return parts[0], writes[0]
+        return np.concatenate(parts), np.concatenate(writes)

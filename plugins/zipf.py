@@ -1,0 +1,101 @@
+"""Zipf: page of popularity rank r accessed with probability proportional to 1 / r^exponent.
+
+Ranks are scattered over the address space by a random permutation (hot guest pages are not contiguous).
+Sampling uses Vose's alias method: O(1) per access from one 64-bit random draw, with one 64-bit table
+entry per page (its keep threshold and its alias, packed so one cache miss fetches both).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from mmnsim import Workload, WorkloadConfig, hookimpl, require
+from numba import njit
+
+
+@dataclass
+class ZipfConfig(WorkloadConfig):
+    exponent: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.exponent >= 0.0, f"exponent must be >= 0, got {self.exponent}")
+
+
+@njit(cache=True)
+def _alias_table(order, exponent):
+    """Vose's alias method over pages, where ``order[r]`` is the page of rank r.
+
+    Returns one uint64 per page: its alias in the high 32 bits and, in the low 32, the chance of keeping
+    the page itself as a uint32 threshold (pages left over keep themselves: threshold all ones).
+    """
+    n = order.size
+    total = 0.0
+    for r in range(n):
+        total += (r + 1.0) ** -exponent
+    scaled = np.empty(n, dtype=np.float64)  # n * P(page)
+    for r in range(n):
+        scaled[order[r]] = (r + 1.0) ** -exponent * n / total
+    table = np.empty(n, dtype=np.uint64)
+    work = np.empty(n, dtype=np.int32)  # small pages from the front, large from the back
+    ns, nl = 0, 0
+    for i in range(n):
+        table[i] = (np.uint64(i) << np.uint64(32)) | _KEEP_ALWAYS
+        if scaled[i] < 1.0:
+            work[ns] = i
+            ns += 1
+        else:
+            work[n - 1 - nl] = i
+            nl += 1
+    while ns > 0 and nl > 0:
+        s = work[ns - 1]
+        ns -= 1
+        g = work[n - nl]
+        nl -= 1
+        keep = np.uint64(min(scaled[s] * 4294967296.0, 4294967295.0))
+        table[s] = (np.uint64(g) << np.uint64(32)) | keep
+        scaled[g] = scaled[g] + scaled[s] - 1.0
+        if scaled[g] < 1.0:
+            work[ns] = g
+            ns += 1
+        else:
+            nl += 1
+            work[n - nl] = g
+    return table
+
+
+_KEEP_ALWAYS = np.uint64(0xFFFFFFFF)
+_CHUNK = 1 << 16  # random draws per call of the generator: keeps the draw buffer small
+
+
+@njit(cache=True)
+def _sample(raw, table, out, at):
+    """One page per 64-bit draw: the high half picks a bucket, the low half the bucket or its alias."""
+    n = np.uint64(table.size)
+    low = np.uint64(0xFFFFFFFF)
+    for i in range(raw.size):
+        r = raw[i]
+        bucket = ((r >> np.uint64(32)) * n) >> np.uint64(32)
+        entry = table[bucket]
+        out[at + i] = bucket if (r & low) < (entry & low) else entry >> np.uint64(32)
+
+
+class Zipf(Workload):
+    name = "zipf"
+    Config = ZipfConfig
+
+    def __init__(self, cfg, npages, rng):
+        super().__init__(cfg, npages, rng)
+        order = np.arange(npages, dtype=np.int32)
+        rng.shuffle(order)
+        self.table = _alias_table(order, float(cfg.exponent))
+
+    def pages(self, n: int) -> np.ndarray:
+        out = np.empty(n, dtype=np.int32)
+        for at in range(0, n, _CHUNK):
+            _sample(self.rng.bit_generator.random_raw(min(_CHUNK, n - at)), self.table, out, at)
+        return out
+
+
+@hookimpl
+def register_components():
+    return [Zipf]

@@ -1,0 +1,25 @@
+"""The strawman of the seed: releasing secondary mappings by default, and what it costs."""
+
+from conftest import run
+
+ROOMY = ("host.memory_mib=128", "workload.accesses=400000", "engine.accesses_per_tick=50000")
+
+
+def test_eager_release_pays_flushes_and_refaults_that_notifiers_avoid():
+    _, plain = run(*ROOMY)
+    _, eager = run(*ROOMY, "policies=[swap,eager_release]", "policies.eager_release.every_ticks=1")
+    assert plain["swap_outs"] == 0  # no memory pressure: notifier mode never invalidates
+    assert plain["tlb_flushes"] == 0
+    assert eager["eager_releases"] == eager["ticks"]
+    assert eager["tlb_flushes"] >= eager["ticks"] - 1  # every release but the first (nothing mapped yet)
+    assert eager["secondary_faults"] > 2 * plain["secondary_faults"]
+    assert eager["sim_time_ns"] > plain["sim_time_ns"]
+    assert eager["invariant_violations"] == 0
+
+
+def test_eager_release_of_a_pinning_guest_lets_reclaim_swap_between_releases():
+    _, pinned = run("secondary.mode=pin")
+    _, released = run("secondary.mode=pin", "policies=[swap,eager_release]")
+    assert pinned["swap_outs"] == 0 and pinned["oom_events"] > 0
+    assert released["swap_outs"] > 0 and released["pins_released"] > 0
+    assert released["invariant_violations"] == 0
