@@ -162,8 +162,7 @@ class NotifierChain:
             arr = np.asarray(res)
             if arr.shape != young.shape:
                 raise PluginError(
-                    f"secondary MMU '{name}' returned {arr.shape} from {op}; expected one bool per range "
-                    f"{young.shape}"
+                    f"secondary MMU '{name}' returned {arr.shape} from {op}; expected one bool per range {young.shape}"
                 )
             young |= arr.astype(bool, copy=False)
         return young

@@ -36,4 +36,3 @@ def new_page_table(mm_pages: list[int]) -> PageTable:
         mm_base=base,
         mm_flags=np.zeros(len(mm_pages), dtype=np.int64),
     )
-

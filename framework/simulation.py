@@ -318,5 +318,3 @@ class Simulation:
 
     def timeseries_rows(self) -> list[dict[str, float]]:
         return self.timeseries
-
-

@@ -9,6 +9,7 @@ the pages out. Run it beside notifier mode to measure what releasing by default 
 from dataclasses import dataclass
 
 import numpy as np
+
 from mmnsim import Event, HostPolicy, NotifierRange, hookimpl, require
 
 

@@ -8,6 +8,7 @@ window moves on by its own size, so yesterday's hot pages turn cold (0: never).
 from dataclasses import dataclass
 
 import numpy as np
+
 from mmnsim import Workload, WorkloadConfig, hookimpl, require
 
 
@@ -20,9 +21,7 @@ class HotColdConfig(WorkloadConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0.0 < self.hot_fraction < 1.0, f"hot_fraction must be in (0, 1), got {self.hot_fraction}")
-        require(
-            0.0 <= self.hot_probability <= 1.0, f"hot_probability must be in [0, 1], got {self.hot_probability}"
-        )
+        require(0.0 <= self.hot_probability <= 1.0, f"hot_probability must be in [0, 1], got {self.hot_probability}")
         require(self.shift_every >= 0, f"shift_every must be >= 0, got {self.shift_every}")
 
 

@@ -17,6 +17,7 @@ alone.
 from dataclasses import dataclass
 
 import numpy as np
+
 from mmnsim import NotifierRange, SecondaryConfig, SecondaryMMU, hookimpl, require
 from mmnsim.pagebits import S_WRITABLE, clear_mask
 

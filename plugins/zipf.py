@@ -8,8 +8,9 @@ entry per page (its keep threshold and its alias, packed so one cache miss fetch
 from dataclasses import dataclass
 
 import numpy as np
-from mmnsim import Workload, WorkloadConfig, hookimpl, require
 from numba import njit
+
+from mmnsim import Workload, WorkloadConfig, hookimpl, require
 
 
 @dataclass

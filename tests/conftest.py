@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
+
 from mmnsim import Simulation
 
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")

@@ -2,6 +2,7 @@
 
 import polars as pl
 import pytest
+
 from conftest import cli
 
 TINY = ["guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64", "workload.accesses=50000",
@@ -18,9 +19,24 @@ def test_a_run_writes_summary_and_timeseries_with_provenance(workdir):
     assert "invariant violations: 0" in out.stdout
     [summary] = results(workdir)
     row = pl.read_parquet(summary).row(0, named=True)
-    for column in ("accesses", "pinned_pages_peak", "secondary_faults", "minor_faults", "major_faults",
-                   "swap_outs", "swap_ins", "invalidations", "pages_zapped", "tlb_flushes", "flush_cost_ns",
-                   "oom_events", "integrity_violations", "isolation_violations", "sim_time_ns", "wall_seconds"):
+    for column in (
+        "accesses",
+        "pinned_pages_peak",
+        "secondary_faults",
+        "minor_faults",
+        "major_faults",
+        "swap_outs",
+        "swap_ins",
+        "invalidations",
+        "pages_zapped",
+        "tlb_flushes",
+        "flush_cost_ns",
+        "oom_events",
+        "integrity_violations",
+        "isolation_violations",
+        "sim_time_ns",
+        "wall_seconds",
+    ):
         assert column in row, column
     assert row["host.memory_mib"] == 24 and row["secondary.mode"] == "notifier"
     assert row["mmnsim_version"] and row["git_commit"] and len(row["config_hash"]) == 16
@@ -50,8 +66,10 @@ def test_same_seed_same_results_and_a_joblib_multirun(workdir):
         ("policies=[swapp]", "policies: unknown option 'swapp'; accepted: eager_release, swap"),
         ("host.memory_mib=0", "host.memory_mib: must be > 0, got 0"),
         ("guest.memory_mib=-5", "guest.memory_mib: must be > 0, got -5"),
-        ("guest.memory_mib=100000", "guest.memory_mib: the tenants need 100000 MiB but host.memory_mib + "
-                                    "host.swap_mib hold only 88 MiB"),
+        (
+            "guest.memory_mib=100000",
+            "guest.memory_mib: the tenants need 100000 MiB but host.memory_mib + host.swap_mib hold only 88 MiB",
+        ),
         ("host.memroy_mib=3", "host.memroy_mib: unknown key; accepted keys under host: memory_mib, numa_nodes"),
         ("secondary.mode=pinn", "secondary.mode: invalid value 'pinn'; accepted: pin, notifier"),
         ("seed=abc", "seed: expected a non-negative integer, got 'abc'"),

@@ -3,6 +3,7 @@ independent implementation: libCacheSim's Clock, on the same page trace and capa
 
 import numpy as np
 import pytest
+
 from conftest import simulation
 
 lcs = pytest.importorskip("libcachesim")

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import simulation
 
+from conftest import simulation
 from mmnsim import Event, hookimpl
 from mmnsim.frames import ORPHAN
 from mmnsim.pagebits import PTE_NONE

@@ -2,8 +2,8 @@
 and the allocator keeps free memory in whole pageblocks."""
 
 import numpy as np
-from conftest import run, simulation
 
+from conftest import run, simulation
 from mmnsim import referenced, swap_out
 from mmnsim.frames import FREEBLK, N_ON_LIST, NFREE, PAGEBLOCK_PAGES, alloc_frame, free_frame
 

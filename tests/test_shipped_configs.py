@@ -1,6 +1,7 @@
 """Every shipped configuration runs with zero invariant violations (at a small size)."""
 
 import pytest
+
 from conftest import run
 
 CASES = [
