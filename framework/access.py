@@ -286,8 +286,13 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, pte
     via_sec = spte.size > 0
     visible = exact and (not via_sec or (sstate[MODE] & SEC_YOUNG) != 0)
     numa = node.shape[0] > 1
+    # The hit path's counters live in locals, written back on the way out: a counter kept in ``ctr``
+    # would be reloaded after every store to another array, since numba cannot rule out aliasing.
+    accesses = writes_done = remote = 0
+    seq = ctr[C.WRITE_SEQ]
     i = ks[K_I]
     v, v_end = -1, 0  # the accessor of accesses [.., v_end): accessor v issues [v * n // nv, ...)
+    status = DONE
     while i < n:
         if i >= v_end:
             v = (i * nv) // n
@@ -312,8 +317,8 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, pte
             if st == _NEXT:
                 i += 1
                 continue
-            ks[K_I] = i
-            return _ASK - st
+            status = _ASK - st
+            break
         # The access itself: check the frame is the page's, mark it used, write new content.
         owner = fkey[f]
         if owner != key:
@@ -331,18 +336,21 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, pte
             else:
                 fref[f] = 1
         if w:
-            seq = ctr[C.WRITE_SEQ] + 1
-            ctr[C.WRITE_SEQ] = seq
+            seq += 1
             token = np.uint32(seq & 0xFFFFFFFF)
             if token == 0:
                 token = np.uint32(1)
             ftoken[f] = token
             ptoken[key] = token
             pflags[key] |= P_DIRTY
-            ctr[C.WRITES] += 1
+            writes_done += 1
         if numa and pb[f >> PAGEBLOCK_SHIFT, PB_NODE] != nid:
-            ctr[C.REMOTE_ACCESSES] += 1
-        ctr[C.ACCESSES] += 1
+            remote += 1
+        accesses += 1
         i += 1
-    ks[K_I] = n
-    return DONE
+    ks[K_I] = i
+    ctr[C.ACCESSES] += accesses
+    ctr[C.WRITES] += writes_done
+    ctr[C.REMOTE_ACCESSES] += remote
+    ctr[C.WRITE_SEQ] = seq
+    return status

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numba import njit
 
-from . import counters as C
 from .frames import ORPHAN, free_frame
 from .notifier import Event, NotifierChain, NotifierRange
 from .pagebits import (
@@ -59,17 +58,6 @@ def zap_ptes(pt, ft, sw, lo, hi):
         ptoken[key] = 0
         pflags[key] &= ~_PTE_BITS
     return dropped
-
-
-@njit(cache=True)
-def unpin_frames(ft, ctr, frames):
-    """Drop one long-term pin from each frame; an orphan whose last pin goes is freed."""
-    fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
-    for f in frames:
-        fpin[f] -= 1
-        ctr[C.PINS_RELEASED] += 1
-        if fpin[f] == 0 and fkey[f] == ORPHAN:
-            free_frame(node, lists, pb, bits, fkey, ftoken, f)
 
 
 class MM:

@@ -56,11 +56,13 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
 
 
 @njit(cache=True)
-def _test_clear_young(pflags, keys, young):
-    for i in range(keys.size):
-        k = keys[i]
-        young[i] = (pflags[k] & P_YOUNG) != 0
-        pflags[k] &= ~P_YOUNG
+def _test_clear_young(fkey, pflags, frames, keys, young):
+    for i in range(frames.size):
+        k = fkey[frames[i]]
+        keys[i] = k
+        young[i] = k >= 0 and (pflags[k] & P_YOUNG) != 0
+        if k >= 0:
+            pflags[k] &= ~P_YOUNG
 
 
 def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_young") -> np.ndarray:
@@ -71,9 +73,9 @@ def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_you
     if op not in YOUNG_OPS:
         raise ValueError(f"unknown young op {op!r}; accepted: {', '.join(YOUNG_OPS)}")
     host = sim.host
-    keys = host.ft.key[frames].astype(np.int64)
-    young = np.zeros(frames.size, dtype=bool)
-    _test_clear_young(host.pt.flags, keys, young)
+    keys = np.empty(frames.size, dtype=np.int64)
+    young = np.empty(frames.size, dtype=bool)
+    _test_clear_young(host.ft.key, host.pt.flags, frames, keys, young)
     for mm, sel, pages in _by_mm(sim, keys):
         if mm.chain:
             young[sel] |= mm.chain.young(op, pages, pages + 1)

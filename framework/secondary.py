@@ -17,12 +17,14 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from numba import njit
 
+from . import counters as C
 from .components import Component, Mode
+from .frames import ORPHAN, free_frame
 from .hookspecs import hookimpl
-from .mm import unpin_frames
-from .notifier import NotifierRange, PluginError, expand_ranges, sum_per_range
-from .pagebits import PTE_NONE, S_ACCESSED, S_PINNED, clear_mask
+from .notifier import NotifierRange, PluginError
+from .pagebits import PTE_NONE, S_ACCESSED, S_PINNED
 
 if TYPE_CHECKING:
     from .simulation import Simulation, Tenant
@@ -97,26 +99,16 @@ class SecondaryMMU(Component):
 
     def zap(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """Drop the entries in each range, releasing their pins; return entries dropped per range."""
-        pages = expand_ranges(start, end)
-        entries = self.spte[pages]
-        mapped = entries >= 0
-        pinned = mapped & ((self.sflags[pages] & S_PINNED) != 0)
-        if pinned.any():
-            host = self.sim.host
-            unpin_frames(host.ft, host.ctr, entries[pinned])
-        self.spte[pages] = PTE_NONE
-        self.sflags[pages] = 0
-        zapped = sum_per_range(start, end, mapped)
-        self.metrics["pages_zapped"] += float(mapped.sum())
+        zapped = np.empty(start.size, dtype=np.int64)
+        host = self.sim.host
+        _zap(self.spte, self.sflags, _int64(start), _int64(end), host.ft, host.ctr, zapped)
+        self.metrics["pages_zapped"] += float(zapped.sum())
         return zapped
 
     def harvest_accessed(self, start: np.ndarray, end: np.ndarray, clear: bool) -> np.ndarray:
-        """Whether any mapped entry in each range has its accessed bit set; clear the bits if asked."""
-        pages = expand_ranges(start, end)
-        bits = self.sflags[pages]
-        young = sum_per_range(start, end, (bits & S_ACCESSED) != 0) > 0
-        if clear:
-            self.sflags[pages] = bits & clear_mask(S_ACCESSED)
+        """Whether any entry in each range has its accessed bit set; clear the bits if asked."""
+        young = np.empty(start.size, dtype=np.bool_)
+        _harvest(self.sflags, _int64(start), _int64(end), clear, young)
         return young
 
     def mapped_pages(self) -> int:
@@ -125,3 +117,39 @@ class SecondaryMMU(Component):
     @hookimpl
     def collect_metrics(self, sim: "Simulation") -> dict[str, float]:
         return dict(self.metrics)
+
+
+def _int64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+@njit(cache=True)
+def _zap(spte, sflags, start, end, ft, ctr, zapped):
+    fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
+    for r in range(start.size):
+        count = 0
+        for p in range(start[r], end[r]):
+            f = spte[p]
+            if f < 0:
+                continue
+            if sflags[p] & S_PINNED:  # unpin_user_page: an orphan whose last pin goes is freed
+                fpin[f] -= 1
+                ctr[C.PINS_RELEASED] += 1
+                if fpin[f] == 0 and fkey[f] == ORPHAN:
+                    free_frame(node, lists, pb, bits, fkey, ftoken, f)
+            spte[p] = PTE_NONE
+            sflags[p] = 0
+            count += 1
+        zapped[r] = count
+
+
+@njit(cache=True)
+def _harvest(sflags, start, end, clear, young):
+    for r in range(start.size):
+        seen = False
+        for p in range(start[r], end[r]):
+            if sflags[p] & S_ACCESSED:
+                seen = True
+                if clear:
+                    sflags[p] &= ~S_ACCESSED
+        young[r] = seen
