@@ -3,6 +3,10 @@
 The public API for plugins is what this module exports, plus the array layouts in ``mmnsim.pagebits``.
 """
 
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
 from .components import HostPolicy, Mode, NoConfig, SecondaryConfig
 from .config import ConfigError, require
 from .hookspecs import hookimpl, hookspec
@@ -14,6 +18,17 @@ from .simulation import Simulation, Tenant
 from .workload import Workload, WorkloadConfig
 
 __version__ = "0.1.0"
+
+DATA = Path(__file__).parent / "data"
+
+
+def data_path(name: str) -> str:
+    """The absolute path of a data file shipped with mmnsim (``traces/sqlite3.mmt.zst``, ...)."""
+    return str(DATA / name)
+
+
+# Config files name shipped data as ${mmnsim_data:traces/NAME}, wherever mmnsim is installed.
+OmegaConf.register_new_resolver("mmnsim_data", data_path, replace=True)
 
 __all__ = [
     "MM",
@@ -30,6 +45,7 @@ __all__ = [
     "Tenant",
     "Workload",
     "WorkloadConfig",
+    "data_path",
     "expand_ranges",
     "hookimpl",
     "hookspec",

@@ -293,6 +293,7 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, pte
     i = ks[K_I]
     v, v_end = -1, 0  # the accessor of accesses [.., v_end): accessor v issues [v * n // nv, ...)
     status = DONE
+    fresh = ks[K_FRESH] != 0
     while i < n:
         if i >= v_end:
             v = (i * nv) // n
@@ -313,14 +314,17 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, pte
                        fpin, fref, pb, bits, lists, node, node_order, reg, skey, stoken, sreg, key, p, w, nid,
                        exact)  # fmt: skip
             if st == _AGAIN:
+                fresh = fresh or ks[K_FRESH] != 0
+                ks[K_FRESH] = 0
                 continue
             if st == _NEXT:
                 i += 1
                 continue
             status = _ASK - st
             break
-        # The access itself: check the frame is the page's, mark it used, write new content.
-        owner = fkey[f]
+        # The access itself: check the frame is the page's (for a secondary's entry; the primary table
+        # is the framework's own and is checked every tick), mark it used, write new content.
+        owner = fkey[f] if via_sec else key
         if owner != key:
             if owner == FREE or (owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
                 ctr[C.ISOLATION_VIOLATIONS] += 1
@@ -328,11 +332,13 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, pte
                 ctr[C.COHERENCE_VIOLATIONS] += 1
         if via_sec:
             sflags[p] |= S_ACCESSED
+            if w:
+                pflags[key] |= P_DIRTY
         else:
-            pflags[key] |= P_YOUNG
+            pflags[key] = fl | (P_YOUNG | P_DIRTY if w else P_YOUNG)
         if visible:
-            if ks[K_FRESH]:
-                ks[K_FRESH] = 0
+            if fresh:
+                fresh = False  # the access that brought the page in is the miss, not a reference
             else:
                 fref[f] = 1
         if w:
@@ -342,13 +348,13 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, pte
                 token = np.uint32(1)
             ftoken[f] = token
             ptoken[key] = token
-            pflags[key] |= P_DIRTY
             writes_done += 1
         if numa and pb[f >> PAGEBLOCK_SHIFT, PB_NODE] != nid:
             remote += 1
         accesses += 1
         i += 1
     ks[K_I] = i
+    ks[K_FRESH] = fresh
     ctr[C.ACCESSES] += accesses
     ctr[C.WRITES] += writes_done
     ctr[C.REMOTE_ACCESSES] += remote

@@ -2,6 +2,7 @@
 
 A component declares its settings as a dataclass without defaults (the defaults live in its YAML file,
 once); ``typed`` checks a config node against it and names the key and the accepted values on failure.
+Settings given inline, with no YAML file of their own (a process's), may have defaults in the dataclass.
 Range checks go in the dataclass's ``__post_init__`` as ``require(...)`` calls.
 """
 
@@ -34,7 +35,7 @@ def typed(node: Any, schema: type[T], path: str) -> T:
     unknown = [k for k in keys if k not in fields]
     if unknown:
         raise ConfigError(f"{path}.{unknown[0]}: unknown key; accepted keys: {', '.join(fields)}")
-    missing = [k for k in fields if k not in keys]
+    missing = [k for k, f in fields.items() if k not in keys and _required(f)]
     if missing:
         raise ConfigError(f"{path}.{missing[0]}: missing; {path} needs: {', '.join(fields)}")
     try:
@@ -49,6 +50,10 @@ def typed(node: Any, schema: type[T], path: str) -> T:
         if field in fields:  # "memory_mib must be > 0, got 0" -> "host.memory_mib: must be > 0, got 0"
             raise ConfigError(f"{path}.{field}: {rest}") from None
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _reason(exc: OmegaConfBaseException, field: dataclasses.Field | None) -> str:

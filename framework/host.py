@@ -38,9 +38,8 @@ class HostConfig:
             f"watermark_scale_factor must be in [1, 3000] as in the kernel, got {self.watermark_scale_factor}",
         )
         require(self.min_free_kbytes >= 0, f"min_free_kbytes must be >= 0, got {self.min_free_kbytes}")
-        frames = self.memory_mib * MIB_PAGES
         require(
-            frames // self.numa_nodes >= PAGEBLOCK_PAGES,
+            self.memory_mib * MIB_PAGES // self.numa_nodes >= PAGEBLOCK_PAGES or self.numa_nodes == 1,
             f"numa_nodes={self.numa_nodes} leaves less than one 2 MiB pageblock per node of "
             f"memory_mib={self.memory_mib}",
         )

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from .components import Component
 from .config import ConfigError, require, typed
 from .costs import Costs
-from .discovery import Registry
+from .discovery import KIND_DIRS, Registry
 from .host import MIB_PAGES, HostConfig
 from .workload import WorkloadConfig
 
@@ -35,15 +35,18 @@ class GuestConfig:
 
 @dataclass
 class ProcessConfig:
-    """A plain process on the host (no secondary MMU) with its own workload."""
+    """Another address space on the host: a process, or with a secondary MMU a guest or device user."""
 
     name: str
     memory_mib: int
-    node: int
+    node: int  # NUMA node its CPUs (or vCPUs) run on
     workload: dict[str, Any]  # workload settings; unset keys come from conf/workload/<name>.yaml
+    secondary: dict[str, Any] | None = None  # e.g. {name: kvm}; unset keys from conf/secondary/<name>.yaml
+    vcpus: int = 1
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
+        require(self.vcpus >= 1, f"vcpus must be >= 1, got {self.vcpus}")
 
 
 @dataclass
@@ -108,7 +111,9 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         if not 0 <= proc.node < host.numa_nodes:
             raise ConfigError(f"{key}.node: {proc.node} is outside 0..{host.numa_nodes - 1}")
         wl = _workload(proc.workload, f"{key}.workload", registry)
-        tenants.append(TenantSpec(proc.name, proc.memory_mib * MIB_PAGES, np.array([proc.node]), wl, None))
+        sec = _secondary(proc.secondary, registry, f"{key}.secondary") if proc.secondary else None
+        nodes = np.full(proc.vcpus, proc.node)
+        tenants.append(TenantSpec(proc.name, proc.memory_mib * MIB_PAGES, nodes, wl, sec))
     names = [t.name for t in tenants]
     if len(set(names)) != len(names):
         raise ConfigError(f"processes: names must be unique and differ from guest0..guestN; got {names}")
@@ -128,23 +133,28 @@ def _component(kind: str, name: str, node: Any, key: str, registry: Registry) ->
     return cls, typed(node, cls.Config, key)
 
 
-def _secondary(node: Any, registry: Registry) -> tuple[type[Component], Any] | None:
+def _secondary(node: Any, registry: Registry, key: str = "secondary") -> tuple[type[Component], Any] | None:
     name = node.get("name") if isinstance(node, DictConfig | dict) else None
     if name is None:
-        raise ConfigError("secondary.name: missing; choose one with secondary=NAME")
+        raise ConfigError(f"{key}.name: missing; choose one with secondary=NAME")
     if name == NO_SECONDARY:
         return None
-    return _component("secondary", name, node, "secondary", registry)
+    return _component("secondary", name, _with_defaults(node, "secondary", name, key, registry), key, registry)
 
 
 def _workload(node: Any, key: str, registry: Registry) -> tuple[type[Component], WorkloadConfig]:
     name = node.get("name") if isinstance(node, DictConfig | dict) else None
     if name is None:
         raise ConfigError(f"{key}.name: missing; choose a workload with workload=NAME")
-    if not isinstance(node, DictConfig):  # given inline (processes[].workload): fill in its YAML defaults
-        registry.get("workload", name, key)
-        node = OmegaConf.merge(_builtin_defaults("workload", name), node)
-    return _component("workload", name, node, key, registry)
+    return _component("workload", name, _with_defaults(node, "workload", name, key, registry), key, registry)
+
+
+def _with_defaults(node: Any, kind: str, name: str, key: str, registry: Registry) -> Any:
+    """Settings given inline (``processes[i].workload``) get the unset keys from the plugin's YAML file."""
+    if isinstance(node, DictConfig):  # composed by Hydra from the config group: complete already
+        return node
+    registry.get(kind, name, key)
+    return OmegaConf.merge(_builtin_defaults(KIND_DIRS[kind], name), node)
 
 
 def _guest_nodes(guest: GuestConfig, index: int, host: HostConfig) -> np.ndarray:

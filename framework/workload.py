@@ -1,16 +1,18 @@
 """Workloads: the sequence of page numbers a client accesses, batch by batch.
 
 A workload plugin subclasses ``Workload`` and implements ``pages(n)``, the next ``n`` page numbers of its
-pattern. The framework adds what every workload shares (``WorkloadConfig``): the number of accesses, the
-fraction that are writes, and an optional guest boot pass first, one write to every page in order, as a
-64-bit guest kernel touches all of its memory through the direct map at boot.
+pattern (or a ``(pages, writes)`` pair, if it knows which accesses write). The framework adds what every
+workload shares (``WorkloadConfig``): the number of accesses, the fraction that are writes, and an
+optional guest boot pass first, one write to every page in order, as a 64-bit guest kernel touches all of
+its memory through the direct map at boot. A workload with an end (a trace) sets ``runs_to_end``: with
+``accesses: 0`` it runs until ``pages`` returns fewer than asked.
 
 Randomness comes only from the ``rng`` each workload is given (a numpy Generator derived from the run's
 seed), so a run is determined by its config.
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,19 +34,22 @@ class WorkloadConfig:
         require(0.0 <= self.write_fraction <= 1.0, f"write_fraction must be in [0, 1], got {self.write_fraction}")
 
 
+_UNTIL_THE_END = 2**62
 PAGE_DTYPE = np.int32  # page numbers in access batches (an mm has fewer than 2**31 pages)
 
 
 class Workload(Component):
     kind = "workload"
+    runs_to_end: ClassVar[bool] = False  # accesses: 0 means "until pages() runs dry", not "none"
 
     def __init__(self, cfg: Any, npages: int, rng: np.random.Generator):
         self.cfg = cfg
         self.npages = npages
         self.rng = rng
 
-    def pages(self, n: int) -> np.ndarray:
-        """The next ``n`` page numbers, each in ``[0, npages)`` (any integer dtype; int32 avoids a copy)."""
+    def pages(self, n: int) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+        """The next ``n`` page numbers, each in ``[0, npages)`` (any integer dtype; int32 avoids a copy);
+        or a (pages, writes) pair, writes a bool per page or None. Fewer than ``n`` ends the stream."""
         raise NotImplementedError(f"workload {self.name!r} does not implement pages()")
 
 
@@ -56,8 +61,7 @@ class WorkloadStream:
         cfg = workload.cfg
         self.boot_left = workload.npages if cfg.boot else 0
         self.boot_next = 0
-        self.left = int(cfg.accesses)
-        self.total = self.boot_left + self.left
+        self.left = int(cfg.accesses) if cfg.accesses or not workload.runs_to_end else _UNTIL_THE_END
 
     @property
     def done(self) -> bool:
@@ -76,16 +80,24 @@ class WorkloadStream:
             n -= k
         if n and self.left:
             k = min(n, self.left)
-            pages = np.asarray(self.workload.pages(k), dtype=PAGE_DTYPE)
-            if pages.shape != (k,) or (k and (pages.min() < 0 or pages.max() >= self.workload.npages)):
+            got = self.workload.pages(k)
+            pages, flags = got if isinstance(got, tuple) else (got, None)
+            pages = np.asarray(pages, dtype=PAGE_DTYPE)
+            outside = pages.size and (pages.min() < 0 or pages.max() >= self.workload.npages)
+            if pages.ndim != 1 or pages.size > k or outside:
                 raise ValueError(
                     f"workload {self.workload.name!r} returned pages outside [0, {self.workload.npages}) "
-                    f"or not {k} of them"
+                    f"or more than the {k} asked for"
                 )
+            if flags is None:
+                wf = self.workload.cfg.write_fraction
+                rng = self.workload.rng
+                flags = rng.random(pages.size, dtype=np.float32) < wf if wf else np.zeros(pages.size, bool)
             parts.append(pages)
-            wf = self.workload.cfg.write_fraction
-            writes.append(self.workload.rng.random(k, dtype=np.float32) < wf)
-            self.left -= k
+            writes.append(np.asarray(flags, dtype=np.bool_))
+            self.left = 0 if pages.size < k else self.left - k
+        if not parts:
+            return None
         if len(parts) == 1:
             return parts[0], writes[0]
         return np.concatenate(parts), np.concatenate(writes)
