@@ -264,22 +264,26 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
 
 
 @njit(cache=True)
-def run_accesses(pages, writes, ks, pt, ft, sw, ctr, mm, spte, sflags, sstate, vcpu_node, exact):
+def run_accesses(pages, writes, ks, pt, ft, sw, ctr, mm, spte, sflags, sstate, vcpu_node, exact, check_owner):
     """Run accesses ``pages[ks[K_I]:]`` of mm ``mm``; return DONE or what Python must do first.
 
     ``spte``/``sflags``/``sstate`` are the secondary MMU the accesses go through, or empty arrays for
     CPU accesses. ``vcpu_node[v]`` is the node of accessor ``v``; the batch is split evenly among them.
+    ``check_owner``: check on every access through a secondary that its frame holds the page (a
+    dependent load per access; the invariant check finds every bad entry each tick without it).
     """
     b = borrow
     return _run(b(pages), b(writes), b(ks), b(ctr), mm, b(spte), b(sflags), b(sstate), b(vcpu_node), exact,
+                check_owner,
                 b(pt.pte), b(pt.flags), b(pt.token), b(pt.mm_base), b(pt.mm_flags),
                 b(ft.key), b(ft.token), b(ft.pin), b(ft.ref), b(ft.pb), b(ft.bits), b(ft.lists), b(ft.node),
                 b(ft.node_order), b(ft.reg), b(sw.key), b(sw.token), b(sw.reg))  # fmt: skip
 
 
 @njit(cache=True)
-def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, pte, pflags, ptoken, mm_base,
-         mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, reg, skey, stoken, sreg):  # fmt: skip
+def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, check_owner, pte, pflags, ptoken,
+         mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, reg, skey, stoken,
+         sreg):  # fmt: skip
     n = pages.size
     base = mm_base[mm]
     nv = vcpu_node.size
@@ -324,7 +328,7 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, pte
             break
         # The access itself: check the frame is the page's (for a secondary's entry; the primary table
         # is the framework's own and is checked every tick), mark it used, write new content.
-        owner = fkey[f] if via_sec else key
+        owner = fkey[f] if via_sec and check_owner else key
         if owner != key:
             if owner == FREE or (owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
                 ctr[C.ISOLATION_VIOLATIONS] += 1

@@ -7,9 +7,9 @@
 * conservation: free + used frames = total, the free lists agree with the frames, swap slots match
                 swap PTEs one to one.
 
-The access kernel also counts, at the moment it happens, every access through an entry whose frame is
-not the page's (``isolation_violations`` / ``coherence_violations``). A check counts each violating
-entry or page once per check, so a violation is counted again for every tick it persists.
+A check counts each violating entry or page once per check, so a violation is counted again for every
+tick it persists. With ``engine.check_accesses`` the access kernel also counts, as it happens, every
+access through a secondary entry whose frame is not the page's.
 """
 
 from dataclasses import dataclass, field

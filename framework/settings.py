@@ -53,6 +53,7 @@ class ProcessConfig:
 class EngineConfig:
     accesses_per_tick: int  # accesses each client issues per tick
     check_invariants: bool
+    check_accesses: bool  # also count each access through a secondary entry whose frame is not the page's
     stop_on_violation: bool  # raise at the first violated invariant instead of counting on
     timeseries: bool
 

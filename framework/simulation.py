@@ -209,7 +209,7 @@ class Simulation:
             while True:
                 status = run_accesses(
                     pages, writes, ks, host.pt, host.ft, host.sw, host.ctr, mm.index,
-                    spte, sflags, sstate, vcpu_node, self.exact_clock,
+                    spte, sflags, sstate, vcpu_node, self.exact_clock, self.engine.check_accesses,
                 )  # fmt: skip
                 if status == DONE:
                     break
