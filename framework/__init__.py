@@ -10,10 +10,11 @@ from omegaconf import OmegaConf
 from .components import HostPolicy, Mode, NoConfig, SecondaryConfig
 from .config import ConfigError, require
 from .hookspecs import hookimpl, hookspec
+from .migrate import migrate
 from .mm import MM
 from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
 from .reclaim import referenced, scan_frames, swap_out
-from .secondary import SecondaryMMU
+from .secondary import SecondaryMMU, device_region
 from .simulation import Simulation, Tenant
 from .workload import Workload, WorkloadConfig
 
@@ -46,9 +47,11 @@ __all__ = [
     "Workload",
     "WorkloadConfig",
     "data_path",
+    "device_region",
     "expand_ranges",
     "hookimpl",
     "hookspec",
+    "migrate",
     "referenced",
     "require",
     "scan_frames",

@@ -44,8 +44,10 @@ from .frames import (
     WMARK_LOW,
     WMARK_MIN,
     alloc_frame,
+    is_device_frame,
 )
 from .pagebits import (
+    P_DEVICE,
     P_DIRTY,
     P_PROTNONE,
     P_READ,
@@ -59,7 +61,7 @@ from .pagebits import (
     swap_slot,
 )
 from .pagetable import MM_HAS_NOTIFIERS
-from .secondary import IN_PROGRESS, MODE, SEC_PIN, SEC_YOUNG, SEQ
+from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SEC_PIN, SEC_YOUNG, SEQ
 from .swapdev import SWAPPED, swap_free, swap_out_frame
 
 
@@ -84,12 +86,12 @@ def borrow(a):
 
 
 # Kernel state (ks): where a batch stopped and the fault in flight.
-K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH = range(6)
-KS_SIZE = 6
+K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP = range(7)
+KS_SIZE = 7  # K_SKIP: Python could not serve the access at K_I; skip it
 
 # Statuses returned by run_accesses.
-DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK = range(5)
-STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock")
+DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK, MIGRATE_TO_RAM = range(6)
+STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock", "migrate_to_ram")
 
 # Internal results of resolving a fault; a status for Python is encoded as _ASK - status.
 _OK, _ERR, _FAIL = -1, -2, -3
@@ -107,17 +109,18 @@ def new_kernel_state() -> np.ndarray:
 
 
 @njit(cache=True, inline="always")
-def clock_victim(fkey, fpin, fref, reg):
+def clock_victim(fkey, fpin, fref, reg, pb, node_order):
     """Advance the CLOCK hand to the next frame without its reference bit, clearing bits on the way.
 
-    Free, orphaned and pinned frames are passed over. Returns -1 if two sweeps find nothing.
+    Free, orphaned, pinned and device-private frames are passed over. Returns -1 if two sweeps find
+    nothing.
     """
     n = fkey.size
     hand = reg[REG_CLOCK_HAND]
     for _ in range(2 * n + 1):
         f = hand
         hand = hand + 1 if hand + 1 < n else 0
-        if fkey[f] < 0 or fpin[f] > 0:
+        if fkey[f] < 0 or fpin[f] > 0 or is_device_frame(pb, node_order, f):
             continue
         if fref[f]:
             fref[f] = 0
@@ -155,7 +158,7 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
                     return alloc_frame(node, lists, pb, bits, fkey, fref, n, key)
             if reg[REG_FLAGS] & RECLAIM_FUTILE:
                 return _fail_allocation(reg, ctr)
-            v = clock_victim(fkey, fpin, fref, reg)
+            v = clock_victim(fkey, fpin, fref, reg, pb, node_order)
             if v < 0:
                 return _fail_allocation(reg, ctr)
             if mm_flags[np.searchsorted(mm_base, fkey[v], side="right") - 1] & MM_HAS_NOTIFIERS:
@@ -193,6 +196,9 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
     _NEXT (it failed and is skipped) or _ASK - status.
     """
     via_sec = spte.size > 0
+    if via_sec and sstate[MODE] & SEC_NOFAULT:
+        ctr[C.ACCESS_ERRORS] += 1  # no entry and no way to fault one in: the device access fails
+        return _NEXT
     if via_sec and ks[K_SEQ] < 0:
         ks[K_SEQ] = sstate[SEQ]
         ctr[C.SECONDARY_FAULTS] += 1
@@ -205,7 +211,11 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
         return _NEXT
     e = pte[key]
     if e >= 0:
-        if fl & P_PROTNONE:
+        if fl & P_DEVICE:  # device-private: only its own device maps it; anyone else migrates it back
+            if not (via_sec and pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == sstate[DEV_NODE]):
+                ks[K_VICTIM] = key
+                return _ASK - MIGRATE_TO_RAM
+        elif fl & P_PROTNONE:
             pflags[key] = fl & ~P_PROTNONE
             ctr[C.NUMA_HINT_FAULTS] += 1
     else:
@@ -298,6 +308,11 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
     v, v_end = -1, 0  # the accessor of accesses [.., v_end): accessor v issues [v * n // nv, ...)
     status = DONE
     fresh = ks[K_FRESH] != 0
+    if ks[K_SKIP]:
+        ks[K_SKIP] = 0
+        ks[K_SEQ] = -1
+        ks[K_LEVEL] = 0
+        i += 1
     while i < n:
         if i >= v_end:
             v = (i * nv) // n
@@ -312,7 +327,7 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
         else:
             f = pte[key]
             fl = pflags[key]
-            hit = f >= 0 and not fl & P_PROTNONE and (fl & (P_WRITE if w else P_READ)) != 0
+            hit = f >= 0 and not fl & (P_PROTNONE | P_DEVICE) and (fl & (P_WRITE if w else P_READ)) != 0
         if not hit:
             st = _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken,
                        fpin, fref, pb, bits, lists, node, node_order, reg, skey, stoken, sreg, key, p, w, nid,

@@ -96,6 +96,20 @@ def _measure(overrides: list[str]) -> dict:
     }
 
 
+def _runs(args: argparse.Namespace, extra: list[str]) -> list[dict]:
+    """``args.repeat`` measurements of the configured case, each in a fresh process, slowest first."""
+    argv = ["--accesses", str(args.accesses), "--guest-mib", str(args.guest_mib), "--host-mib", str(args.host_mib),
+            "--seed", str(args.seed)]  # fmt: skip
+    runs = []
+    for _ in range(args.repeat):
+        out = subprocess.run([sys.executable, "-m", "mmnsim.bench", "--one", *argv, *args.override, *extra],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+        if out.returncode != 0:
+            sys.exit(f"mmnsim-bench: run failed:\n{out.stderr}")
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return sorted(runs, key=lambda r: r["accesses_per_second"])
+
+
 def trace_case(repeat: int, as_json: bool) -> None:
     import tempfile
 
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs (fresh processes); the median is quoted")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--case", choices=["core", "trace"], default="core")
+    parser.add_argument("--case", choices=["core", "trace", "devices"], default="core")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one run, here
     parser.add_argument("override", nargs="*", help="extra config overrides, e.g. policies.swap.mode=clock")
     args = parser.parse_args(argv)
@@ -166,16 +180,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(_measure(overrides)))
         return
-    runs = []
-    for _ in range(args.repeat):
-        out = subprocess.run(
-            [sys.executable, "-m", "mmnsim.bench", "--one", *[a for a in (argv or sys.argv[1:]) if a != "--json"]],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if out.returncode != 0:
-            sys.exit(f"mmnsim-bench: run failed:\n{out.stderr}")
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    runs.sort(key=lambda r: r["accesses_per_second"])
+    if args.case == "devices":
+        medians = {}
+        for kind in ("kvm", "rdma", "gpu"):
+            runs = _runs(args, [f"secondary={kind}"])
+            medians[kind] = runs[len(runs) // 2]["accesses_per_second"]
+        if args.json:
+            print(json.dumps(medians, indent=2))
+            return
+        print(f"config: {' '.join(overrides)}, secondary=kvm|rdma|gpu")
+        for kind, rate in medians.items():
+            print(f"  {kind:5s} {rate / 1e6:6.2f} M accesses/s ({rate / medians['kvm']:.2f} of kvm's)")
+        return
+    runs = _runs(args, [])
     median = runs[len(runs) // 2]
     summary = {"config": overrides, "runs": runs, "median": median}
     if args.json:

@@ -27,6 +27,8 @@ NAMES = (
     "pgscan",  # frames examined by reclaim
     "pin_skipped",  # reclaim candidates skipped because they are pinned
     "invalidations",  # ranges delivered to a non-empty notifier chain by invalidate_range_start
+    "pages_migrated",  # pgmigrate_success
+    "migrations_refused",  # pgmigrate_fail: pinned, or no free frame on the target node
     "kswapd_wakeups",
     "direct_reclaims",  # allocstall
     "write_seq",  # content-token generator: bumped on every write
@@ -53,6 +55,8 @@ NAMES = (
     PGSCAN,
     PIN_SKIPPED,
     INVALIDATIONS,
+    PAGES_MIGRATED,
+    MIGRATIONS_REFUSED,
     KSWAPD_WAKEUPS,
     DIRECT_RECLAIMS,
     WRITE_SEQ,

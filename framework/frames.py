@@ -54,14 +54,15 @@ class FrameTable(NamedTuple):
     bits: np.ndarray  # uint64 [pageblocks, WORDS]: free bitmap of each pageblock
     lists: np.ndarray  # int32 [2, pageblocks]: per-node stacks (node n in [PB_LO, PB_HI)) of each list
     node: np.ndarray  # int64 [nodes, NODE_COLUMNS]
-    node_order: np.ndarray  # int32 [nodes, nodes]: allocation fallback order, nearest first
+    node_order: np.ndarray  # int32 [ram nodes, ram nodes]: allocation fallback order, nearest first
     reg: np.ndarray  # int64 [REG_SIZE]
 
 
 def new_frame_table(node_frames: list[int], distance: np.ndarray, watermarks: np.ndarray) -> FrameTable:
     """Frames for nodes of the given sizes (whole pageblocks, but the last node's may end short).
 
-    ``watermarks`` is [nodes, 3]: min, low, high in frames.
+    ``watermarks`` is [nodes, 3]: min, low, high in frames. ``distance`` covers the RAM nodes; nodes past
+    them are device memory, in no fallback order.
     """
     nodes = len(node_frames)
     pb_counts = [-(-n // PAGEBLOCK_PAGES) for n in node_frames]
@@ -165,5 +166,7 @@ def free_frame(node, lists, pb, bits, key, token, f):
     node[pb[b, PB_NODE], NFREE] += 1
 
 
-def free_frames_total(ft: FrameTable) -> int:
-    return int(ft.node[:, NFREE].sum())
+@njit(cache=True)
+def is_device_frame(pb, node_order, f):
+    """Whether frame ``f`` is device-private memory (its node is past the RAM nodes)."""
+    return pb[f >> PAGEBLOCK_SHIFT, PB_NODE] >= node_order.shape[0]

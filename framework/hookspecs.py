@@ -57,6 +57,24 @@ class NotifierOps:
         """
 
     @hookspec
+    def invalidate(self, ranges, cur_seq):
+        """``mmu_interval_notifier_ops.invalidate``, for interval subscribers only.
+
+        Called, before any whole-mm subscriber's ``invalidate_range_start``, with the part of ``ranges``
+        that overlaps the subscriber's region (clipped to it), while the primary PTEs still map the pages.
+        The subscriber must record ``cur_seq`` with ``set_seq(cur_seq)`` (mmu_interval_set_seq) before it
+        drops its translations, so that a fault that read the sequence earlier retries
+        (mmu_interval_read_retry); then zap and flush. There is no end call: the fault path's sequence
+        check covers the window.
+
+        ``ranges.event`` says why; an event whose ``ranges.owner`` is this device (its own MIGRATE or
+        EXCLUSIVE) may be skipped. At mm teardown it comes with event RELEASE over the whole mm.
+
+        Return True (or None). False only when ``ranges.blockable`` is False and the subscriber would have
+        to sleep: the caller then gives up on the batch.
+        """
+
+    @hookspec
     def clear_flush_young(self, mm, start, end):
         """Test and clear the accessed bit of every translation in each range, flushing if needed.
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import counters
 from .config import ConfigError, require
-from .frames import NFREE, PAGE_SIZE, PAGEBLOCK_PAGES, WMARK_HIGH, WMARK_LOW, new_frame_table
+from .frames import NFREE, PAGE_SIZE, PAGEBLOCK_PAGES, PAGEBLOCK_SHIFT, PB_NODE, WMARK_HIGH, WMARK_LOW, new_frame_table
 from .pagetable import new_page_table
 from .swapdev import new_swap_table
 
@@ -56,11 +56,16 @@ class HostConfig:
 
 
 class Host:
-    """Frames, swap, page tables and counters of one simulated machine."""
+    """Frames, swap, page tables and counters of one simulated machine.
 
-    def __init__(self, cfg: HostConfig, mm_pages: list[int]):
+    Nodes ``0 .. numa_nodes - 1`` are the host's RAM. Device-private memory (a GPU's VRAM, as ZONE_DEVICE
+    pages) comes as extra nodes after them, one per ``device_frames`` entry: frames with struct pages but
+    no CPU access, never on an allocation fallback list, never reclaimed.
+    """
+
+    def __init__(self, cfg: HostConfig, mm_pages: list[int], device_frames: list[int] = ()):
         self.cfg = cfg
-        self.nframes = cfg.memory_mib * MIB_PAGES
+        self.nframes = cfg.memory_mib * MIB_PAGES  # host RAM; device memory not included
         self.nodes = cfg.numa_nodes
         self.node_frames = _split(self.nframes, self.nodes)
         self.distance = (
@@ -69,26 +74,44 @@ class Host:
             else np.where(np.eye(self.nodes, dtype=bool), LOCAL_DISTANCE, REMOTE_DISTANCE)
         )
         self.watermarks = _watermarks(self.node_frames, cfg.min_free_kbytes, cfg.watermark_scale_factor)
-        self.ft = new_frame_table(self.node_frames, self.distance, self.watermarks)
+        self.device_nodes = list(range(self.nodes, self.nodes + len(device_frames)))
+        self.ft = new_frame_table(
+            [*self.node_frames, *device_frames],
+            self.distance,
+            np.concatenate([self.watermarks, np.zeros((len(device_frames), 3), dtype=np.int64)]),
+        )
         self.sw = new_swap_table(cfg.swap_mib * MIB_PAGES)
         self.pt = new_page_table(mm_pages)
         self.ctr = counters.new_counters()
 
+    @property
+    def ram(self) -> np.ndarray:
+        """The node table's rows for host RAM (not device memory)."""
+        return self.ft.node[: self.nodes]
+
     def free_frames(self) -> int:
-        return int(self.ft.node[:, NFREE].sum())
+        """Free frames of host RAM."""
+        return int(self.ram[:, NFREE].sum())
+
+    def free_on(self, node: int) -> int:
+        """Free frames on one node (RAM or device memory)."""
+        return int(self.ft.node[node, NFREE])
 
     def pages_to_high(self) -> int:
         """Frames kswapd must free for every node to reach its high watermark."""
-        return int(np.maximum(self.ft.node[:, WMARK_HIGH] - self.ft.node[:, NFREE], 0).sum())
+        return int(np.maximum(self.ram[:, WMARK_HIGH] - self.ram[:, NFREE], 0).sum())
 
     def high_watermarks(self) -> int:
-        return int(self.ft.node[:, WMARK_HIGH].sum())
+        return int(self.ram[:, WMARK_HIGH].sum())
 
     def pages_to_low(self) -> int:
-        return int(np.maximum(self.ft.node[:, WMARK_LOW] - self.ft.node[:, NFREE], 0).sum())
+        return int(np.maximum(self.ram[:, WMARK_LOW] - self.ram[:, NFREE], 0).sum())
 
     def pinned_pages(self) -> int:
         return int(np.count_nonzero(self.ft.pin))
+
+    def node_of(self, frame: int) -> int:
+        return int(self.ft.pb[frame >> PAGEBLOCK_SHIFT, PB_NODE])
 
     def swap_used(self) -> int:
         return int(self.sw.reg[1])

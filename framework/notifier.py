@@ -1,8 +1,11 @@
 """An mm's notifier chain: its subscribers, and the calls that deliver ``NotifierOps`` to them.
 
 The chain is a pluggy plugin manager per mm, holding the ``NotifierOps`` spec; subscribing registers a
-secondary MMU object in it. Calls go to every subscriber, newest first, as the kernel walks its hlist.
-A subscriber that raises, or refuses what it may not refuse, is reported as a ``PluginError`` naming it.
+secondary MMU object in it. Whole-mm subscribers get every call, newest first, as the kernel walks its
+hlist. Interval subscribers (``interval = True``, mmu_interval_notifier) get ``invalidate`` only for the
+ranges that overlap their ``region``, clipped to it, before the whole-mm subscribers' start, as
+mn_itree_invalidate runs first; at teardown they get ``invalidate`` with event RELEASE. A subscriber that
+raises, or refuses what it may not refuse, is reported as a ``PluginError`` naming it.
 """
 
 from collections.abc import Iterator
@@ -45,6 +48,16 @@ class NotifierRange:
     event: Event
     blockable: bool = True
     owner: object | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event, Event):
+            try:
+                object.__setattr__(self, "event", Event(self.event))
+            except ValueError:
+                accepted = ", ".join(e.name for e in Event)
+                raise ValueError(f"unknown notifier event {self.event!r}; accepted: {accepted}") from None
+        if self.start.shape != self.end.shape or np.any(self.end <= self.start):
+            raise ValueError("a notifier range batch needs start and end arrays of one shape, each end > its start")
 
     def __len__(self) -> int:
         return int(self.start.size)
@@ -90,10 +103,20 @@ class NotifierChain:
         self.mm = mm
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(NotifierOps)
+        self.invalidate_seq = 0  # odd while an invalidation runs (mmu_notifier_subscriptions.invalidate_seq)
 
     # -- subscription (mmu_notifier_register / mmu_notifier_unregister) --
 
     def subscribe(self, subscriber: object) -> None:
+        interval = getattr(subscriber, "interval", False)
+        ops = {"invalidate"} if interval else {"invalidate_range_start", "invalidate_range_end"}
+        wrong = [op for op in ("invalidate", "invalidate_range_start") if op not in ops and _implements(subscriber, op)]
+        if wrong:
+            kind = "an interval" if interval else "a whole-mm"
+            raise PluginError(
+                f"secondary MMU '{_label(subscriber)}' is {kind} subscriber but implements {wrong[0]}: interval "
+                "subscribers implement invalidate, whole-mm ones invalidate_range_start/_end"
+            )
         name = _label(subscriber)
         suffix = 1
         while self._pm.has_plugin(name if suffix == 1 else f"{name}#{suffix}"):
@@ -114,16 +137,25 @@ class NotifierChain:
 
     # -- delivery --
 
-    def _impls(self, op: str) -> Iterator[tuple[str, Any, tuple[str, ...]]]:
+    def _impls(self, op: str) -> Iterator[tuple[str, Any, tuple[str, ...], object]]:
         for impl in reversed(getattr(self._pm.hook, op).get_hookimpls()):
-            yield impl.plugin_name, impl.function, impl.argnames
+            yield impl.plugin_name, impl.function, impl.argnames, impl.plugin
 
     def call(self, op: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call ``op`` on every subscriber implementing it; return (subscriber name, result) pairs."""
+        """Call ``op`` on every subscriber implementing it; return (subscriber name, result) pairs.
+
+        ``invalidate`` goes to each interval subscriber with ``ranges`` clipped to its region, if any
+        overlap."""
         results = []
-        for name, fn, argnames in self._impls(op):
+        for name, fn, argnames, plugin in self._impls(op):
+            args = kwargs
+            if op == "invalidate":
+                clipped = _clip(kwargs["ranges"], plugin.region)
+                if clipped is None:
+                    continue
+                args = {**kwargs, "ranges": clipped}
             try:
-                result = fn(*[kwargs[a] for a in argnames])
+                result = fn(*[args[a] for a in argnames])
             except PluginError:
                 raise
             except Exception as exc:
@@ -134,7 +166,10 @@ class NotifierChain:
     def invalidate_range_start(self, ranges: NotifierRange) -> bool:
         """mmu_notifier_invalidate_range_start: False if a subscriber refused a non-blockable batch."""
         self.mm.sim.host.ctr[INVALIDATIONS] += len(ranges)
-        refused = [name for name, res in self.call("invalidate_range_start", ranges=ranges) if res is False]
+        self.invalidate_seq += 1
+        results = self.call("invalidate", ranges=ranges, cur_seq=self.invalidate_seq)
+        results += self.call("invalidate_range_start", ranges=ranges)
+        refused = [name for name, res in results if res is False]
         if not refused:
             return True
         if ranges.blockable:
@@ -143,7 +178,7 @@ class NotifierChain:
                 f"({ranges.event.name}, {len(ranges)} ranges of mm '{self.mm.name}'): only "
                 "non-blockable ranges may be refused"
             )
-        ending = {name for name, _, _ in self._impls("invalidate_range_end")}
+        ending = {name for name, _, _, _ in self._impls("invalidate_range_end")}
         if ending & set(refused):
             raise PluginError(
                 f"secondary MMU '{sorted(ending & set(refused))[0]}' refused invalidate_range_start but "
@@ -154,6 +189,7 @@ class NotifierChain:
 
     def invalidate_range_end(self, ranges: NotifierRange) -> None:
         self.call("invalidate_range_end", ranges=ranges)
+        self.invalidate_seq += 1
 
     def young(self, op: str, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """OR of every subscriber's answer to ``clear_flush_young``/``clear_young``, per range."""
@@ -168,11 +204,33 @@ class NotifierChain:
         return young
 
     def release(self) -> None:
-        """mmu_notifier_release: every subscriber drops the mm, then leaves the chain."""
+        """mmu_notifier_release: every subscriber drops the mm, then leaves the chain. Interval
+        subscribers get an ``invalidate`` of the whole mm with event RELEASE (mn_itree_release)."""
+        whole = NotifierRange(self.mm, np.array([0]), np.array([self.mm.npages]), Event.RELEASE)
+        self.invalidate_seq += 1
+        self.call("invalidate", ranges=whole, cur_seq=self.invalidate_seq)
+        self.invalidate_seq += 1
         self.call("release", mm=self.mm)
         for sub in list(self._pm.get_plugins()):
             self._pm.unregister(sub)
         self.mm.set_flag(MM_HAS_NOTIFIERS, False)
+
+
+def _implements(subscriber: object, op: str) -> bool:
+    fn = getattr(subscriber, op, None)
+    return fn is not None and hasattr(fn, f"{PROJECT}_impl")
+
+
+def _clip(ranges: NotifierRange, region: tuple[int, int]) -> NotifierRange | None:
+    """The part of ``ranges`` inside ``region`` [lo, hi), or None if nothing overlaps."""
+    lo, hi = region
+    hit = (ranges.start < hi) & (ranges.end > lo)
+    if not hit.any():
+        return None
+    if hit.all() and ranges.start.min() >= lo and ranges.end.max() <= hi:
+        return ranges
+    return NotifierRange(ranges.mm, np.maximum(ranges.start[hit], lo), np.minimum(ranges.end[hit], hi),
+                         ranges.event, ranges.blockable, ranges.owner)  # fmt: skip
 
 
 def _label(subscriber: object) -> str:

@@ -25,7 +25,7 @@ P_HUGE = 8  # mapped by a PMD (transparent huge page)
 P_VMA = 16  # inside a mapped VMA
 P_READ = 32  # VMA allows reads
 P_WRITE = 64  # VMA allows writes
-P_SPARE = 128
+P_DEVICE = 128  # the page lives in device-private memory: the CPU cannot access it (a device-private entry)
 
 P_VMA_RW = P_VMA | P_READ | P_WRITE
 

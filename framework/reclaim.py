@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from . import counters as C
+from .frames import is_device_frame
 from .notifier import Event, single_pages
 from .pagebits import P_YOUNG
 from .swapdev import swap_out_frames
@@ -26,7 +27,7 @@ YOUNG_OPS = ("clear_flush_young", "clear_young")
 
 
 @njit(cache=True)
-def _scan(fkey, fpin, ctr, hand, want, limit, out):
+def _scan(fkey, fpin, pb, node_order, ctr, hand, want, limit, out):
     n = fkey.size
     found = 0
     scanned = 0
@@ -34,7 +35,7 @@ def _scan(fkey, fpin, ctr, hand, want, limit, out):
         f = hand
         hand = hand + 1 if hand + 1 < n else 0
         scanned += 1
-        if fkey[f] < 0:
+        if fkey[f] < 0 or is_device_frame(pb, node_order, f):  # free, orphaned, or not on any LRU
             continue
         if fpin[f] > 0:
             ctr[C.PIN_SKIPPED] += 1
@@ -51,7 +52,8 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
     Returns the frames, the new hand position and the number of frames looked at.
     """
     out = np.empty(want, dtype=np.int64)
-    found, hand, scanned = _scan(sim.host.ft.key, sim.host.ft.pin, sim.host.ctr, hand, want, limit, out)
+    ft = sim.host.ft
+    found, hand, scanned = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host.ctr, hand, want, limit, out)
     return out[:found], int(hand), int(scanned)
 
 

@@ -3,14 +3,21 @@
 The framework's access kernel reads and writes the table directly (a hit sets ``S_ACCESSED``; a fault
 installs an entry, pinning its frame in pin mode); the plugin's Python runs per batch, in its notifier
 ops. A plugin subclass sets ``name``, ``young`` and ``Config``, and implements the ``NotifierOps`` it
-needs with ``@hookimpl`` methods, usually built from ``begin_invalidate``/``zap``/``end_invalidate`` and
-``harvest_accessed``.
+needs with ``@hookimpl`` methods, usually built from ``zap`` and ``harvest_accessed``.
 
-``state`` holds what the fault path checks before installing an entry, KVM's pair:
-``state[SEQ]`` (mmu_invalidate_seq: bumped when an invalidation ends) and ``state[IN_PROGRESS]``
-(mmu_invalidate_in_progress: non-zero between start and end). A fault that began before an invalidation
-ended, or runs while one is in progress, is retried. A plugin that forgets ``begin_invalidate`` /
-``end_invalidate`` lets stale entries in, and the coherence check reports it.
+Two kinds of subscriber, as in the kernel:
+
+* a whole-mm subscriber (``struct mmu_notifier``, KVM) implements ``invalidate_range_start``/``_end`` and
+  brackets its zaps with ``begin_invalidate``/``end_invalidate``;
+* an interval subscriber (``struct mmu_interval_notifier``, RDMA ODP, GPU SVM) sets ``interval = True``,
+  implements ``invalidate`` and calls ``set_seq(cur_seq)`` before zapping; it is called only for ranges
+  that overlap its region.
+
+``state`` holds what the fault path checks before installing an entry: ``state[SEQ]`` (KVM's
+mmu_invalidate_seq, or the interval's invalidate_seq) and ``state[IN_PROGRESS]``
+(mmu_invalidate_in_progress). A fault that began before an invalidation ended, or runs while one is in
+progress, is retried (mmu_invalidate_retry, mmu_interval_read_retry). A plugin that forgets to bump the
+sequence lets stale entries in, and the coherence check reports it.
 """
 
 from collections import defaultdict
@@ -22,35 +29,63 @@ from numba import njit
 from . import counters as C
 from .components import Component, Mode
 from .frames import ORPHAN, free_frame
-from .hookspecs import hookimpl
 from .notifier import NotifierRange, PluginError
 from .pagebits import PTE_NONE, S_ACCESSED, S_PINNED
 
 if TYPE_CHECKING:
-    from .simulation import Simulation, Tenant
+    from .simulation import Client, Simulation
 
 # Layout of SecondaryMMU.state.
-SEQ, IN_PROGRESS, MODE = range(3)
+SEQ, IN_PROGRESS, MODE, DEV_NODE = range(4)  # DEV_NODE: the node of its device-private memory, or -1
+STATE_SIZE = 4
 # Bits of state[MODE].
 SEC_PIN = 1  # install entries with a long-term pin
 SEC_YOUNG = 2  # accesses through this MMU are visible to reclaim (it implements the young ops)
+SEC_NOFAULT = 4  # the device cannot fault: an access without an entry is an error (classic RDMA MRs)
 
 
 class SecondaryMMU(Component):
     kind = "secondary"
     young: ClassVar[bool] = False  # True if the plugin reports accessed bits through the young ops
+    interval: ClassVar[bool] = False  # True for an interval subscriber (implements ``invalidate``)
 
-    def __init__(self, sim: "Simulation", tenant: "Tenant", cfg: Any):
+    def __init__(self, sim: "Simulation", client: "Client", cfg: Any):
         self.sim = sim
-        self.tenant = tenant
-        self.mm = tenant.mm
+        self.client = client
+        self.mm = client.mm
         self.cfg = cfg
+        self.region = client.region  # the pages [start, end) of the mm this device maps
         self.spte = np.full(self.mm.npages, PTE_NONE, dtype=np.int32)
         self.sflags = np.zeros(self.mm.npages, dtype=np.uint8)
-        self.state = np.zeros(3, dtype=np.int64)
-        self.state[MODE] = (SEC_PIN if self.pin_mode else 0) | (SEC_YOUNG if self.young else 0)
-        self.metrics: dict[str, float] = defaultdict(float)
-        self.stall_ns = 0.0  # client time lost to this MMU's own work (flush IPIs); drained each tick
+        self.state = np.zeros(STATE_SIZE, dtype=np.int64)
+        self.state[DEV_NODE] = -1
+        self.state[MODE] = (
+            (SEC_PIN if self.pin_mode else 0) | (SEC_YOUNG if self.young else 0) | (0 if self.faults else SEC_NOFAULT)
+        )
+        self.metrics: dict[str, float] = defaultdict(float)  # this plugin's own metrics
+        self.counts: dict[str, int] = defaultdict(int)  # kernel counters of its client's accesses
+
+    @classmethod
+    def device_memory_pages(cls, cfg: Any) -> int:
+        """Pages of device-private memory this device brings (a GPU's VRAM); 0 for none."""
+        return 0
+
+    @property
+    def device_node(self) -> int:
+        """The node of this device's private memory, or -1."""
+        return int(self.state[DEV_NODE])
+
+    def migrate_to_ram(self, pages: np.ndarray, node: int) -> None:
+        """dev_pagemap_ops.migrate_to_ram: something other than this device touched these pages of its
+        private memory; bring them back to RAM on ``node`` (and drop or update this device's entries,
+        since its own notifier skips its own MIGRATE events)."""
+        raise PluginError(f"secondary MMU '{self.label}' has device memory but does not implement migrate_to_ram")
+
+    @classmethod
+    def region_of(cls, cfg: Any, mm_pages: int) -> tuple[int, int]:
+        """The pages [start, end) of an mm of ``mm_pages`` pages this device maps; the whole mm unless
+        the plugin says otherwise. Raise ConfigError for a region that does not fit."""
+        return 0, mm_pages
 
     @property
     def label(self) -> str:
@@ -61,14 +96,24 @@ class SecondaryMMU(Component):
         return self.cfg.mode is Mode.pin
 
     @property
-    def fault_ns(self) -> float:
-        """Cost of one secondary fault beyond the primary fault path (VM exit and handling, ...)."""
-        return float(self.cfg.fault_ns)
+    def faults(self) -> bool:
+        """Whether the device can take a fault on a missing entry (KVM, ODP, SVM can; pinned MRs cannot)."""
+        return True
+
+    def fault_cost_ns(self, faults: int) -> float:
+        """Cost of ``faults`` secondary faults beyond the primary fault path (VM exit and handling, ...)."""
+        return faults * float(self.cfg.fault_ns)
 
     def attach(self) -> None:
-        """Start mapping the mm: in notifier mode, subscribe to its chain (mmu_notifier_register)."""
+        """Start mapping the mm: in notifier mode, subscribe to its chain (mmu_notifier_register or
+        mmu_interval_notifier_insert)."""
         if not self.pin_mode:
             self.mm.chain.subscribe(self)
+
+    def populate(self, start: int, end: int) -> int:
+        """Fault in and map pages [start, end) now, as get_user_pages does for a registration (pinning
+        them in pin mode); returns the pages mapped. No client access is counted."""
+        return self.sim.populate(self, start, end)
 
     def teardown(self) -> None:
         """The device goes away: drop every entry (and pin), and leave the chain."""
@@ -80,6 +125,9 @@ class SecondaryMMU(Component):
 
         For policies that act on one device rather than on the mm (eager release).
         """
+        if self.interval:
+            self.invalidate(ranges, int(self.state[SEQ]) + 1)
+            return
         start = getattr(self, "invalidate_range_start", None)
         end = getattr(self, "invalidate_range_end", None)
         if start is None:
@@ -97,6 +145,10 @@ class SecondaryMMU(Component):
         self.state[IN_PROGRESS] -= 1
         self.state[SEQ] += 1
 
+    def set_seq(self, cur_seq: int) -> None:
+        """mmu_interval_set_seq: faults that began before this invalidation will retry."""
+        self.state[SEQ] = cur_seq
+
     def zap(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """Drop the entries in each range, releasing their pins; return entries dropped per range."""
         zapped = np.empty(start.size, dtype=np.int64)
@@ -113,10 +165,6 @@ class SecondaryMMU(Component):
 
     def mapped_pages(self) -> int:
         return int(np.count_nonzero(self.spte >= 0))
-
-    @hookimpl
-    def collect_metrics(self, sim: "Simulation") -> dict[str, float]:
-        return dict(self.metrics)
 
 
 def _int64(a: np.ndarray) -> np.ndarray:
@@ -153,3 +201,25 @@ def _harvest(sflags, start, end, clear, young):
                 if clear:
                     sflags[p] &= ~S_ACCESSED
         young[r] = seen
+
+
+def device_region(start_mib: int, size_mib: int | None, mm_pages: int) -> tuple[int, int]:
+    """The pages [start, end) of a device's region given in MiB (size None: to the end of the mm).
+
+    For ``region_of`` of plugins that map part of an mm; raises ConfigError naming what does not fit."""
+    from .config import ConfigError
+    from .host import MIB_PAGES
+
+    start = start_mib * MIB_PAGES
+    end = mm_pages if size_mib is None else start + size_mib * MIB_PAGES
+    mm_mib = mm_pages // MIB_PAGES
+    if size_mib is not None and size_mib <= 0:
+        raise ConfigError(f"region_mib must be > 0 (a region needs at least one page), got {size_mib}")
+    if start_mib < 0 or start >= mm_pages:
+        raise ConfigError(f"region_start_mib={start_mib} is outside the mm of {mm_mib} MiB (0..{mm_mib - 1})")
+    if end > mm_pages:
+        raise ConfigError(
+            f"region [{start_mib} MiB, {end // MIB_PAGES} MiB) does not fit in the mm of {mm_mib} MiB; "
+            "need region_start_mib + region_mib <= mm size"
+        )
+    return start, end

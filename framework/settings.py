@@ -26,11 +26,21 @@ class GuestConfig:
     vcpus: int
     count: int  # identical guests, each its own mm, secondary MMU and workload stream
     vcpu_nodes: list[int] | None  # NUMA node of each vCPU; null = guest i entirely on node i % nodes
+    devices: list[dict[str, Any]]  # more clients of each guest's memory: DeviceConfig mappings
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
         require(self.vcpus >= 1, f"vcpus must be >= 1, got {self.vcpus}")
         require(self.count >= 1, f"count must be >= 1, got {self.count}")
+
+
+@dataclass
+class DeviceConfig:
+    """Another client of an address space: a device mapping it through its own secondary MMU."""
+
+    secondary: dict[str, Any]  # e.g. {name: rdma, mode: notifier}; unset keys from its YAML file
+    workload: dict[str, Any]  # e.g. {name: zipf, accesses: 1000000}; unset keys from its YAML file
+    node: int = 0  # the NUMA node the device is attached to
 
 
 @dataclass
@@ -43,6 +53,7 @@ class ProcessConfig:
     workload: dict[str, Any]  # workload settings; unset keys come from conf/workload/<name>.yaml
     secondary: dict[str, Any] | None = None  # e.g. {name: kvm}; unset keys from conf/secondary/<name>.yaml
     vcpus: int = 1
+    devices: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
@@ -62,14 +73,23 @@ class EngineConfig:
 
 
 @dataclass
+class ClientSpec:
+    """One client of an address space: its CPUs, or a device through a secondary MMU."""
+
+    vcpu_nodes: np.ndarray  # the NUMA node of each of its CPUs (or of the device)
+    workload: tuple[type[Component], WorkloadConfig]
+    secondary: tuple[type[Component], Any] | None
+    region: tuple[int, int]  # the pages [start, end) of the mm it accesses
+    device_pages: int = 0  # device-private memory its secondary MMU brings (a GPU's VRAM)
+
+
+@dataclass
 class TenantSpec:
     """One address space of the scenario, before it exists."""
 
     name: str
     pages: int
-    vcpu_nodes: np.ndarray
-    workload: tuple[type[Component], WorkloadConfig]
-    secondary: tuple[type[Component], Any] | None
+    clients: list[ClientSpec]
 
 
 @dataclass
@@ -102,19 +122,22 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         for name, node in (top.get("policies") or {}).items()
     }
 
-    tenants = [
-        TenantSpec(f"guest{i}", guest.memory_mib * MIB_PAGES, _guest_nodes(guest, i, host), workload, secondary)
-        for i in range(guest.count)
-    ]
+    tenants = []
+    pages = guest.memory_mib * MIB_PAGES
+    for i in range(guest.count):
+        main = _client(_guest_nodes(guest, i, host), workload, secondary, pages, "secondary")
+        devices = _devices(guest.devices, "guest.devices", pages, host, registry)
+        tenants.append(TenantSpec(f"guest{i}", pages, [main, *devices]))
     for i, node in enumerate(top.get("processes") or []):
         key = f"processes[{i}]"
         proc = typed(node, ProcessConfig, key)
-        if not 0 <= proc.node < host.numa_nodes:
-            raise ConfigError(f"{key}.node: {proc.node} is outside 0..{host.numa_nodes - 1}")
+        _check_node(proc.node, host, f"{key}.node")
+        pages = proc.memory_mib * MIB_PAGES
         wl = _workload(proc.workload, f"{key}.workload", registry)
         sec = _secondary(proc.secondary, registry, f"{key}.secondary") if proc.secondary else None
-        nodes = np.full(proc.vcpus, proc.node)
-        tenants.append(TenantSpec(proc.name, proc.memory_mib * MIB_PAGES, nodes, wl, sec))
+        main = _client(np.full(proc.vcpus, proc.node), wl, sec, pages, f"{key}.secondary")
+        tenants.append(TenantSpec(proc.name, pages, [main, *_devices(proc.devices, f"{key}.devices", pages, host,
+                                                                        registry)]))  # fmt: skip
     names = [t.name for t in tenants]
     if len(set(names)) != len(names):
         raise ConfigError(f"processes: names must be unique and differ from guest0..guestN; got {names}")
@@ -127,6 +150,36 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
             f"hold only {have // MIB_PAGES} MiB; shrink the guests or add RAM or swap"
         )
     return Settings(seed, host, engine, costs, tenants, policies)
+
+
+def _client(nodes: np.ndarray, workload, secondary, pages: int, key: str) -> ClientSpec:
+    if secondary is None:
+        return ClientSpec(nodes, workload, None, (0, pages))
+    cls, scfg = secondary
+    try:
+        region = cls.region_of(scfg, pages)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return ClientSpec(nodes, workload, secondary, region, cls.device_memory_pages(scfg))
+
+
+def _devices(nodes: list, key: str, pages: int, host: HostConfig, registry: Registry) -> list[ClientSpec]:
+    out = []
+    for j, node in enumerate(nodes or []):
+        where = f"{key}[{j}]"
+        dev = typed(node, DeviceConfig, where)
+        _check_node(dev.node, host, f"{where}.node")
+        sec = _secondary(dev.secondary, registry, f"{where}.secondary")
+        if sec is None:
+            raise ConfigError(f"{where}.secondary: a device needs a secondary MMU, not 'none'")
+        wl = _workload(dev.workload, f"{where}.workload", registry)
+        out.append(_client(np.array([dev.node]), wl, sec, pages, f"{where}.secondary"))
+    return out
+
+
+def _check_node(node: int, host: HostConfig, key: str) -> None:
+    if not 0 <= node < host.numa_nodes:
+        raise ConfigError(f"{key}: {node} is outside 0..{host.numa_nodes - 1} (host.numa_nodes={host.numa_nodes})")
 
 
 def _component(kind: str, name: str, node: Any, key: str, registry: Registry) -> tuple[type[Component], Any]:

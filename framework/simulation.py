@@ -1,14 +1,16 @@
 """A simulation run: the host, its tenants (guests and processes), their clients, and the tick loop.
 
-Each tick: host policies run (``host_tick``), every tenant's client runs one batch of accesses, the
-invariants are checked, and one row of the time series is recorded. A batch runs in the numba access
+A tenant is an address space; its clients access it: its CPUs (vCPUs) through the primary table or a
+secondary MMU (KVM), and any devices (RDMA NIC, GPU) through theirs. Each tick: host policies run
+(``host_tick``), every client runs one batch of accesses, the invariants are checked, and one row of the
+time series is recorded. A batch runs in the numba access
 kernel; when the kernel stops to ask for reclaim (kswapd at the low watermark, direct reclaim at min, or
 a notifier call for an exact-CLOCK victim) the loop in ``run_client`` serves it and resumes the kernel.
 
-Time: every access and fault costs nanoseconds from the cost model. A tenant's vCPUs share its
-accesses evenly, so its time for a tick is its access and fault time divided by its vCPU count, plus
-what stalled all of its vCPUs (TLB-flush IPIs, direct reclaim). The tick lasts as long as the slowest
-tenant; kswapd's work is counted as host CPU time, in parallel.
+Time: every access and fault costs nanoseconds from the cost model. A client's CPUs share its accesses
+evenly, so its time for a tick is its access and fault time divided by its CPU count, plus what stalled
+all of them (TLB-flush IPIs, direct reclaim). The tick lasts as long as the slowest client; kswapd's work
+is counted as host CPU time, in parallel.
 """
 
 import logging
@@ -24,8 +26,10 @@ from .access import (
     DIRECT_RECLAIM,
     DONE,
     EVICT_ONE,
+    K_SKIP,
     K_VICTIM,
     LIVELOCK,
+    MIGRATE_TO_RAM,
     WAKE_KSWAPD,
     new_kernel_state,
     run_accesses,
@@ -34,45 +38,73 @@ from .components import Component, HostPolicy
 from .discovery import Registry, plugin_manager
 from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS
 from .host import Host
+from .migrate import migrate
 from .mm import MM
 from .notifier import PluginError
+from .pagebits import P_DEVICE
 from .reclaim import swap_out
-from .secondary import IN_PROGRESS, SecondaryMMU
+from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SecondaryMMU
 from .settings import load_settings
 from .workload import PAGE_DTYPE, WorkloadStream
 
 log = logging.getLogger("mmnsim")
 
 SWAP_CLUSTER_MAX = 32  # pages direct reclaim asks for at least (mm/vmscan.c)
+# Kernel counters also reported per secondary MMU kind (as "<name>.<counter>").
+PER_SECONDARY = ("accesses", "writes", "secondary_faults", "fault_retries", "major_faults", "minor_faults",
+                 "access_errors", "pins_acquired", "remote_accesses")  # fmt: skip
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
-_EMPTY_STATE = np.zeros(3, dtype=np.int64)
+_EMPTY_STATE = np.array([0, 0, 0, -1], dtype=np.int64)  # SEQ, IN_PROGRESS, MODE, DEV_NODE
 
 
 class InvariantViolation(RuntimeError):
     """Raised by a run with engine.stop_on_violation when an invariant breaks."""
 
 
-class Tenant:
-    """A guest (or process): its mm, the secondary MMU its clients go through, and its workload."""
+class Client:
+    """Something that accesses an mm: its CPUs (``secondary`` None) or a device through a secondary MMU.
 
-    def __init__(self, name: str, mm: MM, vcpu_node: np.ndarray, stream: WorkloadStream):
-        self.name = name
-        self.mm = mm
+    A client's accesses are its workload's, shifted to its region of the mm, and shared evenly among its
+    CPUs (vCPUs; a device counts as one), each on a NUMA node.
+    """
+
+    def __init__(self, tenant: "Tenant", vcpu_node: np.ndarray, stream: WorkloadStream, region: tuple[int, int]):
+        self.tenant = tenant
+        self.mm = tenant.mm
         self.vcpu_node = vcpu_node.astype(np.int32)
         self.stream = stream
+        self.region = region
         self.secondary: SecondaryMMU | None = None
-        self.elapsed_ns = 0.0  # time of one vCPU, summed over ticks
-        self.stall_ns = 0.0  # part of elapsed_ns spent not running the workload
+        self.elapsed_ns = 0.0  # time of one of its CPUs, summed over ticks
+        self.stall_ns = 0.0  # part of elapsed_ns not spent on its own accesses
         self._pending_stall = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.secondary.label if self.secondary is not None else f"cpu[{self.mm.name}]"
 
     @property
     def vcpus(self) -> int:
         return int(self.vcpu_node.size)
 
     def stall(self, ns: float) -> None:
-        """All of this tenant's vCPUs lose ``ns`` (a TLB-flush IPI, a direct-reclaim stall)."""
+        """All of this client's CPUs lose ``ns`` (a TLB-flush IPI, a direct-reclaim stall)."""
         self._pending_stall += ns
+
+
+class Tenant:
+    """A guest or process: its mm and the clients that access it."""
+
+    def __init__(self, name: str, mm: MM):
+        self.name = name
+        self.mm = mm
+        self.clients: list[Client] = []
+
+    @property
+    def secondary(self) -> SecondaryMMU | None:
+        """The main client's secondary MMU (a guest's KVM)."""
+        return self.clients[0].secondary if self.clients else None
 
 
 class Simulation:
@@ -96,22 +128,35 @@ class Simulation:
         self.rng = np.random.default_rng(seeds[-1])  # for host policies
         streams = []
         for spec, seed in zip(specs, seeds, strict=False):
-            cls, wcfg = spec.workload
-            streams.append(WorkloadStream(cls(wcfg, spec.pages, np.random.default_rng(seed))))
+            rngs = [np.random.default_rng(s) for s in seed.spawn(len(spec.clients))] if len(spec.clients) > 1 else [
+                np.random.default_rng(seed)]  # fmt: skip
+            streams.append([
+                WorkloadStream(c.workload[0](c.workload[1], c.region[1] - c.region[0], rng))
+                for c, rng in zip(spec.clients, rngs, strict=True)
+            ])  # fmt: skip
 
-        self.host = Host(self.host_cfg, [s.pages for s in specs])
+        device_pages = [c.device_pages for s in specs for c in s.clients if c.device_pages]
+        self.host = Host(self.host_cfg, [s.pages for s in specs], device_pages)
+        device_nodes = iter(self.host.device_nodes)
         self.mms: list[MM] = []
         self.tenants: list[Tenant] = []
+        self.clients: list[Client] = []
         self.secondaries: list[SecondaryMMU] = []
-        for i, (spec, stream) in enumerate(zip(specs, streams, strict=True)):
+        for i, spec in enumerate(specs):
             mm = MM(self, i, spec.name, spec.pages)
             mm.mmap(0, spec.pages, "rw")
             self.mms.append(mm)
-            tenant = Tenant(spec.name, mm, spec.vcpu_nodes, stream)
-            if spec.secondary is not None:
-                cls, scfg = spec.secondary
-                tenant.secondary = cls(self, tenant, scfg)
-                self.secondaries.append(tenant.secondary)
+            tenant = Tenant(spec.name, mm)
+            for cspec, stream in zip(spec.clients, streams[i], strict=True):
+                client = Client(tenant, cspec.vcpu_nodes, stream, cspec.region)
+                if cspec.secondary is not None:
+                    cls, scfg = cspec.secondary
+                    client.secondary = cls(self, client, scfg)
+                    if cspec.device_pages:
+                        client.secondary.state[DEV_NODE] = next(device_nodes)
+                    self.secondaries.append(client.secondary)
+                tenant.clients.append(client)
+                self.clients.append(client)
             self.tenants.append(tenant)
 
         self.exact_clock = False  # set by a policy through use_exact_clock()
@@ -143,6 +188,26 @@ class Simulation:
         else:
             self.host_cpu_ns += ns
 
+    def migrate(self, mm: MM, pages: np.ndarray, node: int, owner: object | None = None, keep_free: int = 0) -> int:
+        """Move pages of ``mm`` to ``node`` (RAM or device memory); see ``mmnsim.migrate``."""
+        return migrate(self, mm, pages, node, owner, keep_free)
+
+    def populate(self, secondary: SecondaryMMU, start: int, end: int) -> int:
+        """get_user_pages for ``secondary`` over pages [start, end): fault them in (writable) and install
+        them in its table, pinning them in pin mode. Counts faults but no client accesses."""
+        host = self.host
+        kept = [C.ACCESSES, C.WRITES, C.WRITE_SEQ, C.SECONDARY_FAULTS]  # gup: not client accesses or device faults
+        saved = host.ctr[kept].copy()
+        mode = secondary.state[MODE]
+        secondary.state[MODE] = mode & ~SEC_NOFAULT  # gup faults pages in for a device that cannot
+        try:
+            pages = np.arange(start, end, dtype=PAGE_DTYPE)
+            self.run_client(secondary.mm, secondary, pages, np.zeros(pages.size, np.bool_), account=False)
+        finally:
+            secondary.state[MODE] = mode
+            host.ctr[kept] = saved
+        return int(np.count_nonzero(secondary.spte[start:end] >= 0))
+
     def secondaries_of(self, mm: MM) -> list[SecondaryMMU]:
         return [s for s in self.secondaries if s.mm is mm]
 
@@ -150,13 +215,13 @@ class Simulation:
         return self.mms[int(np.searchsorted(self.host.pt.mm_base, key, side="right")) - 1]
 
     def components(self) -> list[Component]:
-        return [*self.policies, *self.secondaries, *(t.stream.workload for t in self.tenants)]
+        return [*self.policies, *self.secondaries, *(c.stream.workload for c in self.clients)]
 
     # -- running --
 
     def run(self) -> dict[str, float]:
         start = time.perf_counter()
-        while not all(t.stream.done for t in self.tenants):
+        while not all(c.stream.done for c in self.clients):
             self.step()
         metrics = self.metrics()
         metrics["wall_seconds"] = time.perf_counter() - start
@@ -167,13 +232,15 @@ class Simulation:
         self.host.ft.reg[REG_FLAGS] &= ~OOM_FLAGS
         self.pm.hook.host_tick(sim=self)
         tick_ns = 0.0
-        for tenant in self.tenants:
-            batch = tenant.stream.next_batch(self.engine.accesses_per_tick)
-            before = tenant.elapsed_ns
+        for client in self.clients:
+            batch = client.stream.next_batch(self.engine.accesses_per_tick)
+            before = client.elapsed_ns
             if batch is not None:
-                self.run_client(tenant.mm, tenant.secondary, *batch, tenant=tenant)
-            self._settle_stalls(tenant)
-            tick_ns = max(tick_ns, tenant.elapsed_ns - before)
+                pages, writes = batch
+                self.run_client(client.mm, client.secondary, pages + client.region[0] if client.region[0] else pages,
+                                writes, client=client)  # fmt: skip
+            self._settle_stalls(client)
+            tick_ns = max(tick_ns, client.elapsed_ns - before)
         self.time_ns += tick_ns
         if self.engine.check_invariants:
             self.check_invariants()
@@ -188,23 +255,26 @@ class Simulation:
         secondary: SecondaryMMU | None,
         pages: np.ndarray,
         writes: np.ndarray | None = None,
-        tenant: Tenant | None = None,
+        client: Client | None = None,
+        account: bool = True,
     ) -> None:
-        """Run one batch of accesses by a client of ``mm`` (through ``secondary``, or the CPU)."""
+        """Run one batch of accesses by a client of ``mm`` (through ``secondary``, or the CPU).
+
+        ``account=False`` leaves the client's time alone (for ``populate``)."""
         host = self.host
         pages = np.ascontiguousarray(pages, dtype=PAGE_DTYPE)
         if pages.size and (pages.min() < 0 or pages.max() >= mm.npages):
             raise ValueError(f"pages outside mm '{mm.name}' (0..{mm.npages - 1})")
         writes = np.zeros(pages.size, dtype=np.bool_) if writes is None else np.ascontiguousarray(writes, np.bool_)
-        tenant = tenant or self._tenant_of(mm)
+        client = client or self._client_of(mm, secondary)
         if secondary is not None:
             spte, sflags, sstate = secondary.spte, secondary.sflags, secondary.state
         else:
             spte, sflags, sstate = _EMPTY_I32, _EMPTY_U8, _EMPTY_STATE
-        vcpu_node = tenant.vcpu_node if tenant is not None else np.zeros(1, dtype=np.int32)
+        vcpu_node = client.vcpu_node if client is not None else np.zeros(1, dtype=np.int32)
         ks = new_kernel_state()
         before = host.ctr.copy()
-        self._charge_to = tenant
+        self._charge_to = client
         try:
             while True:
                 status = run_accesses(
@@ -222,6 +292,8 @@ class Simulation:
                     if swap_out(self, np.array([ks[K_VICTIM]])) == 0:
                         host.ctr[C.OOM_EVENTS] += 1
                         host.ft.reg[REG_FLAGS] |= OOM_FLAGS
+                elif status == MIGRATE_TO_RAM:
+                    self._migrate_to_ram(int(ks[K_VICTIM]), int(vcpu_node[0]), ks)
                 elif status == LIVELOCK:
                     raise PluginError(
                         f"secondary MMU '{secondary.label}' kept its fault path retrying: state[IN_PROGRESS] is "
@@ -230,11 +302,21 @@ class Simulation:
                     )
         finally:
             self._charge_to = None
-        if tenant is not None:
-            self._account(tenant, secondary, host.ctr - before)
+        if client is not None and account:
+            self._account(client, host.ctr - before)
 
-    def _tenant_of(self, mm: MM) -> Tenant | None:
-        return next((t for t in self.tenants if t.mm is mm), None)
+    def _migrate_to_ram(self, key: int, node: int, ks: np.ndarray) -> None:
+        """A CPU or another device touched a device-private page: its device brings it back to RAM."""
+        mm = self.mm_of_key(key)
+        frame_node = self.host.node_of(int(self.host.pt.pte[key]))
+        owner = next(s for s in self.secondaries if s.device_node == frame_node)
+        owner.migrate_to_ram(np.array([key - mm.base]), node)
+        if self.host.pt.flags[key] & P_DEVICE:  # no room in RAM even so: the access fails
+            self.host.ctr[C.ALLOC_FAILURES] += 1
+            ks[K_SKIP] = 1
+
+    def _client_of(self, mm: MM, secondary: SecondaryMMU | None) -> Client | None:
+        return next((c for c in self.clients if c.mm is mm and c.secondary is secondary), None)
 
     def _wake_kswapd(self) -> None:
         """kswapd, run to completion: like kswapd_shrink_node, it asks for the high watermark's worth of
@@ -252,19 +334,22 @@ class Simulation:
         freed = self.pm.hook.reclaim(sim=self, nr_pages=nr_pages, direct=direct)
         return int(freed or 0)
 
-    def _account(self, tenant: Tenant, secondary: SecondaryMMU | None, d: np.ndarray) -> None:
+    def _account(self, client: Client, d: np.ndarray) -> None:
         c = self.costs
         access = d[C.ACCESSES] * c.access_ns + d[C.REMOTE_ACCESSES] * c.access_ns * (c.remote_access_factor - 1)
         faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + d[C.MAJOR_FAULTS] * c.swap_in_ns
-        if secondary is not None:
-            faults += (d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]) * secondary.fault_ns
-        tenant.elapsed_ns += (access + faults) / tenant.vcpus
-        tenant.stall_ns += faults / tenant.vcpus
+        sec = client.secondary
+        if sec is not None:
+            faults += sec.fault_cost_ns(int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]))
+            for name in PER_SECONDARY:
+                sec.counts[name] += int(d[C.NAMES.index(name)])
+        client.elapsed_ns += (access + faults) / client.vcpus
+        client.stall_ns += faults / client.vcpus
 
-    def _settle_stalls(self, tenant: Tenant) -> None:
-        tenant.elapsed_ns += tenant._pending_stall
-        tenant.stall_ns += tenant._pending_stall
-        tenant._pending_stall = 0.0
+    def _settle_stalls(self, client: Client) -> None:
+        client.elapsed_ns += client._pending_stall
+        client.stall_ns += client._pending_stall
+        client._pending_stall = 0.0
 
     def check_invariants(self) -> invariants.Report:
         report = invariants.check(self)
@@ -291,13 +376,19 @@ class Simulation:
         return row
 
     def metrics(self) -> dict[str, float]:
-        """Every metric of the run so far, by name."""
+        """Every metric of the run so far, by name. A secondary MMU's own metrics are summed over all of
+        them under their name, and also reported per kind as "<name>.<metric>" with its counters."""
         out: dict[str, float] = dict(C.as_dict(self.host.ctr))
         for contribution in self.pm.hook.collect_metrics(sim=self):
             for name, value in (contribution or {}).items():
                 out[name] = out.get(name, 0.0) + float(value)
         for name in ("pages_zapped", "tlb_flushes", "tlb_flush_ipis", "flush_cost_ns"):
             out.setdefault(name, 0.0)
+        for sec in self.secondaries:
+            for name, value in sec.metrics.items():
+                out[name] = out.get(name, 0.0) + value
+            for name, value in [*sec.metrics.items(), *sec.counts.items()]:
+                out[f"{sec.name}.{name}"] = out.get(f"{sec.name}.{name}", 0.0) + value
         self.pinned_peak = max(self.pinned_peak, self.host.pinned_pages())
         out["pinned_pages"] = self.host.pinned_pages()
         out["pinned_pages_peak"] = self.pinned_peak
@@ -309,8 +400,8 @@ class Simulation:
         out["ticks"] = self.tick
         out["sim_time_ns"] = self.time_ns
         out["host_cpu_ns"] = self.host_cpu_ns
-        elapsed = sum(t.elapsed_ns for t in self.tenants)
-        stall = sum(t.stall_ns for t in self.tenants)
+        elapsed = sum(c.elapsed_ns for c in self.clients)
+        stall = sum(c.stall_ns for c in self.clients)
         out["guest_stall_ns"] = stall
         out["stall_fraction"] = stall / elapsed if elapsed else 0.0
         out["remote_access_fraction"] = out["remote_accesses"] / out["accesses"] if out["accesses"] else 0.0

@@ -43,12 +43,12 @@ class KVM(SecondaryMMU):
     def _flush_remote_tlbs(self, flushes: int) -> None:
         if not flushes:
             return
-        vcpus = self.tenant.vcpus
+        vcpus = self.client.vcpus
         self.metrics["tlb_flushes"] += flushes
         self.metrics["tlb_flush_ipis"] += flushes * vcpus
         self.metrics["flush_cost_ns"] += flushes * (self.cfg.remote_flush_ns + vcpus * self.cfg.flush_ipi_ns)
         self.sim.charge(flushes * self.cfg.remote_flush_ns)
-        self.tenant.stall(flushes * self.cfg.flush_ipi_ns)
+        self.client.stall(flushes * self.cfg.flush_ipi_ns)
 
     @hookimpl
     def invalidate_range_start(self, ranges: NotifierRange) -> None:

@@ -61,7 +61,7 @@ def test_same_seed_same_results_and_a_joblib_multirun(workdir):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("secondary=kvmm", "secondary: unknown option 'kvmm'; accepted: kvm, none"),
+        ("secondary=kvmm", "secondary: unknown option 'kvmm'; accepted: gpu, kvm, none, rdma"),
         ("workload=zipff", "workload: unknown option 'zipff'; accepted: hotcold, sequential, trace, uniform, zipf"),
         ("policies=[swapp]", "policies: unknown option 'swapp'; accepted: eager_release, swap"),
         ("host.memory_mib=0", "host.memory_mib: must be > 0, got 0"),

@@ -48,7 +48,7 @@ def simulated_faults(pages: np.ndarray, capacity_mib: int, secondary: str) -> tu
         small=False,
     )
     tenant = sim.tenants[0]
-    sim.run_client(tenant.mm, tenant.secondary, pages, tenant=tenant)
+    sim.run_client(tenant.mm, tenant.secondary, pages)
     m = sim.metrics()
     assert sim.check_invariants().counts.sum() == 0
     return m["minor_faults"] + m["major_faults"], m

@@ -1,0 +1,79 @@
+"""Page migration (mm/migrate.c): move pages of an mm to frames on another node, RAM or device memory.
+
+The building block of NUMA balancing, compaction and device-private memory. For each batch, the
+secondary MMUs are told first (event MIGRATE, one range per page, with the ``owner`` that asked, so a
+device migrating its own pages can skip the event), then each page's content is copied to a new frame,
+its PTE repointed and the old frame freed. A pinned page cannot move (the kernel's migration fails on a
+maybe-DMA-pinned folio) and is counted as refused, as is a page for which the target has no free frame.
+"""
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numba import njit
+
+from . import counters as C
+from .frames import NFREE, PAGEBLOCK_SHIFT, PB_NODE, alloc_frame, free_frame
+from .notifier import Event, single_pages
+from .pagebits import P_DEVICE
+
+if TYPE_CHECKING:
+    from .mm import MM
+    from .simulation import Simulation
+
+
+@njit(cache=True)
+def _movable(pte, fpin, pb, base, pages, target, out):
+    """Which pages are present, unpinned and not already on ``target``; count the pinned ones."""
+    refused = 0
+    for i in range(pages.size):
+        e = pte[base + pages[i]]
+        out[i] = e >= 0 and fpin[e] == 0 and pb[e >> PAGEBLOCK_SHIFT, PB_NODE] != target
+        if e >= 0 and fpin[e] > 0:
+            refused += 1
+    return refused
+
+
+@njit(cache=True)
+def _move(pt, ft, ctr, base, pages, target, keep_free, device):
+    pte, pflags = pt.pte, pt.flags
+    fkey, ftoken, fref, node, lists, pb, bits = ft.key, ft.token, ft.ref, ft.node, ft.lists, ft.pb, ft.bits
+    moved = 0
+    for i in range(pages.size):
+        key = base + pages[i]
+        if node[target, NFREE] <= keep_free:
+            ctr[C.MIGRATIONS_REFUSED] += pages.size - i
+            break
+        old = pte[key]
+        f = alloc_frame(node, lists, pb, bits, fkey, fref, target, key)
+        ftoken[f] = ftoken[old]
+        pte[key] = f
+        pflags[key] = (pflags[key] | P_DEVICE) if device else (pflags[key] & ~P_DEVICE)
+        free_frame(node, lists, pb, bits, fkey, ftoken, old)
+        moved += 1
+    ctr[C.PAGES_MIGRATED] += moved
+    return moved
+
+
+def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: object | None = None,
+            keep_free: int = 0) -> int:  # fmt: skip
+    """Move ``pages`` of ``mm`` to frames on ``node`` while it has more than ``keep_free`` free frames.
+
+    Returns the number moved; pinned pages and those the target had no room for are refused.
+    """
+    host = sim.host
+    pages = np.ascontiguousarray(pages, dtype=np.int64)
+    ok = np.empty(pages.size, dtype=np.bool_)
+    host.ctr[C.MIGRATIONS_REFUSED] += _movable(host.pt.pte, host.ft.pin, host.ft.pb, mm.base, pages, node, ok)
+    pages = pages[ok]
+    if pages.size == 0:
+        return 0
+    device = node in host.device_nodes
+    moved = 0
+
+    def move() -> None:
+        nonlocal moved
+        moved = _move(host.pt, host.ft, host.ctr, mm.base, pages, node, keep_free, device)
+
+    mm.invalidate(single_pages(mm, pages, Event.MIGRATE, owner=owner), move)
+    return moved
