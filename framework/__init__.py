@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from . import _numba_cache  # noqa: F401  (first: it sets numba's cache directory before any kernel exists)
 from .components import HostPolicy, Mode, NoConfig, SecondaryConfig
 from .config import ConfigError, require
 from .hookspecs import hookimpl, hookspec

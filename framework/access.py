@@ -41,6 +41,7 @@ from .frames import (
     RECLAIM_FUTILE,
     REG_CLOCK_HAND,
     REG_FLAGS,
+    REG_HINTS,
     WMARK_LOW,
     WMARK_MIN,
     alloc_frame,
@@ -188,7 +189,7 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
 
 @njit(cache=True, inline="always")
 def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
-          pb, bits, lists, node, node_order, reg, skey, stoken, sreg, key, p, write, nid, exact):  # fmt: skip
+          pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, key, p, write, nid, exact):  # fmt: skip
     """The slow path of one access: a fault, through the secondary (``spte.size > 0``) or the CPU.
 
     Resolves the page through the primary table (handle_mm_fault) and, for a secondary, installs the
@@ -215,9 +216,15 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
             if not (via_sec and pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == sstate[DEV_NODE]):
                 ks[K_VICTIM] = key
                 return _ASK - MIGRATE_TO_RAM
-        elif fl & P_PROTNONE:
+        elif fl & P_PROTNONE:  # a NUMA hinting fault: note where the page should live
             pflags[key] = fl & ~P_PROTNONE
             ctr[C.NUMA_HINT_FAULTS] += 1
+            if pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == nid:
+                ctr[C.NUMA_HINT_FAULTS_LOCAL] += 1
+            elif reg[REG_HINTS] < hints.shape[0]:
+                hints[reg[REG_HINTS], 0] = key
+                hints[reg[REG_HINTS], 1] = nid
+                reg[REG_HINTS] += 1
     else:
         f = _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
                       node_order, reg, skey, stoken, sreg, key, nid, exact)  # fmt: skip
@@ -287,13 +294,14 @@ def run_accesses(pages, writes, ks, pt, ft, sw, ctr, mm, spte, sflags, sstate, v
                 check_owner,
                 b(pt.pte), b(pt.flags), b(pt.token), b(pt.mm_base), b(pt.mm_flags),
                 b(ft.key), b(ft.token), b(ft.pin), b(ft.ref), b(ft.pb), b(ft.bits), b(ft.lists), b(ft.node),
-                b(ft.node_order), b(ft.reg), b(sw.key), b(sw.token), b(sw.reg))  # fmt: skip
+                b(ft.node_order), b(ft.distance), b(ft.reg), b(ft.hints),
+                b(sw.key), b(sw.token), b(sw.reg))  # fmt: skip
 
 
 @njit(cache=True)
 def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, check_owner, pte, pflags, ptoken,
-         mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, reg, skey, stoken,
-         sreg):  # fmt: skip
+         mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, distance, reg, hints,
+         skey, stoken, sreg):  # fmt: skip
     n = pages.size
     base = mm_base[mm]
     nv = vcpu_node.size
@@ -302,7 +310,7 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
     numa = node.shape[0] > 1
     # The hit path's counters live in locals, written back on the way out: a counter kept in ``ctr``
     # would be reloaded after every store to another array, since numba cannot rule out aliasing.
-    accesses = writes_done = remote = 0
+    accesses = writes_done = remote = dist = 0
     seq = ctr[C.WRITE_SEQ]
     i = ks[K_I]
     v, v_end = -1, 0  # the accessor of accesses [.., v_end): accessor v issues [v * n // nv, ...)
@@ -330,8 +338,8 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
             hit = f >= 0 and not fl & (P_PROTNONE | P_DEVICE) and (fl & (P_WRITE if w else P_READ)) != 0
         if not hit:
             st = _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken,
-                       fpin, fref, pb, bits, lists, node, node_order, reg, skey, stoken, sreg, key, p, w, nid,
-                       exact)  # fmt: skip
+                       fpin, fref, pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, key, p, w,
+                       nid, exact)  # fmt: skip
             if st == _AGAIN:
                 fresh = fresh or ks[K_FRESH] != 0
                 ks[K_FRESH] = 0
@@ -368,8 +376,10 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
             ftoken[f] = token
             ptoken[key] = token
             writes_done += 1
-        if numa and pb[f >> PAGEBLOCK_SHIFT, PB_NODE] != nid:
-            remote += 1
+        if numa:
+            fnode = pb[f >> PAGEBLOCK_SHIFT, PB_NODE]
+            remote += fnode != nid
+            dist += distance[nid, fnode]
         accesses += 1
         i += 1
     ks[K_I] = i
@@ -377,5 +387,6 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
     ctr[C.ACCESSES] += accesses
     ctr[C.WRITES] += writes_done
     ctr[C.REMOTE_ACCESSES] += remote
+    ctr[C.ACCESS_DISTANCE] += dist
     ctr[C.WRITE_SEQ] = seq
     return status

@@ -1,5 +1,8 @@
 """The host-side cost model: nanoseconds per event, from ``conf/costs/*.yaml`` (each value sourced there).
 
+An access costs ``access_ns`` scaled by the SLIT distance from the accessing CPU's node to the frame's
+(``host.distance``: 10 local, 20 remote by default, so a remote access costs twice a local one).
+
 Costs of a secondary MMU's own events (its faults, flushes, device work) live in its own YAML file.
 """
 
@@ -11,7 +14,6 @@ from .config import require
 @dataclass
 class Costs:
     access_ns: float  # one access served by local memory
-    remote_access_factor: float  # cost of a remote-node access relative to a local one
     minor_fault_ns: float  # anonymous first-touch fault: allocate, zero, map
     swap_in_ns: float  # major fault: read the page back from swap
     swap_out_ns: float  # write one page to swap
@@ -22,7 +24,3 @@ class Costs:
         for f in fields(self):
             value = getattr(self, f.name)
             require(value >= 0, f"{f.name} must be >= 0 ns, got {value}")
-        require(
-            self.remote_access_factor >= 1.0,
-            f"remote_access_factor must be >= 1, got {self.remote_access_factor}",
-        )

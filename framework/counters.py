@@ -24,6 +24,8 @@ NAMES = (
     "coherence_violations",  # a client used a translation the primary table no longer agrees with
     "remote_accesses",  # accesses served by a frame on another NUMA node than the accessor's
     "numa_hint_faults",  # faults on PROT_NONE hinting entries
+    "numa_hint_faults_local",  # of which the page was on the faulting CPU's node
+    "access_distance",  # sum over accesses of the SLIT distance from accessor to frame (10 = local)
     "pgscan",  # frames examined by reclaim
     "pin_skipped",  # reclaim candidates skipped because they are pinned
     "invalidations",  # ranges delivered to a non-empty notifier chain by invalidate_range_start
@@ -52,6 +54,8 @@ NAMES = (
     COHERENCE_VIOLATIONS,
     REMOTE_ACCESSES,
     NUMA_HINT_FAULTS,
+    NUMA_HINT_FAULTS_LOCAL,
+    ACCESS_DISTANCE,
     PGSCAN,
     PIN_SKIPPED,
     INVALIDATIONS,

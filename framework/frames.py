@@ -35,8 +35,9 @@ PB_COLUMNS = 5
 NO_LIST, PARTIAL, FREEBLK = -1, 0, 1
 
 # FrameTable.reg: host-wide registers.
-REG_CLOCK_HAND, REG_FLAGS = range(2)
-REG_SIZE = 2
+REG_CLOCK_HAND, REG_FLAGS, REG_HINTS = range(3)  # REG_HINTS: records in FrameTable.hints
+REG_SIZE = 3
+HINT_CAPACITY = 1 << 16  # misplaced-page records kept between two runs of a NUMA policy
 # Bits of reg[REG_FLAGS].
 KSWAPD_FUTILE = 1  # kswapd reclaimed nothing this tick: don't wake it again until the next tick
 RECLAIM_FUTILE = 2  # direct reclaim reclaimed nothing this tick: fail allocations at once (OOM)
@@ -55,6 +56,8 @@ class FrameTable(NamedTuple):
     lists: np.ndarray  # int32 [2, pageblocks]: per-node stacks (node n in [PB_LO, PB_HI)) of each list
     node: np.ndarray  # int64 [nodes, NODE_COLUMNS]
     node_order: np.ndarray  # int32 [ram nodes, ram nodes]: allocation fallback order, nearest first
+    distance: np.ndarray  # int64 [ram nodes, nodes]: SLIT distance from a CPU's node to a frame's (10 local)
+    hints: np.ndarray  # int64 [HINT_CAPACITY, 2]: (page key, accessing node) of misplaced NUMA hint faults
     reg: np.ndarray  # int64 [REG_SIZE]
 
 
@@ -77,6 +80,10 @@ def new_frame_table(node_frames: list[int], distance: np.ndarray, watermarks: np
         lists=np.full((2, npb), -1, dtype=np.int32),
         node=np.zeros((nodes, NODE_COLUMNS), dtype=np.int64),
         node_order=np.argsort(distance, axis=1, kind="stable").astype(np.int32),
+        distance=np.pad(
+            np.asarray(distance, dtype=np.int64), ((0, 0), (0, nodes - len(distance))), constant_values=10
+        ),  # a device's own memory is local to it  # fmt: skip
+        hints=np.zeros((HINT_CAPACITY, 2), dtype=np.int64),
         reg=np.zeros(REG_SIZE, dtype=np.int64),
     )
     first = 0

@@ -36,11 +36,17 @@ class GuestConfig:
 
 @dataclass
 class DeviceConfig:
-    """Another client of an address space: a device mapping it through its own secondary MMU."""
+    """Another client of an address space: a device mapping it through its own secondary MMU, or with
+    ``secondary: {name: none}`` more threads of the process itself (a VMM's I/O threads touching guest
+    memory)."""
 
     secondary: dict[str, Any]  # e.g. {name: rdma, mode: notifier}; unset keys from its YAML file
     workload: dict[str, Any]  # e.g. {name: zipf, accesses: 1000000}; unset keys from its YAML file
     node: int = 0  # the NUMA node the device is attached to
+    accesses_per_tick: int = 0  # its own rate; 0: engine.accesses_per_tick
+
+    def __post_init__(self) -> None:
+        require(self.accesses_per_tick >= 0, f"accesses_per_tick must be >= 0, got {self.accesses_per_tick}")
 
 
 @dataclass
@@ -81,6 +87,7 @@ class ClientSpec:
     secondary: tuple[type[Component], Any] | None
     region: tuple[int, int]  # the pages [start, end) of the mm it accesses
     device_pages: int = 0  # device-private memory its secondary MMU brings (a GPU's VRAM)
+    accesses_per_tick: int = 0  # 0: engine.accesses_per_tick
 
 
 @dataclass
@@ -169,11 +176,11 @@ def _devices(nodes: list, key: str, pages: int, host: HostConfig, registry: Regi
         where = f"{key}[{j}]"
         dev = typed(node, DeviceConfig, where)
         _check_node(dev.node, host, f"{where}.node")
-        sec = _secondary(dev.secondary, registry, f"{where}.secondary")
-        if sec is None:
-            raise ConfigError(f"{where}.secondary: a device needs a secondary MMU, not 'none'")
+        sec = _secondary(dev.secondary, registry, f"{where}.secondary")  # none: the process's own threads
         wl = _workload(dev.workload, f"{where}.workload", registry)
-        out.append(_client(np.array([dev.node]), wl, sec, pages, f"{where}.secondary"))
+        client = _client(np.array([dev.node]), wl, sec, pages, f"{where}.secondary")
+        client.accesses_per_tick = dev.accesses_per_tick
+        out.append(client)
     return out
 
 

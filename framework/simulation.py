@@ -36,7 +36,7 @@ from .access import (
 )
 from .components import Component, HostPolicy
 from .discovery import Registry, plugin_manager
-from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS
+from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import Host
 from .migrate import migrate
 from .mm import MM
@@ -69,8 +69,10 @@ class Client:
     CPUs (vCPUs; a device counts as one), each on a NUMA node.
     """
 
-    def __init__(self, tenant: "Tenant", vcpu_node: np.ndarray, stream: WorkloadStream, region: tuple[int, int]):
+    def __init__(self, tenant: "Tenant", vcpu_node: np.ndarray, stream: WorkloadStream, region: tuple[int, int],
+                 batch: int):  # fmt: skip
         self.tenant = tenant
+        self.batch = batch  # accesses per tick
         self.mm = tenant.mm
         self.vcpu_node = vcpu_node.astype(np.int32)
         self.stream = stream
@@ -148,7 +150,8 @@ class Simulation:
             self.mms.append(mm)
             tenant = Tenant(spec.name, mm)
             for cspec, stream in zip(spec.clients, streams[i], strict=True):
-                client = Client(tenant, cspec.vcpu_nodes, stream, cspec.region)
+                batch = cspec.accesses_per_tick or self.engine.accesses_per_tick
+                client = Client(tenant, cspec.vcpu_nodes, stream, cspec.region, batch)
                 if cspec.secondary is not None:
                     cls, scfg = cspec.secondary
                     client.secondary = cls(self, client, scfg)
@@ -208,6 +211,18 @@ class Simulation:
             host.ctr[kept] = saved
         return int(np.count_nonzero(secondary.spte[start:end] >= 0))
 
+    def counter(self, name: str) -> int:
+        """The current value of a kernel counter (``mmnsim.counters.NAMES``)."""
+        return int(self.host.ctr[C.NAMES.index(name)])
+
+    def take_hint_faults(self) -> np.ndarray:
+        """The misplaced NUMA hinting faults logged since the last call, as rows (page key, accessing
+        node), oldest first; the log is emptied. (At most ``frames.HINT_CAPACITY`` are kept between calls.)"""
+        ft = self.host.ft
+        n = int(ft.reg[REG_HINTS])
+        ft.reg[REG_HINTS] = 0
+        return ft.hints[:n].copy()
+
     def secondaries_of(self, mm: MM) -> list[SecondaryMMU]:
         return [s for s in self.secondaries if s.mm is mm]
 
@@ -233,7 +248,7 @@ class Simulation:
         self.pm.hook.host_tick(sim=self)
         tick_ns = 0.0
         for client in self.clients:
-            batch = client.stream.next_batch(self.engine.accesses_per_tick)
+            batch = client.stream.next_batch(client.batch)
             before = client.elapsed_ns
             if batch is not None:
                 pages, writes = batch
@@ -336,7 +351,8 @@ class Simulation:
 
     def _account(self, client: Client, d: np.ndarray) -> None:
         c = self.costs
-        access = d[C.ACCESSES] * c.access_ns + d[C.REMOTE_ACCESSES] * c.access_ns * (c.remote_access_factor - 1)
+        numa = self.host.ft.node.shape[0] > 1  # the kernel sums access distances only then
+        access = c.access_ns * (d[C.ACCESS_DISTANCE] / 10 if numa else d[C.ACCESSES])
         faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + d[C.MAJOR_FAULTS] * c.swap_in_ns
         sec = client.secondary
         if sec is not None:
@@ -405,6 +421,9 @@ class Simulation:
         out["guest_stall_ns"] = stall
         out["stall_fraction"] = stall / elapsed if elapsed else 0.0
         out["remote_access_fraction"] = out["remote_accesses"] / out["accesses"] if out["accesses"] else 0.0
+        numa = self.host.ft.node.shape[0] > 1
+        per_access = out["access_distance"] / 10 / out["accesses"] if numa and out["accesses"] else 1.0
+        out["effective_access_ns"] = self.costs.access_ns * per_access  # memory access time, by distance
         return out
 
     def timeseries_rows(self) -> list[dict[str, float]]:
