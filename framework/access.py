@@ -42,27 +42,33 @@ from .frames import (
     REG_CLOCK_HAND,
     REG_FLAGS,
     REG_HINTS,
+    THP_ENABLED,
     WMARK_LOW,
     WMARK_MIN,
     alloc_frame,
+    alloc_pageblock,
     is_device_frame,
 )
 from .pagebits import (
+    HUGE_PAGES,
     P_DEVICE,
     P_DIRTY,
+    P_HUGE,
     P_PROTNONE,
     P_READ,
     P_VMA,
+    P_VMA_RW,
     P_WRITE,
     P_YOUNG,
     PTE_NONE,
     S_ACCESSED,
+    S_HUGE,
     S_PINNED,
     S_WRITABLE,
     swap_slot,
 )
 from .pagetable import MM_HAS_NOTIFIERS
-from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SEC_PIN, SEC_YOUNG, SEQ
+from .secondary import DEV_NODE, IN_PROGRESS, MODE, REGION_HI, REGION_LO, SEC_HUGE, SEC_NOFAULT, SEC_PIN, SEC_YOUNG, SEQ
 from .swapdev import SWAPPED, swap_free, swap_out_frame
 
 
@@ -187,6 +193,37 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
     return _fail_allocation(reg, ctr)
 
 
+@njit(cache=True)
+def huge_fault(ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, node_order, key, nid, write):
+    """do_huge_pmd_anonymous_page: map the whole aligned 2 MiB region around ``key`` with a free
+    pageblock if every page of it is untouched and a node has a free block above its low watermark.
+    Returns whether it did (else the fault falls back to a 4 KiB page)."""
+    mm = np.searchsorted(mm_base, key, side="right") - 1
+    first = mm_base[mm] + ((key - mm_base[mm]) & ~(HUGE_PAGES - 1))
+    if first + HUGE_PAGES > mm_base[mm + 1]:
+        return False
+    for k in range(first, first + HUGE_PAGES):
+        if pte[k] != PTE_NONE or (pflags[k] & P_VMA_RW) != P_VMA_RW:
+            return False
+    block = -1
+    for j in range(node_order.shape[1]):
+        n = node_order[nid, j]
+        if node[n, NFREE] - HUGE_PAGES > node[n, WMARK_LOW]:
+            block = alloc_pageblock(node, lists, pb, bits, fkey, fref, n, first)
+            if block >= 0:
+                break
+    if block < 0:
+        return False
+    for i in range(HUGE_PAGES):
+        pte[first + i] = block + i
+        pflags[first + i] |= P_HUGE | P_YOUNG
+    if write:
+        pflags[key] |= P_DIRTY
+    ctr[C.THP_FAULT_ALLOC] += 1
+    ctr[C.MINOR_FAULTS] += 1
+    return True
+
+
 @njit(cache=True, inline="always")
 def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
           pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, key, p, write, nid, exact):  # fmt: skip
@@ -225,6 +262,10 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
                 hints[reg[REG_HINTS], 0] = key
                 hints[reg[REG_HINTS], 1] = nid
                 reg[REG_HINTS] += 1
+    elif e == PTE_NONE and reg[REG_FLAGS] & THP_ENABLED and not exact and huge_fault(
+            ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, node_order, key, nid, write):  # fmt: skip
+        ks[K_FRESH] = 1
+        ks[K_LEVEL] = 0
     else:
         f = _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
                       node_order, reg, skey, stoken, sreg, key, nid, exact)  # fmt: skip
@@ -257,24 +298,34 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
             return _ASK - LIVELOCK
         ks[K_SEQ] = sstate[SEQ]
         return _AGAIN
-    # Install the translation; in pin mode take a long-term pin (once per entry).
-    f = pte[key]
-    old = spte[p]
-    sfl = S_WRITABLE if pflags[key] & P_WRITE else 0
-    pin = (sstate[MODE] & SEC_PIN) != 0
-    if old >= 0 and sflags[p] & S_PINNED:
-        if old == f and pin:
+    # Install the translation, for the whole 2 MiB if the primary maps a THP and the MMU maps huge pages
+    # (KVM's host-mapping-level rule); in pin mode take a long-term pin on each frame (once per entry).
+    lo, hi = p, p + 1
+    if pflags[key] & P_HUGE and sstate[MODE] & SEC_HUGE:
+        first = p & ~(HUGE_PAGES - 1)
+        if first >= sstate[REGION_LO] and first + HUGE_PAGES <= sstate[REGION_HI]:
+            lo, hi = first, first + HUGE_PAGES
+    size_bit = S_HUGE if hi - lo > 1 else 0
+    pin_mode = (sstate[MODE] & SEC_PIN) != 0
+    for q in range(lo, hi):
+        k = key - p + q
+        f = pte[k]
+        old = spte[q]
+        sfl = size_bit | (S_WRITABLE if pflags[k] & P_WRITE else 0)
+        pin = pin_mode
+        if old >= 0 and sflags[q] & S_PINNED:
+            if old == f and pin:
+                sfl |= S_PINNED
+                pin = False
+            else:
+                fpin[old] -= 1
+                ctr[C.PINS_RELEASED] += 1
+        if pin:
+            fpin[f] += 1
+            ctr[C.PINS_ACQUIRED] += 1
             sfl |= S_PINNED
-            pin = False
-        else:
-            fpin[old] -= 1
-            ctr[C.PINS_RELEASED] += 1
-    if pin:
-        fpin[f] += 1
-        ctr[C.PINS_ACQUIRED] += 1
-        sfl |= S_PINNED
-    spte[p] = f
-    sflags[p] = sfl
+        spte[q] = f
+        sflags[q] = sfl
     ks[K_SEQ] = -1
     ks[K_RETRIES] = 0
     return _AGAIN
@@ -310,7 +361,7 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
     numa = node.shape[0] > 1
     # The hit path's counters live in locals, written back on the way out: a counter kept in ``ctr``
     # would be reloaded after every store to another array, since numba cannot rule out aliasing.
-    accesses = writes_done = remote = dist = 0
+    accesses = writes_done = remote = dist = huge = 0
     seq = ctr[C.WRITE_SEQ]
     i = ks[K_I]
     v, v_end = -1, 0  # the accessor of accesses [.., v_end): accessor v issues [v * n // nv, ...)
@@ -358,11 +409,14 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
             else:
                 ctr[C.COHERENCE_VIOLATIONS] += 1
         if via_sec:
-            sflags[p] |= S_ACCESSED
+            sfl = sflags[p]
+            sflags[p] = sfl | S_ACCESSED
+            huge += (sfl & S_HUGE) != 0
             if w:
                 pflags[key] |= P_DIRTY
         else:
             pflags[key] = fl | (P_YOUNG | P_DIRTY if w else P_YOUNG)
+            huge += (fl & P_HUGE) != 0
         if visible:
             if fresh:
                 fresh = False  # the access that brought the page in is the miss, not a reference
@@ -388,5 +442,6 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
     ctr[C.WRITES] += writes_done
     ctr[C.REMOTE_ACCESSES] += remote
     ctr[C.ACCESS_DISTANCE] += dist
+    ctr[C.HUGE_ACCESSES] += huge
     ctr[C.WRITE_SEQ] = seq
     return status

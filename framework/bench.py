@@ -5,6 +5,7 @@
     mmnsim-bench --case trace      # the shipped trace through exact CLOCK, against libCacheSim's Clock
     mmnsim-bench --case devices    # the core case with kvm, rdma and gpu
     mmnsim-bench --case numa       # the core case on two nodes, without and with NUMA balancing
+    mmnsim-bench --case defrag     # the core case, without and with THP and defragmentation
     mmnsim-bench --json            # machine-readable
 
 The core case runs in fresh processes (so peak RSS is its own) with invariant checks on, after a small
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs (fresh processes); the median is quoted")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--case", choices=["core", "trace", "devices", "numa"], default="core")
+    parser.add_argument("--case", choices=["core", "trace", "devices", "numa", "defrag"], default="core")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one run, here
     parser.add_argument("override", nargs="*", help="extra config overrides, e.g. policies.swap.mode=clock")
     args = parser.parse_args(argv)
@@ -194,16 +195,17 @@ def main(argv: list[str] | None = None) -> None:
         for kind, rate in medians.items():
             print(f"  {kind:5s} {rate / 1e6:6.2f} M accesses/s ({rate / medians['kvm']:.2f} of kvm's)")
         return
-    if args.case == "numa":
-        two_nodes = ["host.numa_nodes=2", "guest.vcpus=4", "guest.vcpu_nodes=[0,1]"]
-        off = _runs(args, two_nodes)[args.repeat // 2]["accesses_per_second"]
-        on = _runs(args, [*two_nodes, "policies=[swap,numa]"])[args.repeat // 2]["accesses_per_second"]
+    if args.case in ("numa", "defrag"):
+        base = ["host.numa_nodes=2", "guest.vcpus=4", "guest.vcpu_nodes=[0,1]"] if args.case == "numa" else []
+        extra = ["policies=[swap,numa]"] if args.case == "numa" else ["host.thp=always", "policies=[swap,defrag]"]
+        off = _runs(args, base)[args.repeat // 2]["accesses_per_second"]
+        on = _runs(args, [*base, *extra])[args.repeat // 2]["accesses_per_second"]
         if args.json:
-            print(json.dumps({"without_numa": off, "with_numa": on}, indent=2))
+            print(json.dumps({"without": off, "with": on}, indent=2))
             return
-        print(f"config: {' '.join(overrides)} host.numa_nodes=2 guest.vcpu_nodes=[0,1]")
-        print(f"  policies=[swap]      {off / 1e6:6.2f} M accesses/s")
-        print(f"  policies=[swap,numa] {on / 1e6:6.2f} M accesses/s ({on / off:.2f} of it)")
+        print(f"config: {' '.join([*overrides, *base])}")
+        print(f"  as is:   {off / 1e6:6.2f} M accesses/s")
+        print(f"  {' '.join(extra)}: {on / 1e6:6.2f} M accesses/s ({on / off:.2f} of it)")
         return
     runs = _runs(args, [])
     median = runs[len(runs) // 2]

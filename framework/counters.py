@@ -29,6 +29,12 @@ NAMES = (
     "pgscan",  # frames examined by reclaim
     "pin_skipped",  # reclaim candidates skipped because they are pinned
     "invalidations",  # ranges delivered to a non-empty notifier chain by invalidate_range_start
+    "thp_fault_alloc",  # transparent huge pages allocated at fault time
+    "thp_split",  # THPs split back into 4 KiB mappings
+    "thp_collapse_alloc",  # THPs khugepaged built
+    "compact_success",  # pageblocks compaction emptied
+    "compact_fail",  # pageblocks compaction could not empty because a page in them is pinned
+    "huge_accesses",  # accesses through a 2 MiB mapping (a THP's PMD, or a huge secondary entry)
     "pages_migrated",  # pgmigrate_success
     "migrations_refused",  # pgmigrate_fail: pinned, or no free frame on the target node
     "kswapd_wakeups",
@@ -59,6 +65,12 @@ NAMES = (
     PGSCAN,
     PIN_SKIPPED,
     INVALIDATIONS,
+    THP_FAULT_ALLOC,
+    THP_SPLIT,
+    THP_COLLAPSE_ALLOC,
+    COMPACT_SUCCESS,
+    COMPACT_FAIL,
+    HUGE_ACCESSES,
     PAGES_MIGRATED,
     MIGRATIONS_REFUSED,
     KSWAPD_WAKEUPS,

@@ -42,6 +42,7 @@ HINT_CAPACITY = 1 << 16  # misplaced-page records kept between two runs of a NUM
 KSWAPD_FUTILE = 1  # kswapd reclaimed nothing this tick: don't wake it again until the next tick
 RECLAIM_FUTILE = 2  # direct reclaim reclaimed nothing this tick: fail allocations at once (OOM)
 OOM_FLAGS = KSWAPD_FUTILE | RECLAIM_FUTILE  # both are cleared at the start of every tick
+THP_ENABLED = 4  # transparent huge pages at fault time (host.thp: always)
 
 _ONE = np.uint64(1)
 
@@ -154,6 +155,41 @@ def alloc_frame(node, lists, pb, bits, key, ref, n, k):
         _remove(node, lists, pb, b)
     node[n, NFREE] -= 1
     return f
+
+
+@njit(cache=True)
+def alloc_pageblock(node, lists, pb, bits, key, ref, n, first_key):
+    """Take a whole free pageblock on node ``n`` (an order-9 block, for a transparent huge page) and give
+    its frames to keys ``first_key, first_key + 1, ...``; return its first frame, or -1 if none is free."""
+    if node[n, N_ON_LIST + FREEBLK] == 0:
+        return -1
+    b = lists[FREEBLK, node[n, PB_LO] + node[n, N_ON_LIST + FREEBLK] - 1]
+    _remove(node, lists, pb, b)
+    base = b << PAGEBLOCK_SHIFT
+    for i in range(PAGEBLOCK_PAGES):
+        key[base + i] = first_key + i
+        ref[base + i] = 0
+    bits[b, :] = 0
+    pb[b, PB_NFREE] = 0
+    node[n, NFREE] -= PAGEBLOCK_PAGES
+    return base
+
+
+@njit(cache=True)
+def take_frame(node, lists, pb, bits, key, ref, f, k):
+    """Allocate the particular free frame ``f`` for page ``k`` (compaction's free scanner picks it)."""
+    b = f >> PAGEBLOCK_SHIFT
+    off = f - (b << PAGEBLOCK_SHIFT)
+    bits[b, off >> 6] &= ~(_ONE << np.uint64(off & 63))
+    if pb[b, PB_LIST] == FREEBLK:
+        _remove(node, lists, pb, b)
+        _push(node, lists, pb, PARTIAL, b)
+    key[f] = k
+    ref[f] = 0
+    pb[b, PB_NFREE] -= 1
+    if pb[b, PB_NFREE] == 0:
+        _remove(node, lists, pb, b)
+    node[pb[b, PB_NODE], NFREE] -= 1
 
 
 @njit(cache=True, inline="always")

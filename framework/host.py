@@ -7,17 +7,38 @@ Watermarks follow mm/page_alloc.c: ``min_free_kbytes`` defaults to sqrt(16 x low
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
 from . import counters
 from .config import ConfigError, require
-from .frames import NFREE, PAGE_SIZE, PAGEBLOCK_PAGES, PAGEBLOCK_SHIFT, PB_NODE, WMARK_HIGH, WMARK_LOW, new_frame_table
+from .frames import (
+    FREEBLK,
+    N_ON_LIST,
+    NFREE,
+    PAGE_SIZE,
+    PAGEBLOCK_PAGES,
+    PAGEBLOCK_SHIFT,
+    PB_NODE,
+    REG_FLAGS,
+    THP_ENABLED,
+    WMARK_HIGH,
+    WMARK_LOW,
+    new_frame_table,
+)
 from .pagetable import new_page_table
 from .swapdev import new_swap_table
 
 MIB_PAGES = (1 << 20) // PAGE_SIZE
 LOCAL_DISTANCE, REMOTE_DISTANCE = 10, 20  # include/linux/topology.h
+
+
+class THP(StrEnum):
+    """/sys/kernel/mm/transparent_hugepage/enabled (madvise is not modelled: no process madvises)."""
+
+    always = "always"
+    never = "never"
 
 
 @dataclass
@@ -28,6 +49,7 @@ class HostConfig:
     watermark_scale_factor: int  # vm.watermark_scale_factor, in 1/10000 of memory
     min_free_kbytes: int  # vm.min_free_kbytes; 0 computes the kernel's default
     distance: list[list[int]] | None  # node distance matrix (SLIT); null = 10 local, 20 remote
+    thp: THP  # transparent huge pages at fault time
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
@@ -80,6 +102,8 @@ class Host:
             self.distance,
             np.concatenate([self.watermarks, np.zeros((len(device_frames), 3), dtype=np.int64)]),
         )
+        if cfg.thp is THP.always:
+            self.ft.reg[REG_FLAGS] |= THP_ENABLED
         self.sw = new_swap_table(cfg.swap_mib * MIB_PAGES)
         self.pt = new_page_table(mm_pages)
         self.ctr = counters.new_counters()
@@ -106,6 +130,10 @@ class Host:
 
     def pages_to_low(self) -> int:
         return int(np.maximum(self.ram[:, WMARK_LOW] - self.ram[:, NFREE], 0).sum())
+
+    def free_blocks(self, node: int) -> int:
+        """Whole free pageblocks (order-9 blocks, room for a THP) on ``node``."""
+        return int(self.ft.node[node, N_ON_LIST + FREEBLK])
 
     def pinned_pages(self) -> int:
         return int(np.count_nonzero(self.ft.pin))

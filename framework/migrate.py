@@ -16,6 +16,7 @@ from . import counters as C
 from .frames import NFREE, PAGEBLOCK_SHIFT, PB_NODE, alloc_frame, free_frame
 from .notifier import Event, single_pages
 from .pagebits import P_DEVICE
+from .thp import split
 
 if TYPE_CHECKING:
     from .mm import MM
@@ -63,6 +64,7 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
     """
     host = sim.host
     pages = np.ascontiguousarray(pages, dtype=np.int64)
+    split(sim, mm, pages)  # pages move one by one: split any THP first
     ok = np.empty(pages.size, dtype=np.bool_)
     host.ctr[C.MIGRATIONS_REFUSED] += _movable(host.pt.pte, host.ft.pin, host.ft.pb, mm.base, pages, node, ok)
     pages = pages[ok]

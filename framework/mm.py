@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from .frames import ORPHAN, free_frame
-from .notifier import Event, NotifierChain, NotifierRange
+from .notifier import Event, NotifierChain, NotifierRange, single_pages
 from .pagebits import (
     P_DIRTY,
     P_HUGE,
@@ -27,6 +27,7 @@ from .pagebits import (
 )
 from .pagetable import MM_EXITED
 from .swapdev import swap_free
+from .thp import split, split_straddling
 
 if TYPE_CHECKING:
     from .simulation import Simulation
@@ -39,11 +40,17 @@ _PTE_BITS = P_YOUNG | P_DIRTY | P_PROTNONE | P_HUGE
 def zap_ptes(pt, ft, sw, lo, hi):
     """Drop the pages of keys [lo, hi): free their frames (a pinned frame becomes an orphan that its
     pin keeps alive) and swap slots, and reset their content to zero. Returns pages dropped."""
+    return zap_keys(pt, ft, sw, np.arange(lo, hi))
+
+
+@njit(cache=True)
+def zap_keys(pt, ft, sw, keys):
+    """``zap_ptes`` for the given keys."""
     pte, pflags, ptoken = pt.pte, pt.flags, pt.token
     fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
     skey, stoken, sreg = sw.key, sw.token, sw.reg
     dropped = 0
-    for key in range(lo, hi):
+    for key in keys:
         e = pte[key]
         if e >= 0:
             if fpin[e] > 0:
@@ -112,12 +119,27 @@ class MM:
         """MADV_DONTNEED: drop the pages (CLEAR); the mapping stays and refaults zero-filled."""
         return self._zap(start, end, Event.CLEAR, keep_vma=True)
 
+    def discard(self, pages: np.ndarray) -> int:
+        """MADV_DONTNEED of scattered single pages (a page cache dropping pages here and there)."""
+        pages = np.unique(np.asarray(pages, dtype=np.int64))
+        split(self.sim, self, pages)
+        host = self.sim.host
+        dropped = 0
+
+        def change() -> None:
+            nonlocal dropped
+            dropped = zap_keys(host.pt, host.ft, host.sw, self.base + pages)
+
+        self.invalidate(single_pages(self, pages, Event.CLEAR), change)
+        return dropped
+
     def mprotect(self, start: int, end: int, prot: str) -> None:
         """Change the mapping's protection ('none', 'r', 'rw'); secondaries are told (PROTECTION_VMA)."""
         self.check_range(start, end)
         bits = _prot_bits(prot)
         if np.any((self.flags[start:end] & P_VMA) == 0):
             raise ValueError(f"mprotect [{start}, {end}) of mm '{self.name}' covers unmapped pages")
+        split_straddling(self.sim, self, start, end)
 
         def change() -> None:
             self.flags[start:end] = (self.flags[start:end] & clear_mask(P_READ | P_WRITE)) | bits
@@ -153,6 +175,7 @@ class MM:
 
     def _zap(self, start: int, end: int, event: Event, keep_vma: bool) -> int:
         self.check_range(start, end)
+        split_straddling(self.sim, self, start, end)
         host = self.sim.host
         dropped = 0
 

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 PTE_NONE = -1
+HUGE_PAGES = 512  # pages of a transparent huge page (2 MiB), aligned in the mm and in one pageblock
 
 # Primary page-table flags (uint8).
 P_YOUNG = 1  # accessed since last cleared (the PTE's A bit)

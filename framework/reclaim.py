@@ -19,6 +19,7 @@ from .frames import is_device_frame
 from .notifier import Event, single_pages
 from .pagebits import P_YOUNG
 from .swapdev import swap_out_frames
+from .thp import split
 
 if TYPE_CHECKING:
     from .simulation import Simulation
@@ -93,6 +94,7 @@ def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
     keys = host.ft.key[frames].astype(np.int64)
     done = 0
     for mm, sel, pages in _by_mm(sim, keys):
+        split(sim, mm, pages)  # reclaim handles 4 KiB pages: split any THP first
         mine = frames[sel]
         if not mm.chain:
             done += swap_out_frames(host.pt, host.ft, host.sw, host.ctr, mine)

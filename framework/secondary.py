@@ -30,23 +30,25 @@ from . import counters as C
 from .components import Component, Mode
 from .frames import ORPHAN, free_frame
 from .notifier import NotifierRange, PluginError
-from .pagebits import PTE_NONE, S_ACCESSED, S_PINNED
+from .pagebits import HUGE_PAGES, PTE_NONE, S_ACCESSED, S_HUGE, S_PINNED
 
 if TYPE_CHECKING:
     from .simulation import Client, Simulation
 
 # Layout of SecondaryMMU.state.
-SEQ, IN_PROGRESS, MODE, DEV_NODE = range(4)  # DEV_NODE: the node of its device-private memory, or -1
-STATE_SIZE = 4
+SEQ, IN_PROGRESS, MODE, DEV_NODE, REGION_LO, REGION_HI = range(6)  # DEV_NODE: device memory node or -1
+STATE_SIZE = 6
 # Bits of state[MODE].
 SEC_PIN = 1  # install entries with a long-term pin
 SEC_YOUNG = 2  # accesses through this MMU are visible to reclaim (it implements the young ops)
 SEC_NOFAULT = 4  # the device cannot fault: an access without an entry is an error (classic RDMA MRs)
+SEC_HUGE = 8  # maps a transparent huge page with one 2 MiB entry (KVM's host-mapping-level rule)
 
 
 class SecondaryMMU(Component):
     kind = "secondary"
     young: ClassVar[bool] = False  # True if the plugin reports accessed bits through the young ops
+    huge: ClassVar[bool] = False  # True if it maps a THP with one 2 MiB entry
     interval: ClassVar[bool] = False  # True for an interval subscriber (implements ``invalidate``)
 
     def __init__(self, sim: "Simulation", client: "Client", cfg: Any):
@@ -59,11 +61,15 @@ class SecondaryMMU(Component):
         self.sflags = np.zeros(self.mm.npages, dtype=np.uint8)
         self.state = np.zeros(STATE_SIZE, dtype=np.int64)
         self.state[DEV_NODE] = -1
+        self.state[REGION_LO], self.state[REGION_HI] = self.region
         self.state[MODE] = (
-            (SEC_PIN if self.pin_mode else 0) | (SEC_YOUNG if self.young else 0) | (0 if self.faults else SEC_NOFAULT)
+            (SEC_PIN if self.pin_mode else 0)
+            | (SEC_YOUNG if self.young else 0)
+            | (0 if self.faults else SEC_NOFAULT)
+            | (SEC_HUGE if self.huge else 0)
         )
         self.metrics: dict[str, float] = defaultdict(float)  # this plugin's own metrics
-        self.counts: dict[str, int] = defaultdict(int)  # kernel counters of its client's accesses
+        self.counts: dict[str, float] = defaultdict(float)  # kernel counters of its client's accesses
 
     @classmethod
     def device_memory_pages(cls, cfg: Any) -> int:
@@ -99,6 +105,11 @@ class SecondaryMMU(Component):
     def faults(self) -> bool:
         """Whether the device can take a fault on a missing entry (KVM, ODP, SVM can; pinned MRs cannot)."""
         return True
+
+    def walk_refs(self, huge: bool) -> int:
+        """Memory references of one walk of this MMU's tables after a TLB miss: a 4-level table, one
+        level less through a 2 MiB entry. A nested walk (KVM) costs more."""
+        return 3 if huge else 4
 
     def fault_cost_ns(self, faults: int) -> float:
         """Cost of ``faults`` secondary faults beyond the primary fault path (VM exit and handling, ...)."""
@@ -176,7 +187,12 @@ def _zap(spte, sflags, start, end, ft, ctr, zapped):
     fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
     for r in range(start.size):
         count = 0
-        for p in range(start[r], end[r]):
+        lo, hi = start[r], end[r]
+        if lo < spte.size and sflags[lo] & S_HUGE:  # a 2 MiB entry goes as a whole
+            lo = lo & ~(HUGE_PAGES - 1)
+        if hi - 1 < spte.size and sflags[hi - 1] & S_HUGE:
+            hi = min((hi - 1 | (HUGE_PAGES - 1)) + 1, spte.size)
+        for p in range(lo, hi):
             f = spte[p]
             if f < 0:
                 continue

@@ -35,13 +35,14 @@ from .access import (
     run_accesses,
 )
 from .components import Component, HostPolicy
+from .costs import translation_ns
 from .discovery import Registry, plugin_manager
 from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import Host
 from .migrate import migrate
 from .mm import MM
 from .notifier import PluginError
-from .pagebits import P_DEVICE
+from .pagebits import P_DEVICE, P_HUGE, S_HUGE
 from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SecondaryMMU
 from .settings import load_settings
@@ -50,12 +51,18 @@ from .workload import PAGE_DTYPE, WorkloadStream
 log = logging.getLogger("mmnsim")
 
 SWAP_CLUSTER_MAX = 32  # pages direct reclaim asks for at least (mm/vmscan.c)
+
+
 # Kernel counters also reported per secondary MMU kind (as "<name>.<counter>").
+def _native_walk(huge: bool) -> int:
+    return 3 if huge else 4  # a CPU's own 4-level walk; one level less through a PMD
+
+
 PER_SECONDARY = ("accesses", "writes", "secondary_faults", "fault_retries", "major_faults", "minor_faults",
-                 "access_errors", "pins_acquired", "remote_accesses")  # fmt: skip
+                 "access_errors", "pins_acquired", "remote_accesses", "huge_accesses")  # fmt: skip
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
-_EMPTY_STATE = np.array([0, 0, 0, -1], dtype=np.int64)  # SEQ, IN_PROGRESS, MODE, DEV_NODE
+_EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0], dtype=np.int64)  # SEQ, IN_PROGRESS, MODE, DEV_NODE, region
 
 
 class InvariantViolation(RuntimeError):
@@ -80,6 +87,7 @@ class Client:
         self.secondary: SecondaryMMU | None = None
         self.elapsed_ns = 0.0  # time of one of its CPUs, summed over ticks
         self.stall_ns = 0.0  # part of elapsed_ns not spent on its own accesses
+        self.translation_ns = 0.0  # its accesses' page walks (all CPUs together)
         self._pending_stall = 0.0
 
     @property
@@ -248,7 +256,7 @@ class Simulation:
         self.pm.hook.host_tick(sim=self)
         tick_ns = 0.0
         for client in self.clients:
-            batch = client.stream.next_batch(client.batch)
+            batch = client.stream.next_batch(client.batch, self.tick)
             before = client.elapsed_ns
             if batch is not None:
                 pages, writes = batch
@@ -355,7 +363,13 @@ class Simulation:
         access = c.access_ns * (d[C.ACCESS_DISTANCE] / 10 if numa else d[C.ACCESSES])
         faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + d[C.MAJOR_FAULTS] * c.swap_in_ns
         sec = client.secondary
+        walk = sec.walk_refs if sec is not None else _native_walk
+        translation = translation_ns(c, int(d[C.ACCESSES]), int(d[C.HUGE_ACCESSES]),
+                                     client.region[1] - client.region[0], walk)  # fmt: skip
+        client.translation_ns += translation
+        access += translation
         if sec is not None:
+            sec.counts["translation_ns"] += translation
             faults += sec.fault_cost_ns(int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]))
             for name in PER_SECONDARY:
                 sec.counts[name] += int(d[C.NAMES.index(name)])
@@ -419,6 +433,15 @@ class Simulation:
         elapsed = sum(c.elapsed_ns for c in self.clients)
         stall = sum(c.stall_ns for c in self.clients)
         out["guest_stall_ns"] = stall
+        out["translation_ns"] = sum(c.translation_ns for c in self.clients)
+        out["translation_ns_per_access"] = out["translation_ns"] / out["accesses"] if out["accesses"] else 0.0
+        guests = [t.mm for t in self.tenants if t.secondary is not None] or [t.mm for t in self.tenants]
+        pages = sum(mm.npages for mm in guests)
+        out["thp_coverage"] = sum(int(np.count_nonzero(mm.flags & P_HUGE)) for mm in guests) / pages
+        for sec in self.secondaries:
+            mapped = sec.mapped_pages()
+            huge = int(np.count_nonzero(sec.sflags & S_HUGE))
+            out[f"{sec.name}.huge_mapped_fraction"] = huge / mapped if mapped else 0.0
         out["stall_fraction"] = stall / elapsed if elapsed else 0.0
         out["remote_access_fraction"] = out["remote_accesses"] / out["accesses"] if out["accesses"] else 0.0
         numa = self.host.ft.node.shape[0] > 1

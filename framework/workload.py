@@ -28,8 +28,10 @@ class WorkloadConfig:
     accesses: int  # accesses after the boot pass
     write_fraction: float
     boot: bool  # touch every page once (a write) before the pattern starts
+    start_tick: int  # the client starts at this tick (it has nothing to do before)
 
     def __post_init__(self) -> None:
+        require(self.start_tick >= 0, f"start_tick must be >= 0, got {self.start_tick}")
         require(self.accesses >= 0, f"accesses must be >= 0, got {self.accesses}")
         require(0.0 <= self.write_fraction <= 1.0, f"write_fraction must be in [0, 1], got {self.write_fraction}")
 
@@ -67,8 +69,8 @@ class WorkloadStream:
     def done(self) -> bool:
         return self.boot_left == 0 and self.left == 0
 
-    def next_batch(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        if self.done:
+    def next_batch(self, n: int, tick: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.done or tick < self.workload.cfg.start_tick:
             return None
         parts, writes = [], []
         if self.boot_left:

@@ -55,6 +55,7 @@ class GPUConfig(SecondaryConfig):
 class GPU(SecondaryMMU):
     name = "gpu"
     young = False
+    huge = True  # GPU page tables map 2 MiB where the CPU does
     interval = True
     Config = GPUConfig
 

@@ -1,0 +1,90 @@
+"""Transparent huge pages: splitting a THP back into 4 KiB mappings, and collapsing a 2 MiB region into one.
+
+A THP is an aligned 2 MiB region of an mm (``HUGE_PAGES`` pages) mapped by the 512 frames of one pageblock,
+in order, each PTE flagged ``P_HUGE`` (the PMD mapping). It is allocated whole at fault time (the access
+kernel's ``huge_fault``, when ``host.thp`` is ``always`` and a free pageblock exists), or built by
+``collapse`` (khugepaged). Anything that handles pages one at a time (reclaim, migration, a partial
+munmap or mprotect) splits it first; a split, like a collapse, raises an invalidation (event CLEAR) over
+the 2 MiB range, so a secondary MMU's 2 MiB entry goes and the device maps the region again at 4 KiB.
+"""
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numba import njit
+
+from . import counters as C
+from .frames import NFREE, WMARK_LOW, alloc_pageblock, free_frame
+from .notifier import Event, NotifierRange
+from .pagebits import HUGE_PAGES, P_HUGE, P_YOUNG, PTE_NONE
+
+if TYPE_CHECKING:
+    from .mm import MM
+    from .simulation import Simulation
+
+
+def split(sim: "Simulation", mm: "MM", pages: np.ndarray) -> int:
+    """Split every THP that maps one of ``pages`` (mm page numbers); return how many were split."""
+    pages = np.asarray(pages, dtype=np.int64)
+    huge = pages[(mm.flags[pages] & P_HUGE) != 0]
+    if huge.size == 0:
+        return 0
+    firsts = np.unique(huge & ~(HUGE_PAGES - 1))
+    ranges = NotifierRange(mm, firsts, firsts + HUGE_PAGES, Event.CLEAR)
+
+    def demote() -> None:
+        for first in firsts:
+            mm.flags[first : first + HUGE_PAGES] &= np.uint8(0xFF ^ P_HUGE)
+
+    mm.invalidate(ranges, demote)
+    sim.host.ctr[C.THP_SPLIT] += firsts.size
+    return int(firsts.size)
+
+
+def split_straddling(sim: "Simulation", mm: "MM", start: int, end: int) -> None:
+    """Split the THPs that [start, end) covers only partly (a partial munmap or mprotect)."""
+    edges = [p for p in (start, end - 1) if p % HUGE_PAGES != (0 if p == start else HUGE_PAGES - 1)]
+    if edges:
+        split(sim, mm, np.array(edges))
+
+
+@njit(cache=True)
+def _collapse(pt, ft, ctr, first, node_id):
+    """Copy the pages of the aligned region at key ``first`` into a new pageblock on node ``node_id`` and
+    map it as a THP; free the old frames. Returns False if the node has no free pageblock."""
+    pte, pflags, ptoken = pt.pte, pt.flags, pt.token
+    fkey, ftoken, fref, node, lists, pb, bits = ft.key, ft.token, ft.ref, ft.node, ft.lists, ft.pb, ft.bits
+    if node[node_id, NFREE] - HUGE_PAGES <= node[node_id, WMARK_LOW]:
+        return False
+    for i in range(HUGE_PAGES):  # a swapped-out or pinned page cannot be collapsed
+        old = pte[first + i]
+        if old < PTE_NONE or (old >= 0 and ft.pin[old] > 0):
+            return False
+    block = alloc_pageblock(node, lists, pb, bits, fkey, fref, node_id, first)
+    if block < 0:
+        return False
+    for i in range(HUGE_PAGES):
+        key = first + i
+        old = pte[key]
+        ftoken[block + i] = ptoken[key] if old != PTE_NONE else 0
+        if old >= 0:
+            free_frame(node, lists, pb, bits, fkey, ftoken, old)
+        pte[key] = block + i
+        pflags[key] |= P_HUGE | P_YOUNG
+    ctr[C.THP_COLLAPSE_ALLOC] += 1
+    return True
+
+
+def collapse(sim: "Simulation", mm: "MM", first: int, node: int) -> bool:
+    """khugepaged's collapse_huge_page of the region starting at page ``first``: invalidate the 2 MiB range
+    (event CLEAR), copy the present pages into a fresh pageblock (absent ones zero-filled) and map it by
+    PMD. The caller has checked the region qualifies. Returns False if ``node`` had no free pageblock."""
+    ok = False
+
+    def build() -> None:
+        nonlocal ok
+        ok = _collapse(sim.host.pt, sim.host.ft, sim.host.ctr, mm.base + first, node)
+
+    ranges = NotifierRange(mm, np.array([first]), np.array([first + HUGE_PAGES]), Event.CLEAR)
+    mm.invalidate(ranges, build)
+    return ok
