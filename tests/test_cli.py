@@ -63,7 +63,7 @@ def test_same_seed_same_results_and_a_joblib_multirun(workdir):
     [
         ("secondary=kvmm", "secondary: unknown option 'kvmm'; accepted: gpu, kvm, none, rdma"),
         ("workload=zipff", "workload: unknown option 'zipff'; accepted: hotcold, sequential, trace, uniform, zipf"),
-        ("policies=[swapp]", "policies: unknown option 'swapp'; accepted: eager_release, numa, schedule, swap"),
+        ("policies=[swapp]", "policies: unknown option 'swapp'; accepted: defrag, eager_release, fragment, numa, schedule, swap"),
         ("host.memory_mib=0", "host.memory_mib: must be > 0, got 0"),
         ("guest.memory_mib=-5", "guest.memory_mib: must be > 0, got -5"),
         (
