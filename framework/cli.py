@@ -23,6 +23,7 @@ from .config import ConfigError
 from .discovery import Registry, plugin_manager
 from .notifier import PluginError
 from .output import summary_text, write_results
+from .progress import ProgressBar
 from .settings import load_settings
 from .simulation import Simulation
 
@@ -43,15 +44,19 @@ def main() -> None:
 def _app(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     outdir = Path(hc.runtime.output_dir)
+    bar = ProgressBar() if hc.mode == RunMode.RUN else None  # parallel jobs would draw over each other
     try:
         sim = Simulation(cfg)
-        metrics = sim.run()
+        metrics = sim.run(progress=bar)
     except (ConfigError, PluginError) as exc:
         if hc.mode == RunMode.MULTIRUN:
             raise
         log.error("%s", exc)
         print(f"mmnsim: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if bar is not None:
+            bar.close()
     write_results(outdir, cfg, metrics, sim.timeseries_rows())
     for message in sim.violation_messages[:5]:
         log.warning("invariant violated: %s", message)

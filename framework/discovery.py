@@ -61,3 +61,28 @@ class Registry:
         except KeyError:
             accepted = ", ".join(sorted(self.classes.get(kind, {})))
             raise ConfigError(f"{key}: unknown {kind} '{name}'; accepted: {accepted}") from None
+
+
+def describe(pm: pluggy.PluginManager) -> list[dict[str, str]]:
+    """Every plugin the manager knows and the components it registers, with where it comes from and the
+    hooks each implements (``mmnsim-plugins``)."""
+    from .hookspecs import FrameworkHooks, NotifierOps
+
+    hooks = [n for n in dir(NotifierOps) + dir(FrameworkHooks) if not n.startswith("_")]
+    rows = []
+    for impl in pm.hook.register_components.get_hookimpls():
+        source = "built-in" if impl.plugin_name.startswith("builtin:") else f"entry point {impl.plugin_name}"
+        for comp in impl.function() or ():
+            implemented = [h for h in hooks if hasattr(getattr(comp, h, None), f"{PROJECT}_impl")]
+            rows.append({"name": comp.name, "kind": comp.kind, "source": source,
+                         "module": comp.__module__, "hooks": ", ".join(implemented) or "-"})  # fmt: skip
+    return sorted(rows, key=lambda r: (r["kind"], r["name"]))
+
+
+def main() -> None:
+    """``mmnsim-plugins``: list the plugins this installation finds."""
+    rows = describe(plugin_manager())
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in ("kind", "name", "source", "module")}
+    print("  ".join(k.ljust(widths[k]) for k in widths) + "  hooks")
+    for r in rows:
+        print("  ".join(r[k].ljust(widths[k]) for k in widths) + f"  {r['hooks']}")

@@ -24,9 +24,11 @@ TIMESERIES = "timeseries.parquet"
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run's config as plain data, without Hydra's own node."""
+    """The run's config as plain data, without Hydra's own node or an experiment's report section (which
+    says how to tabulate the sweep, not how to simulate)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
+    data.pop("report", None)
     return data
 
 

@@ -17,7 +17,8 @@ from .host import MIB_PAGES, HostConfig
 from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
-TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine")
+TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine", "report")
+# ("report" is read by mmnsim-experiment, not by the simulation.)
 
 
 @dataclass

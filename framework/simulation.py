@@ -15,7 +15,7 @@ is counted as host CPU time, in parallel.
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from omegaconf import DictConfig
@@ -242,13 +242,23 @@ class Simulation:
 
     # -- running --
 
-    def run(self) -> dict[str, float]:
+    def run(self, progress: Callable[[float], None] | None = None) -> dict[str, float]:
+        """Tick until every client's stream is done; ``progress`` gets the fraction done after each tick."""
         start = time.perf_counter()
         while not all(c.stream.done for c in self.clients):
             self.step()
+            if progress is not None:
+                progress(self.fraction_done())
         metrics = self.metrics()
         metrics["wall_seconds"] = time.perf_counter() - start
         return metrics
+
+    def fraction_done(self) -> float:
+        """Accesses issued over accesses to issue, over the clients whose total is known."""
+        known = [c.stream for c in self.clients if c.stream.total]
+        if not known:
+            return 0.0
+        return sum(s.issued for s in known) / sum(s.total for s in known)
 
     def step(self) -> None:
         """One tick."""
@@ -442,6 +452,9 @@ class Simulation:
             mapped = sec.mapped_pages()
             huge = int(np.count_nonzero(sec.sflags & S_HUGE))
             out[f"{sec.name}.huge_mapped_fraction"] = huge / mapped if mapped else 0.0
+            accesses = out[f"{sec.name}.accesses"]
+            per_access = out[f"{sec.name}.translation_ns"] / accesses if accesses else 0.0
+            out[f"{sec.name}.translation_ns_per_access"] = per_access
         out["stall_fraction"] = stall / elapsed if elapsed else 0.0
         out["remote_access_fraction"] = out["remote_accesses"] / out["accesses"] if out["accesses"] else 0.0
         numa = self.host.ft.node.shape[0] > 1

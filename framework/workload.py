@@ -64,10 +64,18 @@ class WorkloadStream:
         self.boot_left = workload.npages if cfg.boot else 0
         self.boot_next = 0
         self.left = int(cfg.accesses) if cfg.accesses or not workload.runs_to_end else _UNTIL_THE_END
+        self.total = self.boot_left + self.left if self.left != _UNTIL_THE_END else None  # None: unknown
 
     @property
     def done(self) -> bool:
         return self.boot_left == 0 and self.left == 0
+
+    @property
+    def issued(self) -> int:
+        """Accesses handed out so far (boot pass included)."""
+        if self.total is None:
+            return self.boot_next
+        return self.total - self.boot_left - self.left
 
     def next_batch(self, n: int, tick: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
         if self.done or tick < self.workload.cfg.start_tick:

@@ -18,7 +18,7 @@ class EagerReleaseConfig:
     every_ticks: int
 
     def __post_init__(self) -> None:
-        require(self.every_ticks >= 1, f"every_ticks must be >= 1, got {self.every_ticks}")
+        require(self.every_ticks >= 0, f"every_ticks must be >= 0 (0: never), got {self.every_ticks}")
 
 
 class EagerRelease(HostPolicy):
@@ -31,7 +31,7 @@ class EagerRelease(HostPolicy):
 
     @hookimpl
     def host_tick(self, sim) -> None:
-        if sim.tick % self.cfg.every_ticks:
+        if not self.cfg.every_ticks or sim.tick % self.cfg.every_ticks:
             return
         for sec in sim.secondaries:
             if sec.mm.exited:

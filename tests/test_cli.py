@@ -1,9 +1,12 @@
 """The ``mmnsim`` command: results and provenance on disk, sweeps, and clear errors for bad input."""
 
+import io
+
 import polars as pl
 import pytest
 
-from conftest import cli
+from conftest import cli, simulation
+from mmnsim.progress import ProgressBar
 
 TINY = ["guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64", "workload.accesses=50000",
         "engine.accesses_per_tick=16384"]  # fmt: skip
@@ -63,7 +66,10 @@ def test_same_seed_same_results_and_a_joblib_multirun(workdir):
     [
         ("secondary=kvmm", "secondary: unknown option 'kvmm'; accepted: gpu, kvm, none, rdma"),
         ("workload=zipff", "workload: unknown option 'zipff'; accepted: hotcold, sequential, trace, uniform, zipf"),
-        ("policies=[swapp]", "policies: unknown option 'swapp'; accepted: defrag, eager_release, fragment, numa, schedule, swap"),
+        (
+            "policies=[swapp]",
+            "policies: unknown option 'swapp'; accepted: defrag, eager_release, fragment, numa, schedule, swap",
+        ),
         ("host.memory_mib=0", "host.memory_mib: must be > 0, got 0"),
         ("guest.memory_mib=-5", "guest.memory_mib: must be > 0, got -5"),
         (
@@ -88,3 +94,21 @@ def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_job(workdir):
     assert out.returncode == 2
     assert "secondary.mode: invalid value 'notifierr'; accepted: pin, notifier" in out.stderr
     assert results(workdir) == []
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_reaches_one_and_the_bar_draws_only_on_a_terminal():
+    seen = []
+    simulation().run(progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and seen[0] < 0.5
+    tty, pipe = _Terminal(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = ProgressBar(stream, interval=0.0)
+        bar(0.5)
+        bar.close()
+    assert "[###############...............]  50.0%" in tty.getvalue()
+    assert pipe.getvalue() == ""

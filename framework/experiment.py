@@ -1,0 +1,107 @@
+"""``mmnsim-experiment NAME``: run one of the prepared experiments and write its table and plots.
+
+    mmnsim-experiment swap              # runs `mmnsim -m +experiment=swap`, then reports into experiments/swap/
+
+An experiment is a config under ``conf/experiment/``: a multirun sweep (``hydra.sweeper.params``) with
+seed replicates, run with the joblib launcher, plus a ``report`` section saying how to tabulate and plot
+it. The runs go to ``multirun/experiment-NAME`` (replaced each time); ``table.md`` and the plots go to
+``experiments/NAME/`` under the current directory (the repository root, normally), or ``--out``, and the
+table replaces the one between the markers in that folder's README.md.
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from .report import (
+    ReportError,
+    compare,
+    load,
+    markdown,
+    markdown_compare,
+    plot,
+    plot_timeseries,
+    summarize,
+    write_results,
+)
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in (resources.files("mmnsim.conf") / "experiment").iterdir()
+                  if p.name.endswith(".yaml"))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mmnsim-experiment", description=__doc__.splitlines()[0])
+    parser.add_argument("name", help=f"one of: {', '.join(experiment_names())}")
+    parser.add_argument("--out", type=Path, help="where table.md and the plots go (default experiments/NAME)")
+    parser.add_argument("--report-only", action="store_true", help="do not run; report the last runs")
+    parser.add_argument("overrides", nargs="*", help="extra overrides for the sweep (e.g. hydra.launcher.n_jobs=1)")
+    args = parser.parse_args(argv)
+    if args.name not in experiment_names():
+        sys.exit(f"mmnsim-experiment: unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}")
+    spec = yaml.safe_load((resources.files("mmnsim.conf") / "experiment" / f"{args.name}.yaml").read_text())
+    runs_dir = Path("multirun") / f"experiment-{args.name}"
+    out = args.out or Path("experiments") / args.name
+    if not args.report_only:
+        shutil.rmtree(runs_dir, ignore_errors=True)
+        exe = Path(sys.executable).with_name("mmnsim")
+        command = [str(exe), "-m", f"+experiment={args.name}", f"hydra.sweep.dir={runs_dir}", *args.overrides]
+        print("running:", " ".join(command[1:]), flush=True)
+        if subprocess.run(command).returncode != 0:
+            print("mmnsim-experiment: some runs failed; reporting the others", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        report(runs_dir, out, spec.get("report", {}), args.name)
+    except ReportError as exc:
+        sys.exit(f"mmnsim-experiment: {exc}")
+
+
+def report(runs_dir: Path, out: Path, spec: dict, name: str) -> None:
+    runs, varying, failed = load([runs_dir])
+    write_results(runs, runs_dir)
+    by = spec.get("by") or [k for k in varying if k != "seed"]
+    metrics = spec["metrics"]
+    if spec.get("baseline"):
+        text = markdown_compare(compare(runs, by, metrics, spec["baseline"]), spec["baseline"], metrics)
+    else:
+        text = markdown(summarize(runs, by, metrics), metrics)
+    if failed:
+        text += f"\n\n{len(failed)} runs failed: " + ", ".join(map(str, failed))
+    (out / "table.md").write_text(text + "\n")
+    _update_readme(out / "README.md", text)
+    print(text)
+    for i, p in enumerate(spec.get("plots", [])):
+        target = out / p.get("file", f"plot{i}.png")
+        shown = runs
+        for key, value in p.get("where", {}).items():  # plot a slice of the sweep
+            shown = shown.filter(pl.col(key).cast(pl.String) == str(value))
+        if "timeseries" in p:
+            plot_timeseries(shown, p["timeseries"], p.get("hue"), target, p.get("title", ""), p.get("style"))
+        else:
+            plot(shown, p["x"], p["y"], p.get("hue"), target, p.get("title", ""), p.get("categorical", False))
+        print(f"plot: {target}")
+
+
+TABLE_BEGIN, TABLE_END = "<!-- table: written by mmnsim-experiment -->", "<!-- end of table -->"
+
+
+def _update_readme(readme: Path, table: str) -> None:
+    """Put the new table between the markers of the experiment's README.md, if it has them."""
+    if not readme.is_file():
+        return
+    text = readme.read_text()
+    head, begin, rest = text.partition(TABLE_BEGIN)
+    _, end, tail = rest.partition(TABLE_END)
+    if begin and end:
+        readme.write_text(f"{head}{TABLE_BEGIN}\n{table}\n{TABLE_END}{tail}")
+
+
+if __name__ == "__main__":
+    main()

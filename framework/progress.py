@@ -1,0 +1,35 @@
+"""A one-line progress bar on a terminal, for long single runs (``mmnsim`` without ``-m``)."""
+
+import sys
+import time
+from typing import TextIO
+
+
+class ProgressBar:
+    """Call with the fraction done; redraws at most every ``interval`` seconds. Draws nothing unless
+    ``stream`` is a terminal, so logs and pipes stay clean."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30, interval: float = 0.25):
+        self.stream, self.width, self.interval = stream, width, interval
+        self.enabled = stream.isatty()
+        self.start = self.last = time.monotonic()
+        self.drawn = False
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.interval:
+            return
+        self.last = now
+        fraction = min(max(fraction, 0.0), 1.0)
+        filled = int(fraction * self.width)
+        elapsed = now - self.start
+        eta = f", {elapsed / fraction - elapsed:.0f} s left" if fraction > 0.01 else ""
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {fraction:6.1%} ({elapsed:.0f} s{eta})  ")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\r" + " " * (self.width + 40) + "\r")
+            self.stream.flush()

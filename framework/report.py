@@ -1,0 +1,298 @@
+"""``mmnsim-report``: one table from the runs of one or more sweeps, comparisons, and plots.
+
+    mmnsim-report multirun/2026-11-26/10-00-00
+    mmnsim-report DIR --by secondary.mode --metrics swap_outs,oom_events,tlb_flushes
+    mmnsim-report DIR --baseline secondary.mode=pin          # mmtests-style: change against the baseline
+    mmnsim-report DIR --plot guest.memory_mib major_faults --hue secondary.mode
+    mmnsim-report DIR --timeseries remote_accesses/accesses --hue secondary.mode
+
+It reads every run's ``summary.parquet`` under the directories (diagonally concatenated, since plugins add
+columns), keeps the overrides that tell the runs apart (from each run's ``.hydra/overrides.yaml``),
+writes ``results.parquet`` and ``results.csv`` (with every run's provenance) into the first directory,
+and prints a markdown table: per group of the ``--by`` keys (by default every override but ``seed``), the
+mean of each metric over the seed replicates, and its standard deviation when there are several. A run
+directory without a summary (a job that failed) is listed, not silently dropped.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import yaml
+
+PROVENANCE = ("mmnsim_version", "git_commit", "config_hash")
+DEFAULT_METRICS = (
+    "accesses", "secondary_faults", "major_faults", "swap_outs", "oom_events", "pinned_pages_peak",
+    "invalidations", "tlb_flushes", "flush_cost_ns", "stall_fraction", "invariant_violations",
+)  # fmt: skip
+
+
+class ReportError(ValueError):
+    """Nothing to report, or an option names what the results do not have."""
+
+
+def run_dirs(roots: list[Path]) -> list[Path]:
+    """Every Hydra job directory under ``roots`` (one holding ``.hydra/config.yaml``)."""
+    found = []
+    for root in roots:
+        if not root.is_dir():
+            raise ReportError(f"{root}: not a directory")
+        found += [p.parent.parent for p in root.rglob(".hydra/config.yaml")]
+    return sorted(set(found))
+
+
+def load(roots: list[Path]) -> tuple[pl.DataFrame, list[str], list[Path]]:
+    """All runs as one frame, the override keys that tell them apart, and the directories that failed."""
+    frames, failed, keys = [], [], []
+    for d in run_dirs(roots):
+        summary = d / "summary.parquet"
+        if not summary.is_file():
+            failed.append(d)
+            continue
+        frame = pl.read_parquet(summary).with_columns(pl.lit(str(d)).alias("run_dir"))
+        overrides = _overrides(d)
+        for key, value in overrides.items():
+            if key not in frame.columns:
+                frame = frame.with_columns(pl.lit(value).alias(key))
+            if key not in keys:
+                keys.append(key)
+        frames.append(frame)
+    if not frames:
+        raise ReportError(f"no summary.parquet under {', '.join(map(str, roots))}")
+    runs = pl.concat(frames, how="diagonal_relaxed")
+    varying = [k for k in keys if k in runs.columns and runs[k].n_unique() > 1]
+    return runs, varying, failed
+
+
+def _overrides(run: Path) -> dict[str, str]:
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    out = {}
+    for item in yaml.safe_load(path.read_text()) or []:
+        key, _, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if not key.startswith("hydra"):
+            out[key] = value
+    return out
+
+
+def summarize(runs: pl.DataFrame, by: list[str], metrics: list[str]) -> pl.DataFrame:
+    """Mean (and standard deviation, with replicates) of each metric per group of ``by``."""
+    _check_columns(runs, [*by, *metrics])
+    aggs = [pl.len().alias("runs")]
+    for m in metrics:
+        aggs += [pl.col(m).cast(pl.Float64).mean().alias(m), pl.col(m).cast(pl.Float64).std().alias(f"{m}_sd")]
+    table = runs.group_by(by, maintain_order=True).agg(aggs).sort(by) if by else runs.select(aggs)
+    if table["runs"].max() <= 1:
+        table = table.drop([f"{m}_sd" for m in metrics])
+    return table
+
+
+def compare(runs: pl.DataFrame, by: list[str], metrics: list[str], baseline: str) -> pl.DataFrame:
+    """Each group's metrics against the baseline group's, as value and percent change (mmtests style)."""
+    key, _, value = baseline.partition("=")
+    _check_columns(runs, [key])
+    if key not in by:
+        by = [key, *by]
+    table = summarize(runs, by, metrics)
+    column = table[key].cast(pl.String)
+    if value not in column.to_list():
+        raise ReportError(f"--baseline {baseline}: no run has {key}={value}; values: {sorted(set(column.to_list()))}")
+    rest = [k for k in by if k != key]
+    base = table.filter(column == value).select([*rest, *[pl.col(m).alias(f"{m}_base") for m in metrics]])
+    joined = table.join(base, on=rest, how="left") if rest else table.join(base, how="cross")
+    for m in metrics:
+        change = (pl.col(m) - pl.col(f"{m}_base")) / pl.col(f"{m}_base").abs() * 100
+        joined = joined.with_columns(pl.when(pl.col(f"{m}_base") != 0).then(change).otherwise(None).alias(f"{m}_%"))
+    order = [*by, "runs"] + [c for m in metrics for c in (m, f"{m}_sd", f"{m}_%") if c in joined.columns]
+    return joined.select(order)
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.0f}"
+    if isinstance(v, float):
+        v = int(v)
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _value(row: dict, m: str) -> str:
+    """``mean ± sd`` (the spread only when the replicates differ)."""
+    sd = row.get(f"{m}_sd")
+    spread = f" ± {_cell(sd)}" if sd is not None and not np.isnan(sd) and sd > 0 else ""
+    return _cell(row[m]) + spread
+
+
+def markdown(table: pl.DataFrame, metrics: list[str] | None = None) -> str:
+    """A markdown table, one row per group. With ``metrics`` (columns of a ``summarize`` table), each
+    metric is one column of ``mean ± sd``; without, every column as it is."""
+    if metrics is None:
+        columns, rows = table.columns, [[_cell(v) for v in r] for r in table.iter_rows()]
+    else:
+        keys = [c for c in table.columns if c not in metrics and not c.endswith(("_sd", "_%"))]
+        columns = [*keys, *metrics]
+        rows = [[_cell(r[k]) for k in keys] + [_value(r, m) for m in metrics] for r in table.iter_rows(named=True)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def markdown_compare(table: pl.DataFrame, baseline: str, metrics: list[str]) -> str:
+    """A ``compare`` table the mmtests way: one table per group of the other keys, a row per metric, a
+    column per value of the baseline key (the baseline first), each cell ``mean ± sd (change%)``."""
+    key, _, value = baseline.partition("=")
+    rest = [c for c in table.columns if c not in (key, "runs") and c not in metrics and not c.endswith(("_sd", "_%"))]
+    sections = []
+    groups = table.partition_by(rest, as_dict=True, maintain_order=True) if rest else {(): table}
+    for names, group in groups.items():
+        rows = sorted(group.iter_rows(named=True), key=lambda r: str(r[key]) != value)
+        head = [f"{key}={r[key]} ({r['runs']} runs)" for r in rows]
+        lines = ["| metric | " + " | ".join(head) + " |", "|---|" + "---|" * len(rows)]
+        for m in metrics:
+            cells = []
+            for r in rows:
+                change = r.get(f"{m}_%")
+                pct = f" ({change:+.1f}%)" if str(r[key]) != value and change is not None else ""
+                cells.append(_value(r, m) + pct)
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        title = ", ".join(f"{k}={v}" for k, v in zip(rest, names, strict=True))
+        sections.append((f"**{title}**\n\n" if title else "") + "\n".join(lines))
+    return "\n\n".join(sections)
+
+
+def plot(
+    runs: pl.DataFrame, x: str, y: str, hue: str | None, out: Path, title: str = "", categorical: bool = False
+) -> Path:
+    """Mean of ``y`` against ``x`` with the replicates' spread as error bars, a line per ``hue`` value;
+    ``x`` is an evenly spaced category axis when it is not numeric, or when ``categorical``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _check_columns(runs, [x, y, *([hue] if hue else [])])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    groups = runs.partition_by(hue, as_dict=True, maintain_order=True) if hue else {("all",): runs}
+    for name, g in groups.items():
+        value = pl.col(y).cast(pl.Float64)
+        s = g.group_by(x).agg(value.mean().alias("m"), value.std().alias("sd")).sort(x)
+        xs = s[x].to_list()
+        numeric = not categorical and all(isinstance(v, int | float) for v in xs)
+        pos = xs if numeric else list(range(len(xs)))
+        ax.errorbar(pos, s["m"].to_list(), yerr=s["sd"].fill_null(0).to_list(), marker="o", capsize=3,
+                    label=f"{hue}={name[0]}" if hue else None)  # fmt: skip
+        if not numeric:
+            ax.set_xticks(pos, [str(v) for v in xs])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title or f"{y} by {x}")
+    ax.grid(alpha=0.3)
+    if hue:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_timeseries(
+    runs: pl.DataFrame, y: str, hue: str | None, out: Path, title: str = "", style: str | None = None
+) -> Path:
+    """``y`` per tick over simulated time, from each run's timeseries.parquet, one line per run: a colour
+    per ``hue`` value, a line style per ``style`` value. ``a/b`` plots the ratio of the per-tick increments
+    of two counters (``remote_accesses/accesses``: the remote fraction of each tick's accesses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _check_columns(runs, [k for k in (hue, style) if k])
+    colours = {v: f"C{i}" for i, v in enumerate(runs[hue].unique(maintain_order=True))} if hue else {}
+    styles = runs[style].unique(maintain_order=True) if style else []
+    dashes = {v: ("-", "--", ":", "-.")[i % 4] for i, v in enumerate(styles)}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    labelled = set()
+    for row in runs.iter_rows(named=True):
+        path = Path(row["run_dir"]) / "timeseries.parquet"
+        if not path.is_file():
+            continue
+        ts = pl.read_parquet(path)
+        num, _, den = y.partition("/")
+        _check_columns(ts, [num, *([den] if den else [])])
+        values = ts[num].diff() / ts[den].diff() if den else ts[num]
+        key = (row[hue] if hue else None, row[style] if style else None)
+        label = ", ".join(f"{k}={v}" for k, v in zip((hue, style), key, strict=True) if k) or None
+        ax.plot((ts["sim_time_ns"] / 1e9).to_list(), values.to_list(), color=colours.get(key[0]),
+                linestyle=dashes.get(key[1], "-"), alpha=0.8, label=label if key not in labelled else None)  # fmt: skip
+        labelled.add(key)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel(y)
+    ax.set_title(title or f"{y} over time")
+    ax.grid(alpha=0.3)
+    if hue or style:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _check_columns(frame: pl.DataFrame, names: list[str]) -> None:
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        metrics = sorted(c for c in frame.columns if "." not in c)
+        raise ReportError(f"no column {missing[0]!r} in the results; some that exist: {', '.join(metrics[:40])}")
+
+
+def write_results(runs: pl.DataFrame, out_dir: Path) -> None:
+    """results.parquet and results.csv (lists and nested values as text), under temporary names first."""
+    for name, write in (("results.parquet", runs.write_parquet), ("results.csv", runs.write_csv)):
+        tmp = out_dir / f".{name}.tmp"
+        write(tmp)
+        tmp.replace(out_dir / name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mmnsim-report", description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="multirun (or run) directories")
+    parser.add_argument("--by", help="comma-separated keys to group by (default: the overrides that vary)")
+    parser.add_argument("--metrics", help=f"comma-separated metrics (default: {','.join(DEFAULT_METRICS)})")
+    parser.add_argument("--baseline", help="KEY=VALUE: compare every group against this one")
+    parser.add_argument("--plot", nargs=2, metavar=("X", "Y"), help="write Y against X as a PNG")
+    parser.add_argument("--timeseries", metavar="Y", help="write Y per tick (a column, or a/b) as a PNG")
+    parser.add_argument("--hue", help="a key whose values get one line each in the plot")
+    parser.add_argument("--out", type=Path, help="where plots go (default: the first directory)")
+    args = parser.parse_args(argv)
+    try:
+        runs, varying, failed = load(args.dirs)
+        by = args.by.split(",") if args.by else [k for k in varying if k != "seed"]
+        metrics = args.metrics.split(",") if args.metrics else [m for m in DEFAULT_METRICS if m in runs.columns]
+        out = args.out or args.dirs[0]
+        write_results(runs, args.dirs[0])
+        if args.baseline:
+            print(markdown_compare(compare(runs, by, metrics, args.baseline), args.baseline, metrics))
+        else:
+            print(markdown(summarize(runs, by, metrics), metrics))
+        prov = runs.select(PROVENANCE).unique()
+        print(f"\n{runs.height} runs; provenance: " + "; ".join(
+            ", ".join(f"{k}={v}" for k, v in r.items()) for r in prov.iter_rows(named=True)))  # fmt: skip
+        if failed:
+            print(f"{len(failed)} failed runs (no summary.parquet): " + ", ".join(map(str, failed)))
+        if args.plot:
+            print(f"plot: {plot(runs, *args.plot, args.hue, out / f'{args.plot[1]}_by_{args.plot[0]}.png')}")
+        if args.timeseries:
+            name = args.timeseries.replace("/", "_per_")
+            print(f"plot: {plot_timeseries(runs, args.timeseries, args.hue, out / f'{name}_over_time.png')}")
+    except ReportError as exc:
+        print(f"mmnsim-report: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
