@@ -1,6 +1,7 @@
 """``mmnsim-experiment NAME``: run one of the prepared experiments and write its table and plots.
 
     mmnsim-experiment swap              # runs `mmnsim -m +experiment=swap`, then reports into experiments/swap/
+    mmnsim-experiment all               # the five, one after the other (a few minutes on 2 cores)
 
 An experiment is a config under ``conf/experiment/``: a multirun sweep (``hydra.sweeper.params``) with
 seed replicates, run with the joblib launcher, plus a ``report`` section saying how to tabulate and plot
@@ -39,31 +40,39 @@ def experiment_names() -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mmnsim-experiment", description=__doc__.splitlines()[0])
-    parser.add_argument("name", help=f"one of: {', '.join(experiment_names())}")
+    parser.add_argument("name", help=f"one of: {', '.join(experiment_names())}; or all")
     parser.add_argument("--out", type=Path, help="where table.md and the plots go (default experiments/NAME)")
     parser.add_argument("--report-only", action="store_true", help="do not run; report the last runs")
     parser.add_argument("overrides", nargs="*", help="extra overrides for the sweep (e.g. hydra.launcher.n_jobs=1)")
     args = parser.parse_args(argv)
-    if args.name not in experiment_names():
-        sys.exit(f"mmnsim-experiment: unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}")
-    spec = yaml.safe_load((resources.files("mmnsim.conf") / "experiment" / f"{args.name}.yaml").read_text())
-    runs_dir = Path("multirun") / f"experiment-{args.name}"
-    out = args.out or Path("experiments") / args.name
-    if not args.report_only:
+    names = experiment_names() if args.name == "all" else [args.name]
+    if args.name not in (*experiment_names(), "all"):
+        sys.exit(f"mmnsim-experiment: unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}, all")
+    if args.out and len(names) > 1:
+        sys.exit("mmnsim-experiment: --out needs one experiment, not all")
+    for name in names:
+        run_experiment(name, args.out or Path("experiments") / name, args.report_only, args.overrides)
+
+
+def run_experiment(name: str, out: Path, report_only: bool, overrides: list[str]) -> None:
+    spec = yaml.safe_load((resources.files("mmnsim.conf") / "experiment" / f"{name}.yaml").read_text())
+    runs_dir = Path("multirun") / f"experiment-{name}"
+    if not report_only:
         shutil.rmtree(runs_dir, ignore_errors=True)
         exe = Path(sys.executable).with_name("mmnsim")
-        command = [str(exe), "-m", f"+experiment={args.name}", f"hydra.sweep.dir={runs_dir}", *args.overrides]
+        command = [str(exe), "-m", f"+experiment={name}", f"hydra.sweep.dir={runs_dir}", *overrides]
         print("running:", " ".join(command[1:]), flush=True)
         if subprocess.run(command).returncode != 0:
-            print("mmnsim-experiment: some runs failed; reporting the others", file=sys.stderr)
+            print(f"mmnsim-experiment: some runs of {name} failed; reporting the others", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        report(runs_dir, out, spec.get("report", {}), args.name)
+        report(runs_dir, out, spec.get("report", {}))
     except ReportError as exc:
         sys.exit(f"mmnsim-experiment: {exc}")
 
 
-def report(runs_dir: Path, out: Path, spec: dict, name: str) -> None:
+def report(runs_dir: Path, out: Path, spec: dict) -> None:
+    """Results files in ``runs_dir``; the table (also into README.md) and the plots in ``out``."""
     runs, varying, failed = load([runs_dir])
     write_results(runs, runs_dir)
     by = spec.get("by") or [k for k in varying if k != "seed"]
