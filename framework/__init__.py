@@ -5,17 +5,20 @@ The public API for plugins is what this module exports, plus the array layouts i
 
 from pathlib import Path
 
+from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf
 
 from . import _numba_cache  # noqa: F401  (first: it sets numba's cache directory before any kernel exists)
 from .components import HostPolicy, Mode, NoConfig, SecondaryConfig
 from .config import ConfigError, require
+from .discovery import PluginConfSearchPath
 from .hookspecs import hookimpl, hookspec
 from .migrate import migrate
 from .mm import MM
 from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
 from .reclaim import referenced, scan_frames, swap_out
 from .secondary import SecondaryMMU, device_region
+from .share import is_shared, merge_pages, mergeable, sharing
 from .simulation import Simulation, Tenant
 from .workload import Workload, WorkloadConfig
 
@@ -28,6 +31,9 @@ def data_path(name: str) -> str:
     """The absolute path of a data file shipped with mmnsim (``traces/sqlite3.mmt.zst``, ...)."""
     return str(DATA / name)
 
+
+# Installed plugin packages' conf/ folders join the config groups, wherever configs are composed.
+Plugins.instance().register(PluginConfSearchPath)
 
 # Config files name shipped data as ${mmnsim_data:traces/NAME}, wherever mmnsim is installed.
 OmegaConf.register_new_resolver("mmnsim_data", data_path, replace=True)
@@ -52,10 +58,14 @@ __all__ = [
     "expand_ranges",
     "hookimpl",
     "hookspec",
+    "is_shared",
+    "merge_pages",
+    "mergeable",
     "migrate",
     "referenced",
     "require",
     "scan_frames",
+    "sharing",
     "single_pages",
     "sum_per_range",
     "swap_out",

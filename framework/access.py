@@ -42,6 +42,7 @@ from .frames import (
     REG_CLOCK_HAND,
     REG_FLAGS,
     REG_HINTS,
+    SHARED,
     THP_ENABLED,
     WMARK_LOW,
     WMARK_MIN,
@@ -93,12 +94,12 @@ def borrow(a):
 
 
 # Kernel state (ks): where a batch stopped and the fault in flight.
-K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP = range(7)
-KS_SIZE = 7  # K_SKIP: Python could not serve the access at K_I; skip it
+K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME = range(8)
+KS_SIZE = 8  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
 
 # Statuses returned by run_accesses.
-DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK, MIGRATE_TO_RAM = range(6)
-STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock", "migrate_to_ram")
+DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK, MIGRATE_TO_RAM, COW_BREAK = range(7)
+STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock", "migrate_to_ram", "cow_break")
 
 # Internal results of resolving a fault; a status for Python is encoded as _ASK - status.
 _OK, _ERR, _FAIL = -1, -2, -3
@@ -248,6 +249,7 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
         ks[K_LEVEL] = 0
         return _NEXT
     e = pte[key]
+    cow = huge = False
     if e >= 0:
         if fl & P_DEVICE:  # device-private: only its own device maps it; anyone else migrates it back
             if not (via_sec and pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == sstate[DEV_NODE]):
@@ -262,11 +264,16 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
                 hints[reg[REG_HINTS], 0] = key
                 hints[reg[REG_HINTS], 1] = nid
                 reg[REG_HINTS] += 1
+        # A write to a shared (KSM) page copies it (do_wp_page); so does a long-term pin, even for reading
+        # (gup_must_unshare). Python remaps the page to the copy inside an invalidation, since other
+        # secondary entries may map the shared frame.
+        cow = fkey[e] <= SHARED and (write or (via_sec and (sstate[MODE] & SEC_PIN) != 0))
     elif e == PTE_NONE and reg[REG_FLAGS] & THP_ENABLED and not exact and huge_fault(
             ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, node_order, key, nid, write):  # fmt: skip
         ks[K_FRESH] = 1
         ks[K_LEVEL] = 0
-    else:
+        huge = True
+    if cow or (e < 0 and not huge):
         f = _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
                       node_order, reg, skey, stoken, sreg, key, nid, exact)  # fmt: skip
         if f == _FAIL:
@@ -277,6 +284,11 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
         if f < 0:
             return f
         ks[K_LEVEL] = 0
+        if cow:
+            ftoken[f] = ftoken[e]
+            ks[K_VICTIM] = key
+            ks[K_FRAME] = f
+            return _ASK - COW_BREAK
         if e == PTE_NONE:
             ftoken[f] = ptoken[key]  # 0: a fresh anonymous page is zero-filled
             ctr[C.MINOR_FAULTS] += 1
@@ -311,7 +323,7 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
         k = key - p + q
         f = pte[k]
         old = spte[q]
-        sfl = size_bit | (S_WRITABLE if pflags[k] & P_WRITE else 0)
+        sfl = size_bit | (S_WRITABLE if pflags[k] & P_WRITE and fkey[f] >= 0 else 0)  # shared: read-only
         pin = pin_mode
         if old >= 0 and sflags[q] & S_PINNED:
             if old == f and pin:
@@ -387,6 +399,7 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
             f = pte[key]
             fl = pflags[key]
             hit = f >= 0 and not fl & (P_PROTNONE | P_DEVICE) and (fl & (P_WRITE if w else P_READ)) != 0
+            hit = hit and (not w or fkey[f] >= 0)  # a write to a shared (KSM) frame copies it first
         if not hit:
             st = _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken,
                        fpin, fref, pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, key, p, w,
@@ -403,7 +416,7 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
         # The access itself: check the frame is the page's (for a secondary's entry; the primary table
         # is the framework's own and is checked every tick), mark it used, write new content.
         owner = fkey[f] if via_sec and check_owner else key
-        if owner != key:
+        if owner != key and not (owner <= SHARED and pte[key] == f):
             if owner == FREE or (owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
                 ctr[C.ISOLATION_VIOLATIONS] += 1
             else:

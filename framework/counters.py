@@ -39,6 +39,7 @@ NAMES = (
     "migrations_refused",  # pgmigrate_fail: pinned, or no free frame on the target node
     "kswapd_wakeups",
     "direct_reclaims",  # allocstall
+    "cow_ksm",  # copies made by a write (or a long-term pin) to a shared KSM page
     "write_seq",  # content-token generator: bumped on every write
 )
 
@@ -75,6 +76,7 @@ NAMES = (
     MIGRATIONS_REFUSED,
     KSWAPD_WAKEUPS,
     DIRECT_RECLAIMS,
+    COW_KSM,
     WRITE_SEQ,
 ) = range(len(NAMES))
 

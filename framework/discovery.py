@@ -6,8 +6,12 @@ between runs in one process (Hydra's joblib launcher reuses worker processes).
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.metadata import entry_points
 
 import pluggy
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 from .components import Component
 from .config import ConfigError
@@ -15,6 +19,32 @@ from .hookspecs import PROJECT, FrameworkHooks
 
 BUILTIN_PACKAGE = "mmnsim.plugins"
 KIND_DIRS = {"secondary": "secondary", "policy": "policies", "workload": "workload"}
+
+
+def plugin_conf_packages() -> list[str]:
+    """Packages of installed plugins (entry points in the ``mmnsim`` group) that ship a ``conf`` folder:
+    the entry point's module if it is a package, else the package holding it. Their YAML files join
+    Hydra's config groups (``PluginConfSearchPath``)."""
+    found = []
+    for ep in entry_points(group=PROJECT):
+        module = ep.value.split(":")[0]
+        for package in (module, module.rpartition(".")[0]):
+            try:
+                if package and (resources.files(package) / "conf").is_dir():
+                    found.append(package)
+                    break
+            except (ModuleNotFoundError, TypeError):
+                continue  # a module, not a package; a broken entry point is reported when it is loaded
+    return list(dict.fromkeys(found))
+
+
+class PluginConfSearchPath(SearchPathPlugin):
+    """Adds each installed plugin package's ``conf`` folder to Hydra's config search path, so that
+    ``secondary=NAME`` finds ``<package>/conf/secondary/NAME.yaml``. Registered when mmnsim is imported."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        for package in plugin_conf_packages():
+            search_path.append(provider=f"mmnsim-plugin:{package}", path=f"pkg://{package}.conf")
 
 
 def plugin_manager() -> pluggy.PluginManager:

@@ -24,6 +24,10 @@ PAGEBLOCK_SHIFT = 9
 WORDS = PAGEBLOCK_PAGES // 64  # uint64 words in a pageblock's free bitmap
 FREE = -1  # FrameTable.key of a free frame
 ORPHAN = -2  # FrameTable.key of a frame no page maps any more but a long-term pin still holds
+# FrameTable.key of a shared, write-protected frame (a KSM page) mapped by n pages: SHARED - (n - 1), so
+# SHARED for one, SHARED - 1 for two, ... (see ``mmnsim.share``). Every key < 0 is skipped by reclaim,
+# migration and compaction, which move only frames that name their one page.
+SHARED = -3
 
 # Columns of FrameTable.node (one row per NUMA node). N_ON_LIST + kind counts the pageblocks on a list.
 PB_LO, PB_HI, NFREE, N_ON_LIST, _N_ON_FREEBLK, WMARK_MIN, WMARK_LOW, WMARK_HIGH, NFRAMES = range(9)
@@ -48,7 +52,7 @@ _ONE = np.uint64(1)
 
 
 class FrameTable(NamedTuple):
-    key: np.ndarray  # int32 per frame: the global page key it holds, FREE or ORPHAN
+    key: np.ndarray  # int32 per frame: the global page key it holds, FREE, ORPHAN, or <= SHARED
     token: np.ndarray  # uint32 per frame: the content it holds
     pin: np.ndarray  # uint16 per frame: long-term pin count
     ref: np.ndarray  # uint8 per frame: the exact CLOCK's reference bit
@@ -213,3 +217,9 @@ def free_frame(node, lists, pb, bits, key, token, f):
 def is_device_frame(pb, node_order, f):
     """Whether frame ``f`` is device-private memory (its node is past the RAM nodes)."""
     return pb[f >> PAGEBLOCK_SHIFT, PB_NODE] >= node_order.shape[0]
+
+
+@njit(cache=True, inline="always")
+def sharers(key):
+    """Pages mapping a frame whose key is ``key`` <= SHARED."""
+    return SHARED + 1 - key

@@ -1,11 +1,12 @@
 """The invariants mmu notifiers exist to guarantee, checked over the whole host in numba.
 
 * coherence:    no secondary entry points at a frame the primary table no longer maps at that page;
-* isolation:    no secondary entry points at a frame that is free or belongs to another mm;
+* isolation:    no secondary entry points at a frame that is free or belongs to another mm, or lets
+                its device write to a shared (KSM) frame;
 * integrity:    every page's content (its token) is where its PTE says: in its frame or its swap slot;
 * pin safety:   no pinned frame is free, and every pin is held by a secondary entry that says so;
 * conservation: free + used frames = total, the free lists agree with the frames, swap slots match
-                swap PTEs one to one.
+                swap PTEs one to one, a shared frame's count of sharers matches the PTEs mapping it.
 
 A check counts each violating entry or page once per check, so a violation is counted again for every
 tick it persists. With ``engine.check_accesses`` the access kernel also counts, as it happens, every
@@ -18,8 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numba import njit
 
-from .frames import FREE, NFREE, ORPHAN, PAGEBLOCK_SHIFT, PB_NFREE, PB_SIZE, WORDS
-from .pagebits import PTE_NONE, S_PINNED
+from .frames import FREE, NFREE, ORPHAN, PAGEBLOCK_SHIFT, PB_NFREE, PB_SIZE, SHARED, WORDS
+from .pagebits import PTE_NONE, S_PINNED, S_WRITABLE
 from .swapdev import REG_USED, SLOT_FREE
 
 if TYPE_CHECKING:
@@ -49,12 +50,16 @@ def _check_host(pt, ft, sw, expected_pins, counts, examples):
     nframes = fkey.size
     nslots = skey.size
     present = 0
+    shared_ptes = 0
     swap_ptes = 0
     for key in range(pte.size):
         e = pte[key]
         if e >= 0:
-            present += 1
-            if e >= nframes or fkey[e] != key:
+            if e < nframes and fkey[e] <= SHARED:  # a KSM page: many PTEs, counted against its sharers
+                shared_ptes += 1
+            else:
+                present += 1
+            if e >= nframes or (fkey[e] != key and fkey[e] > SHARED):
                 _note(counts, examples, CONSERVATION, key, e)
             elif ftoken[e] != ptoken[key]:
                 _note(counts, examples, INTEGRITY, key, e)
@@ -69,6 +74,8 @@ def _check_host(pt, ft, sw, expected_pins, counts, examples):
             _note(counts, examples, INTEGRITY, key, e)
     mapped = 0
     orphans = 0
+    shared = 0
+    sharing = 0
     pinning = expected_pins.size > 0  # empty when nothing is pinned anywhere: no pins to account
     for b in range(pb.shape[0]):
         lo = b << PAGEBLOCK_SHIFT
@@ -91,6 +98,9 @@ def _check_host(pt, ft, sw, expected_pins, counts, examples):
                         _note(counts, examples, CONSERVATION, f, k)
                 elif k >= 0:
                     mapped += 1
+                elif k <= SHARED:
+                    shared += 1
+                    sharing += SHARED + 1 - k
                 else:
                     _note(counts, examples, CONSERVATION, f, k)
             if word != bits[b, w]:
@@ -99,11 +109,13 @@ def _check_host(pt, ft, sw, expected_pins, counts, examples):
             _note(counts, examples, CONSERVATION, lo, nfree)
     if mapped != present:
         _note(counts, examples, CONSERVATION, mapped, present)
+    if sharing != shared_ptes:
+        _note(counts, examples, CONSERVATION, sharing, shared_ptes)
     free = 0
     for n in range(node.shape[0]):
         free += node[n, NFREE]
-    if free + mapped + orphans != nframes:
-        _note(counts, examples, CONSERVATION, free, mapped + orphans)
+    if free + mapped + orphans + shared != nframes:
+        _note(counts, examples, CONSERVATION, free, mapped + orphans + shared)
     used_slots = 0
     for s in range(nslots):
         if skey[s] != SLOT_FREE:
@@ -125,10 +137,12 @@ def _check_secondary(pt, ft, mm, spte, sflags, expected_pins, counts, examples):
             continue
         if count_pins and sflags[p] & S_PINNED:
             expected_pins[f] += 1
-        if pte[base + p] == f:
-            continue
         owner = fkey[f]
-        if owner == FREE or (owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
+        if pte[base + p] == f:
+            if owner <= SHARED and sflags[p] & S_WRITABLE:  # a write would reach every sharer's page
+                _note(counts, examples, ISOLATION, p, f)
+            continue
+        if owner == FREE or (owner >= 0 and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
             _note(counts, examples, ISOLATION, p, f)
         else:
             _note(counts, examples, COHERENCE, p, f)
@@ -179,6 +193,8 @@ def _frame_story(sim: "Simulation", mm, page: int, frame: int) -> str:
         return f"which is free, {where}"
     if owner == ORPHAN:
         return f"which only a pin keeps alive, {where}"
+    if owner <= SHARED:
+        return f"a shared (KSM) frame of {SHARED + 1 - owner} pages, {where}"
     other = sim.mm_of_key(owner)
     return f"which holds page {owner - other.base} of mm '{other.name}', {where}"
 

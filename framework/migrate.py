@@ -4,7 +4,8 @@ The building block of NUMA balancing, compaction and device-private memory. For 
 secondary MMUs are told first (event MIGRATE, one range per page, with the ``owner`` that asked, so a
 device migrating its own pages can skip the event), then each page's content is copied to a new frame,
 its PTE repointed and the old frame freed. A pinned page cannot move (the kernel's migration fails on a
-maybe-DMA-pinned folio) and is counted as refused, as is a page for which the target has no free frame.
+maybe-DMA-pinned folio) and is counted as refused, as are a shared (KSM) page and a page for which the
+target has no free frame.
 """
 
 from typing import TYPE_CHECKING
@@ -24,14 +25,15 @@ if TYPE_CHECKING:
 
 
 @njit(cache=True)
-def _movable(pte, fpin, pb, base, pages, target, out):
-    """Which pages are present, unpinned and not already on ``target``; count the pinned ones."""
+def _movable(pte, fkey, fpin, pb, base, pages, target, out):
+    """Which pages are present, unpinned, unshared and not already on ``target``; count the pinned and
+    shared ones (a KSM page is not migrated here: a simplification, see ``mmnsim.share``)."""
     refused = 0
     for i in range(pages.size):
         e = pte[base + pages[i]]
-        out[i] = e >= 0 and fpin[e] == 0 and pb[e >> PAGEBLOCK_SHIFT, PB_NODE] != target
-        if e >= 0 and fpin[e] > 0:
-            refused += 1
+        stuck = e >= 0 and (fpin[e] > 0 or fkey[e] < 0)
+        out[i] = e >= 0 and not stuck and pb[e >> PAGEBLOCK_SHIFT, PB_NODE] != target
+        refused += stuck
     return refused
 
 
@@ -66,7 +68,8 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
     pages = np.ascontiguousarray(pages, dtype=np.int64)
     split(sim, mm, pages)  # pages move one by one: split any THP first
     ok = np.empty(pages.size, dtype=np.bool_)
-    host.ctr[C.MIGRATIONS_REFUSED] += _movable(host.pt.pte, host.ft.pin, host.ft.pb, mm.base, pages, node, ok)
+    ft = host.ft
+    host.ctr[C.MIGRATIONS_REFUSED] += _movable(host.pt.pte, ft.key, ft.pin, ft.pb, mm.base, pages, node, ok)
     pages = pages[ok]
     if pages.size == 0:
         return 0

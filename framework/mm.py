@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numba import njit
 
-from .frames import ORPHAN, free_frame
+from .frames import ORPHAN, SHARED, free_frame
 from .notifier import Event, NotifierChain, NotifierRange, single_pages
 from .pagebits import (
     P_DIRTY,
@@ -26,6 +26,7 @@ from .pagebits import (
     swap_slot,
 )
 from .pagetable import MM_EXITED
+from .share import drop_share
 from .swapdev import swap_free
 from .thp import split, split_straddling
 
@@ -39,7 +40,8 @@ _PTE_BITS = P_YOUNG | P_DIRTY | P_PROTNONE | P_HUGE
 @njit(cache=True)
 def zap_ptes(pt, ft, sw, lo, hi):
     """Drop the pages of keys [lo, hi): free their frames (a pinned frame becomes an orphan that its
-    pin keeps alive) and swap slots, and reset their content to zero. Returns pages dropped."""
+    pin keeps alive; a shared frame loses one sharer) and swap slots, and reset their content to zero.
+    Returns pages dropped."""
     return zap_keys(pt, ft, sw, np.arange(lo, hi))
 
 
@@ -53,7 +55,9 @@ def zap_keys(pt, ft, sw, keys):
     for key in keys:
         e = pte[key]
         if e >= 0:
-            if fpin[e] > 0:
+            if fkey[e] <= SHARED:
+                drop_share(ft, e)
+            elif fpin[e] > 0:
                 fkey[e] = ORPHAN
             else:
                 free_frame(node, lists, pb, bits, fkey, ftoken, e)

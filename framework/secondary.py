@@ -5,13 +5,15 @@ installs an entry, pinning its frame in pin mode); the plugin's Python runs per 
 ops. A plugin subclass sets ``name``, ``young`` and ``Config``, and implements the ``NotifierOps`` it
 needs with ``@hookimpl`` methods, usually built from ``zap`` and ``harvest_accessed``.
 
-Two kinds of subscriber, as in the kernel:
+Three kinds of subscriber, as in the kernel:
 
 * a whole-mm subscriber (``struct mmu_notifier``, KVM) implements ``invalidate_range_start``/``_end`` and
   brackets its zaps with ``begin_invalidate``/``end_invalidate``;
 * an interval subscriber (``struct mmu_interval_notifier``, RDMA ODP, GPU SVM) sets ``interval = True``,
   implements ``invalidate`` and calls ``set_seq(cur_seq)`` before zapping; it is called only for ranges
-  that overlap its region.
+  that overlap its region;
+* a device sharing the CPU page tables (IOMMU SVA) sets ``shares_cpu_tables = True`` and implements only
+  ``arch_invalidate_secondary_tlbs``.
 
 ``state`` holds what the fault path checks before installing an entry: ``state[SEQ]`` (KVM's
 mmu_invalidate_seq, or the interval's invalidate_seq) and ``state[IN_PROGRESS]``
@@ -50,6 +52,11 @@ class SecondaryMMU(Component):
     young: ClassVar[bool] = False  # True if the plugin reports accessed bits through the young ops
     huge: ClassVar[bool] = False  # True if it maps a THP with one 2 MiB entry
     interval: ClassVar[bool] = False  # True for an interval subscriber (implements ``invalidate``)
+    # True for a device that walks the CPU page table itself (IOMMU shared virtual addressing): it keeps
+    # no table (``spte`` stays empty), its accesses go through the primary table and set its accessed
+    # bits, a missing page is an I/O page fault (counted as its secondary fault), and all it needs to
+    # implement is ``arch_invalidate_secondary_tlbs`` to flush its TLB.
+    shares_cpu_tables: ClassVar[bool] = False
 
     def __init__(self, sim: "Simulation", client: "Client", cfg: Any):
         self.sim = sim
@@ -57,8 +64,9 @@ class SecondaryMMU(Component):
         self.mm = client.mm
         self.cfg = cfg
         self.region = client.region  # the pages [start, end) of the mm this device maps
-        self.spte = np.full(self.mm.npages, PTE_NONE, dtype=np.int32)
-        self.sflags = np.zeros(self.mm.npages, dtype=np.uint8)
+        entries = 0 if self.shares_cpu_tables else self.mm.npages
+        self.spte = np.full(entries, PTE_NONE, dtype=np.int32)
+        self.sflags = np.zeros(entries, dtype=np.uint8)
         self.state = np.zeros(STATE_SIZE, dtype=np.int64)
         self.state[DEV_NODE] = -1
         self.state[REGION_LO], self.state[REGION_HI] = self.region
@@ -162,7 +170,9 @@ class SecondaryMMU(Component):
 
     def zap(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """Drop the entries in each range, releasing their pins; return entries dropped per range."""
-        zapped = np.empty(start.size, dtype=np.int64)
+        zapped = np.zeros(start.size, dtype=np.int64)
+        if self.spte.size == 0:  # no table of its own (shares_cpu_tables)
+            return zapped
         host = self.sim.host
         _zap(self.spte, self.sflags, _int64(start), _int64(end), host.ft, host.ctr, zapped)
         self.metrics["pages_zapped"] += float(zapped.sum())
@@ -170,7 +180,9 @@ class SecondaryMMU(Component):
 
     def harvest_accessed(self, start: np.ndarray, end: np.ndarray, clear: bool) -> np.ndarray:
         """Whether any entry in each range has its accessed bit set; clear the bits if asked."""
-        young = np.empty(start.size, dtype=np.bool_)
+        young = np.zeros(start.size, dtype=np.bool_)
+        if self.spte.size == 0:
+            return young
         _harvest(self.sflags, _int64(start), _int64(end), clear, young)
         return young
 

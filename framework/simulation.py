@@ -23,9 +23,11 @@ from omegaconf import DictConfig
 from . import counters as C
 from . import invariants
 from .access import (
+    COW_BREAK,
     DIRECT_RECLAIM,
     DONE,
     EVICT_ONE,
+    K_FRAME,
     K_SKIP,
     K_VICTIM,
     LIVELOCK,
@@ -46,6 +48,7 @@ from .pagebits import P_DEVICE, P_HUGE, S_HUGE
 from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SecondaryMMU
 from .settings import load_settings
+from .share import break_cow
 from .workload import PAGE_DTYPE, WorkloadStream
 
 log = logging.getLogger("mmnsim")
@@ -300,7 +303,7 @@ class Simulation:
             raise ValueError(f"pages outside mm '{mm.name}' (0..{mm.npages - 1})")
         writes = np.zeros(pages.size, dtype=np.bool_) if writes is None else np.ascontiguousarray(writes, np.bool_)
         client = client or self._client_of(mm, secondary)
-        if secondary is not None:
+        if secondary is not None and not secondary.shares_cpu_tables:
             spte, sflags, sstate = secondary.spte, secondary.sflags, secondary.state
         else:
             spte, sflags, sstate = _EMPTY_I32, _EMPTY_U8, _EMPTY_STATE
@@ -327,6 +330,8 @@ class Simulation:
                         host.ft.reg[REG_FLAGS] |= OOM_FLAGS
                 elif status == MIGRATE_TO_RAM:
                     self._migrate_to_ram(int(ks[K_VICTIM]), int(vcpu_node[0]), ks)
+                elif status == COW_BREAK:
+                    break_cow(self, int(ks[K_VICTIM]), int(ks[K_FRAME]))
                 elif status == LIVELOCK:
                     raise PluginError(
                         f"secondary MMU '{secondary.label}' kept its fault path retrying: state[IN_PROGRESS] is "
@@ -378,6 +383,10 @@ class Simulation:
                                      client.region[1] - client.region[0], walk)  # fmt: skip
         client.translation_ns += translation
         access += translation
+        if sec is not None and sec.shares_cpu_tables:  # its faults on the CPU table are I/O page faults
+            iopf = d[C.MINOR_FAULTS] + d[C.MAJOR_FAULTS]
+            d[C.SECONDARY_FAULTS] += iopf
+            self.host.ctr[C.SECONDARY_FAULTS] += iopf
         if sec is not None:
             sec.counts["translation_ns"] += translation
             faults += sec.fault_cost_ns(int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]))

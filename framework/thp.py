@@ -56,9 +56,9 @@ def _collapse(pt, ft, ctr, first, node_id):
     fkey, ftoken, fref, node, lists, pb, bits = ft.key, ft.token, ft.ref, ft.node, ft.lists, ft.pb, ft.bits
     if node[node_id, NFREE] - HUGE_PAGES <= node[node_id, WMARK_LOW]:
         return False
-    for i in range(HUGE_PAGES):  # a swapped-out or pinned page cannot be collapsed
+    for i in range(HUGE_PAGES):  # a swapped-out, pinned or shared (KSM) page cannot be collapsed
         old = pte[first + i]
-        if old < PTE_NONE or (old >= 0 and ft.pin[old] > 0):
+        if old < PTE_NONE or (old >= 0 and (ft.pin[old] > 0 or fkey[old] < 0)):
             return False
     block = alloc_pageblock(node, lists, pb, bits, fkey, fref, node_id, first)
     if block < 0:

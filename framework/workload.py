@@ -27,7 +27,8 @@ class WorkloadConfig:
     name: str
     accesses: int  # accesses after the boot pass
     write_fraction: float
-    boot: bool  # touch every page once (a write) before the pattern starts
+    boot: bool  # touch every page once before the pattern starts
+    boot_writes: bool  # the boot touch is a write (else a read: the page stays zero-filled)
     start_tick: int  # the client starts at this tick (it has nothing to do before)
 
     def __post_init__(self) -> None:
@@ -84,7 +85,7 @@ class WorkloadStream:
         if self.boot_left:
             k = min(n, self.boot_left)
             parts.append(np.arange(self.boot_next, self.boot_next + k, dtype=PAGE_DTYPE))
-            writes.append(np.ones(k, dtype=np.bool_))
+            writes.append(np.full(k, self.workload.cfg.boot_writes, dtype=np.bool_))
             self.boot_next += k
             self.boot_left -= k
             n -= k

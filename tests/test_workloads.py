@@ -14,7 +14,8 @@ N = 50_000
 
 def zipf(exponent=1.0, seed=0, **kw):
     cfg = ZipfConfig(name="zipf", accesses=kw.get("accesses", 0), write_fraction=kw.get("wf", 0.3),
-                     boot=kw.get("boot", False), start_tick=0, exponent=exponent)  # fmt: skip
+                     boot=kw.get("boot", False), boot_writes=True, start_tick=0,
+                     exponent=exponent)  # fmt: skip
     return Zipf(cfg, N, np.random.default_rng(seed))
 
 
@@ -40,11 +41,11 @@ def test_zipf_is_reproducible_from_its_seed():
 
 def test_uniform_sequential_and_hotcold():
     rng = np.random.default_rng(1)
-    u = Uniform(UniformConfig("uniform", 0, 0.0, False, 0), N, rng).pages(500_000)
+    u = Uniform(UniformConfig("uniform", 0, 0.0, False, True, 0), N, rng).pages(500_000)
     assert u.min() >= 0 and u.max() < N and np.bincount(u, minlength=N).std() < 4 * np.sqrt(10)
-    s = Sequential(SequentialConfig("sequential", 0, 0.0, False, 0), 10, rng)
+    s = Sequential(SequentialConfig("sequential", 0, 0.0, False, True, 0), 10, rng)
     assert s.pages(7).tolist() == [0, 1, 2, 3, 4, 5, 6] and s.pages(5).tolist() == [7, 8, 9, 0, 1]
-    cfg = HotColdConfig("hotcold", 0, 0.0, False, 0, hot_fraction=0.1, hot_probability=0.9, shift_every=100_000)
+    cfg = HotColdConfig("hotcold", 0, 0.0, False, True, 0, hot_fraction=0.1, hot_probability=0.9, shift_every=100_000)
     h = HotCold(cfg, N, rng)
     first = h.pages(100_000)
     assert np.mean(first < N // 10) == pytest.approx(0.9, abs=0.01)  # the hot set is the first 10%
@@ -65,6 +66,6 @@ def test_a_workload_returning_pages_outside_its_mm_is_reported():
         def pages(self, n):
             return np.full(n, self.npages)
 
-    stream = WorkloadStream(Broken(UniformConfig("uniform", 10, 0.0, False, 0), N, np.random.default_rng()))
+    stream = WorkloadStream(Broken(UniformConfig("uniform", 10, 0.0, False, True, 0), N, np.random.default_rng()))
     with pytest.raises(ValueError, match="returned pages outside"):
         stream.next_batch(10)
