@@ -48,6 +48,7 @@ from .frames import (
     WMARK_MIN,
     alloc_frame,
     alloc_pageblock,
+    free_frame,
     is_device_frame,
 )
 from .pagebits import (
@@ -70,7 +71,7 @@ from .pagebits import (
 )
 from .pagetable import MM_HAS_NOTIFIERS
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, REGION_HI, REGION_LO, SEC_HUGE, SEC_NOFAULT, SEC_PIN, SEC_YOUNG, SEQ
-from .swapdev import SWAPPED, swap_free, swap_out_frame
+from .swapdev import REG_READ_ERRORS, SWAPPED, WRITE_FAILED, io_fails, swap_free, swap_out_frame
 
 
 @intrinsic
@@ -159,6 +160,7 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
     """A frame for ``key``, preferring node ``nid``; or _ASK - status for Python; or _FAIL."""
     nodes = node_order.shape[1]
     if exact:
+        write_errors = 0
         while True:
             for j in range(nodes):
                 n = node_order[nid, j]
@@ -174,6 +176,9 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
                 return _ASK - EVICT_ONE
             ctr[C.PGSCAN] += 1
             r = swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, v)
+            if r == WRITE_FAILED and write_errors < fkey.size:  # the victim stays; the hand moves on
+                write_errors += 1
+                continue
             if r != SWAPPED:
                 return _fail_allocation(reg, ctr)
     if ks[K_LEVEL] == 0:
@@ -294,6 +299,12 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
             ctr[C.MINOR_FAULTS] += 1
         else:
             slot = swap_slot(e)
+            if io_fails(sreg, REG_READ_ERRORS):  # the access fails; the page stays in its slot
+                free_frame(node, lists, pb, bits, fkey, ftoken, f)
+                ctr[C.SWAP_READ_ERRORS] += 1
+                ks[K_SEQ] = -1
+                ks[K_RETRIES] = 0
+                return _NEXT
             ftoken[f] = stoken[slot]
             swap_free(skey, stoken, sreg, slot)
             ctr[C.MAJOR_FAULTS] += 1

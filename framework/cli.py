@@ -5,9 +5,11 @@ it (``load_settings``), so that a misspelled key, an unknown plugin or a bad val
 line naming the key and what is accepted, with exit status 2, before any job runs or writes a file.
 """
 
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra import compose, initialize_config_module
@@ -16,16 +18,18 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
 from .discovery import Registry, plugin_manager
 from .notifier import PluginError
-from .output import summary_text, write_results
+from .output import FAILED, summary_text, up_to_date, write_failure, write_results
 from .progress import ProgressBar
 from .settings import load_settings
-from .simulation import Simulation
+from .simulation import InvariantViolation, Simulation
+from .traces import TraceError
 
 CONFIG_MODULE = "mmnsim.conf"
 log = logging.getLogger("mmnsim")
@@ -44,12 +48,19 @@ def main() -> None:
 def _app(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     outdir = Path(hc.runtime.output_dir)
-    bar = ProgressBar() if hc.mode == RunMode.RUN else None  # parallel jobs would draw over each other
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun and up_to_date(outdir, cfg):
+        print(f"up to date (same config and code), not run again: {outdir}")
+        return
+    bar = None if multirun else ProgressBar()  # parallel jobs would draw over each other
     try:
         sim = Simulation(cfg)
-        metrics = sim.run(progress=bar)
-    except (ConfigError, PluginError) as exc:
-        if hc.mode == RunMode.MULTIRUN:
+        metrics = sim.run(progress=bar, teardown=True)
+    except Exception as exc:
+        if multirun:  # the other jobs go on; this one leaves failed.json, and FailedJobs fails the sweep
+            log.error("job failed: %s (%s)", exc, write_failure(outdir, cfg, exc))
+            return
+        if not isinstance(exc, ConfigError | PluginError | InvariantViolation | TraceError):
             raise
         log.error("%s", exc)
         print(f"mmnsim: {exc}", file=sys.stderr)
@@ -62,6 +73,22 @@ def _app(cfg: DictConfig) -> None:
         log.warning("invariant violated: %s", message)
     print(summary_text(metrics))
     print(f"results: {outdir}")
+
+
+class FailedJobs(Callback):
+    """At the end of a multirun, name the jobs that failed, with their errors, and exit with status 1; the
+    other jobs' results are complete, and ``mmnsim-report`` reads them (and lists the failures)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        failed = sorted(sweep.rglob(FAILED))
+        if not failed:
+            return
+        total = len(list(sweep.rglob(".hydra/config.yaml")))
+        print(f"mmnsim: {len(failed)} of {total} jobs failed; the others' results are in {sweep}:", file=sys.stderr)
+        for path in failed:
+            print(f"  {path.parent}: {json.loads(path.read_text())['error']}", file=sys.stderr)
+        sys.exit(1)
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -77,6 +104,8 @@ def check_overrides(argv: list[str]) -> None:
         raise ConfigError(str(exc).splitlines()[0]) from None
     first, alternatives = [], []
     for i, o in enumerate(parsed):
+        if o.is_sweep_override() and not args.multirun:
+            raise ConfigError(f"{o.input_line}: a sweep runs one job per value; add -m (--multirun)")
         if o.is_sweep_override():
             key = o.get_key_element()
             values = list(o.sweep_string_iterator())

@@ -40,6 +40,9 @@ NAMES = (
     "kswapd_wakeups",
     "direct_reclaims",  # allocstall
     "cow_ksm",  # copies made by a write (or a long-term pin) to a shared KSM page
+    "invalidations_refused",  # non-blockable batches a subscriber refused (-EAGAIN): the operation was not done
+    "swap_write_errors",  # swap-outs whose write failed: the page stayed resident, its slot was released
+    "swap_read_errors",  # swap-ins whose read failed: the access failed (a guest memory error), the page stays in swap
     "write_seq",  # content-token generator: bumped on every write
 )
 
@@ -77,6 +80,9 @@ NAMES = (
     KSWAPD_WAKEUPS,
     DIRECT_RECLAIMS,
     COW_KSM,
+    INVALIDATIONS_REFUSED,
+    SWAP_WRITE_ERRORS,
+    SWAP_READ_ERRORS,
     WRITE_SEQ,
 ) = range(len(NAMES))
 

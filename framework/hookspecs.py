@@ -80,7 +80,9 @@ class NotifierOps:
 
         Reclaim calls this to age pages. Returns a bool array, one element per range: True when any
         translation in the range had been accessed since the last clear. Subscribers that cannot report
-        accesses (RDMA, GPU) do not implement it, and their pages look cold to reclaim.
+        accesses (RDMA, GPU) do not implement it, and their pages look cold to reclaim. With invariant
+        checks on, the answer is compared with the accessed bits of the subscriber's entries before the
+        call (``harvest_accessed`` gives exactly that); a mismatch is an ``accessed`` violation.
         """
 
     @hookspec
@@ -88,14 +90,16 @@ class NotifierOps:
         """As ``clear_flush_young``, but the subscriber may skip the TLB flush.
 
         A stale TLB entry may then hide later accesses until it is evicted, so the answer is
-        allowed to err toward "old". Returns a bool array, one element per range.
+        allowed to err toward "old" (the check reports only "young" answers for ranges not accessed).
+        Returns a bool array, one element per range.
         """
 
     @hookspec
     def test_young(self, mm, pages):
         """Whether each page in ``pages`` was accessed through this subscriber, without clearing.
 
-        Returns a bool array, one element per page. Used by khugepaged-style scanners.
+        Returns a bool array, one element per page, checked as ``clear_flush_young``'s answer is.
+        Used by khugepaged-style scanners.
         """
 
     @hookspec

@@ -50,6 +50,8 @@ class HostConfig:
     min_free_kbytes: int  # vm.min_free_kbytes; 0 computes the kernel's default
     distance: list[list[int]] | None  # node distance matrix (SLIT); null = 10 local, 20 remote
     thp: THP  # transparent huge pages at fault time
+    swap_write_error_rate: float  # fault injection: probability that a swap write fails
+    swap_read_error_rate: float  # fault injection: probability that a swap read fails
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
@@ -59,6 +61,10 @@ class HostConfig:
             1 <= self.watermark_scale_factor <= 3000,
             f"watermark_scale_factor must be in [1, 3000] as in the kernel, got {self.watermark_scale_factor}",
         )
+        require(0 <= self.swap_write_error_rate < 1, "swap_write_error_rate must be a probability in [0, 1) "
+                f"(failing every write is no swap: set swap_mib=0), got {self.swap_write_error_rate}")  # fmt: skip
+        require(0 <= self.swap_read_error_rate <= 1,
+                f"swap_read_error_rate must be a probability in [0, 1], got {self.swap_read_error_rate}")  # fmt: skip
         require(self.min_free_kbytes >= 0, f"min_free_kbytes must be >= 0, got {self.min_free_kbytes}")
         require(
             self.memory_mib * MIB_PAGES // self.numa_nodes >= PAGEBLOCK_PAGES or self.numa_nodes == 1,
@@ -85,7 +91,7 @@ class Host:
     no CPU access, never on an allocation fallback list, never reclaimed.
     """
 
-    def __init__(self, cfg: HostConfig, mm_pages: list[int], device_frames: list[int] = ()):
+    def __init__(self, cfg: HostConfig, mm_pages: list[int], device_frames: list[int] = (), seed: int = 0):
         self.cfg = cfg
         self.nframes = cfg.memory_mib * MIB_PAGES  # host RAM; device memory not included
         self.nodes = cfg.numa_nodes
@@ -104,7 +110,7 @@ class Host:
         )
         if cfg.thp is THP.always:
             self.ft.reg[REG_FLAGS] |= THP_ENABLED
-        self.sw = new_swap_table(cfg.swap_mib * MIB_PAGES)
+        self.sw = new_swap_table(cfg.swap_mib * MIB_PAGES, cfg.swap_write_error_rate, cfg.swap_read_error_rate, seed)
         self.pt = new_page_table(mm_pages)
         self.ctr = counters.new_counters()
 

@@ -7,6 +7,10 @@
 * pin safety:   no pinned frame is free, and every pin is held by a secondary entry that says so;
 * conservation: free + used frames = total, the free lists agree with the frames, swap slots match
                 swap PTEs one to one, a shared frame's count of sharers matches the PTEs mapping it.
+* accessed:     a secondary MMU's answer to a young op is the accessed bits of its entries in the
+                range, as its accesses set them (checked at each call, by ``verify_young``): an MMU that
+                calls everything young keeps cold pages from reclaim, one that calls nothing young
+                hides hot pages from it.
 
 A check counts each violating entry or page once per check, so a violation is counted again for every
 tick it persists. With ``engine.check_accesses`` the access kernel also counts, as it happens, every
@@ -26,8 +30,8 @@ from .swapdev import REG_USED, SLOT_FREE
 if TYPE_CHECKING:
     from .simulation import Simulation
 
-KINDS = ("coherence", "isolation", "integrity", "pin", "conservation")
-COHERENCE, ISOLATION, INTEGRITY, PIN, CONSERVATION = range(len(KINDS))
+KINDS = ("coherence", "isolation", "integrity", "pin", "conservation", "accessed")
+COHERENCE, ISOLATION, INTEGRITY, PIN, CONSERVATION, ACCESSED = range(len(KINDS))
 
 
 @njit(cache=True)
@@ -221,3 +225,31 @@ def _host_story(sim: "Simulation", kind: int, a: int, b: int) -> str:
             f"{_pte_story(b)} does not"
         )
     return f"accounting mismatch at ({a}, {b})"
+
+
+def verify_young(sim: "Simulation", subscriber, op: str, start: np.ndarray, end: np.ndarray, truth: np.ndarray,
+                 answer: np.ndarray) -> None:  # fmt: skip
+    """Compare a secondary MMU's answer to ``op`` over ranges [start, end) with ``truth``, what its entries'
+    accessed bits said before the call; report a mismatch as an ``accessed`` violation."""
+    wrong = answer & ~truth if op == "clear_young" else truth != answer  # clear_young may err toward old
+    if not wrong.any():
+        return
+    report = Report()
+    report.counts[ACCESSED] = int(np.count_nonzero(wrong))
+    lied = np.flatnonzero(answer & ~truth)
+    hid = np.flatnonzero(truth & ~answer)
+    parts = []
+    if lied.size:
+        r = int(lied[0])
+        parts.append(f"young for {lied.size} ranges none of its entries accessed (first: pages "
+                     f"[{int(start[r])}, {int(end[r])}))")  # fmt: skip
+    if hid.size:
+        r = int(hid[0])
+        mapped = np.flatnonzero(subscriber.spte[start[r] : end[r]] >= 0)
+        page = int(start[r]) + (int(mapped[0]) if mapped.size else 0)
+        parts.append(f"not young for {hid.size} ranges it accessed (first: page {page}, "
+                     f"frame {int(subscriber.spte[page])})")  # fmt: skip
+    message = f"accessed: {subscriber.label} answered {op} {' and '.join(parts)}"
+    if not any(m.startswith(message.partition(" for ")[0]) for m in sim.violation_messages):
+        report.messages.append(message)  # once per plugin, op and kind of lie; every one is counted
+    sim.report_violations(report)

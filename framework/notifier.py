@@ -8,6 +8,7 @@ mn_itree_invalidate runs first; at teardown they get ``invalidate`` with event R
 raises, or refuses what it may not refuse, is reported as a ``PluginError`` naming it.
 """
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -16,9 +17,12 @@ from typing import Any
 import numpy as np
 import pluggy
 
-from .counters import INVALIDATIONS
+from .counters import INVALIDATIONS, INVALIDATIONS_REFUSED
 from .hookspecs import PROJECT, NotifierOps
+from .invariants import verify_young
 from .pagetable import MM_HAS_NOTIFIERS
+
+log = logging.getLogger("mmnsim")
 
 
 class Event(IntEnum):
@@ -185,6 +189,12 @@ class NotifierChain:
                 "implements invalidate_range_end: a subscriber that can refuse must not implement end"
             )
         self.invalidate_range_end(ranges)
+        self.mm.sim.host.ctr[INVALIDATIONS_REFUSED] += len(ranges)
+        log.warning(
+            "secondary MMU '%s' refused a non-blockable invalidation (%s, pages [%d, %d) of mm '%s'%s): the "
+            "operation was not done", refused[0], ranges.event.name, ranges.start[0], ranges.end[0], self.mm.name,
+            f" and {len(ranges) - 1} more ranges" if len(ranges) > 1 else "",
+        )  # fmt: skip
         return False
 
     def invalidate_range_end(self, ranges: NotifierRange) -> None:
@@ -192,15 +202,30 @@ class NotifierChain:
         self.invalidate_seq += 1
 
     def young(self, op: str, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-        """OR of every subscriber's answer to ``clear_flush_young``/``clear_young``, per range."""
+        """OR of every subscriber's answer to ``clear_flush_young``/``clear_young``/``test_young``, per
+        range (``test_young`` asks about single pages: ranges of one page).
+
+        With invariant checks on, each answer is compared with the accessed bits of the subscriber's
+        entries before the call (``invariants.verify_young``)."""
+        sim = self.mm.sim
+        verify = sim.engine.check_invariants
+        truth = {}
+        if verify:
+            for name, _, _, sub in self._impls(op):
+                if getattr(sub, "spte", np.zeros(0)).size:
+                    truth[name] = sub.harvest_accessed(start, end, clear=False)
         young = np.zeros(start.size, dtype=bool)
-        for name, res in self.call(op, mm=self.mm, start=start, end=end):
+        args = {"mm": self.mm, "pages": start} if op == "test_young" else {"mm": self.mm, "start": start, "end": end}
+        for name, res in self.call(op, **args):
             arr = np.asarray(res)
             if arr.shape != young.shape:
                 raise PluginError(
                     f"secondary MMU '{name}' returned {arr.shape} from {op}; expected one bool per range {young.shape}"
                 )
-            young |= arr.astype(bool, copy=False)
+            arr = arr.astype(bool, copy=False)
+            if name in truth:
+                verify_young(sim, self._pm.get_plugin(name), op, start, end, truth[name], arr)
+            young |= arr
         return young
 
     def release(self) -> None:

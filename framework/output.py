@@ -1,18 +1,25 @@
 """What a run leaves in its output directory, and where it came from.
 
 * ``summary.parquet``: one row, the run's flattened config (``host.memory_mib``, ...), every metric, and
-  its provenance (``mmnsim_version``, ``git_commit``, ``config_hash``; ``seed`` is in the config).
+  its provenance (``mmnsim_version``, ``git_commit``, ``code_hash``, ``config_hash``; ``seed`` is in the
+  config).
 * ``timeseries.parquet``: one row per tick, cumulative counters and gauges.
+* ``failed.json``, instead, for a job that raised: the error, its traceback and the provenance.
 
-Both are written to a temporary name and renamed into place, so a crashed or interrupted run leaves no
-half-written result file.
+Each is written to a temporary name and renamed into place, so a crashed or interrupted run leaves no
+half-written file. A job whose ``summary.parquet`` has the same ``config_hash`` and ``code_hash`` is up
+to date (``up_to_date``): a sweep started again in the same directory skips it.
 """
 
 import hashlib
+import importlib
 import json
 import os
 import subprocess
+import traceback
+from functools import cache
 from importlib import metadata
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 SUMMARY = "summary.parquet"
 TIMESERIES = "timeseries.parquet"
+FAILED = "failed.json"
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -67,12 +75,64 @@ def git_commit() -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+@cache
+def code_hash() -> str:
+    """A hash of the code and YAML a run executes: the mmnsim package, its built-in plugins and conf, and
+    every plugin installed through an entry point. Unlike the commit, it sees uncommitted edits."""
+    names = [
+        "mmnsim",
+        "mmnsim.plugins",
+        "mmnsim.conf",
+        *(ep.value.split(":")[0] for ep in entry_points(group="mmnsim")),
+    ]
+    files: set[Path] = set()
+    for name in names:
+        try:
+            spec = importlib.import_module(name).__spec__
+        except Exception:  # noqa: BLE001 - a broken plugin is reported when it is loaded, not here
+            continue
+        if spec.submodule_search_locations:  # a package: everything in it
+            for root in spec.submodule_search_locations:
+                files.update(q for q in Path(root).rglob("*") if q.suffix in (".py", ".yaml") and q.is_file())
+        elif spec.origin:
+            files.add(Path(spec.origin))
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def provenance(cfg: DictConfig) -> dict[str, str]:
     try:
         version = metadata.version("mmnsim")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return {"mmnsim_version": version, "git_commit": git_commit(), "config_hash": config_hash(cfg)}
+    return {"mmnsim_version": version, "git_commit": git_commit(), "code_hash": code_hash(),
+            "config_hash": config_hash(cfg)}  # fmt: skip
+
+
+def up_to_date(outdir: Path, cfg: DictConfig) -> bool:
+    """Whether ``outdir`` already holds this config's results from this code."""
+    path = outdir / SUMMARY
+    if not path.is_file():
+        return False
+    try:
+        row = pl.read_parquet(path, columns=["config_hash", "code_hash"]).row(0, named=True)
+    except Exception:  # noqa: BLE001 - unreadable or from an older version: run again
+        return False
+    return row == {"config_hash": config_hash(cfg), "code_hash": code_hash()}
+
+
+def write_failure(outdir: Path, cfg: DictConfig, exc: BaseException) -> Path:
+    """Record a job that raised, in place of its results."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / FAILED
+    tmp = path.with_name(f".{path.name}.tmp")
+    record = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(), **provenance(cfg)}
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+    return path
 
 
 def summary_frame(cfg: DictConfig, metrics: dict[str, float]) -> pl.DataFrame:
@@ -88,6 +148,7 @@ def write_atomic(frame: pl.DataFrame, path: Path) -> None:
 
 def write_results(outdir: Path, cfg: DictConfig, metrics: dict[str, float], rows: list[dict]) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / FAILED).unlink(missing_ok=True)  # an earlier attempt's failure
     summary = summary_frame(cfg, metrics)
     timeseries = pl.DataFrame(rows) if rows else None
     if timeseries is not None:

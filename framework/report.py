@@ -15,6 +15,7 @@ directory without a summary (a job that failed) is listed, not silently dropped.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -22,7 +23,9 @@ import numpy as np
 import polars as pl
 import yaml
 
-PROVENANCE = ("mmnsim_version", "git_commit", "config_hash")
+from .output import FAILED
+
+PROVENANCE = ("mmnsim_version", "git_commit", "code_hash", "config_hash")
 DEFAULT_METRICS = (
     "accesses", "secondary_faults", "major_faults", "swap_outs", "oom_events", "pinned_pages_peak",
     "invalidations", "tlb_flushes", "flush_cost_ns", "stall_fraction", "invariant_violations",
@@ -279,11 +282,16 @@ def main(argv: list[str] | None = None) -> None:
             print(markdown_compare(compare(runs, by, metrics, args.baseline), args.baseline, metrics))
         else:
             print(markdown(summarize(runs, by, metrics), metrics))
-        prov = runs.select(PROVENANCE).unique()
+        prov = runs.select(c for c in PROVENANCE if c in runs.columns and c != "config_hash").unique()
         print(f"\n{runs.height} runs; provenance: " + "; ".join(
             ", ".join(f"{k}={v}" for k, v in r.items()) for r in prov.iter_rows(named=True)))  # fmt: skip
         if failed:
-            print(f"{len(failed)} failed runs (no summary.parquet): " + ", ".join(map(str, failed)))
+            print(f"{len(failed)} runs failed or did not finish (no summary.parquet):")
+            for d in failed:
+                record = d / FAILED
+                error = json.loads(record.read_text())["error"] if record.is_file() else "did not finish"
+                overrides = " ".join(f"{k}={v}" for k, v in _overrides(d).items() if k in by)
+                print(f"  {d} ({overrides}): {error}")
         if args.plot:
             print(f"plot: {plot(runs, *args.plot, args.hue, out / f'{args.plot[1]}_by_{args.plot[0]}.png')}")
         if args.timeseries:

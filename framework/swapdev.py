@@ -3,6 +3,13 @@
 Slots are found next-fit from a cursor, as the kernel's swap allocator scans its swap_map. A slot is
 freed when its page is swapped back in (no swap cache is modelled: a page swapped in is written again on
 its next swap-out).
+
+I/O errors can be injected (``host.swap_write_error_rate``, ``host.swap_read_error_rate``): each write or
+read fails with that probability, decided by a counter-based hash of the run's seed, so a run is
+reproducible. A failed write keeps the page resident and mapped (the kernel redirties it and keeps it);
+a failed read fails the access that needed the page, as a memory error for its client (SIGBUS, or an
+error KVM reports to the guest), and leaves the page in its slot for a later access to read again.
+Either way no content is lost.
 """
 
 from typing import NamedTuple
@@ -15,24 +22,41 @@ from .frames import free_frame
 from .pagebits import P_DIRTY, P_HUGE, P_YOUNG, clear_mask, swap_entry
 
 SLOT_FREE = -1
-REG_CURSOR, REG_USED = range(2)
+# SwapTable.reg: next-fit cursor, slots in use, I/O error thresholds (probability x 2**32), I/Os decided, seed.
+REG_CURSOR, REG_USED, REG_WRITE_ERRORS, REG_READ_ERRORS, REG_IO_COUNT, REG_IO_SEED = range(6)
 
 _UNMAP_CLEAR = clear_mask(P_YOUNG | P_DIRTY | P_HUGE)
-SWAPPED, SWAP_FULL, NOT_RECLAIMABLE = 1, 0, -1
+SWAPPED, SWAP_FULL, NOT_RECLAIMABLE, WRITE_FAILED = 1, 0, -1, -2
 
 
 class SwapTable(NamedTuple):
     key: np.ndarray  # int32 per slot: the page key it holds, or SLOT_FREE
     token: np.ndarray  # uint32 per slot: the content it holds
-    reg: np.ndarray  # int64 [2]: next-fit cursor, slots in use
+    reg: np.ndarray  # int64 registers, REG_*
 
 
-def new_swap_table(slots: int) -> SwapTable:
-    return SwapTable(
-        key=np.full(slots, SLOT_FREE, dtype=np.int32),
-        token=np.zeros(slots, dtype=np.uint32),
-        reg=np.zeros(2, dtype=np.int64),
-    )
+def new_swap_table(slots: int, write_error_rate: float = 0.0, read_error_rate: float = 0.0,
+                   seed: int = 0) -> SwapTable:  # fmt: skip
+    reg = np.zeros(6, dtype=np.int64)
+    reg[REG_WRITE_ERRORS] = round(write_error_rate * 2**32)
+    reg[REG_READ_ERRORS] = round(read_error_rate * 2**32)
+    reg[REG_IO_SEED] = seed & (2**62 - 1)
+    return SwapTable(key=np.full(slots, SLOT_FREE, dtype=np.int32), token=np.zeros(slots, dtype=np.uint32), reg=reg)
+
+
+@njit(cache=True, inline="always")
+def io_fails(sreg, which):
+    """Whether this swap I/O fails (``which``: REG_WRITE_ERRORS or REG_READ_ERRORS): splitmix64 of the
+    I/O's number and the seed against the threshold."""
+    threshold = sreg[which]
+    if threshold == 0:
+        return False
+    sreg[REG_IO_COUNT] += 1
+    z = np.uint64(sreg[REG_IO_COUNT]) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(sreg[REG_IO_SEED])
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(32)) < np.uint64(threshold)
 
 
 @njit(cache=True, inline="always")
@@ -65,8 +89,9 @@ def swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey,
     """Write frame ``f``'s page to swap, point its PTE at the slot and free the frame.
 
     The caller has already invalidated every secondary translation of the page (through the notifier
-    chain). Returns SWAPPED; SWAP_FULL (nothing changed); or NOT_RECLAIMABLE for a free, orphaned or
-    pinned frame, which reclaim must leave alone (the kernel undoes the unmap of a maybe-pinned page).
+    chain). Returns SWAPPED; SWAP_FULL (nothing changed); NOT_RECLAIMABLE for a free, orphaned or
+    pinned frame, which reclaim must leave alone (the kernel undoes the unmap of a maybe-pinned page); or
+    WRITE_FAILED: the write failed, the page stays resident and mapped.
     """
     key = fkey[f]
     if key < 0 or fpin[f] > 0:
@@ -76,6 +101,10 @@ def swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey,
     slot = swap_alloc(skey, stoken, sreg, key, ftoken[f])
     if slot < 0:
         return SWAP_FULL
+    if io_fails(sreg, REG_WRITE_ERRORS):
+        swap_free(skey, stoken, sreg, slot)
+        ctr[C.SWAP_WRITE_ERRORS] += 1
+        return WRITE_FAILED
     pte[key] = swap_entry(slot)
     pflags[key] &= _UNMAP_CLEAR
     free_frame(node, lists, pb, bits, fkey, ftoken, f)

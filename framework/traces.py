@@ -21,6 +21,7 @@ import csv
 import gzip
 import io
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,10 @@ class _ZstdReader(io.RawIOBase):
                 break
             while data:
                 self._in_frame = True
-                self._buf += self._dobj.decompress(data)
+                try:
+                    self._buf += self._dobj.decompress(data)
+                except self._zstd.ZstdError as exc:  # a corrupt frame
+                    raise OSError(f"corrupt zstd data: {exc}") from None
                 data = self._dobj.unused_data if self._dobj.eof else b""
                 if self._dobj.eof:
                     self._in_frame = False
@@ -132,6 +136,25 @@ def read_trace(path: str | os.PathLike, fmt: str = "auto", chunk: int = CHUNK,
         yield from read_stream(f, path, fmt, chunk, keep_instructions)
 
 
+def probe(path: str | os.PathLike, fmt: str = "auto") -> str:
+    """Check, cheaply, that ``path`` is a readable trace: it exists, its format is known, an uncompressed
+    fixed-size file holds whole records and its first records parse. Returns the format; raises TraceError.
+    A fault further into the file is found when the replay reaches it."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"{path}: no such trace file")
+    fmt = detect_format(path, fmt)
+    sizes = {"valpin": 8, "oracle": ORACLE.itemsize}
+    with open_binary(path) as f:
+        if fmt in sizes and not isinstance(f, gzip.GzipFile | _ZstdReader):
+            size = path.stat().st_size
+            if size % sizes[fmt]:
+                raise TraceError(f"{path}: {size} bytes is not a whole number of {fmt} records "
+                                 f"({sizes[fmt]} bytes each): the file is cut short")  # fmt: skip
+        next(read_stream(f, path, fmt, chunk=4096), None)
+    return fmt
+
+
 def read_stream(f: BinaryIO, path: Path, fmt: str, chunk: int = CHUNK,
                 keep_instructions: bool = False) -> Iterator[TraceChunk]:  # fmt: skip
     """As ``read_trace``, from an open binary stream (a pipe, say); ``path`` names it in errors."""
@@ -147,7 +170,7 @@ def read_stream(f: BinaryIO, path: Path, fmt: str, chunk: int = CHUNK,
         for c in readers[fmt]():
             records += c.pages.size
             yield c
-    except (OSError, EOFError) as exc:  # a corrupt or cut-off compressed stream
+    except (OSError, EOFError, zlib.error) as exc:  # a corrupt or cut-off compressed stream
         raise TraceError(f"{path}: cannot read trace after record {records}: {exc}") from None
     if records == 0:
         raise TraceError(f"{path}: the trace holds no accesses")
@@ -289,6 +312,11 @@ def _read_csv(f: BinaryIO, path: Path, chunk: int) -> Iterator[TraceChunk]:
         write_col = header.index("write") if "write" in header else None
         pending: list[list[str]] = []
         line = 2
+    elif not first_row[0].strip().isdigit() and any(c.isalpha() for c in first_row[0]):
+        raise TraceError(
+            f"{path}: line 1: the header {','.join(first_row)!r} has no 'page' column; a CSV trace has a header "
+            "with columns page and (optionally) write, or no header and the page number first"
+        )
     else:
         page_col, write_col = 0, (1 if len(first_row) > 1 else None)
         pending = [first_row]
@@ -336,6 +364,8 @@ class TraceWriter:
         self.fmt = fmt
         if fmt not in ("mmt", "valpin", "oracle", "csv"):
             raise TraceError(f"{self.path}: cannot write format {fmt!r}; accepted: mmt, valpin, oracle, csv")
+        if not self.path.parent.is_dir():
+            raise TraceError(f"{self.path}: cannot write: the folder {self.path.parent} does not exist")
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self._raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         zstd = self.path.suffix == ".zst" if zstd is None else zstd

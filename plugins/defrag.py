@@ -90,7 +90,7 @@ class Defrag(HostPolicy):
             referenced = bool((flags[present] & P_YOUNG).any())
             if not referenced and mm.chain:
                 pages = first + np.flatnonzero(present)
-                referenced = any(np.any(r) for _, r in mm.chain.call("test_young", mm=mm, pages=pages))
+                referenced = bool(mm.chain.young("test_young", pages, pages + 1).any())
             if not referenced:
                 continue
             node = sim.host.node_of(int(pte[present][0]))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmnsim import Workload, WorkloadConfig, hookimpl, require
-from mmnsim.traces import FORMATS, Collapser, Densifier, TraceError, read_trace
+from mmnsim import ConfigError, Workload, WorkloadConfig, hookimpl, require
+from mmnsim.traces import FORMATS, Collapser, Densifier, TraceError, probe, read_trace
 
 
 class Remap(StrEnum):
@@ -43,6 +43,10 @@ class TraceConfig(WorkloadConfig):
         require(self.format in ("auto", *FORMATS), f"format must be auto or one of {', '.join(FORMATS)}")
         require(self.scale > 0, f"scale must be > 0, got {self.scale}")
         require(not (self.loop and self.accesses == 0), "accesses must be > 0 when loop is true")
+        try:  # before any job starts: a missing or unreadable trace is a config error
+            probe(Path(self.path).expanduser(), self.format)
+        except TraceError as exc:
+            raise ConfigError(f"path: {exc}") from None
 
 
 class Trace(Workload):

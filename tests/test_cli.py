@@ -64,7 +64,7 @@ def test_same_seed_same_results_and_a_joblib_multirun(workdir):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("secondary=kvmm", "secondary: unknown option 'kvmm'; accepted: gpu, kvm, none, rdma"),
+        ("secondary=kvmm", "secondary: unknown option 'kvmm'; accepted: faulty, faulty_odp, gpu, kvm, none, rdma"),
         ("workload=zipff", "workload: unknown option 'zipff'; accepted: hotcold, sequential, trace, uniform, zipf"),
         (
             "policies=[swapp]",

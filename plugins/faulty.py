@@ -1,0 +1,126 @@
+"""Deliberately broken secondary MMUs, for checking that the framework catches every broken contract.
+
+``secondary=faulty secondary.fault=NAME`` is KVM with one bug; ``secondary=faulty_odp`` is RDMA on-demand
+paging with one. Each bug is one the kernel's rules exist to prevent, and each is caught:
+
+=================== ==================================================== =========================================
+fault               what the plugin does                                 how it is caught
+=================== ==================================================== =========================================
+ignore_invalidate   invalidate_range_start keeps every spte              coherence/isolation check: the plugin,
+                                                                         page and stale frame
+map_in_window       zaps, then maps the pages again from the primary     coherence/isolation check, once the
+                    table inside the window (no in_progress, no retry)   primary drops the frames
+keep_pins           (pin mode) keeps its entries and pins at teardown    the check after the teardown: a frame
+                                                                         only a pin keeps alive
+young_all           answers every young op "young"                       accessed check at the call
+young_none          answers every young op "not young"                   accessed check (clear_flush_young and
+                                                                         test_young; clear_young may err so)
+raise_in_hook       raises inside invalidate_range_start                 PluginError naming plugin and op
+refuse_nonblockable (faulty_odp) refuses every non-blockable batch       counted (invalidations_refused) and
+                                                                         logged; legal, but never silent
+=================== ==================================================== =========================================
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmnsim import NotifierRange, hookimpl, require
+
+from .kvm import KVM, KVMConfig
+from .rdma import RDMA, RDMAConfig
+
+KVM_FAULTS = ("none", "ignore_invalidate", "map_in_window", "keep_pins", "young_all", "young_none", "raise_in_hook")
+ODP_FAULTS = ("none", "refuse_nonblockable")
+
+
+@dataclass
+class FaultyKVMConfig(KVMConfig):
+    fault: str  # one of KVM_FAULTS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.fault in KVM_FAULTS, f"fault must be one of {', '.join(KVM_FAULTS)}; got {self.fault!r}")
+
+
+class FaultyKVM(KVM):
+    name = "faulty"
+    Config = FaultyKVMConfig
+
+    @hookimpl
+    def invalidate_range_start(self, ranges: NotifierRange) -> None:
+        fault = self.cfg.fault
+        if fault == "raise_in_hook":
+            raise RuntimeError("injected fault")
+        if fault == "ignore_invalidate":
+            self.begin_invalidate()
+            return
+        if fault == "map_in_window":  # a driver that prefetches in its callback, skipping the retry rule
+            self.zap(ranges.start, ranges.end)
+            pages = ranges.pages()
+            frames = self.mm.pte[pages]
+            ok = frames >= 0
+            self.spte[pages[ok]] = frames[ok]
+            self.sflags[pages[ok]] = 0
+            return
+        super().invalidate_range_start(ranges)
+
+    @hookimpl
+    def invalidate_range_end(self, ranges: NotifierRange) -> None:
+        if self.cfg.fault != "map_in_window":  # it never raised in_progress
+            self.end_invalidate()
+
+    def _lie(self, n: int) -> np.ndarray | None:
+        if self.cfg.fault == "young_all":
+            return np.ones(n, dtype=bool)
+        if self.cfg.fault == "young_none":
+            return np.zeros(n, dtype=bool)
+        return None
+
+    @hookimpl
+    def clear_flush_young(self, mm, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        young = self._age(start, end, flush=True)
+        lie = self._lie(start.size)
+        return young if lie is None else lie
+
+    @hookimpl
+    def clear_young(self, mm, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        young = self._age(start, end, flush=False)
+        lie = self._lie(start.size)
+        return young if lie is None else lie
+
+    @hookimpl
+    def test_young(self, mm, pages: np.ndarray) -> np.ndarray:
+        lie = self._lie(pages.size)
+        return super().test_young(mm, pages) if lie is None else lie
+
+    def teardown(self) -> None:
+        if self.cfg.fault == "keep_pins":  # leaves the chain, keeps its table and the pins it holds
+            self.mm.chain.unsubscribe(self)
+            return
+        super().teardown()
+
+
+@dataclass
+class FaultyODPConfig(RDMAConfig):
+    fault: str  # one of ODP_FAULTS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.fault in ODP_FAULTS, f"fault must be one of {', '.join(ODP_FAULTS)}; got {self.fault!r}")
+
+
+class FaultyODP(RDMA):
+    name = "faulty_odp"
+    Config = FaultyODPConfig
+
+    @hookimpl
+    def invalidate(self, ranges: NotifierRange, cur_seq: int) -> bool:
+        if self.cfg.fault == "refuse_nonblockable" and not ranges.blockable:
+            return False
+        return super().invalidate(ranges, cur_seq)
+
+
+@hookimpl
+def register_components():
+    return [FaultyKVM, FaultyODP]
