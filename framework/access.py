@@ -261,7 +261,12 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
                 ks[K_VICTIM] = key
                 return _ASK - MIGRATE_TO_RAM
         elif fl & P_PROTNONE:  # a NUMA hinting fault: note where the page should live
-            pflags[key] = fl & ~P_PROTNONE
+            if fl & P_HUGE:  # do_huge_pmd_numa_page: the whole PMD gets its protection back
+                first = key - (p & (HUGE_PAGES - 1))
+                for k in range(first, first + HUGE_PAGES):
+                    pflags[k] &= ~P_PROTNONE
+            else:
+                pflags[key] = fl & ~P_PROTNONE
             ctr[C.NUMA_HINT_FAULTS] += 1
             if pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == nid:
                 ctr[C.NUMA_HINT_FAULTS_LOCAL] += 1

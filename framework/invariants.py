@@ -167,7 +167,7 @@ def check(sim: "Simulation") -> Report:
     host = sim.host
     report = Report()
     pinning = bool(host.ft.pin.any()) or any((s.sflags & S_PINNED).any() for s in sim.secondaries)
-    expected_pins = np.zeros(host.nframes if pinning else 0, dtype=np.int32)
+    expected_pins = np.zeros(host.ft.key.size if pinning else 0, dtype=np.int32)  # device memory too
     for sec in sim.secondaries:
         counts = np.zeros(len(KINDS), dtype=np.int64)
         examples = np.zeros((len(KINDS), 2), dtype=np.int64)

@@ -14,6 +14,7 @@ from numba import njit
 from .frames import ORPHAN, SHARED, free_frame
 from .notifier import Event, NotifierChain, NotifierRange, single_pages
 from .pagebits import (
+    P_DEVICE,
     P_DIRTY,
     P_HUGE,
     P_PROTNONE,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from .simulation import Simulation
 
 PROT = {"none": 0, "r": P_READ, "rw": P_READ | P_WRITE}
-_PTE_BITS = P_YOUNG | P_DIRTY | P_PROTNONE | P_HUGE
+_PTE_BITS = P_YOUNG | P_DIRTY | P_PROTNONE | P_HUGE | P_DEVICE
 
 
 @njit(cache=True)

@@ -54,6 +54,7 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
     """
     out = np.empty(want, dtype=np.int64)
     ft = sim.host.ft
+    limit = min(limit, ft.key.size)  # one batch never holds a frame twice (its young answer would change)
     found, hand, scanned = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host.ctr, hand, want, limit, out)
     return out[:found], int(hand), int(scanned)
 

@@ -175,14 +175,18 @@ class Simulation:
 
         self.exact_clock = False  # set by a policy through use_exact_clock()
         self.policies: list[HostPolicy] = [cls(self, pcfg) for cls, pcfg in settings.policies.values()]
-        for comp in [*self.policies, *self.secondaries]:
-            self.pm.register(comp, name=f"{comp.kind}:{getattr(comp, 'label', comp.name)}")
-        for sec in self.secondaries:
-            sec.attach()
-
-        self.tick = 0
+        self.tick = 0  # before attaching: a registration may already reclaim and charge
         self.time_ns = 0.0
         self.host_cpu_ns = 0.0
+        names: set[str] = set()
+        for comp in [*self.policies, *self.secondaries]:
+            base = name = f"{comp.kind}:{getattr(comp, 'label', comp.name)}"
+            while name in names:  # two devices of one kind on one mm
+                name = f"{base}#{len([n for n in names if n.startswith(base)]) + 1}"
+            names.add(name)
+            self.pm.register(comp, name=name)
+        for sec in self.secondaries:
+            sec.attach()
         self.violations = np.zeros(len(invariants.KINDS), dtype=np.int64)
         self.violation_messages: list[str] = []
         self.pinned_peak = 0

@@ -19,13 +19,13 @@ from numba import njit
 
 from . import counters as C
 from .frames import free_frame
-from .pagebits import P_DIRTY, P_HUGE, P_YOUNG, clear_mask, swap_entry
+from .pagebits import P_DIRTY, P_HUGE, P_PROTNONE, P_YOUNG, clear_mask, swap_entry
 
 SLOT_FREE = -1
 # SwapTable.reg: next-fit cursor, slots in use, I/O error thresholds (probability x 2**32), I/Os decided, seed.
 REG_CURSOR, REG_USED, REG_WRITE_ERRORS, REG_READ_ERRORS, REG_IO_COUNT, REG_IO_SEED = range(6)
 
-_UNMAP_CLEAR = clear_mask(P_YOUNG | P_DIRTY | P_HUGE)
+_UNMAP_CLEAR = clear_mask(P_YOUNG | P_DIRTY | P_HUGE | P_PROTNONE)  # a swap entry is no hinting entry
 SWAPPED, SWAP_FULL, NOT_RECLAIMABLE, WRITE_FAILED = 1, 0, -1, -2
 
 

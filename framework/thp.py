@@ -16,7 +16,7 @@ from numba import njit
 from . import counters as C
 from .frames import NFREE, WMARK_LOW, alloc_pageblock, free_frame
 from .notifier import Event, NotifierRange
-from .pagebits import HUGE_PAGES, P_HUGE, P_YOUNG, PTE_NONE
+from .pagebits import HUGE_PAGES, P_DEVICE, P_HUGE, P_PROTNONE, P_YOUNG, PTE_NONE
 
 if TYPE_CHECKING:
     from .mm import MM
@@ -56,9 +56,9 @@ def _collapse(pt, ft, ctr, first, node_id):
     fkey, ftoken, fref, node, lists, pb, bits = ft.key, ft.token, ft.ref, ft.node, ft.lists, ft.pb, ft.bits
     if node[node_id, NFREE] - HUGE_PAGES <= node[node_id, WMARK_LOW]:
         return False
-    for i in range(HUGE_PAGES):  # a swapped-out, pinned or shared (KSM) page cannot be collapsed
+    for i in range(HUGE_PAGES):  # a swapped-out, pinned, shared (KSM) or device-private page cannot be collapsed
         old = pte[first + i]
-        if old < PTE_NONE or (old >= 0 and (ft.pin[old] > 0 or fkey[old] < 0)):
+        if old < PTE_NONE or (old >= 0 and (ft.pin[old] > 0 or fkey[old] < 0 or pflags[first + i] & P_DEVICE)):
             return False
     block = alloc_pageblock(node, lists, pb, bits, fkey, fref, node_id, first)
     if block < 0:
@@ -70,7 +70,7 @@ def _collapse(pt, ft, ctr, first, node_id):
         if old >= 0:
             free_frame(node, lists, pb, bits, fkey, ftoken, old)
         pte[key] = block + i
-        pflags[key] |= P_HUGE | P_YOUNG
+        pflags[key] = (pflags[key] & ~P_PROTNONE) | P_HUGE | P_YOUNG  # the new PMD takes the VMA's protection
     ctr[C.THP_COLLAPSE_ALLOC] += 1
     return True
 

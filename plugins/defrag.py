@@ -20,7 +20,7 @@ import numpy as np
 
 from mmnsim import HostPolicy, hookimpl, require
 from mmnsim.compaction import compact
-from mmnsim.pagebits import HUGE_PAGES, P_HUGE, P_VMA_RW, P_YOUNG, PTE_NONE
+from mmnsim.pagebits import HUGE_PAGES, P_DEVICE, P_HUGE, P_VMA_RW, P_YOUNG, PTE_NONE
 from mmnsim.thp import collapse
 
 
@@ -79,7 +79,7 @@ class Defrag(HostPolicy):
             self.cursor[mm.index] = first + HUGE_PAGES if first + 2 * HUGE_PAGES <= mm.npages else 0
             self.metrics["khugepaged_scanned"] += HUGE_PAGES
             pte, flags = mm.pte[first : first + HUGE_PAGES], mm.flags[first : first + HUGE_PAGES]
-            if flags[0] & P_HUGE or ((flags & P_VMA_RW) != P_VMA_RW).any():
+            if flags[0] & P_HUGE or ((flags & P_VMA_RW) != P_VMA_RW).any() or (flags & P_DEVICE).any():
                 continue
             present = pte >= 0
             if (pte < PTE_NONE).any() or HUGE_PAGES - present.sum() > self.cfg.max_ptes_none or not present.any():

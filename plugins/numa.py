@@ -24,6 +24,7 @@ import numpy as np
 
 from mmnsim import Event, HostPolicy, NotifierRange, hookimpl, require
 from mmnsim.pagebits import P_DEVICE, P_PROTNONE
+from mmnsim.thp import split_straddling
 
 MIB_PAGES = 256
 
@@ -121,6 +122,7 @@ class Numa(HostPolicy):
         scan.faults_at, scan.local_at = faults, local
         scan.next_ns = sim.time_ns + scan.period_ns
 
+        split_straddling(sim, mm, start, end)  # change_pmd_range splits a THP the window covers in part
         pte, flags = mm.pte[start:end], mm.flags[start:end]
         target = (pte >= 0) & ((flags & (P_PROTNONE | P_DEVICE)) == 0)
         if self.cfg.skip_pinned:
