@@ -583,6 +583,7 @@ def test_random_operation_sequences_keep_every_invariant():
             print_blob=False,
         ),
     )
+    print(f"{STEPS} steps generated")
     assert STEPS >= MIN_STEPS, f"only {STEPS} steps ran; raise EXAMPLES or STEPS_PER_EXAMPLE"
 
 
