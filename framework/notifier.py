@@ -121,11 +121,7 @@ class NotifierChain:
                 f"secondary MMU '{_label(subscriber)}' is {kind} subscriber but implements {wrong[0]}: interval "
                 "subscribers implement invalidate, whole-mm ones invalidate_range_start/_end"
             )
-        name = _label(subscriber)
-        suffix = 1
-        while self._pm.has_plugin(name if suffix == 1 else f"{name}#{suffix}"):
-            suffix += 1
-        self._pm.register(subscriber, name=name if suffix == 1 else f"{name}#{suffix}")
+        self._pm.register(subscriber, name=unique_name(self._pm, _label(subscriber)))
         self.mm.set_flag(MM_HAS_NOTIFIERS, True)
 
     def unsubscribe(self, subscriber: object) -> None:
@@ -239,6 +235,14 @@ class NotifierChain:
         for sub in list(self._pm.get_plugins()):
             self._pm.unregister(sub)
         self.mm.set_flag(MM_HAS_NOTIFIERS, False)
+
+
+def unique_name(pm: pluggy.PluginManager, name: str) -> str:
+    """``name``, or ``name#2``, ``name#3``, ... if ``pm`` holds it already (two devices of one kind on an mm)."""
+    suffix = 1
+    while pm.has_plugin(name if suffix == 1 else f"{name}#{suffix}"):
+        suffix += 1
+    return name if suffix == 1 else f"{name}#{suffix}"
 
 
 def _implements(subscriber: object, op: str) -> bool:

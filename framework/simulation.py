@@ -43,7 +43,7 @@ from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import Host
 from .migrate import migrate
 from .mm import MM
-from .notifier import PluginError
+from .notifier import PluginError, unique_name
 from .pagebits import P_DEVICE, P_HUGE, S_HUGE
 from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SecondaryMMU
@@ -178,13 +178,8 @@ class Simulation:
         self.tick = 0  # before attaching: a registration may already reclaim and charge
         self.time_ns = 0.0
         self.host_cpu_ns = 0.0
-        names: set[str] = set()
         for comp in [*self.policies, *self.secondaries]:
-            base = name = f"{comp.kind}:{getattr(comp, 'label', comp.name)}"
-            while name in names:  # two devices of one kind on one mm
-                name = f"{base}#{len([n for n in names if n.startswith(base)]) + 1}"
-            names.add(name)
-            self.pm.register(comp, name=name)
+            self.pm.register(comp, name=unique_name(self.pm, f"{comp.kind}:{getattr(comp, 'label', comp.name)}"))
         for sec in self.secondaries:
             sec.attach()
         self.violations = np.zeros(len(invariants.KINDS), dtype=np.int64)

@@ -70,29 +70,24 @@ class FaultyKVM(KVM):
         if self.cfg.fault != "map_in_window":  # it never raised in_progress
             self.end_invalidate()
 
-    def _lie(self, n: int) -> np.ndarray | None:
+    def _answer(self, honest: np.ndarray) -> np.ndarray:
         if self.cfg.fault == "young_all":
-            return np.ones(n, dtype=bool)
+            return np.ones_like(honest)
         if self.cfg.fault == "young_none":
-            return np.zeros(n, dtype=bool)
-        return None
+            return np.zeros_like(honest)
+        return honest
 
     @hookimpl
     def clear_flush_young(self, mm, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-        young = self._age(start, end, flush=True)
-        lie = self._lie(start.size)
-        return young if lie is None else lie
+        return self._answer(self._age(start, end, flush=True))
 
     @hookimpl
     def clear_young(self, mm, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-        young = self._age(start, end, flush=False)
-        lie = self._lie(start.size)
-        return young if lie is None else lie
+        return self._answer(self._age(start, end, flush=False))
 
     @hookimpl
     def test_young(self, mm, pages: np.ndarray) -> np.ndarray:
-        lie = self._lie(pages.size)
-        return super().test_young(mm, pages) if lie is None else lie
+        return self._answer(super().test_young(mm, pages))
 
     def teardown(self) -> None:
         if self.cfg.fault == "keep_pins":  # leaves the chain, keeps its table and the pins it holds
