@@ -24,11 +24,7 @@ before its frame is reused. Its reference bit is ``FrameTable.ref``, set by ever
 can see: CPU accesses and accesses through a secondary that reports accessed bits (``SEC_YOUNG``).
 """
 
-import numba
 import numpy as np
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from . import counters as C
 from .frames import (
@@ -51,6 +47,7 @@ from .frames import (
     free_frame,
     is_device_frame,
 )
+from .kernel import kernel
 from .pagebits import (
     HUGE_PAGES,
     P_DEVICE,
@@ -72,27 +69,6 @@ from .pagebits import (
 from .pagetable import MM_HAS_NOTIFIERS
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, REGION_HI, REGION_LO, SEC_HUGE, SEC_NOFAULT, SEC_PIN, SEC_YOUNG, SEQ
 from .swapdev import REG_READ_ERRORS, SWAPPED, WRITE_FAILED, io_fails, swap_free, swap_out_frame
-
-
-@intrinsic
-def _as_voidptr(typingctx, address):
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-    return types.voidptr(address), codegen
-
-
-@njit(cache=True)
-def borrow(a):
-    """A view of ``a`` that numba does not reference-count.
-
-    Every array numba passes to a function it cannot inline is incref'd by the caller and decref'd by
-    the callee, two atomic operations per array per call; a fault passes dozens. A view made from the
-    raw pointer has no owner to count. It is valid while ``a`` lives, which the caller guarantees for
-    the duration of the kernel call.
-    """
-    return numba.carray(_as_voidptr(a.ctypes.data), a.shape, a.dtype)
-
 
 # Kernel state (ks): where a batch stopped and the fault in flight.
 K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME = range(8)
@@ -117,7 +93,7 @@ def new_kernel_state() -> np.ndarray:
     return ks
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def clock_victim(fkey, fpin, fref, reg, pb, node_order):
     """Advance the CLOCK hand to the next frame without its reference bit, clearing bits on the way.
 
@@ -140,7 +116,7 @@ def clock_victim(fkey, fpin, fref, reg, pb, node_order):
     return -1
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def _fail_allocation(reg, ctr):
     ctr[C.ALLOC_FAILURES] += 1
     if not reg[REG_FLAGS] & RECLAIM_FUTILE:
@@ -154,7 +130,7 @@ def _fail_allocation(reg, ctr):
 # run_accesses unpacks the tuples once per call.
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
               node_order, reg, skey, stoken, sreg, key, nid, exact):  # fmt: skip
     """A frame for ``key``, preferring node ``nid``; or _ASK - status for Python; or _FAIL."""
@@ -199,7 +175,7 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
     return _fail_allocation(reg, ctr)
 
 
-@njit(cache=True)
+@kernel
 def huge_fault(ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, node_order, key, nid, write):
     """do_huge_pmd_anonymous_page: map the whole aligned 2 MiB region around ``key`` with a free
     pageblock if every page of it is untouched and a node has a free block above its low watermark.
@@ -230,7 +206,7 @@ def huge_fault(ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, nod
     return True
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
           pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, key, p, write, nid, exact):  # fmt: skip
     """The slow path of one access: a fault, through the secondary (``spte.size > 0``) or the CPU.
@@ -359,7 +335,7 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
     return _AGAIN
 
 
-@njit(cache=True)
+@kernel
 def run_accesses(pages, writes, ks, pt, ft, sw, ctr, mm, spte, sflags, sstate, vcpu_node, exact, check_owner):
     """Run accesses ``pages[ks[K_I]:]`` of mm ``mm``; return DONE or what Python must do first.
 
@@ -368,16 +344,97 @@ def run_accesses(pages, writes, ks, pt, ft, sw, ctr, mm, spte, sflags, sstate, v
     ``check_owner``: check on every access through a secondary that its frame holds the page (a
     dependent load per access; the invariant check finds every bad entry each tick without it).
     """
-    b = borrow
-    return _run(b(pages), b(writes), b(ks), b(ctr), mm, b(spte), b(sflags), b(sstate), b(vcpu_node), exact,
-                check_owner,
-                b(pt.pte), b(pt.flags), b(pt.token), b(pt.mm_base), b(pt.mm_flags),
-                b(ft.key), b(ft.token), b(ft.pin), b(ft.ref), b(ft.pb), b(ft.bits), b(ft.lists), b(ft.node),
-                b(ft.node_order), b(ft.distance), b(ft.reg), b(ft.hints),
-                b(sw.key), b(sw.token), b(sw.reg))  # fmt: skip
+    return _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, check_owner,
+                pt.pte, pt.flags, pt.token, pt.mm_base, pt.mm_flags,
+                ft.key, ft.token, ft.pin, ft.ref, ft.pb, ft.bits, ft.lists, ft.node, ft.node_order, ft.distance,
+                ft.reg, ft.hints, sw.key, sw.token, sw.reg)  # fmt: skip
 
 
-@njit(cache=True)
+@kernel(inline=True)
+def _write_token(seq, ftoken, ptoken, f, key):
+    """New content for a written page: the next token (never 0, which means never written)."""
+    seq += 1
+    token = np.uint32(seq & 0xFFFFFFFF)
+    if token == 0:
+        token = np.uint32(1)
+    ftoken[f] = token
+    ptoken[key] = token
+    return seq
+
+
+# The hit paths: the accesses from ``i`` that hit, up to ``stop`` or the first miss. One loop per kind of
+# client keeps each loop small enough for the compiler to keep its state in registers; the miss, rare, is
+# handled outside. Returns the index of the miss (or ``stop``), the new write sequence and the counts of
+# huge-page accesses, remote accesses and their distance (accesses and writes follow from the index and
+# the sequence). Indices are cast to unsigned (``_U``, free): numba then skips the negative-index
+# wrap-around, which costs more than the access itself; every index here is known to be >= 0.
+_U = np.uint64
+
+
+@kernel
+def _cpu_hits(pages, writes, i, stop, base, pte, pflags, fkey, ftoken, ptoken, fref, pb, distance, nid, ref,
+              numa, seq):  # fmt: skip
+    remote = dist = huge = 0
+    while i < stop:
+        p = pages[_U(i)]
+        w = writes[_U(i)]
+        key = _U(base + p)
+        f = pte[key]
+        fl = pflags[key]
+        if f < 0 or fl & (P_PROTNONE | P_DEVICE) or not fl & (P_WRITE if w else P_READ):
+            break
+        if w and fkey[_U(f)] < 0:  # a write to a shared (KSM) frame copies it first
+            break
+        pflags[key] = fl | (P_YOUNG | P_DIRTY if w else P_YOUNG)
+        huge += (fl & P_HUGE) != 0
+        if ref:
+            fref[_U(f)] = 1
+        if w:
+            seq = _write_token(seq, ftoken, ptoken, _U(f), key)
+        if numa:
+            fnode = pb[f >> PAGEBLOCK_SHIFT, PB_NODE]
+            remote += fnode != nid
+            dist += distance[nid, fnode]
+        i += 1
+    return i, seq, huge, remote, dist
+
+
+@kernel
+def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_base, fkey, ftoken, ptoken, fref,
+              pb, distance, nid, ref, numa, check_owner, seq, ctr):  # fmt: skip
+    remote = dist = huge = 0
+    while i < stop:
+        p = _U(pages[_U(i)])
+        w = writes[_U(i)]
+        f = spte[p]
+        sfl = sflags[p]
+        if f < 0 or (w and not sfl & S_WRITABLE):
+            break
+        key = base + pages[_U(i)]
+        if check_owner:  # does the entry's frame hold the page?
+            owner = fkey[_U(f)]
+            if owner != key and not (owner <= SHARED and pte[_U(key)] == f):
+                if owner == FREE or (owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
+                    ctr[C.ISOLATION_VIOLATIONS] += 1
+                else:
+                    ctr[C.COHERENCE_VIOLATIONS] += 1
+        if not sfl & S_ACCESSED:
+            sflags[p] = sfl | S_ACCESSED
+        huge += (sfl & S_HUGE) != 0
+        if ref:
+            fref[_U(f)] = 1
+        if w:
+            pflags[_U(key)] |= P_DIRTY
+            seq = _write_token(seq, ftoken, ptoken, _U(f), _U(key))
+        if numa:
+            fnode = pb[f >> PAGEBLOCK_SHIFT, PB_NODE]
+            remote += fnode != nid
+            dist += distance[nid, fnode]
+        i += 1
+    return i, seq, huge, remote, dist
+
+
+@kernel
 def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, check_owner, pte, pflags, ptoken,
          mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, distance, reg, hints,
          skey, stoken, sreg):  # fmt: skip
@@ -387,14 +444,16 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
     via_sec = spte.size > 0
     visible = exact and (not via_sec or (sstate[MODE] & SEC_YOUNG) != 0)
     numa = node.shape[0] > 1
-    # The hit path's counters live in locals, written back on the way out: a counter kept in ``ctr``
-    # would be reloaded after every store to another array, since numba cannot rule out aliasing.
-    accesses = writes_done = remote = dist = huge = 0
-    seq = ctr[C.WRITE_SEQ]
+    # The counters live in locals, written back on the way out: a counter kept in ``ctr`` would be
+    # reloaded after every store to another array, since numba cannot rule out aliasing.
+    accesses = remote = dist = huge = 0
+    seq = seq0 = ctr[C.WRITE_SEQ]
     i = ks[K_I]
-    v, v_end = -1, 0  # the accessor of accesses [.., v_end): accessor v issues [v * n // nv, ...)
+    v_end = 0  # the accessor of accesses [.., v_end): accessor v issues [v * n // nv, ...)
+    nid = vcpu_node[0]
     status = DONE
-    fresh = ks[K_FRESH] != 0
+    # For CLOCK, the access that brought a page in is the miss, not a reference: it leaves the bit clear.
+    fresh = visible and ks[K_FRESH] != 0
     if ks[K_SKIP]:
         ks[K_SKIP] = 0
         ks[K_SEQ] = -1
@@ -405,70 +464,50 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
             v = (i * nv) // n
             v_end = -((-(v + 1) * n) // nv)
             nid = vcpu_node[v]
-        p = pages[i]
-        w = writes[i]
-        key = base + p
-        if via_sec:
-            f = spte[p]
-            hit = f >= 0 and (not w or (sflags[p] & S_WRITABLE) != 0)
+        stop = i + 1 if fresh else min(n, v_end)
+        ref = visible and not fresh
+        # ``numa`` is passed as a constant so that each loop is compiled with or without its NUMA
+        # accounting: the code alone, even never run, costs registers the loop needs.
+        if via_sec and numa:
+            j, seq, h, r, d = _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_base,
+                                              fkey, ftoken, ptoken, fref, pb, distance, nid, ref, True,
+                                              check_owner, seq, ctr)  # fmt: skip
+        elif via_sec:
+            j, seq, h, r, d = _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_base,
+                                              fkey, ftoken, ptoken, fref, pb, distance, nid, ref, False,
+                                              check_owner, seq, ctr)  # fmt: skip
+        elif numa:
+            j, seq, h, r, d = _cpu_hits(pages, writes, i, stop, base, pte, pflags, fkey, ftoken, ptoken, fref,
+                                              pb, distance, nid, ref, True, seq)  # fmt: skip
         else:
-            f = pte[key]
-            fl = pflags[key]
-            hit = f >= 0 and not fl & (P_PROTNONE | P_DEVICE) and (fl & (P_WRITE if w else P_READ)) != 0
-            hit = hit and (not w or fkey[f] >= 0)  # a write to a shared (KSM) frame copies it first
-        if not hit:
-            st = _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken,
-                       fpin, fref, pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, key, p, w,
-                       nid, exact)  # fmt: skip
-            if st == _AGAIN:
-                fresh = fresh or ks[K_FRESH] != 0
-                ks[K_FRESH] = 0
-                continue
-            if st == _NEXT:
-                i += 1
-                continue
-            status = _ASK - st
-            break
-        # The access itself: check the frame is the page's (for a secondary's entry; the primary table
-        # is the framework's own and is checked every tick), mark it used, write new content.
-        owner = fkey[f] if via_sec and check_owner else key
-        if owner != key and not (owner <= SHARED and pte[key] == f):
-            if owner == FREE or (owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
-                ctr[C.ISOLATION_VIOLATIONS] += 1
-            else:
-                ctr[C.COHERENCE_VIOLATIONS] += 1
-        if via_sec:
-            sfl = sflags[p]
-            sflags[p] = sfl | S_ACCESSED
-            huge += (sfl & S_HUGE) != 0
-            if w:
-                pflags[key] |= P_DIRTY
-        else:
-            pflags[key] = fl | (P_YOUNG | P_DIRTY if w else P_YOUNG)
-            huge += (fl & P_HUGE) != 0
-        if visible:
-            if fresh:
-                fresh = False  # the access that brought the page in is the miss, not a reference
-            else:
-                fref[f] = 1
-        if w:
-            seq += 1
-            token = np.uint32(seq & 0xFFFFFFFF)
-            if token == 0:
-                token = np.uint32(1)
-            ftoken[f] = token
-            ptoken[key] = token
-            writes_done += 1
-        if numa:
-            fnode = pb[f >> PAGEBLOCK_SHIFT, PB_NODE]
-            remote += fnode != nid
-            dist += distance[nid, fnode]
-        accesses += 1
-        i += 1
+            j, seq, h, r, d = _cpu_hits(pages, writes, i, stop, base, pte, pflags, fkey, ftoken, ptoken, fref,
+                                              pb, distance, nid, ref, False, seq)  # fmt: skip
+        accesses += j - i
+        remote += r
+        dist += d
+        huge += h
+        if j > i:
+            fresh = False
+        i = j
+        if i == stop:
+            continue
+        # A miss: fault, then try the access again.
+        st = _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
+                   pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, base + pages[i], pages[i],
+                   writes[i], nid, exact)  # fmt: skip
+        if st == _AGAIN:
+            fresh = visible and (fresh or ks[K_FRESH] != 0)
+            ks[K_FRESH] = 0
+            continue
+        if st == _NEXT:
+            i += 1
+            continue
+        status = _ASK - st
+        break
     ks[K_I] = i
     ks[K_FRESH] = fresh
     ctr[C.ACCESSES] += accesses
-    ctr[C.WRITES] += writes_done
+    ctr[C.WRITES] += seq - seq0  # one step of the sequence per write
     ctr[C.REMOTE_ACCESSES] += remote
     ctr[C.ACCESS_DISTANCE] += dist
     ctr[C.HUGE_ACCESSES] += huge

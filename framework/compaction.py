@@ -12,10 +12,10 @@ owning mm's notifier chain, one range per page, before the pages move.
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit
 
 from . import counters as C
 from .frames import FREE, PAGEBLOCK_SHIFT, PB_HI, PB_LO, PB_NFREE, PB_SIZE, free_frame, take_frame
+from .kernel import kernel
 from .notifier import Event, single_pages
 from .pagebits import P_HUGE
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .simulation import Simulation
 
 
-@njit(cache=True)
+@kernel
 def _plan(pflags, ft, ctr, n, want, src, dst):
     """Pair the used frames of up to ``want`` pageblocks (from the bottom) with free frames of partly used
     pageblocks above them. Returns (pairs, pageblocks planned)."""
@@ -76,7 +76,7 @@ def _plan(pflags, ft, ctr, n, want, src, dst):
     return pairs, blocks
 
 
-@njit(cache=True)
+@kernel
 def _move(pt, ft, ctr, src, dst):
     pte = pt.pte
     fkey, ftoken, fref, node, lists, pb, bits = ft.key, ft.token, ft.ref, ft.node, ft.lists, ft.pb, ft.bits

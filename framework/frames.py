@@ -15,8 +15,9 @@ where it can. Simplifications: no migratetypes, no per-cpu lists, one zone per n
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
+
+from .kernel import kernel
 
 PAGE_SIZE = 4096
 PAGEBLOCK_PAGES = 512  # 2 MiB / 4 KiB
@@ -109,7 +110,7 @@ def new_frame_table(node_frames: list[int], distance: np.ndarray, watermarks: np
     return ft
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def _push(node, lists, pb, kind, b):
     n = pb[b, PB_NODE]
     pos = node[n, PB_LO] + node[n, N_ON_LIST + kind]
@@ -119,7 +120,7 @@ def _push(node, lists, pb, kind, b):
     node[n, N_ON_LIST + kind] += 1
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def _remove(node, lists, pb, b):
     kind = pb[b, PB_LIST]
     n = pb[b, PB_NODE]
@@ -134,7 +135,7 @@ def _remove(node, lists, pb, b):
     node[n, N_ON_LIST + kind] -= 1
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def alloc_frame(node, lists, pb, bits, key, ref, n, k):
     """Take a free frame on node ``n`` for page ``k`` and return it, or -1 if the node has none."""
     if node[n, N_ON_LIST + PARTIAL] > 0:
@@ -161,7 +162,7 @@ def alloc_frame(node, lists, pb, bits, key, ref, n, k):
     return f
 
 
-@njit(cache=True)
+@kernel
 def alloc_pageblock(node, lists, pb, bits, key, ref, n, first_key):
     """Take a whole free pageblock on node ``n`` (an order-9 block, for a transparent huge page) and give
     its frames to keys ``first_key, first_key + 1, ...``; return its first frame, or -1 if none is free."""
@@ -179,7 +180,7 @@ def alloc_pageblock(node, lists, pb, bits, key, ref, n, first_key):
     return base
 
 
-@njit(cache=True)
+@kernel
 def take_frame(node, lists, pb, bits, key, ref, f, k):
     """Allocate the particular free frame ``f`` for page ``k`` (compaction's free scanner picks it)."""
     b = f >> PAGEBLOCK_SHIFT
@@ -196,7 +197,7 @@ def take_frame(node, lists, pb, bits, key, ref, f, k):
     node[pb[b, PB_NODE], NFREE] -= 1
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def free_frame(node, lists, pb, bits, key, token, f):
     """Return frame ``f`` to its node's free lists. The caller has dropped every reference to it."""
     b = f >> PAGEBLOCK_SHIFT
@@ -213,13 +214,13 @@ def free_frame(node, lists, pb, bits, key, token, f):
     node[pb[b, PB_NODE], NFREE] += 1
 
 
-@njit(cache=True)
+@kernel
 def is_device_frame(pb, node_order, f):
     """Whether frame ``f`` is device-private memory (its node is past the RAM nodes)."""
     return pb[f >> PAGEBLOCK_SHIFT, PB_NODE] >= node_order.shape[0]
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def sharers(key):
     """Pages mapping a frame whose key is ``key`` <= SHARED."""
     return SHARED + 1 - key

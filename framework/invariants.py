@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit
 
 from .frames import FREE, NFREE, ORPHAN, PAGEBLOCK_SHIFT, PB_NFREE, PB_SIZE, SHARED, WORDS
+from .kernel import kernel
 from .pagebits import PTE_NONE, S_PINNED, S_WRITABLE
 from .swapdev import REG_USED, SLOT_FREE
 
@@ -34,7 +34,7 @@ KINDS = ("coherence", "isolation", "integrity", "pin", "conservation", "accessed
 COHERENCE, ISOLATION, INTEGRITY, PIN, CONSERVATION, ACCESSED = range(len(KINDS))
 
 
-@njit(cache=True)
+@kernel
 def _note(counts, examples, kind, a, b):
     if counts[kind] == 0:
         examples[kind, 0] = a
@@ -42,7 +42,7 @@ def _note(counts, examples, kind, a, b):
     counts[kind] += 1
 
 
-@njit(cache=True)
+@kernel
 def _check_host(pt, ft, sw, expected_pins, counts, examples):
     """Everything but the secondary tables. Walks pages, frames and slots in order; the only random
     lookups go from a PTE to the frame or slot it names (the rmap and content checks). Consistency the
@@ -128,7 +128,7 @@ def _check_host(pt, ft, sw, expected_pins, counts, examples):
         _note(counts, examples, CONSERVATION, used_slots, swap_ptes)
 
 
-@njit(cache=True)
+@kernel
 def _check_secondary(pt, ft, mm, spte, sflags, expected_pins, counts, examples):
     """A secondary table against the primary: an entry whose frame is the PTE's is coherent (and, the
     host check having verified the rmap, isolated); only the rare other entry is looked up further."""

@@ -11,10 +11,10 @@ target has no free frame.
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit
 
 from . import counters as C
 from .frames import NFREE, PAGEBLOCK_SHIFT, PB_NODE, alloc_frame, free_frame
+from .kernel import kernel
 from .notifier import Event, single_pages
 from .pagebits import P_DEVICE
 from .thp import split
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .simulation import Simulation
 
 
-@njit(cache=True)
+@kernel
 def _movable(pte, fkey, fpin, pb, base, pages, target, out):
     """Which pages are present, unpinned, unshared and not already on ``target``; count the pinned and
     shared ones (a KSM page is not migrated here: a simplification, see ``mmnsim.share``)."""
@@ -37,7 +37,7 @@ def _movable(pte, fkey, fpin, pb, base, pages, target, out):
     return refused
 
 
-@njit(cache=True)
+@kernel
 def _move(pt, ft, ctr, base, pages, target, keep_free, device):
     pte, pflags = pt.pte, pt.flags
     fkey, ftoken, fref, node, lists, pb, bits = ft.key, ft.token, ft.ref, ft.node, ft.lists, ft.pb, ft.bits

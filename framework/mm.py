@@ -9,9 +9,9 @@ then the PTE change (and the CPU TLB flush, with ``arch_invalidate_secondary_tlb
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit
 
 from .frames import ORPHAN, SHARED, free_frame
+from .kernel import kernel
 from .notifier import Event, NotifierChain, NotifierRange, single_pages
 from .pagebits import (
     P_DEVICE,
@@ -38,38 +38,42 @@ PROT = {"none": 0, "r": P_READ, "rw": P_READ | P_WRITE}
 _PTE_BITS = P_YOUNG | P_DIRTY | P_PROTNONE | P_HUGE | P_DEVICE
 
 
-@njit(cache=True)
+@kernel
 def zap_ptes(pt, ft, sw, lo, hi):
     """Drop the pages of keys [lo, hi): free their frames (a pinned frame becomes an orphan that its
     pin keeps alive; a shared frame loses one sharer) and swap slots, and reset their content to zero.
     Returns pages dropped."""
-    return zap_keys(pt, ft, sw, np.arange(lo, hi))
+    dropped = 0
+    for key in range(lo, hi):
+        dropped += _zap_key(pt, ft, sw, key)
+    return dropped
 
 
-@njit(cache=True)
+@kernel
 def zap_keys(pt, ft, sw, keys):
     """``zap_ptes`` for the given keys."""
-    pte, pflags, ptoken = pt.pte, pt.flags, pt.token
-    fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
-    skey, stoken, sreg = sw.key, sw.token, sw.reg
     dropped = 0
     for key in keys:
-        e = pte[key]
-        if e >= 0:
-            if fkey[e] <= SHARED:
-                drop_share(ft, e)
-            elif fpin[e] > 0:
-                fkey[e] = ORPHAN
-            else:
-                free_frame(node, lists, pb, bits, fkey, ftoken, e)
-            dropped += 1
-        elif e != PTE_NONE:
-            swap_free(skey, stoken, sreg, swap_slot(e))
-            dropped += 1
-        pte[key] = PTE_NONE
-        ptoken[key] = 0
-        pflags[key] &= ~_PTE_BITS
+        dropped += _zap_key(pt, ft, sw, key)
     return dropped
+
+
+@kernel(inline=True)
+def _zap_key(pt, ft, sw, key):
+    e = pt.pte[key]
+    if e >= 0:
+        if ft.key[e] <= SHARED:
+            drop_share(ft, e)
+        elif ft.pin[e] > 0:
+            ft.key[e] = ORPHAN
+        else:
+            free_frame(ft.node, ft.lists, ft.pb, ft.bits, ft.key, ft.token, e)
+    elif e != PTE_NONE:
+        swap_free(sw.key, sw.token, sw.reg, swap_slot(e))
+    pt.pte[key] = PTE_NONE
+    pt.token[key] = 0
+    pt.flags[key] &= ~_PTE_BITS
+    return e != PTE_NONE
 
 
 class MM:

@@ -13,7 +13,8 @@ or ``PTE_NONE``) and ``sflags`` (uint8, the ``S_*`` bits).
 """
 
 import numpy as np
-from numba import njit
+
+from .kernel import kernel
 
 PTE_NONE = -1
 HUGE_PAGES = 512  # pages of a transparent huge page (2 MiB), aligned in the mm and in one pageblock
@@ -37,13 +38,13 @@ S_HUGE = 4  # the entry maps 2 MiB
 S_PINNED = 8  # the entry holds a long-term pin on its frame
 
 
-@njit(cache=True)
+@kernel
 def swap_entry(slot):
     """Encode a swap slot (or an array of them) as a non-present PTE value."""
     return -2 - slot
 
 
-@njit(cache=True)
+@kernel
 def swap_slot(pte):
     """Decode a swap entry PTE value into its slot."""
     return -2 - pte

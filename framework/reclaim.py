@@ -12,10 +12,10 @@ A policy combines them; the built-in ``swap`` policy is one such combination.
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit
 
 from . import counters as C
 from .frames import is_device_frame
+from .kernel import kernel
 from .notifier import Event, single_pages
 from .pagebits import P_YOUNG
 from .swapdev import swap_out_frames
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 YOUNG_OPS = ("clear_flush_young", "clear_young")
 
 
-@njit(cache=True)
+@kernel
 def _scan(fkey, fpin, pb, node_order, ctr, hand, want, limit, out):
     n = fkey.size
     found = 0
@@ -59,7 +59,7 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
     return out[:found], int(hand), int(scanned)
 
 
-@njit(cache=True)
+@kernel
 def _test_clear_young(fkey, pflags, frames, keys, young):
     for i in range(frames.size):
         k = fkey[frames[i]]

@@ -26,11 +26,11 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from numba import njit
 
 from . import counters as C
 from .components import Component, Mode
 from .frames import ORPHAN, free_frame
+from .kernel import kernel
 from .notifier import NotifierRange, PluginError
 from .pagebits import HUGE_PAGES, PTE_NONE, S_ACCESSED, S_HUGE, S_PINNED
 
@@ -194,7 +194,7 @@ def _int64(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
-@njit(cache=True)
+@kernel
 def _zap(spte, sflags, start, end, ft, ctr, zapped):
     fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
     for r in range(start.size):
@@ -219,7 +219,7 @@ def _zap(spte, sflags, start, end, ft, ctr, zapped):
         zapped[r] = count
 
 
-@njit(cache=True)
+@kernel
 def _harvest(sflags, start, end, clear, young):
     for r in range(start.size):
         seen = False

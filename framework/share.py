@@ -21,10 +21,10 @@ later); transparent huge pages are not merged (KSM splits them first).
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit
 
 from . import counters as C
 from .frames import SHARED, free_frame, sharers
+from .kernel import kernel
 from .notifier import Event, single_pages
 from .pagebits import P_DEVICE, P_DIRTY, P_HUGE, P_YOUNG
 
@@ -104,7 +104,7 @@ def merge_pages(sim: "Simulation", mm: "MM", pages: np.ndarray, into: "MM", into
     return int(pages.size)
 
 
-@njit(cache=True)
+@kernel
 def _replace(pt, ft, keys, frames):
     pte, pflags = pt.pte, pt.flags
     fkey, ftoken, node, lists, pb, bits = ft.key, ft.token, ft.node, ft.lists, ft.pb, ft.bits
@@ -129,7 +129,7 @@ def break_cow(sim: "Simulation", key: int, frame: int) -> None:
     host.ctr[C.COW_KSM] += 1
 
 
-@njit(cache=True)
+@kernel
 def _unshare(pt, ft, key, frame):
     old = pt.pte[key]
     pt.pte[key] = frame
@@ -137,7 +137,7 @@ def _unshare(pt, ft, key, frame):
     drop_share(ft, old)
 
 
-@njit(cache=True)
+@kernel
 def drop_share(ft, f):
     """One page stopped mapping shared frame ``f``: free it with its last page."""
     if sharers(ft.key[f]) == 1:

@@ -15,10 +15,10 @@ Either way no content is lost.
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 from . import counters as C
 from .frames import free_frame
+from .kernel import kernel
 from .pagebits import P_DIRTY, P_HUGE, P_PROTNONE, P_YOUNG, clear_mask, swap_entry
 
 SLOT_FREE = -1
@@ -44,7 +44,7 @@ def new_swap_table(slots: int, write_error_rate: float = 0.0, read_error_rate: f
     return SwapTable(key=np.full(slots, SLOT_FREE, dtype=np.int32), token=np.zeros(slots, dtype=np.uint32), reg=reg)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def io_fails(sreg, which):
     """Whether this swap I/O fails (``which``: REG_WRITE_ERRORS or REG_READ_ERRORS): splitmix64 of the
     I/O's number and the seed against the threshold."""
@@ -59,7 +59,7 @@ def io_fails(sreg, which):
     return (z >> np.uint64(32)) < np.uint64(threshold)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def swap_alloc(skey, stoken, sreg, key, token):
     """Store ``token`` for page ``key`` in a free slot and return the slot, or -1 if swap is full."""
     n = skey.size
@@ -77,14 +77,14 @@ def swap_alloc(skey, stoken, sreg, key, token):
     return c
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def swap_free(skey, stoken, sreg, slot):
     skey[slot] = SLOT_FREE
     stoken[slot] = 0
     sreg[REG_USED] -= 1
 
 
-@njit(cache=True, inline="always")
+@kernel(inline=True)
 def swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, f):
     """Write frame ``f``'s page to swap, point its PTE at the slot and free the frame.
 
@@ -112,7 +112,7 @@ def swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey,
     return SWAPPED
 
 
-@njit(cache=True)
+@kernel
 def swap_out_frames(pt, ft, sw, ctr, frames):
     """Swap out each of ``frames`` until swap fills; return how many went."""
     pte, pflags = pt.pte, pt.flags

@@ -11,10 +11,10 @@ the 2 MiB range, so a secondary MMU's 2 MiB entry goes and the device maps the r
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit
 
 from . import counters as C
 from .frames import NFREE, WMARK_LOW, alloc_pageblock, free_frame
+from .kernel import kernel
 from .notifier import Event, NotifierRange
 from .pagebits import HUGE_PAGES, P_DEVICE, P_HUGE, P_PROTNONE, P_YOUNG, PTE_NONE
 
@@ -48,7 +48,7 @@ def split_straddling(sim: "Simulation", mm: "MM", start: int, end: int) -> None:
         split(sim, mm, np.array(edges))
 
 
-@njit(cache=True)
+@kernel
 def _collapse(pt, ft, ctr, first, node_id):
     """Copy the pages of the aligned region at key ``first`` into a new pageblock on node ``node_id`` and
     map it as a THP; free the old frames. Returns False if the node has no free pageblock."""
