@@ -47,7 +47,7 @@ from .frames import (
     free_frame,
     is_device_frame,
 )
-from .kernel import kernel
+from .kernel import U, kernel
 from .pagebits import (
     HUGE_PAGES,
     P_DEVICE,
@@ -366,9 +366,7 @@ def _write_token(seq, ftoken, ptoken, f, key):
 # client keeps each loop small enough for the compiler to keep its state in registers; the miss, rare, is
 # handled outside. Returns the index of the miss (or ``stop``), the new write sequence and the counts of
 # huge-page accesses, remote accesses and their distance (accesses and writes follow from the index and
-# the sequence). Indices are cast to unsigned (``_U``, free): numba then skips the negative-index
-# wrap-around, which costs more than the access itself; every index here is known to be >= 0.
-_U = np.uint64
+# the sequence). Every index is cast with ``U`` (no wrap-around check): each is known to be >= 0.
 
 
 @kernel
@@ -376,21 +374,21 @@ def _cpu_hits(pages, writes, i, stop, base, pte, pflags, fkey, ftoken, ptoken, f
               numa, seq):  # fmt: skip
     remote = dist = huge = 0
     while i < stop:
-        p = pages[_U(i)]
-        w = writes[_U(i)]
-        key = _U(base + p)
+        p = pages[U(i)]
+        w = writes[U(i)]
+        key = U(base + p)
         f = pte[key]
         fl = pflags[key]
         if f < 0 or fl & (P_PROTNONE | P_DEVICE) or not fl & (P_WRITE if w else P_READ):
             break
-        if w and fkey[_U(f)] < 0:  # a write to a shared (KSM) frame copies it first
+        if w and fkey[U(f)] < 0:  # a write to a shared (KSM) frame copies it first
             break
         pflags[key] = fl | (P_YOUNG | P_DIRTY if w else P_YOUNG)
         huge += (fl & P_HUGE) != 0
         if ref:
-            fref[_U(f)] = 1
+            fref[U(f)] = 1
         if w:
-            seq = _write_token(seq, ftoken, ptoken, _U(f), key)
+            seq = _write_token(seq, ftoken, ptoken, U(f), key)
         if numa:
             fnode = pb[f >> PAGEBLOCK_SHIFT, PB_NODE]
             remote += fnode != nid
@@ -404,16 +402,16 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_ba
               pb, distance, nid, ref, numa, check_owner, seq, ctr):  # fmt: skip
     remote = dist = huge = 0
     while i < stop:
-        p = _U(pages[_U(i)])
-        w = writes[_U(i)]
+        p = U(pages[U(i)])
+        w = writes[U(i)]
         f = spte[p]
         sfl = sflags[p]
         if f < 0 or (w and not sfl & S_WRITABLE):
             break
-        key = base + pages[_U(i)]
+        key = base + pages[U(i)]
         if check_owner:  # does the entry's frame hold the page?
-            owner = fkey[_U(f)]
-            if owner != key and not (owner <= SHARED and pte[_U(key)] == f):
+            owner = fkey[U(f)]
+            if owner != key and not (owner <= SHARED and pte[U(key)] == f):
                 if owner == FREE or (owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
                     ctr[C.ISOLATION_VIOLATIONS] += 1
                 else:
@@ -422,10 +420,10 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_ba
             sflags[p] = sfl | S_ACCESSED
         huge += (sfl & S_HUGE) != 0
         if ref:
-            fref[_U(f)] = 1
+            fref[U(f)] = 1
         if w:
-            pflags[_U(key)] |= P_DIRTY
-            seq = _write_token(seq, ftoken, ptoken, _U(f), _U(key))
+            pflags[U(key)] |= P_DIRTY
+            seq = _write_token(seq, ftoken, ptoken, U(f), U(key))
         if numa:
             fnode = pb[f >> PAGEBLOCK_SHIFT, PB_NODE]
             remote += fnode != nid

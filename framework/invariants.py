@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .frames import FREE, NFREE, ORPHAN, PAGEBLOCK_SHIFT, PB_NFREE, PB_SIZE, SHARED, WORDS
-from .kernel import kernel
+from .kernel import U, kernel
 from .pagebits import PTE_NONE, S_PINNED, S_WRITABLE
 from .swapdev import REG_USED, SLOT_FREE
 
@@ -59,22 +59,22 @@ def _check_host(pt, ft, sw, expected_pins, counts, examples):
     for key in range(pte.size):
         e = pte[key]
         if e >= 0:
-            if e < nframes and fkey[e] <= SHARED:  # a KSM page: many PTEs, counted against its sharers
+            if e < nframes and fkey[U(e)] <= SHARED:  # a KSM page: many PTEs, counted against its sharers
                 shared_ptes += 1
             else:
                 present += 1
-            if e >= nframes or (fkey[e] != key and fkey[e] > SHARED):
+            if e >= nframes or (fkey[U(e)] != key and fkey[U(e)] > SHARED):
                 _note(counts, examples, CONSERVATION, key, e)
-            elif ftoken[e] != ptoken[key]:
+            elif ftoken[U(e)] != ptoken[U(key)]:
                 _note(counts, examples, INTEGRITY, key, e)
         elif e != PTE_NONE:
             slot = -2 - e
             swap_ptes += 1
-            if slot >= nslots or skey[slot] != key:
+            if slot >= nslots or skey[U(slot)] != key:
                 _note(counts, examples, CONSERVATION, key, e)
-            elif stoken[slot] != ptoken[key]:
+            elif stoken[U(slot)] != ptoken[U(key)]:
                 _note(counts, examples, INTEGRITY, key, e)
-        elif ptoken[key] != 0:
+        elif ptoken[U(key)] != 0:
             _note(counts, examples, INTEGRITY, key, e)
     mapped = 0
     orphans = 0

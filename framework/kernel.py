@@ -1,5 +1,6 @@
 """``kernel``: how the framework compiles the numba functions that work on the simulator's arrays."""
 
+import numpy as np
 from numba import njit
 
 
@@ -16,3 +17,8 @@ def kernel(fn=None, *, inline: bool = False):
     if inline:
         options["inline"] = "always"
     return njit(**options) if fn is None else njit(**options)(fn)
+
+
+# An index cast to U (free) skips numba's negative-index wrap-around, which costs more than a random
+# array access itself in the hot loops: ``a[U(i)]`` for an ``i`` known to be >= 0.
+U = np.uint64

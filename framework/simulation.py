@@ -49,7 +49,7 @@ from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SecondaryMMU
 from .settings import load_settings
 from .share import break_cow
-from .workload import PAGE_DTYPE, WorkloadStream
+from .workload import PAGE_DTYPE, WorkloadStream, pages_inside
 
 log = logging.getLogger("mmnsim")
 
@@ -309,7 +309,7 @@ class Simulation:
         ``account=False`` leaves the client's time alone (for ``populate``)."""
         host = self.host
         pages = np.ascontiguousarray(pages, dtype=PAGE_DTYPE)
-        if pages.size and (pages.min() < 0 or pages.max() >= mm.npages):
+        if not pages_inside(pages, mm.npages):
             raise ValueError(f"pages outside mm '{mm.name}' (0..{mm.npages - 1})")
         writes = np.zeros(pages.size, dtype=np.bool_) if writes is None else np.ascontiguousarray(writes, np.bool_)
         client = client or self._client_of(mm, secondary)

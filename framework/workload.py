@@ -18,6 +18,7 @@ import numpy as np
 
 from .components import Component
 from .config import require
+from .kernel import U, kernel
 
 
 @dataclass
@@ -39,6 +40,15 @@ class WorkloadConfig:
 
 _UNTIL_THE_END = 2**62
 PAGE_DTYPE = np.int32  # page numbers in access batches (an mm has fewer than 2**31 pages)
+
+
+@kernel
+def pages_inside(pages, npages):
+    """Whether every page of a batch is in [0, npages): one pass, where min() and max() make two."""
+    outside = False
+    for i in range(pages.size):
+        outside |= U(pages[i]) >= U(npages)  # a negative page turns huge: one test for both ends, no branch
+    return not outside
 
 
 class Workload(Component):
@@ -94,8 +104,7 @@ class WorkloadStream:
             got = self.workload.pages(k)
             pages, flags = got if isinstance(got, tuple) else (got, None)
             pages = np.asarray(pages, dtype=PAGE_DTYPE)
-            outside = pages.size and (pages.min() < 0 or pages.max() >= self.workload.npages)
-            if pages.ndim != 1 or pages.size > k or outside:
+            if pages.ndim != 1 or pages.size > k or not pages_inside(pages, self.workload.npages):
                 raise ValueError(
                     f"workload {self.workload.name!r} returned pages outside [0, {self.workload.npages}) "
                     f"or more than the {k} asked for"

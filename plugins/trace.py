@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from mmnsim import ConfigError, Workload, WorkloadConfig, hookimpl, require
 from mmnsim.traces import FORMATS, Collapser, Densifier, TraceError, probe, read_trace
@@ -83,19 +84,21 @@ class Trace(Workload):
 
     def _chunks(self):
         """(pages in the mm, writes) per chunk."""
+        shift = self.factor == 1.0 and self.base == int(self.base)
         for pages, writes, first in self._trace_pages():
-            if self.factor == 1.0 and self.base == int(self.base):
-                mapped = pages.astype(np.int64) - int(self.base) if self.base else pages
+            mapped = np.empty(pages.size, dtype=np.int32)
+            if shift:
+                at = _shift(pages, int(self.base), self.npages, mapped)
             else:
-                mapped = np.floor((pages.astype(np.float64) - self.base) * self.factor)
-            if mapped.size and (mapped.min() < 0 or mapped.max() >= self.npages):
-                at = int(np.flatnonzero((mapped < 0) | (mapped >= self.npages))[0])
+                at = _scale(pages, self.base, self.factor, self.npages, mapped)
+            if at >= 0:
+                page = int(pages[at]) - int(self.base) if shift else np.floor((pages[at] - self.base) * self.factor)
                 raise TraceError(
                     f"{self.path}: record {first + at}: trace page {int(pages[at])} maps to page "
-                    f"{int(mapped[at])}, outside the {self.npages} pages of the mm; set workload.offset and "
+                    f"{int(page)}, outside the {self.npages} pages of the mm; set workload.offset and "
                     "workload.scale, or workload.fit: true"
                 )
-            yield mapped.astype(np.int32, copy=False), writes
+            yield mapped, writes
 
     def _refill(self) -> bool:
         chunk = next(self._reader, None)
@@ -121,9 +124,35 @@ class Trace(Workload):
             n -= k
         if not parts:
             return np.zeros(0, dtype=np.int32), None
+        if len(parts) == 1:  # the common case: a slice of one chunk, no copy
+            return parts[0], writes[0]
         if any(w is None for w in writes):
             return np.concatenate(parts), None
         return np.concatenate(parts), np.concatenate(writes)
+
+
+# One pass per chunk: map each trace page into the mm, stopping at the first that falls outside it.
+# Return that record's index, or -1.
+
+
+@njit(cache=True)
+def _shift(pages, base, npages, out):
+    for i in range(pages.size):
+        page = np.int64(pages[i]) - base
+        if page < 0 or page >= npages:
+            return i
+        out[i] = page
+    return -1
+
+
+@njit(cache=True)
+def _scale(pages, base, factor, npages, out):
+    for i in range(pages.size):
+        page = np.floor((np.float64(pages[i]) - base) * factor)
+        if page < 0 or page >= npages:
+            return i
+        out[i] = np.int32(page)
+    return -1
 
 
 @hookimpl
