@@ -122,6 +122,11 @@ class _ZstdReader(io.RawIOBase):
         out, self._buf = (self._buf, b"") if n < 0 else (self._buf[:n], self._buf[n:])
         return out
 
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
     def close(self) -> None:
         self._raw.close()
         super().close()
@@ -177,28 +182,34 @@ def read_stream(f: BinaryIO, path: Path, fmt: str, chunk: int = CHUNK,
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
-    parts, got = [], 0
-    while got < n:
-        b = f.read(n - got)
-        if not b:
+    buf = bytearray(n)
+    return bytes(buf[: _read_into(f, memoryview(buf))])
+
+
+def _read_into(f: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``f``, reading on after short reads (pipes, decompressors); return bytes read."""
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
             break
-        parts.append(b)
-        got += len(b)
-    return b"".join(parts)
+        got += n
+    return got
 
 
 def _read_fixed(f: BinaryIO, path: Path, chunk: int, dtype: np.dtype, what: str) -> Iterator[TraceChunk]:
     first = 0
     while True:
-        buf = _read_exact(f, chunk * dtype.itemsize)
-        if not buf:
+        buf = np.empty(chunk, dtype=dtype)  # read straight into the array: no bytes object to copy from
+        got = _read_into(f, memoryview(buf.view(np.uint8)))
+        if not got:
             return
-        if len(buf) % dtype.itemsize:
+        if got % dtype.itemsize:
             raise TraceError(
-                f"{path}: truncated: record {first + len(buf) // dtype.itemsize} is cut short "
-                f"({len(buf) % dtype.itemsize} of {dtype.itemsize} bytes); is this really a {what} file?"
+                f"{path}: truncated: record {first + got // dtype.itemsize} is cut short "
+                f"({got % dtype.itemsize} of {dtype.itemsize} bytes); is this really a {what} file?"
             )
-        data = np.frombuffer(buf, dtype=dtype)
+        data = buf[: got // dtype.itemsize]
         yield TraceChunk(data["page"].copy() if dtype.names else data, None, first)
         first += data.size
 
