@@ -122,8 +122,7 @@ def _check_host(pt, ft, sw, expected_pins, counts, examples):
         _note(counts, examples, CONSERVATION, free, mapped + orphans + shared)
     used_slots = 0
     for s in range(nslots):
-        if skey[s] != SLOT_FREE:
-            used_slots += 1
+        used_slots += skey[s] != SLOT_FREE  # no branch: the loop vectorizes
     if used_slots != sreg[REG_USED] or used_slots != swap_ptes:
         _note(counts, examples, CONSERVATION, used_slots, swap_ptes)
 

@@ -131,27 +131,37 @@ class Trace(Workload):
         return np.concatenate(parts), np.concatenate(writes)
 
 
-# One pass per chunk: map each trace page into the mm, stopping at the first that falls outside it.
-# Return that record's index, or -1.
+# Map a chunk's trace pages into the mm: ``out[i] = page i's number in the mm``. Returns the index of the
+# first record that falls outside the mm, or -1. The loops have no early exit, so that they vectorize;
+# only a chunk that has a bad record is looked at again, to find it.
 
 
 @njit(cache=True)
 def _shift(pages, base, npages, out):
+    outside = False
     for i in range(pages.size):
         page = np.int64(pages[i]) - base
-        if page < 0 or page >= npages:
-            return i
+        outside |= np.uint64(page) >= np.uint64(npages)  # a negative page turns huge: one test for both ends
         out[i] = page
-    return -1
+    return _first_outside(out, pages, base, 1.0, npages) if outside else -1
 
 
 @njit(cache=True)
 def _scale(pages, base, factor, npages, out):
+    outside = False
+    for i in range(pages.size):
+        page = np.floor((np.float64(pages[i]) - base) * factor)
+        outside |= (page < 0) | (page >= npages)
+        out[i] = np.int32(page) if page >= 0 and page < npages else 0
+    return _first_outside(out, pages, base, factor, npages) if outside else -1
+
+
+@njit(cache=True)
+def _first_outside(out, pages, base, factor, npages):
     for i in range(pages.size):
         page = np.floor((np.float64(pages[i]) - base) * factor)
         if page < 0 or page >= npages:
             return i
-        out[i] = np.int32(page)
     return -1
 
 
