@@ -282,9 +282,9 @@ class Simulation:
             batch = client.stream.next_batch(client.batch, self.tick)
             before = client.elapsed_ns
             if batch is not None:
-                pages, writes = batch
-                self.run_client(client.mm, client.secondary, pages + client.region[0] if client.region[0] else pages,
-                                writes, client=client)  # fmt: skip
+                pages, writes = batch  # checked by next_batch: inside the client's region
+                self._run_batch(client.mm, client.secondary, pages + client.region[0] if client.region[0] else pages,
+                                writes, client)  # fmt: skip
             self._settle_stalls(client)
             tick_ns = max(tick_ns, client.elapsed_ns - before)
         self.time_ns += tick_ns
@@ -307,12 +307,16 @@ class Simulation:
         """Run one batch of accesses by a client of ``mm`` (through ``secondary``, or the CPU).
 
         ``account=False`` leaves the client's time alone (for ``populate``)."""
-        host = self.host
         pages = np.ascontiguousarray(pages, dtype=PAGE_DTYPE)
         if not pages_inside(pages, mm.npages):
             raise ValueError(f"pages outside mm '{mm.name}' (0..{mm.npages - 1})")
         writes = np.zeros(pages.size, dtype=np.bool_) if writes is None else np.ascontiguousarray(writes, np.bool_)
-        client = client or self._client_of(mm, secondary)
+        self._run_batch(mm, secondary, pages, writes, client or self._client_of(mm, secondary), account)
+
+    def _run_batch(self, mm: MM, secondary: SecondaryMMU | None, pages: np.ndarray, writes: np.ndarray,
+                   client: Client | None, account: bool = True) -> None:  # fmt: skip
+        """``run_client`` for a batch known to be good: int32 pages inside the mm, a bool per page."""
+        host = self.host
         if secondary is not None and not secondary.shares_cpu_tables:
             spte, sflags, sstate = secondary.spte, secondary.sflags, secondary.state
         else:

@@ -20,6 +20,7 @@ in bounded memory. A malformed file raises ``TraceError`` naming the file and th
 import csv
 import gzip
 import io
+import mmap
 import os
 import zlib
 from collections.abc import Iterator
@@ -198,10 +199,16 @@ def _read_into(f: BinaryIO, view: memoryview) -> int:
 
 
 def _read_fixed(f: BinaryIO, path: Path, chunk: int, dtype: np.dtype, what: str) -> Iterator[TraceChunk]:
+    mapped = _map_file(f)
     first = 0
     while True:
-        buf = np.empty(chunk, dtype=dtype)  # read straight into the array: no bytes object to copy from
-        got = _read_into(f, memoryview(buf.view(np.uint8)))
+        if mapped is not None:  # a view of the page cache: nothing is copied
+            start = f.tell() + first * dtype.itemsize
+            got = min(chunk * dtype.itemsize, len(mapped) - start)
+            buf = np.frombuffer(mapped, dtype=np.uint8, count=got, offset=start) if got else None
+        else:
+            buf = np.empty(chunk * dtype.itemsize, dtype=np.uint8)  # read straight into the array
+            got = _read_into(f, memoryview(buf))
         if not got:
             return
         if got % dtype.itemsize:
@@ -209,9 +216,20 @@ def _read_fixed(f: BinaryIO, path: Path, chunk: int, dtype: np.dtype, what: str)
                 f"{path}: truncated: record {first + got // dtype.itemsize} is cut short "
                 f"({got % dtype.itemsize} of {dtype.itemsize} bytes); is this really a {what} file?"
             )
-        data = buf[: got // dtype.itemsize]
+        data = buf[:got].view(dtype)
         yield TraceChunk(data["page"].copy() if dtype.names else data, None, first)
         first += data.size
+
+
+def _map_file(f: BinaryIO) -> mmap.mmap | None:
+    """The whole of a plain file, memory-mapped read-only (None for a compressed stream, a pipe or an
+    empty file). Chunks are views of it; it stays mapped while any of them is alive."""
+    if not isinstance(f, io.BufferedReader) or not f.seekable():
+        return None
+    try:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
+        return None
 
 
 def _read_mmt(f: BinaryIO, path: Path, chunk: int) -> Iterator[TraceChunk]:

@@ -103,7 +103,7 @@ class WorkloadStream:
             k = min(n, self.left)
             got = self.workload.pages(k)
             pages, flags = got if isinstance(got, tuple) else (got, None)
-            pages = np.asarray(pages, dtype=PAGE_DTYPE)
+            pages = np.ascontiguousarray(pages, dtype=PAGE_DTYPE)
             if pages.ndim != 1 or pages.size > k or not pages_inside(pages, self.workload.npages):
                 raise ValueError(
                     f"workload {self.workload.name!r} returned pages outside [0, {self.workload.npages}) "
@@ -113,8 +113,13 @@ class WorkloadStream:
                 wf = self.workload.cfg.write_fraction
                 rng = self.workload.rng
                 flags = rng.random(pages.size, dtype=np.float32) < wf if wf else np.zeros(pages.size, bool)
+            flags = np.ascontiguousarray(flags, dtype=np.bool_)
+            if flags.shape != pages.shape:
+                raise ValueError(
+                    f"workload {self.workload.name!r} returned {flags.shape} write flags for {pages.shape} pages"
+                )
             parts.append(pages)
-            writes.append(np.asarray(flags, dtype=np.bool_))
+            writes.append(flags)
             self.left = 0 if pages.size < k else self.left - k
         if not parts:
             return None
