@@ -92,7 +92,7 @@ class Trace(Workload):
             else:
                 at = _scale(pages, self.base, self.factor, self.npages, mapped)
             if at >= 0:
-                page = int(pages[at]) - int(self.base) if shift else np.floor((pages[at] - self.base) * self.factor)
+                page = np.floor((float(pages[at]) - self.base) * self.factor)  # as _first_outside finds it
                 raise TraceError(
                     f"{self.path}: record {first + at}: trace page {int(pages[at])} maps to page "
                     f"{int(page)}, outside the {self.npages} pages of the mm; set workload.offset and "

@@ -69,3 +69,26 @@ def test_a_workload_returning_pages_outside_its_mm_is_reported():
     stream = WorkloadStream(Broken(UniformConfig("uniform", 10, 0.0, False, True, 0), N, np.random.default_rng()))
     with pytest.raises(ValueError, match="returned pages outside"):
         stream.next_batch(10)
+
+
+@pytest.mark.parametrize("page", [-1, N])
+def test_a_page_just_outside_either_end_is_reported(page):
+    class Edge(Uniform):
+        def pages(self, n):
+            out = np.zeros(n, dtype=np.int32)
+            out[n // 2] = page
+            return out
+
+    stream = WorkloadStream(Edge(UniformConfig("uniform", 10, 0.0, False, True, 0), N, np.random.default_rng()))
+    with pytest.raises(ValueError, match="returned pages outside"):
+        stream.next_batch(10)
+
+
+def test_a_workload_returning_write_flags_of_the_wrong_length_is_reported():
+    class Broken(Uniform):
+        def pages(self, n):
+            return np.zeros(n, dtype=np.int32), np.zeros(n + 1, dtype=bool)
+
+    stream = WorkloadStream(Broken(UniformConfig("uniform", 10, 0.0, False, True, 0), N, np.random.default_rng()))
+    with pytest.raises(ValueError, match=r"returned \(11,\) write flags for \(10,\) pages"):
+        stream.next_batch(10)
