@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .frames import FREE, NFREE, ORPHAN, PAGEBLOCK_SHIFT, PB_NFREE, PB_SIZE, SHARED, WORDS
-from .kernel import U, kernel
+from .kernel import AHEAD, U, kernel, prefetch
 from .pagebits import PTE_NONE, S_PINNED, S_WRITABLE
 from .swapdev import REG_USED, SLOT_FREE
 
@@ -135,6 +135,8 @@ def _check_secondary(pt, ft, mm, spte, sflags, expected_pins, counts, examples):
     base = mm_base[mm]
     count_pins = expected_pins.size > 0
     for p in range(spte.size):
+        if p + AHEAD < spte.size and spte[p + AHEAD] >= 0:
+            prefetch(fkey, U(spte[p + AHEAD]))
         f = spte[p]
         if f < 0:
             continue

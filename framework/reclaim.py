@@ -15,7 +15,7 @@ import numpy as np
 
 from . import counters as C
 from .frames import is_device_frame
-from .kernel import kernel
+from .kernel import AHEAD, U, kernel, prefetch
 from .notifier import Event, single_pages
 from .pagebits import P_YOUNG
 from .swapdev import swap_out_frames
@@ -62,6 +62,8 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
 @kernel
 def _test_clear_young(fkey, pflags, frames, keys, young):
     for i in range(frames.size):
+        if i + AHEAD < frames.size and fkey[frames[i + AHEAD]] >= 0:  # frames in order, their pages at random
+            prefetch(pflags, U(fkey[frames[i + AHEAD]]))
         k = fkey[frames[i]]
         keys[i] = k
         young[i] = k >= 0 and (pflags[k] & P_YOUNG) != 0

@@ -30,7 +30,7 @@ import numpy as np
 from . import counters as C
 from .components import Component, Mode
 from .frames import ORPHAN, free_frame
-from .kernel import kernel
+from .kernel import AHEAD, U, kernel, prefetch
 from .notifier import NotifierRange, PluginError
 from .pagebits import HUGE_PAGES, PTE_NONE, S_ACCESSED, S_HUGE, S_PINNED
 
@@ -198,6 +198,9 @@ def _int64(a: np.ndarray) -> np.ndarray:
 def _zap(spte, sflags, start, end, ft, ctr, zapped):
     fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
     for r in range(start.size):
+        if r + AHEAD < start.size and start[r + AHEAD] < spte.size:  # reclaim's ranges are pages far apart
+            prefetch(spte, U(start[r + AHEAD]))
+            prefetch(sflags, U(start[r + AHEAD]))
         count = 0
         lo, hi = start[r], end[r]
         if lo < spte.size and sflags[lo] & S_HUGE:  # a 2 MiB entry goes as a whole
@@ -222,6 +225,8 @@ def _zap(spte, sflags, start, end, ft, ctr, zapped):
 @kernel
 def _harvest(sflags, start, end, clear, young):
     for r in range(start.size):
+        if r + AHEAD < start.size and start[r + AHEAD] < sflags.size:
+            prefetch(sflags, U(start[r + AHEAD]))
         seen = False
         for p in range(start[r], end[r]):
             if sflags[p] & S_ACCESSED:

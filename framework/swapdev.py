@@ -18,7 +18,7 @@ import numpy as np
 
 from . import counters as C
 from .frames import free_frame
-from .kernel import kernel
+from .kernel import AHEAD, U, kernel, prefetch
 from .pagebits import P_DIRTY, P_HUGE, P_PROTNONE, P_YOUNG, clear_mask, swap_entry
 
 SLOT_FREE = -1
@@ -119,7 +119,11 @@ def swap_out_frames(pt, ft, sw, ctr, frames):
     fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
     skey, stoken, sreg = sw.key, sw.token, sw.reg
     count = 0
-    for f in frames:
+    for i in range(frames.size):
+        if i + AHEAD < frames.size and fkey[frames[i + AHEAD]] >= 0:  # frames in order, their pages at random
+            prefetch(pte, U(fkey[frames[i + AHEAD]]))
+            prefetch(pflags, U(fkey[frames[i + AHEAD]]))
+        f = frames[i]
         r = swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, f)
         if r == SWAP_FULL:
             break

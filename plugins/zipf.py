@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from mmnsim import Workload, WorkloadConfig, hookimpl, require
+from mmnsim.kernel import AHEAD, U, prefetch
 
 
 @dataclass
@@ -70,11 +71,18 @@ _CHUNK = 1 << 16  # random draws per call of the generator: keeps the draw buffe
 
 @njit(cache=True)
 def _sample(raw, table, out, at):
-    """One page per 64-bit draw: the high half picks a bucket, the low half the bucket or its alias."""
+    """One page per 64-bit draw: the high half picks a bucket, the low half the bucket or its alias.
+
+    The table is megabytes read at random, and the simulator's own state keeps evicting it from the
+    caches: each draw's entry is prefetched ``AHEAD`` draws early (its bucket is known from the draw).
+    """
     n = np.uint64(table.size)
     low = np.uint64(0xFFFFFFFF)
-    for i in range(raw.size):
-        r = raw[i]
+    m = raw.size
+    for i in range(m):
+        if i + AHEAD < m:
+            prefetch(table, ((raw[U(i + AHEAD)] >> np.uint64(32)) * n) >> np.uint64(32))
+        r = raw[U(i)]
         bucket = ((r >> np.uint64(32)) * n) >> np.uint64(32)
         entry = table[bucket]
         out[at + i] = bucket if (r & low) < (entry & low) else entry >> np.uint64(32)
