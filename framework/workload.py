@@ -19,6 +19,7 @@ import numpy as np
 from .components import Component
 from .config import require
 from .kernel import U, kernel
+from .pcg64 import random_below
 
 
 @dataclass
@@ -112,7 +113,7 @@ class WorkloadStream:
             if flags is None:
                 wf = self.workload.cfg.write_fraction
                 rng = self.workload.rng
-                flags = rng.random(pages.size, dtype=np.float32) < wf if wf else np.zeros(pages.size, bool)
+                flags = random_below(rng, pages.size, wf) if wf else np.zeros(pages.size, bool)
             flags = np.ascontiguousarray(flags, dtype=np.bool_)
             if flags.shape != pages.shape:
                 raise ValueError(

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from mmnsim import Workload, WorkloadConfig, hookimpl, require
-from mmnsim.kernel import AHEAD, U, prefetch
+from mmnsim import Workload, WorkloadConfig, hookimpl, pcg64, require
+from mmnsim.kernel import AHEAD, U, kernel, prefetch
 
 
 @dataclass
@@ -66,26 +66,30 @@ def _alias_table(order, exponent):
 
 
 _KEEP_ALWAYS = np.uint64(0xFFFFFFFF)
-_CHUNK = 1 << 16  # random draws per call of the generator: keeps the draw buffer small
+_CHUNK = 4096  # draws generated, then sampled, at a time: the buffer stays in the first-level cache
 
 
-@njit(cache=True)
-def _sample(raw, table, out, at):
-    """One page per 64-bit draw: the high half picks a bucket, the low half the bucket or its alias.
+@kernel
+def _sample(st, draws, table, out):
+    """``out.size`` pages, one per 64-bit draw of the generator: the high half picks a bucket, the low half
+    the bucket or its alias. Draws are made a buffer at a time, then sampled.
 
     The table is megabytes read at random, and the simulator's own state keeps evicting it from the
     caches: each draw's entry is prefetched ``AHEAD`` draws early (its bucket is known from the draw).
     """
     n = np.uint64(table.size)
     low = np.uint64(0xFFFFFFFF)
-    m = raw.size
-    for i in range(m):
-        if i + AHEAD < m:
-            prefetch(table, ((raw[U(i + AHEAD)] >> np.uint64(32)) * n) >> np.uint64(32))
-        r = raw[U(i)]
-        bucket = ((r >> np.uint64(32)) * n) >> np.uint64(32)
-        entry = table[bucket]
-        out[at + i] = bucket if (r & low) < (entry & low) else entry >> np.uint64(32)
+    for at in range(0, out.size, draws.size):
+        m = min(draws.size, out.size - at)
+        for i in range(m):
+            draws[U(i)] = pcg64.next_uint64(st)
+        for i in range(m):
+            if i + AHEAD < m:
+                prefetch(table, ((draws[U(i + AHEAD)] >> np.uint64(32)) * n) >> np.uint64(32))
+            r = draws[U(i)]
+            bucket = ((r >> np.uint64(32)) * n) >> np.uint64(32)
+            entry = table[bucket]
+            out[U(at + i)] = bucket if (r & low) < (entry & low) else entry >> np.uint64(32)
 
 
 class Zipf(Workload):
@@ -97,11 +101,13 @@ class Zipf(Workload):
         order = np.arange(npages, dtype=np.int32)
         rng.shuffle(order)
         self.table = _alias_table(order, float(cfg.exponent))
+        self.draws = np.empty(_CHUNK, dtype=np.uint64)
 
     def pages(self, n: int) -> np.ndarray:
         out = np.empty(n, dtype=np.int32)
-        for at in range(0, n, _CHUNK):
-            _sample(self.rng.bit_generator.random_raw(min(_CHUNK, n - at)), self.table, out, at)
+        st = pcg64.load(self.rng.bit_generator)  # the generator's random_raw stream, drawn in numba
+        _sample(st, self.draws, self.table, out)
+        pcg64.store(self.rng.bit_generator, st)
         return out
 
 
