@@ -66,30 +66,33 @@ def _alias_table(order, exponent):
 
 
 _KEEP_ALWAYS = np.uint64(0xFFFFFFFF)
-_CHUNK = 4096  # draws generated, then sampled, at a time: the buffer stays in the first-level cache
 
 
 @kernel
-def _sample(st, draws, table, out):
+def _sample(st, ring, table, out):
     """``out.size`` pages, one per 64-bit draw of the generator: the high half picks a bucket, the low half
-    the bucket or its alias. Draws are made a buffer at a time, then sampled.
+    the bucket or its alias.
 
     The table is megabytes read at random, and the simulator's own state keeps evicting it from the
-    caches: each draw's entry is prefetched ``AHEAD`` draws early (its bucket is known from the draw).
+    caches: each draw is made ``AHEAD`` pages early and its table entry prefetched then, the draw kept in
+    ``ring`` until its turn (the generator's serial arithmetic overlaps the table's cache misses).
     """
     n = np.uint64(table.size)
     low = np.uint64(0xFFFFFFFF)
-    for at in range(0, out.size, draws.size):
-        m = min(draws.size, out.size - at)
-        for i in range(m):
-            draws[U(i)] = pcg64.next_uint64(st)
-        for i in range(m):
-            if i + AHEAD < m:
-                prefetch(table, ((draws[U(i + AHEAD)] >> np.uint64(32)) * n) >> np.uint64(32))
-            r = draws[U(i)]
-            bucket = ((r >> np.uint64(32)) * n) >> np.uint64(32)
-            entry = table[bucket]
-            out[U(at + i)] = bucket if (r & low) < (entry & low) else entry >> np.uint64(32)
+    wrap = ring.size - 1  # a power of two, more than AHEAD
+    for i in range(min(AHEAD, out.size)):
+        r = pcg64.next_uint64(st)
+        ring[U(i)] = r
+        prefetch(table, ((r >> np.uint64(32)) * n) >> np.uint64(32))
+    for i in range(out.size):
+        if i + AHEAD < out.size:
+            r = pcg64.next_uint64(st)
+            ring[U((i + AHEAD) & wrap)] = r
+            prefetch(table, ((r >> np.uint64(32)) * n) >> np.uint64(32))
+        r = ring[U(i & wrap)]
+        bucket = ((r >> np.uint64(32)) * n) >> np.uint64(32)
+        entry = table[bucket]
+        out[U(i)] = bucket if (r & low) < (entry & low) else entry >> np.uint64(32)
 
 
 class Zipf(Workload):
@@ -101,12 +104,12 @@ class Zipf(Workload):
         order = np.arange(npages, dtype=np.int32)
         rng.shuffle(order)
         self.table = _alias_table(order, float(cfg.exponent))
-        self.draws = np.empty(_CHUNK, dtype=np.uint64)
+        self.ring = np.empty(1 << AHEAD.bit_length(), dtype=np.uint64)  # a power of two > AHEAD
 
     def pages(self, n: int) -> np.ndarray:
         out = np.empty(n, dtype=np.int32)
         st = pcg64.load(self.rng.bit_generator)  # the generator's random_raw stream, drawn in numba
-        _sample(st, self.draws, self.table, out)
+        _sample(st, self.ring, self.table, out)
         pcg64.store(self.rng.bit_generator, st)
         return out
 
