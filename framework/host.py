@@ -129,13 +129,17 @@ class Host:
 
     def pages_to_high(self) -> int:
         """Frames kswapd must free for every node to reach its high watermark."""
-        return int(np.maximum(self.ram[:, WMARK_HIGH] - self.ram[:, NFREE], 0).sum())
+        return self._short_of(WMARK_HIGH)
 
     def high_watermarks(self) -> int:
         return int(self.ram[:, WMARK_HIGH].sum())
 
     def pages_to_low(self) -> int:
-        return int(np.maximum(self.ram[:, WMARK_LOW] - self.ram[:, NFREE], 0).sum())
+        return self._short_of(WMARK_LOW)
+
+    def _short_of(self, watermark: int) -> int:
+        # Python ints: a node or two, asked once per reclaim round, where numpy's call overhead would dominate.
+        return sum(max(w - free, 0) for w, free in self.ram[:, [watermark, NFREE]].tolist())
 
     def free_blocks(self, node: int) -> int:
         """Whole free pageblocks (order-9 blocks, room for a THP) on ``node``."""

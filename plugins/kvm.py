@@ -70,8 +70,9 @@ class KVM(SecondaryMMU):
 
     def _age(self, start: np.ndarray, end: np.ndarray, flush: bool) -> np.ndarray:
         young = self.harvest_accessed(start, end, clear=True)
-        self.metrics["young_pages_aged"] += float((end - start).sum())
-        self.sim.charge(float((end - start).sum()) * self.cfg.age_page_ns)
+        aged = float((end - start).sum())
+        self.metrics["young_pages_aged"] += aged
+        self.sim.charge(aged * self.cfg.age_page_ns)
         if flush and self.cfg.flush_on_age:
             self._flush_remote_tlbs(int(np.count_nonzero(young)))
         return young
