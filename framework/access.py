@@ -399,12 +399,13 @@ def _cpu_hits(pages, writes, i, stop, base, pte, pflags, fkey, ftoken, ptoken, f
 
 @kernel
 def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_base, fkey, ftoken, ptoken, fref,
-              pb, distance, nid, ref, numa, check_owner, seq, ctr):  # fmt: skip
+              pb, distance, nid, ref, numa, check_owner, seq, ctr, skey, stoken):  # fmt: skip
     remote = dist = huge = 0
     while i < stop:
-        # Prefetch in two stages: the entry of the access 2 * AHEAD on, and, for the access AHEAD on whose
-        # entry (in cache by now) is missing, the PTE its fault will read. When the guest is overcommitted
-        # the faults (swap-ins) are where the time goes; each would otherwise wait on DRAM twice.
+        # Prefetch in three stages, each reading what the one before brought in: the entry of the access
+        # 2 * AHEAD on; for the access AHEAD on, if its entry is missing, the PTE its fault will read; for
+        # the access AHEAD / 2 on, if that PTE is a swap entry, the slot the swap-in will read. When the
+        # guest is overcommitted, faults (swap-ins) are where the time goes, each a chain of DRAM misses.
         if i + 2 * AHEAD < stop:
             q = U(pages[U(i + 2 * AHEAD)])
             prefetch(spte, q)
@@ -414,6 +415,11 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_ba
             if spte[q] < 0:
                 prefetch(pte, U(base + q))
                 prefetch(pflags, U(base + q))
+        if i + AHEAD // 2 < stop:
+            q = U(pages[U(i + AHEAD // 2)])
+            if spte[q] < 0 and pte[U(base + q)] < PTE_NONE:
+                prefetch(stoken, U(swap_slot(pte[U(base + q)])))
+                prefetch(skey, U(swap_slot(pte[U(base + q)])))
         p = U(pages[U(i)])
         w = writes[U(i)]
         f = spte[p]
@@ -481,11 +487,11 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
         if via_sec and numa:
             j, seq, h, r, d = _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_base,
                                               fkey, ftoken, ptoken, fref, pb, distance, nid, ref, True,
-                                              check_owner, seq, ctr)  # fmt: skip
+                                              check_owner, seq, ctr, skey, stoken)  # fmt: skip
         elif via_sec:
             j, seq, h, r, d = _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_base,
                                               fkey, ftoken, ptoken, fref, pb, distance, nid, ref, False,
-                                              check_owner, seq, ctr)  # fmt: skip
+                                              check_owner, seq, ctr, skey, stoken)  # fmt: skip
         elif numa:
             j, seq, h, r, d = _cpu_hits(pages, writes, i, stop, base, pte, pflags, fkey, ftoken, ptoken, fref,
                                               pb, distance, nid, ref, True, seq)  # fmt: skip
