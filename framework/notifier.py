@@ -60,7 +60,7 @@ class NotifierRange:
             except ValueError:
                 accepted = ", ".join(e.name for e in Event)
                 raise ValueError(f"unknown notifier event {self.event!r}; accepted: {accepted}") from None
-        if self.start.shape != self.end.shape or np.any(self.end <= self.start):
+        if self.start.shape != self.end.shape or (self.end <= self.start).any():
             raise ValueError("a notifier range batch needs start and end arrays of one shape, each end > its start")
 
     def __len__(self) -> int:
