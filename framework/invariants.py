@@ -42,15 +42,54 @@ def _note(counts, examples, kind, a, b):
     counts[kind] += 1
 
 
+@kernel(inline=True)
+def _triple_hash(key, place, token, salt):
+    """A (page, frame or slot, content) triple as 64 scrambled bits (splitmix64's finalizer)."""
+    x = ((U(key) << U(32)) | U(place)) ^ (U(token) * U(0x9E3779B97F4A7C15)) ^ salt
+    x = (x ^ (x >> U(30))) * U(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> U(27))) * U(0x94D049BB133111EB)
+    return x ^ (x >> U(31))
+
+
 @kernel
-def _check_host(pt, ft, sw, expected_pins, counts, examples):
-    """Everything but the secondary tables. Walks pages, frames and slots in order; the only random
-    lookups go from a PTE to the frame or slot it names (the rmap and content checks). Consistency the
-    other way round follows from the counts: if every present PTE's frame names that PTE back and as many
-    frames are in use as PTEs are present, the reverse map is exact (and likewise for swap slots)."""
-    pte, ptoken = pt.pte, pt.token
-    fkey, ftoken, fpin, pb, bits, node = ft.key, ft.token, ft.pin, ft.pb, ft.bits, ft.node
-    skey, stoken, sreg = sw.key, sw.token, sw.reg
+def _rmap_sums_agree(pte, ptoken, fkey, ftoken, skey, stoken, salt):
+    """Whether every present or swapped page names a frame or slot that names it back with its content,
+    judged from both sides in order, without a random lookup: the sum of the triples' hashes over the page
+    table must equal the sum over the frames in use (and over the slots in use). A wrong rmap entry or
+    content changes one sum and not the other; the sums then collide with probability about 2**-64 (per
+    check: the salt changes every tick). Returns (agree, present PTEs, swap PTEs)."""
+    nframes = fkey.size
+    nslots = skey.size
+    by_pages = U(0)
+    by_owners = U(0)
+    present = swap_ptes = 0
+    odd = False  # a PTE out of range, or content on a page never written: let the walk name it
+    # Without branches on the entries (whether a page is present, swapped or neither is random): every
+    # triple is hashed and the ones that do not count are added as 0.
+    for key in range(pte.size):
+        e = pte[key]
+        token = ptoken[key]
+        in_frame = e >= 0
+        in_slot = e < PTE_NONE
+        place = e if in_frame else nframes - 2 - e  # slots are numbered after the frames
+        h = _triple_hash(key, place, token, salt)
+        by_pages += h if in_frame or in_slot else U(0)
+        present += in_frame
+        swap_ptes += in_slot
+        odd |= (in_frame and e >= nframes) or (in_slot and -2 - e >= nslots) or (e == PTE_NONE and token != 0)
+    for f in range(nframes):
+        h = _triple_hash(fkey[f], f, ftoken[f], salt)
+        by_owners += h if fkey[f] >= 0 else U(0)
+    for s in range(nslots):
+        h = _triple_hash(skey[s], nframes + s, stoken[s], salt)
+        by_owners += h if skey[s] != SLOT_FREE else U(0)
+    return not odd and by_pages == by_owners, present, swap_ptes
+
+
+@kernel
+def _walk_pages(pte, ptoken, fkey, ftoken, skey, stoken, counts, examples):
+    """The rmap and content checks page by page (a random lookup per page), counting and naming each
+    violation. Returns (present PTEs, PTEs of shared frames, swap PTEs)."""
     nframes = fkey.size
     nslots = skey.size
     present = 0
@@ -76,6 +115,27 @@ def _check_host(pt, ft, sw, expected_pins, counts, examples):
                 _note(counts, examples, INTEGRITY, key, e)
         elif ptoken[U(key)] != 0:
             _note(counts, examples, INTEGRITY, key, e)
+    return present, shared_ptes, swap_ptes
+
+
+@kernel
+def _check_host(pt, ft, sw, expected_pins, any_shared, salt, counts, examples):
+    """Everything but the secondary tables. Walks pages, frames and slots in order. The rmap and content
+    checks (does each PTE's frame or slot name the page back, with the page's content?) are first judged
+    by ``_rmap_sums_agree``, in order; only if the sums disagree, or shared (KSM) frames exist (one frame,
+    many PTEs), does ``_walk_pages`` look each PTE's frame up to count and name the violations.
+    Consistency the other way round follows from the counts: if every present PTE's frame names that PTE
+    back and as many frames are in use as PTEs are present, the reverse map is exact (and likewise for
+    swap slots)."""
+    pte, ptoken = pt.pte, pt.token
+    fkey, ftoken, fpin, pb, bits, node = ft.key, ft.token, ft.pin, ft.pb, ft.bits, ft.node
+    skey, stoken, sreg = sw.key, sw.token, sw.reg
+    nframes = fkey.size
+    nslots = skey.size
+    agree, present, swap_ptes = _rmap_sums_agree(pte, ptoken, fkey, ftoken, skey, stoken, salt)
+    shared_ptes = 0
+    if any_shared or not agree:
+        present, shared_ptes, swap_ptes = _walk_pages(pte, ptoken, fkey, ftoken, skey, stoken, counts, examples)
     mapped = 0
     orphans = 0
     shared = 0
@@ -128,10 +188,10 @@ def _check_host(pt, ft, sw, expected_pins, counts, examples):
 
 
 @kernel
-def _check_secondary(pt, ft, mm, spte, sflags, shared, expected_pins, counts, examples):
+def _check_secondary(pt, ft, mm, spte, sflags, any_shared, expected_pins, counts, examples):
     """A secondary table against the primary: an entry whose frame is the PTE's is coherent (and, the
     host check having verified the rmap, isolated); only the rare other entry is looked up further.
-    ``shared``: whether any frame is a shared (KSM) one; if none is, a coherent entry needs no look at
+    ``any_shared``: whether any frame is a shared (KSM) one; if none is, a coherent entry needs no look at
     its frame (a random load per entry, most of this check's time otherwise)."""
     pte, mm_base, fkey = pt.pte, pt.mm_base, ft.key
     base = mm_base[mm]
@@ -143,7 +203,7 @@ def _check_secondary(pt, ft, mm, spte, sflags, shared, expected_pins, counts, ex
         if count_pins and sflags[p] & S_PINNED:
             expected_pins[f] += 1
         if pte[base + p] == f:
-            if shared and sflags[p] & S_WRITABLE and fkey[f] <= SHARED:  # a write would reach every sharer
+            if any_shared and sflags[p] & S_WRITABLE and fkey[f] <= SHARED:  # a write would reach every sharer
                 _note(counts, examples, ISOLATION, p, f)
             continue
         owner = fkey[f]
@@ -184,7 +244,7 @@ def check(sim: "Simulation") -> Report:
             )
     counts = np.zeros(len(KINDS), dtype=np.int64)
     examples = np.zeros((len(KINDS), 2), dtype=np.int64)
-    _check_host(host.pt, host.ft, host.sw, expected_pins, counts, examples)
+    _check_host(host.pt, host.ft, host.sw, expected_pins, shared, np.uint64(sim.tick), counts, examples)
     report.counts += counts
     for kind in np.flatnonzero(counts):
         a, b = examples[kind]
