@@ -8,7 +8,8 @@ its memory through the direct map at boot. A workload with an end (a trace) sets
 ``accesses: 0`` it runs until ``pages`` returns fewer than asked.
 
 Randomness comes only from the ``rng`` each workload is given (a numpy Generator derived from the run's
-seed), so a run is determined by its config.
+seed), so a run is determined by its config. Write flags, and zipf's draws, are that Generator's numbers
+drawn in numba (``mmnsim.pcg64``): the same values numpy would give, faster.
 """
 
 from dataclasses import dataclass
