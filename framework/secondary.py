@@ -228,11 +228,11 @@ def _harvest(sflags, start, end, clear, young):
         if r + AHEAD < start.size and start[r + AHEAD] < sflags.size:
             prefetch(sflags, U(start[r + AHEAD]))
         seen = False
-        for p in range(start[r], end[r]):
-            if sflags[p] & S_ACCESSED:
-                seen = True
-                if clear:
-                    sflags[p] &= ~S_ACCESSED
+        for p in range(start[r], end[r]):  # without a branch on the bit: young or not is a coin toss
+            fl = sflags[p]
+            seen |= (fl & S_ACCESSED) != 0
+            if clear:
+                sflags[p] = fl & ~S_ACCESSED
         young[r] = seen
 
 
