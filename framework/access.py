@@ -8,7 +8,8 @@ invalidation-sequence rule of KVM and of the interval notifiers:
 
     seq = snapshot of the secondary's invalidate sequence      (mmu_invalidate_seq / read_begin)
     resolve the page through the primary table                 (may reclaim, and so invalidate)
-    if an invalidation is in progress or seq moved: retry      (mmu_invalidate_retry / read_retry)
+    if an invalidation in progress covers the page, or seq moved: retry
+                                                    (mmu_invalidate_retry_gfn / mmu_interval_read_retry)
     else install the translation (and pin it, in pin mode)
 
 Whenever Python must act (wake kswapd, run direct reclaim, deliver a notifier for an eviction) the kernel
@@ -67,7 +68,21 @@ from .pagebits import (
     swap_slot,
 )
 from .pagetable import MM_HAS_NOTIFIERS
-from .secondary import DEV_NODE, IN_PROGRESS, MODE, REGION_HI, REGION_LO, SEC_HUGE, SEC_NOFAULT, SEC_PIN, SEC_YOUNG, SEQ
+from .secondary import (
+    DEV_NODE,
+    IN_PROGRESS,
+    INV_HI,
+    INV_LO,
+    MODE,
+    REGION_HI,
+    REGION_LO,
+    SEC_HUGE,
+    SEC_NOFAULT,
+    SEC_PIN,
+    SEC_RETRY_WHOLE_VM,
+    SEC_YOUNG,
+    SEQ,
+)
 from .swapdev import REG_READ_ERRORS, SWAPPED, WRITE_FAILED, io_fails, swap_free, swap_out_frame
 
 # Kernel state (ks): where a batch stopped and the fault in flight.
@@ -295,7 +310,11 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
         ks[K_FRESH] = 1  # the page was not resident: for CLOCK, this access is the miss, not a reference
     if not via_sec:
         return _AGAIN
-    if sstate[IN_PROGRESS] != 0 or sstate[SEQ] != ks[K_SEQ]:
+    # mmu_invalidate_retry_gfn: retry if an invalidation in progress covers this page (any, for an MMU that
+    # retries VM-wide, as KVM did before 6.3) or the sequence moved since the fault began.
+    busy = sstate[IN_PROGRESS] != 0 and (
+        (sstate[MODE] & SEC_RETRY_WHOLE_VM) != 0 or (sstate[INV_LO] <= p and p < sstate[INV_HI]))  # fmt: skip
+    if busy or sstate[SEQ] != ks[K_SEQ]:
         ctr[C.FAULT_RETRIES] += 1
         ks[K_RETRIES] += 1
         if ks[K_RETRIES] > MAX_RETRIES:

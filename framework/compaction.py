@@ -5,8 +5,9 @@ pageblock the migrate scanner visits that holds movable pages only is emptied: i
 frames the free scanner finds in partly used pageblocks above it, so the pageblock becomes a whole free
 block, ready for a transparent huge page. A pageblock holding a pinned page cannot be emptied (the kernel
 cannot migrate a maybe-DMA-pinned page): it is skipped and counted as a compaction failure, as are blocks
-of device memory, orphaned frames or an existing THP. Each batch of moves raises MIGRATE through the
-owning mm's notifier chain, one range per page, before the pages move.
+of device memory, orphaned frames or an existing THP. Each batch of moves raises CLEAR through the
+owning mm's notifier chain, one range per page, before the pages move: compaction migrates through
+migrate_pages, whose try_to_migrate_one (mm/rmap.c) clears each PTE with MMU_NOTIFY_CLEAR.
 """
 
 from typing import TYPE_CHECKING
@@ -109,6 +110,6 @@ def compact(sim: "Simulation", node: int, blocks: int) -> int:
         def move(sel=sel) -> None:
             _move(host.pt, host.ft, host.ctr, src[sel], dst[sel])
 
-        mm.invalidate(single_pages(mm, keys[sel] - mm.base, Event.MIGRATE), move)
+        mm.invalidate(single_pages(mm, keys[sel] - mm.base, Event.CLEAR), move)
     host.ctr[C.COMPACT_SUCCESS] += planned
     return planned

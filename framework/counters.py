@@ -43,6 +43,19 @@ NAMES = (
     "invalidations_refused",  # non-blockable batches a subscriber refused (-EAGAIN): the operation was not done
     "swap_write_errors",  # swap-outs whose write failed: the page stayed resident, its slot was released
     "swap_read_errors",  # swap-ins whose read failed: the access failed (a guest memory error), the page stays in swap
+    # Ranges delivered by invalidate_range_start (and interval invalidate), by event (enum mmu_notifier_event
+    # order, as notifier.Event): which kernel paths invalidated, e.g. no MIGRATE without device memory.
+    "invalidations_unmap",
+    "invalidations_clear",
+    "invalidations_protection_vma",
+    "invalidations_protection_page",
+    "invalidations_soft_dirty",
+    "invalidations_release",
+    "invalidations_migrate",
+    "invalidations_exclusive",
+    "oom_kills",  # oom_kill: tenants the OOM killer killed (mm/oom_kill.c oom_kill_process)
+    "oom_reaper_refusals",  # OOM-reaper ranges a subscriber refused (non-blockable): skipped, retried later
+    "oom_reaped_pages",  # pages (present or swapped) the OOM reaper tore down (__oom_reap_task_mm)
     "write_seq",  # content-token generator: bumped on every write
 )
 
@@ -83,6 +96,17 @@ NAMES = (
     INVALIDATIONS_REFUSED,
     SWAP_WRITE_ERRORS,
     SWAP_READ_ERRORS,
+    INVALIDATIONS_BY_EVENT,  # + notifier.Event value
+    _INVALIDATIONS_CLEAR,
+    _INVALIDATIONS_PROTECTION_VMA,
+    _INVALIDATIONS_PROTECTION_PAGE,
+    _INVALIDATIONS_SOFT_DIRTY,
+    _INVALIDATIONS_RELEASE,
+    _INVALIDATIONS_MIGRATE,
+    _INVALIDATIONS_EXCLUSIVE,
+    OOM_KILLS,
+    OOM_REAPER_REFUSALS,
+    OOM_REAPED_PAGES,
     WRITE_SEQ,
 ) = range(len(NAMES))
 

@@ -1,9 +1,12 @@
 """Page migration (mm/migrate.c): move pages of an mm to frames on another node, RAM or device memory.
 
 The building block of NUMA balancing, compaction and device-private memory. For each batch, the
-secondary MMUs are told first (event MIGRATE, one range per page, with the ``owner`` that asked, so a
-device migrating its own pages can skip the event), then each page's content is copied to a new frame,
-its PTE repointed and the old frame freed. A pinned page cannot move (the kernel's migration fails on a
+secondary MMUs are told first, one range per page, then each page's content is copied to a new frame,
+its PTE repointed and the old frame freed. The event is the kernel's: a move between RAM nodes
+(NUMA balancing, compaction: migrate_pages -> try_to_migrate -> try_to_migrate_one in mm/rmap.c) raises
+CLEAR; a move into or out of device-private memory (migrate_vma_setup -> migrate_vma_collect in
+mm/migrate_device.c) raises MIGRATE with the ``owner`` that asked (the pgmap owner), so a device
+migrating its own pages can skip the event. A pinned page cannot move (the kernel's migration fails on a
 maybe-DMA-pinned folio) and is counted as refused, as are a shared (KSM) page and a page for which the
 target has no free frame.
 """
@@ -74,11 +77,13 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
     if pages.size == 0:
         return 0
     device = node in host.device_nodes
+    # Device migration in either direction (to device memory, or migrate_to_ram back) is migrate_vma_*.
+    event = Event.MIGRATE if device or bool((mm.flags[pages] & P_DEVICE).any()) else Event.CLEAR
     moved = 0
 
     def move() -> None:
         nonlocal moved
         moved = _move(host.pt, host.ft, host.ctr, mm.base, pages, node, keep_free, device)
 
-    mm.invalidate(single_pages(mm, pages, Event.MIGRATE, owner=owner), move)
+    mm.invalidate(single_pages(mm, pages, event, owner=owner if event is Event.MIGRATE else None), move)
     return moved

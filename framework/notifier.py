@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pluggy
 
-from .counters import INVALIDATIONS, INVALIDATIONS_REFUSED
+from .counters import INVALIDATIONS, INVALIDATIONS_BY_EVENT, INVALIDATIONS_REFUSED
 from .hookspecs import PROJECT, NotifierOps
 from .invariants import verify_young
 from .pagetable import MM_HAS_NOTIFIERS
@@ -26,16 +26,20 @@ log = logging.getLogger("mmnsim")
 
 
 class Event(IntEnum):
-    """Why an invalidation happens: ``enum mmu_notifier_event``."""
+    """Why an invalidation happens: ``enum mmu_notifier_event`` (include/linux/mmu_notifier.h), with the
+    kernel paths that raise each, as the simulator raises them."""
 
-    UNMAP = 0  # munmap, mremap: the range is going away
-    CLEAR = 1  # the PTEs are cleared but the range stays (madvise, reclaim, page replacement)
-    PROTECTION_VMA = 2  # mprotect, and NUMA balancing's PROT_NONE scan, over the whole range
-    PROTECTION_PAGE = 3  # one page write-protected (writeback clean, KSM)
+    UNMAP = 0  # munmap/exit (unmap_vmas), the OOM reaper (__oom_reap_task_mm, non-blockable)
+    # The PTEs are cleared but the range stays: MADV_DONTNEED (zap_page_range_single), reclaim
+    # (try_to_unmap_one), NUMA and compaction migration (try_to_migrate_one), THP split (__split_huge_pmd)
+    # and collapse (collapse_huge_page), KSM (write_protect_page, replace_page), COW (wp_page_copy).
+    CLEAR = 1
+    PROTECTION_VMA = 2  # mprotect and NUMA balancing's change_prot_numa (change_pud_range), over the range
+    PROTECTION_PAGE = 3  # one page write-protected (page_mkclean_one: writeback)
     SOFT_DIRTY = 4  # soft-dirty tracking write-protected the range
-    RELEASE = 5  # the mm is being torn down (interval notifiers)
-    MIGRATE = 6  # pages migrate, possibly to device memory (``owner`` is the device)
-    EXCLUSIVE = 7  # a device takes exclusive access (``owner`` is the device)
+    RELEASE = 5  # the mm is being torn down (interval notifiers, mn_itree_release)
+    MIGRATE = 6  # device migration only (migrate_vma_collect, mm/migrate_device.c); ``owner`` is the device
+    EXCLUSIVE = 7  # a device takes exclusive access (make_device_exclusive; ``owner`` is the device)
 
 
 class PluginError(RuntimeError):
@@ -142,11 +146,11 @@ class NotifierChain:
         for impl in reversed(getattr(self._pm.hook, op).get_hookimpls()):
             yield impl.plugin_name, impl.function, impl.argnames, impl.plugin
 
-    def call(self, op: str, **kwargs: Any) -> list[tuple[str, Any]]:
+    def call(self, op: str, stop_on_refusal: bool = False, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call ``op`` on every subscriber implementing it; return (subscriber name, result) pairs.
 
         ``invalidate`` goes to each interval subscriber with ``ranges`` clipped to its region, if any
-        overlap."""
+        overlap. ``stop_on_refusal``: stop after the first subscriber that returns False."""
         results = []
         for name, fn, argnames, plugin in self._impls(op):
             args = kwargs
@@ -162,14 +166,24 @@ class NotifierChain:
             except Exception as exc:
                 raise PluginError(f"secondary MMU '{name}' raised in {op}: {exc!r}") from exc
             results.append((name, result))
+            if stop_on_refusal and result is False:
+                break
         return results
 
     def invalidate_range_start(self, ranges: NotifierRange) -> bool:
-        """mmu_notifier_invalidate_range_start: False if a subscriber refused a non-blockable batch."""
-        self.mm.sim.host.ctr[INVALIDATIONS] += len(ranges)
+        """mmu_notifier_invalidate_range_start: False if a subscriber refused a non-blockable batch.
+
+        As __mmu_notifier_invalidate_range_start (mm/mmu_notifier.c): the interval subscribers first
+        (mn_itree_invalidate), stopping at the first that refuses, in which case no whole-mm subscriber is
+        called at all; then every whole-mm subscriber (mn_hlist_invalidate_range_start), and if one of
+        those refused, ``invalidate_range_end`` on every one that implements it."""
+        ctr = self.mm.sim.host.ctr
+        ctr[INVALIDATIONS] += len(ranges)
+        ctr[INVALIDATIONS_BY_EVENT + ranges.event] += len(ranges)
         self.invalidate_seq += 1
-        results = self.call("invalidate", ranges=ranges, cur_seq=self.invalidate_seq)
-        results += self.call("invalidate_range_start", ranges=ranges)
+        results = self.call("invalidate", ranges=ranges, cur_seq=self.invalidate_seq, stop_on_refusal=True)
+        if not any(res is False for _, res in results):
+            results += self.call("invalidate_range_start", ranges=ranges)
         refused = [name for name, res in results if res is False]
         if not refused:
             return True
@@ -185,8 +199,11 @@ class NotifierChain:
                 f"secondary MMU '{sorted(ending & set(refused))[0]}' refused invalidate_range_start but "
                 "implements invalidate_range_end: a subscriber that can refuse must not implement end"
             )
-        self.invalidate_range_end(ranges)
-        self.mm.sim.host.ctr[INVALIDATIONS_REFUSED] += len(ranges)
+        if not any(name in refused for name, _, _, _ in self._impls("invalidate")):
+            self.invalidate_range_end(ranges)  # the whole-mm subscribers did start: end them
+        else:
+            self.invalidate_seq += 1  # mn_itree_inv_end
+        ctr[INVALIDATIONS_REFUSED] += len(ranges)
         log.warning(
             "secondary MMU '%s' refused a non-blockable invalidation (%s, pages [%d, %d) of mm '%s'%s): the "
             "operation was not done", refused[0], ranges.event.name, ranges.start[0], ranges.end[0], self.mm.name,
@@ -229,6 +246,10 @@ class NotifierChain:
         """mmu_notifier_release: every subscriber drops the mm, then leaves the chain. Interval
         subscribers get an ``invalidate`` of the whole mm with event RELEASE (mn_itree_release)."""
         whole = NotifierRange(self.mm, np.array([0]), np.array([self.mm.npages]), Event.RELEASE)
+        if next(self._impls("invalidate"), None) is not None:
+            ctr = self.mm.sim.host.ctr
+            ctr[INVALIDATIONS] += 1
+            ctr[INVALIDATIONS_BY_EVENT + Event.RELEASE] += 1
         self.invalidate_seq += 1
         self.call("invalidate", ranges=whole, cur_seq=self.invalidate_seq)
         self.invalidate_seq += 1

@@ -16,9 +16,13 @@ Three kinds of subscriber, as in the kernel:
   ``arch_invalidate_secondary_tlbs``.
 
 ``state`` holds what the fault path checks before installing an entry: ``state[SEQ]`` (KVM's
-mmu_invalidate_seq, or the interval's invalidate_seq) and ``state[IN_PROGRESS]``
-(mmu_invalidate_in_progress). A fault that began before an invalidation ended, or runs while one is in
-progress, is retried (mmu_invalidate_retry, mmu_interval_read_retry). A plugin that forgets to bump the
+mmu_invalidate_seq, or the interval's invalidate_seq), ``state[IN_PROGRESS]``
+(mmu_invalidate_in_progress) and ``state[INV_LO:INV_HI + 1]``, the union of the ranges being invalidated
+(mmu_invalidate_range_start/_end, grown by kvm_mmu_invalidate_range_add). A fault is retried when the
+sequence moved since it began, or when an invalidation in progress covers its page
+(mmu_invalidate_retry_gfn in include/linux/kvm_host.h; mmu_interval_read_retry for interval
+subscribers). An MMU with ``SEC_RETRY_WHOLE_VM`` retries while any invalidation is in progress, as KVM's
+mmu_notifier_retry did before the range was tracked (2.6.27 to 6.2). A plugin that forgets to bump the
 sequence lets stale entries in, and the coherence check reports it.
 """
 
@@ -38,13 +42,15 @@ if TYPE_CHECKING:
     from .simulation import Client, Simulation
 
 # Layout of SecondaryMMU.state.
-SEQ, IN_PROGRESS, MODE, DEV_NODE, REGION_LO, REGION_HI = range(6)  # DEV_NODE: device memory node or -1
-STATE_SIZE = 6
+# DEV_NODE: device memory node or -1. INV_LO, INV_HI: pages being invalidated, while IN_PROGRESS > 0.
+SEQ, IN_PROGRESS, MODE, DEV_NODE, REGION_LO, REGION_HI, INV_LO, INV_HI = range(8)
+STATE_SIZE = 8
 # Bits of state[MODE].
 SEC_PIN = 1  # install entries with a long-term pin
 SEC_YOUNG = 2  # accesses through this MMU are visible to reclaim (it implements the young ops)
 SEC_NOFAULT = 4  # the device cannot fault: an access without an entry is an error (classic RDMA MRs)
 SEC_HUGE = 8  # maps a transparent huge page with one 2 MiB entry (KVM's host-mapping-level rule)
+SEC_RETRY_WHOLE_VM = 16  # retry every fault while any invalidation is in progress (KVM before 6.3)
 
 
 class SecondaryMMU(Component):
@@ -157,7 +163,15 @@ class SecondaryMMU(Component):
 
     # -- helpers for NotifierOps implementations --
 
-    def begin_invalidate(self) -> None:
+    def begin_invalidate(self, ranges: NotifierRange | None = None) -> None:
+        """kvm_mmu_invalidate_begin + kvm_mmu_invalidate_range_add: raise in_progress and add ``ranges``
+        (None: the whole mm) to the range the fault path must not install into until ``end_invalidate``."""
+        lo, hi = (0, self.mm.npages) if ranges is None else (int(ranges.start.min()), int(ranges.end.max()))
+        if self.state[IN_PROGRESS] == 0:
+            self.state[INV_LO], self.state[INV_HI] = lo, hi
+        else:
+            self.state[INV_LO] = min(self.state[INV_LO], lo)
+            self.state[INV_HI] = max(self.state[INV_HI], hi)
         self.state[IN_PROGRESS] += 1
 
     def end_invalidate(self) -> None:

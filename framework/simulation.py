@@ -65,7 +65,7 @@ PER_SECONDARY = ("accesses", "writes", "secondary_faults", "fault_retries", "maj
                  "access_errors", "pins_acquired", "remote_accesses", "huge_accesses")  # fmt: skip
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
-_EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0], dtype=np.int64)  # SEQ, IN_PROGRESS, MODE, DEV_NODE, region
+_EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE: SEQ, ..., DEV_NODE = -1
 
 
 class InvariantViolation(RuntimeError):

@@ -4,8 +4,8 @@ accessed by the guest's vCPUs.
 Notifier mode follows virt/kvm/kvm_main.c. ``invalidate_range_start`` raises mmu_invalidate_in_progress,
 zaps every spte in the ranges and, for each range that zapped anything, flushes the remote TLBs
 (kvm_flush_remote_tlbs: one request and an IPI to every vCPU in guest mode). ``invalidate_range_end`` bumps
-mmu_invalidate_seq and lowers in_progress; the framework's fault path retries on either, as
-mmu_invalidate_retry_gfn does. KVM filters no event type: every event zaps. Aging test-and-clears the
+mmu_invalidate_seq and lowers in_progress; the framework's fault path retries a fault whose page lies in
+the range being invalidated, or that began before the sequence moved, as mmu_invalidate_retry_gfn does. KVM filters no event type: every event zaps. Aging test-and-clears the
 spte accessed bits; x86 elides the TLB flush when aging (KVM_ELIDE_TLB_FLUSH_IF_YOUNG), other
 architectures flush each range found young (``flush_on_age``).
 
@@ -59,7 +59,7 @@ class KVM(SecondaryMMU):
 
     @hookimpl
     def invalidate_range_start(self, ranges: NotifierRange) -> None:
-        self.begin_invalidate()
+        self.begin_invalidate(ranges)
         zapped = self.zap(ranges.start, ranges.end)
         self.sim.charge(float(zapped.sum()) * self.cfg.zap_page_ns)
         self._flush_remote_tlbs(int(np.count_nonzero(zapped)))
