@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+from test_notifier_semantics import booted
 
 from conftest import simulation
 from mmnsim import Event, NotifierRange, PluginError, hookimpl
 from mmnsim.compaction import compact
 from mmnsim.secondary import IN_PROGRESS, INV_HI, INV_LO, MODE, SEC_RETRY_WHOLE_VM
-
-from test_notifier_semantics import Recorder, booted
 
 
 def test_numa_and_compaction_migration_raise_clear_not_migrate():
