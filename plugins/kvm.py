@@ -7,7 +7,8 @@ zaps every spte in the ranges and, for each range that zapped anything, flushes 
 mmu_invalidate_seq and lowers in_progress; the framework's fault path retries a fault whose page lies in
 the range being invalidated, or that began before the sequence moved, as mmu_invalidate_retry_gfn does.
 KVM filters no event type: every event zaps. Aging test-and-clears the spte accessed bits; x86 elides
-the TLB flush when aging (KVM_ELIDE_TLB_FLUSH_IF_YOUNG), other architectures flush each range found young (``flush_on_age``).
+the TLB flush when aging (KVM_ELIDE_TLB_FLUSH_IF_YOUNG), other architectures flush each range found
+young (``flush_on_age``).
 
 Pin mode is KVM before mmu notifiers (2.6.25): every page it maps stays pinned (get_user_pages) until the
 VM is destroyed, and it never subscribes, so reclaim, migration and compaction must leave those pages
