@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from . import _numba_cache  # noqa: F401  (first: it sets numba's cache directory before any kernel exists)
 from .components import HostPolicy, Mode, NoConfig, SecondaryConfig
 from .config import ConfigError, require
+from .costs import walk_refs
 from .discovery import PluginConfSearchPath
 from .hookspecs import hookimpl, hookspec
 from .migrate import migrate
@@ -69,4 +70,5 @@ __all__ = [
     "single_pages",
     "sum_per_range",
     "swap_out",
+    "walk_refs",
 ]

@@ -451,10 +451,16 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_ba
         if check_owner:  # does the entry's frame hold the page?
             owner = fkey[U(f)]
             if owner != key and not (owner <= SHARED and pte[U(key)] == f):
-                if owner == FREE or (owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
+                other = owner != ORPHAN and np.searchsorted(mm_base, owner, side="right") - 1 != mm
+                if owner == FREE or other:
                     ctr[C.ISOLATION_VIOLATIONS] += 1
                 else:
                     ctr[C.COHERENCE_VIOLATIONS] += 1
+                if w:  # what the access did: a write lands in whatever the frame now holds
+                    ctr[C.STALE_WRITES] += 1
+                    ctr[C.FOREIGN_WRITES] += owner >= 0 and other
+                else:
+                    ctr[C.STALE_READS] += 1
         if not sfl & S_ACCESSED:
             sflags[p] = sfl | S_ACCESSED
         huge += (sfl & S_HUGE) != 0

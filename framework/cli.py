@@ -35,7 +35,24 @@ CONFIG_MODULE = "mmnsim.conf"
 log = logging.getLogger("mmnsim")
 
 
+# Config groups whose options are named by numbers (``kernel=2008``): Hydra reads a bare number as an int,
+# which it refuses as a group option, so the command line quotes them before Hydra parses it.
+NUMBERED_GROUPS = ("kernel",)
+
+
+def quote_numbered_options(argv: list[str]) -> list[str]:
+    """``kernel=2008`` -> ``kernel='2008'``, ``kernel=2008,6.x`` -> ``kernel='2008','6.x'``; others as given."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+~") in NUMBERED_GROUPS and value and not any(c in value for c in "'\"()[]{}"):
+            value = ",".join(f"'{v}'" for v in value.split(","))
+        out.append(f"{key}{eq}{value}")
+    return out
+
+
 def main() -> None:
+    sys.argv[1:] = quote_numbered_options(sys.argv[1:])
     try:
         check_overrides(sys.argv[1:])
     except ConfigError as exc:

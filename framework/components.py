@@ -39,6 +39,10 @@ class Mode(StrEnum):
 
     pin = "pin"  # get_user_pages(FOLL_LONGTERM): frames stay pinned until teardown
     notifier = "notifier"  # no long-term pin: subscribe to the mm's notifier chain
+    # The unsafe strawman: map without pinning and without subscribing (the page reference is dropped once
+    # the entry is installed, the entry kept). Reclaim and migration then free or move frames the device
+    # still reaches; the invariant checks count what that does. Why KVM pinned before notifiers existed.
+    unpinned = "unpinned"
 
 
 @dataclass

@@ -56,6 +56,13 @@ NAMES = (
     "oom_kills",  # oom_kill: tenants the OOM killer killed (mm/oom_kill.c oom_kill_process)
     "oom_reaper_refusals",  # OOM-reaper ranges a subscriber refused (non-blockable): skipped, retried later
     "oom_reaped_pages",  # pages (present or swapped) the OOM reaper tore down (__oom_reap_task_mm)
+    "invalidate_page_calls",  # pages invalidated with the 2.6.27 invalidate_page op (kernel=2008; also in invalidations)
+    # With engine.check_accesses, accesses through a secondary entry whose frame no longer holds the page
+    # (the unsafe unpinned mode; a buggy plugin): reads of freed or reused memory, writes to such frames,
+    # and of those the writes into a frame holding another tenant's page.
+    "stale_reads",
+    "stale_writes",
+    "foreign_writes",
     "write_seq",  # content-token generator: bumped on every write
 )
 
@@ -107,6 +114,10 @@ NAMES = (
     OOM_KILLS,
     OOM_REAPER_REFUSALS,
     OOM_REAPED_PAGES,
+    INVALIDATE_PAGE_CALLS,
+    STALE_READS,
+    STALE_WRITES,
+    FOREIGN_WRITES,
     WRITE_SEQ,
 ) = range(len(NAMES))
 

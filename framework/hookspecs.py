@@ -75,6 +75,27 @@ class NotifierOps:
         """
 
     @hookspec
+    def invalidate_page(self, mm, pages):
+        """2.6.25 to 4.12: the primary PTE of each page in ``pages`` (an int64 array of pages of ``mm``) was
+        just cleared; drop every translation of those pages, and flush, before returning.
+
+        ``invalidate_page`` of 2.6.27's struct mmu_notifier_ops (include/linux/mmu_notifier.h): called by
+        ptep_clear_flush_notify, once per page, from try_to_unmap_one (mm/rmap.c), that is by reclaim and
+        page migration, with no ``invalidate_range_start``/``_end`` around it. "Before this is invoked any
+        secondary MMU is still ok to read/write to the page previously pointed by the Linux pte because the
+        old page hasn't been freed yet": the page is freed only after every subscriber has returned. There
+        is no in-progress window, so a fault that resolved the page before the call must not install it
+        after: the subscriber moves its sequence first (KVM's kvm_mmu_notifier_invalidate_page bumps
+        mmu_notifier_seq under mmu_lock, unmaps the hva, then kvm_flush_remote_tlbs()).
+
+        Delivered only under ``kernel=2008`` (``kernel.invalidate_page``), in place of the start/end batch
+        those paths raise today; the framework calls it just before it updates the PTEs, with nothing run in
+        between. A subscriber that does not implement it hears nothing from reclaim and migration, as with
+        2.6.27's __mmu_notifier_invalidate_page, which skipped ops that did not set it (4.13, commit
+        369ea8242c0f, replaced these calls with start/end and removed the op).
+        """
+
+    @hookspec
     def clear_flush_young(self, mm, start, end):
         """Test and clear the accessed bit of every translation in each range, flushing if needed.
 

@@ -18,7 +18,7 @@ import numpy as np
 from . import counters as C
 from .frames import NFREE, PAGEBLOCK_SHIFT, PB_NODE, alloc_frame, free_frame
 from .kernel import kernel
-from .notifier import Event, single_pages
+from .notifier import Event
 from .pagebits import P_DEVICE
 from .thp import split
 
@@ -85,5 +85,6 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
         nonlocal moved
         moved = _move(host.pt, host.ft, host.ctr, mm.base, pages, node, keep_free, device)
 
-    mm.invalidate(single_pages(mm, pages, event, owner=owner if event is Event.MIGRATE else None), move)
+    # Per page, as try_to_migrate_one (and under kernel=2008, try_to_unmap_one's invalidate_page).
+    mm.invalidate_pages(pages, event, move, owner=owner if event is Event.MIGRATE else None)
     return moved

@@ -182,6 +182,18 @@ class MM:
         self.chain.invalidate_range_end(ranges)
         return True
 
+    def invalidate_pages(self, pages: np.ndarray, event: Event, change, owner: object | None = None) -> bool:
+        """Run ``change()`` for a batch of single pages unmapped one by one, as try_to_unmap_one (mm/rmap.c)
+        does for reclaim and migration: a start/end batch of one-page ranges, or under ``kernel=2008``
+        (``kernel.invalidate_page``) the 2.6.27 ``invalidate_page`` op, page by page, with no bracket.
+        Device migration (MIGRATE, migrate_vma_*) always brackets. Returns False if a subscriber refused."""
+        if self.sim.kernel.invalidate_page and event is not Event.MIGRATE:
+            if self.chain:
+                self.chain.invalidate_page(pages, event)
+            change()
+            return True
+        return self.invalidate(single_pages(self, pages, event, owner=owner), change)
+
     def _zap(self, start: int, end: int, event: Event, keep_vma: bool) -> int:
         self.check_range(start, end)
         split_straddling(self.sim, self, start, end)

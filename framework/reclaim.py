@@ -4,7 +4,8 @@
 * ``referenced``: were they used since last asked? The primary PTE's young bit, and every subscribed
   secondary MMU's answer through ``clear_flush_young`` or ``clear_young`` (folio_referenced).
 * ``swap_out``: invalidate the secondaries (one range per page, event CLEAR, as try_to_unmap does per
-  folio), write the pages to swap and free their frames (shrink_folio_list + pageout).
+  folio; under ``kernel=2008`` the ``invalidate_page`` op per page, as until 4.13), write the pages to swap
+  and free their frames (shrink_folio_list + pageout).
 
 A policy combines them; the built-in ``swap`` policy is one such combination.
 """
@@ -16,7 +17,7 @@ import numpy as np
 from . import counters as C
 from .frames import is_device_frame
 from .kernel import AHEAD, U, kernel, prefetch
-from .notifier import Event, single_pages
+from .notifier import Event
 from .pagebits import P_YOUNG
 from .swapdev import swap_out_frames
 from .thp import split
@@ -108,7 +109,7 @@ def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
             nonlocal count
             count = swap_out_frames(host.pt, host.ft, host.sw, host.ctr, mine)
 
-        mm.invalidate(single_pages(mm, pages, Event.CLEAR), write_out)
+        mm.invalidate_pages(pages, Event.CLEAR, write_out)  # start/end per page, or 2.6.27's invalidate_page
         done += count
     return done
 

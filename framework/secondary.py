@@ -33,6 +33,7 @@ import numpy as np
 
 from . import counters as C
 from .components import Component, Mode
+from .costs import walk_refs
 from .frames import ORPHAN, free_frame
 from .kernel import AHEAD, U, kernel, prefetch
 from .notifier import NotifierRange, PluginError
@@ -58,6 +59,9 @@ class SecondaryMMU(Component):
     young: ClassVar[bool] = False  # True if the plugin reports accessed bits through the young ops
     huge: ClassVar[bool] = False  # True if it maps a THP with one 2 MiB entry
     interval: ClassVar[bool] = False  # True for an interval subscriber (implements ``invalidate``)
+    # True to retry every fault while any invalidation is in progress (KVM before the gfn range was
+    # tracked); a subclass may set it, like ``young``, on the instance before calling __init__.
+    retry_whole_vm: ClassVar[bool] = False
     # True for a device that walks the CPU page table itself (IOMMU shared virtual addressing): it keeps
     # no table (``spte`` stays empty), its accesses go through the primary table and set its accessed
     # bits, a missing page is an I/O page fault (counted as its secondary fault), and all it needs to
@@ -70,6 +74,12 @@ class SecondaryMMU(Component):
         self.mm = client.mm
         self.cfg = cfg
         self.region = client.region  # the pages [start, end) of the mm this device maps
+        # The mode it runs in: its configured one, except that before interval notifiers existed (kernel=2008)
+        # an interval subscriber (RDMA ODP, GPU SVM) could only register by pinning (ib_umem_get, userptr).
+        self.mode: Mode = cfg.mode
+        forced = self.interval and cfg.mode is Mode.notifier and not sim.kernel.interval_notifiers
+        if forced:
+            self.mode = Mode.pin
         entries = 0 if self.shares_cpu_tables else self.mm.npages
         self.spte = np.full(entries, PTE_NONE, dtype=np.int32)
         self.sflags = np.zeros(entries, dtype=np.uint8)
@@ -81,8 +91,11 @@ class SecondaryMMU(Component):
             | (SEC_YOUNG if self.young else 0)
             | (0 if self.faults else SEC_NOFAULT)
             | (SEC_HUGE if self.huge else 0)
+            | (SEC_RETRY_WHOLE_VM if self.retry_whole_vm else 0)
         )
         self.metrics: dict[str, float] = defaultdict(float)  # this plugin's own metrics
+        if forced:
+            self.metrics["forced_pin"] = 1.0
         self.counts: dict[str, float] = defaultdict(float)  # kernel counters of its client's accesses
 
     @classmethod
@@ -113,17 +126,23 @@ class SecondaryMMU(Component):
 
     @property
     def pin_mode(self) -> bool:
-        return self.cfg.mode is Mode.pin
+        return self.mode is Mode.pin
 
     @property
     def faults(self) -> bool:
         """Whether the device can take a fault on a missing entry (KVM, ODP, SVM can; pinned MRs cannot)."""
         return True
 
-    def walk_refs(self, huge: bool) -> int:
-        """Memory references of one walk of this MMU's tables after a TLB miss: a 4-level table, one
-        level less through a 2 MiB entry. A nested walk (KVM) costs more."""
-        return 3 if huge else 4
+    def walk_refs(self, huge: bool) -> float:
+        """Memory references of one walk of this MMU's tables after a TLB miss (``mmnsim.costs.walk_refs``,
+        page-walk caches counted): a 4-level table, one level less through a 2 MiB entry. A nested walk
+        (KVM) costs more."""
+        return walk_refs(self.sim.costs.pwc_miss, 3 if huge else 4)
+
+    def tlb_huge(self) -> bool:
+        """Whether a TLB entry for an access through a 2 MiB entry of this MMU covers 2 MiB (the smaller
+        of every translation dimension's page; a guest's own 4 KiB pages splinter it)."""
+        return True
 
     def fault_cost_ns(self, faults: int) -> float:
         """Cost of ``faults`` secondary faults beyond the primary fault path (VM exit and handling, ...)."""
@@ -131,8 +150,8 @@ class SecondaryMMU(Component):
 
     def attach(self) -> None:
         """Start mapping the mm: in notifier mode, subscribe to its chain (mmu_notifier_register or
-        mmu_interval_notifier_insert)."""
-        if not self.pin_mode:
+        mmu_interval_notifier_insert). Pin and unpinned modes do not subscribe."""
+        if self.mode is Mode.notifier:
             self.mm.chain.subscribe(self)
 
     def populate(self, start: int, end: int) -> int:
@@ -176,6 +195,11 @@ class SecondaryMMU(Component):
 
     def end_invalidate(self) -> None:
         self.state[IN_PROGRESS] -= 1
+        self.state[SEQ] += 1
+
+    def bump_seq(self) -> None:
+        """Move the sequence without an in-progress window (2.6.27's invalidate_page: mmu_notifier_seq++),
+        so that a fault that resolved its page before the invalidation retries."""
         self.state[SEQ] += 1
 
     def set_seq(self, cur_seq: int) -> None:

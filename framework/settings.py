@@ -14,10 +14,12 @@ from .config import ConfigError, require, typed
 from .costs import Costs
 from .discovery import KIND_DIRS, Registry
 from .host import MIB_PAGES, HostConfig
+from .kernelconf import TODAY, KernelConfig
 from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
-TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine", "report")
+TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine", "report",
+             "kernel")
 # ("report" is read by mmnsim-experiment, not by the simulation.)
 
 
@@ -28,6 +30,7 @@ class GuestConfig:
     count: int  # identical guests, each its own mm, secondary MMU and workload stream
     vcpu_nodes: list[int] | None  # NUMA node of each vCPU; null = guest i entirely on node i % nodes
     devices: list[dict[str, Any]]  # more clients of each guest's memory: DeviceConfig mappings
+    thp: bool  # the guest kernel maps its memory with 2 MiB pages (its own THP); sets the TLB reach
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
@@ -61,6 +64,7 @@ class ProcessConfig:
     secondary: dict[str, Any] | None = None  # e.g. {name: kvm}; unset keys from conf/secondary/<name>.yaml
     vcpus: int = 1
     devices: list[dict[str, Any]] = field(default_factory=list)
+    guest_thp: bool = True  # with a kvm secondary: the guest inside maps its memory with 2 MiB pages
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
@@ -98,6 +102,7 @@ class TenantSpec:
     name: str
     pages: int
     clients: list[ClientSpec]
+    guest_thp: bool = False  # a guest (KVM) whose own kernel maps its memory with 2 MiB pages
 
 
 @dataclass
@@ -108,6 +113,7 @@ class Settings:
     costs: Costs
     tenants: list[TenantSpec]
     policies: dict[str, tuple[type[Component], Any]] = field(default_factory=dict)
+    kernel: KernelConfig = field(default_factory=lambda: TODAY)
 
 
 def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
@@ -123,6 +129,7 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     engine = typed(top.get("engine"), EngineConfig, "engine")
     costs = typed(top.get("costs"), Costs, "costs")
     guest = typed(top.get("guest"), GuestConfig, "guest")
+    kernel = typed(top["kernel"], KernelConfig, "kernel") if top.get("kernel") is not None else TODAY
     secondary = _secondary(top.get("secondary"), registry)
     workload = _workload(top.get("workload"), "workload", registry)
     policies = {
@@ -135,7 +142,7 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     for i in range(guest.count):
         main = _client(_guest_nodes(guest, i, host), workload, secondary, pages, "secondary")
         devices = _devices(guest.devices, "guest.devices", pages, host, registry)
-        tenants.append(TenantSpec(f"guest{i}", pages, [main, *devices]))
+        tenants.append(TenantSpec(f"guest{i}", pages, [main, *devices], guest.thp))
     for i, node in enumerate(top.get("processes") or []):
         key = f"processes[{i}]"
         proc = typed(node, ProcessConfig, key)
@@ -145,7 +152,7 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         sec = _secondary(proc.secondary, registry, f"{key}.secondary") if proc.secondary else None
         main = _client(np.full(proc.vcpus, proc.node), wl, sec, pages, f"{key}.secondary")
         tenants.append(TenantSpec(proc.name, pages, [main, *_devices(proc.devices, f"{key}.devices", pages, host,
-                                                                        registry)]))  # fmt: skip
+                                                                        registry)], proc.guest_thp))  # fmt: skip
     names = [t.name for t in tenants]
     if len(set(names)) != len(names):
         raise ConfigError(f"processes: names must be unique and differ from guest0..guestN; got {names}")
@@ -157,7 +164,7 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
             f"guest.memory_mib: the tenants need {need // MIB_PAGES} MiB but host.memory_mib + host.swap_mib "
             f"hold only {have // MIB_PAGES} MiB; shrink the guests or add RAM or swap"
         )
-    return Settings(seed, host, engine, costs, tenants, policies)
+    return Settings(seed, host, engine, costs, tenants, policies, kernel)
 
 
 def _client(nodes: np.ndarray, workload, secondary, pages: int, key: str) -> ClientSpec:

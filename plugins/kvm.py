@@ -12,15 +12,37 @@ young (``flush_on_age``).
 
 Pin mode is KVM before mmu notifiers (2.6.25): every page it maps stays pinned (get_user_pages) until the
 VM is destroyed, and it never subscribes, so reclaim, migration and compaction must leave those pages
-alone.
+alone. Unpinned mode is what KVM could not do: drop the page reference after mapping it, without
+subscribing; reclaim then frees frames the guest still reaches (the invariant checks count it).
+
+Under ``kernel=2008`` (``sim.kernel``) KVM behaves as in 2.6.27 (virt/kvm/kvm_main.c, arch/x86/kvm/mmu.c):
+reclaim's and migration's per-page invalidations arrive as ``invalidate_page``
+(kvm_mmu_notifier_invalidate_page: mmu_notifier_seq++, kvm_unmap_hva, and kvm_flush_remote_tlbs if it
+zapped); clear_flush_young flushes the remote TLBs whenever a spte was young
+(kvm_mmu_notifier_clear_flush_young); under EPT (``paging: ept``) aging always answers "old"
+(kvm_age_rmapp: "always return old for EPT"), so reclaim never sees the guest's accesses; and a fault
+retries while any invalidation is in progress anywhere in the VM (mmu_notifier_retry checks
+mmu_notifier_count).
+
+Translation: a TLB miss costs a two-dimensional walk under EPT (guest levels, 3 with the guest's own 2 MiB
+pages, ``guest.thp``; host levels, 3 through a 2 MiB spte), page-walk caches counted
+(``mmnsim.costs.walk_refs``), and a TLB entry covers the smaller of the guest's and the host's page: a
+2 MiB spte under 4 KiB guest pages only shortens the walk (splintering). Shadow paging
+(``paging: shadow``) walks one table, as native.
 """
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
-from mmnsim import NotifierRange, SecondaryConfig, SecondaryMMU, hookimpl, require
+from mmnsim import NotifierRange, SecondaryConfig, SecondaryMMU, hookimpl, require, walk_refs
 from mmnsim.pagebits import S_WRITABLE, clear_mask
+
+
+class Paging(StrEnum):
+    ept = "ept"  # two-dimensional paging (EPT/NPT): the hardware walks the guest's table and KVM's
+    shadow = "shadow"  # KVM's shadow page tables map guest-virtual to host-physical: a one-dimensional walk
 
 
 @dataclass
@@ -30,6 +52,7 @@ class KVMConfig(SecondaryConfig):
     flush_ipi_ns: float  # what one vCPU loses to a flush request: kick, exit, flush, re-entry
     age_page_ns: float  # test-and-clear one spte accessed bit
     flush_on_age: bool  # flush after aging found a range young (non-x86); x86 elides it
+    paging: Paging  # ept (two-dimensional) or shadow paging
 
     def __post_init__(self) -> None:
         for key in ("fault_ns", "zap_page_ns", "remote_flush_ns", "flush_ipi_ns", "age_page_ns"):
@@ -42,11 +65,32 @@ class KVM(SecondaryMMU):
     huge = True  # a THP in the host is mapped by a 2 MiB spte (the host-mapping-level rule)
     Config = KVMConfig
 
-    def walk_refs(self, huge: bool) -> int:
-        """A two-dimensional walk: each of the guest's 4 levels (4 KiB guest pages assumed) and the final
-        address need a walk of the EPT, 4 levels deep, or 3 through a 2 MiB spte: (4 + 1) x (4 + 1) - 1 =
-        24 references (Bhargava et al., ASPLOS 2008), (4 + 1) x (3 + 1) - 1 = 19 with 2 MiB sptes."""
-        return 19 if huge else 24
+    def __init__(self, sim, client, cfg: KVMConfig):
+        # 2.6.27's mmu_notifier_retry (include/linux/kvm_host.h): retry while mmu_notifier_count != 0.
+        self.retry_whole_vm = sim.kernel.retry_whole_vm
+        # 2.6.27's EPT had no accessed bits (kvm_age_rmapp: "always return old for EPT"): reclaim cannot see
+        # the guest's accesses, by CLOCK's reference bit or through the young ops.
+        self.young = not (cfg.paging is Paging.ept and not sim.kernel.ept_accessed_bits)
+        super().__init__(sim, client, cfg)
+        self.guest_huge = client.tenant.guest_thp  # the guest kernel maps its memory with 2 MiB pages
+
+    def walk_refs(self, huge: bool) -> float:
+        """Under EPT a two-dimensional walk: each guest level (4, or 3 with the guest's 2 MiB pages) and the
+        final address need a walk of the EPT (4 levels, or 3 through a 2 MiB spte): 24 references for
+        4K/4K, 19 for 4K/2M or 2M/4K, 15 for 2M/2M (Bhargava et al., ASPLOS 2008), of which the page-walk
+        caches absorb most (``mmnsim.costs.walk_refs``). Shadow paging: one table, as a native walk, at the
+        smaller of the two page sizes."""
+        miss = self.sim.costs.pwc_miss
+        guest = 3 if self.guest_huge else 4
+        host = 3 if huge else 4
+        if self.cfg.paging is Paging.shadow:
+            return walk_refs(miss, max(guest, host))
+        return walk_refs(miss, host, guest)
+
+    def tlb_huge(self) -> bool:
+        """A TLB entry caches the combined translation at the smaller page: 2 MiB only when the guest maps
+        2 MiB pages too (a 2 MiB spte under 4 KiB guest pages is splintered)."""
+        return self.guest_huge
 
     def _flush_remote_tlbs(self, flushes: int) -> None:
         if not flushes:
@@ -69,12 +113,30 @@ class KVM(SecondaryMMU):
     def invalidate_range_end(self, ranges: NotifierRange) -> None:
         self.end_invalidate()
 
+    @hookimpl
+    def invalidate_page(self, mm, pages: np.ndarray) -> None:
+        """kvm_mmu_notifier_invalidate_page (2.6.27, virt/kvm/kvm_main.c), per page: mmu_notifier_seq++ under
+        mmu_lock so that a fault that resolved the page earlier retries, kvm_unmap_hva, and
+        kvm_flush_remote_tlbs() if anything was zapped ("we've to flush the tlb before the pages can be
+        freed")."""
+        self.bump_seq()
+        zapped = self.zap(pages, pages + 1)
+        self.sim.charge(float(zapped.sum()) * self.cfg.zap_page_ns)
+        self._flush_remote_tlbs(int(np.count_nonzero(zapped)))
+
     def _age(self, start: np.ndarray, end: np.ndarray, flush: bool) -> np.ndarray:
+        if not self.young:
+            # 2.6.27 kvm_age_rmapp (arch/x86/kvm/mmu.c): "always return old for EPT" (shadow_accessed_mask
+            # is 0); nothing cleared, so kvm_mmu_notifier_clear_flush_young does not flush either.
+            self.metrics["young_pages_aged"] += float((end - start).sum())
+            return np.zeros(start.size, dtype=np.bool_)
         young = self.harvest_accessed(start, end, clear=True)
         aged = float((end - start).sum())
         self.metrics["young_pages_aged"] += aged
         self.sim.charge(aged * self.cfg.age_page_ns)
-        if flush and self.cfg.flush_on_age:
+        # Today x86 elides the flush (other architectures flush, flush_on_age); 2.6.27's
+        # kvm_mmu_notifier_clear_flush_young flushed whenever kvm_age_hva found the page young.
+        if flush and (self.cfg.flush_on_age or self.sim.kernel.young_flush):
             self._flush_remote_tlbs(int(np.count_nonzero(young)))
         return young
 
