@@ -17,7 +17,7 @@ import numpy as np
 from . import counters as C
 from .frames import FREE, PAGEBLOCK_SHIFT, PB_HI, PB_LO, PB_NFREE, PB_SIZE, free_frame, take_frame
 from .kernel import kernel
-from .notifier import Event, single_pages
+from .notifier import Event
 from .pagebits import P_HUGE
 
 if TYPE_CHECKING:
@@ -110,6 +110,6 @@ def compact(sim: "Simulation", node: int, blocks: int) -> int:
         def move(sel=sel) -> None:
             _move(host.pt, host.ft, host.ctr, src[sel], dst[sel])
 
-        mm.invalidate(single_pages(mm, keys[sel] - mm.base, Event.CLEAR), move)
+        mm.invalidate_pages(keys[sel] - mm.base, Event.CLEAR, move)  # per page; invalidate_page on kernel=2008
     host.ctr[C.COMPACT_SUCCESS] += planned
     return planned

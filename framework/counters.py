@@ -56,7 +56,7 @@ NAMES = (
     "oom_kills",  # oom_kill: tenants the OOM killer killed (mm/oom_kill.c oom_kill_process)
     "oom_reaper_refusals",  # OOM-reaper ranges a subscriber refused (non-blockable): skipped, retried later
     "oom_reaped_pages",  # pages (present or swapped) the OOM reaper tore down (__oom_reap_task_mm)
-    "invalidate_page_calls",  # pages invalidated with the 2.6.27 invalidate_page op (kernel=2008; also in invalidations)
+    "invalidate_page_calls",  # pages told with 2.6.27's invalidate_page op (kernel=2008; also in invalidations)
     # With engine.check_accesses, accesses through a secondary entry whose frame no longer holds the page
     # (the unsafe unpinned mode; a buggy plugin): reads of freed or reused memory, writes to such frames,
     # and of those the writes into a frame holding another tenant's page.

@@ -172,4 +172,7 @@ def summary_text(metrics: dict[str, float]) -> str:
         f"TLB flushes {m['tlb_flushes']:,.0f} ({m['flush_cost_ns'] / 1e6:.2f} ms)",
         f"invariant violations: {m['invariant_violations']:,}",
     ]
+    if m.get("stale_reads") or m.get("stale_writes"):  # engine.check_accesses, e.g. secondary.mode=unpinned
+        lines.append(f"accesses through stale entries: {m['stale_reads']:,} reads of freed or reused memory, "
+                     f"{m['stale_writes']:,} writes ({m['foreign_writes']:,} into other tenants' pages)")  # fmt: skip
     return "\n".join(lines)

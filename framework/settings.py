@@ -19,7 +19,7 @@ from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
 TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine", "report",
-             "kernel")
+             "kernel")  # fmt: skip
 # ("report" is read by mmnsim-experiment, not by the simulation.)
 
 

@@ -82,7 +82,7 @@ CASES = [
     config(
         "bad-secondary-mode",
         "secondary.mode=foo",
-        message=("secondary.mode: invalid value 'foo'; accepted: pin, notifier",),
+        message=("secondary.mode: invalid value 'foo'; accepted: pin, notifier, unpinned",),
     ),
     config(
         "bad-thp-mode", "host.thp=sometimes", message=("host.thp: invalid value 'sometimes'; accepted: always, never",)
@@ -142,7 +142,7 @@ CASES = [
     config(
         "sweep-second-value-bad-option",
         "secondary.mode=pin,pinned",
-        message=("secondary.mode: invalid value 'pinned'; accepted: pin, notifier",),
+        message=("secondary.mode: invalid value 'pinned'; accepted: pin, notifier, unpinned",),
         multirun=True,
     ),
     config(

@@ -77,7 +77,7 @@ def test_same_seed_same_results_and_a_joblib_multirun(workdir):
             "guest.memory_mib: the tenants need 100000 MiB but host.memory_mib + host.swap_mib hold only 88 MiB",
         ),
         ("host.memroy_mib=3", "host.memroy_mib: unknown key; accepted keys under host: memory_mib, numa_nodes"),
-        ("secondary.mode=pinn", "secondary.mode: invalid value 'pinn'; accepted: pin, notifier"),
+        ("secondary.mode=pinn", "secondary.mode: invalid value 'pinn'; accepted: pin, notifier, unpinned"),
         ("seed=abc", "seed: expected a non-negative integer, got 'abc'"),
     ],
 )
@@ -92,7 +92,7 @@ def test_bad_input_is_one_clear_line_exit_2_and_no_result_files(workdir, overrid
 def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_job(workdir):
     out = cli("-m", *TINY, "secondary.mode=pin,notifierr", cwd=workdir)
     assert out.returncode == 2
-    assert "secondary.mode: invalid value 'notifierr'; accepted: pin, notifier" in out.stderr
+    assert "secondary.mode: invalid value 'notifierr'; accepted: pin, notifier, unpinned" in out.stderr
     assert results(workdir) == []
 
 
