@@ -134,8 +134,9 @@ def test_each_experiment_composes_runs_and_reports_metrics_that_exist(name):
     first = [f"{key}={str(values).split(',')[0]}" for key, values in sweep.items()]
     cfg = config(f"+experiment={name}", *first, "workload.accesses=20000")
     row = flatten(run_config(cfg))
-    metrics = Simulation(cfg).run()
-    assert metrics["invariant_violations"] == 0
+    sim = Simulation(cfg)
+    metrics = sim.run()
+    assert metrics["invariant_violations"] == 0 or sim.violations_expected  # release_cost's unpinned strawman
     report = spec["report"]
     missing = [m for m in report["metrics"] if m not in metrics]
     assert not missing, missing
