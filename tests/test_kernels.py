@@ -2,9 +2,10 @@
 the unsafe unpinned mode."""
 
 import numpy as np
+import polars as pl
 import pytest
 
-from conftest import run, simulation
+from conftest import cli, run, simulation
 from mmnsim import Event, hookimpl, swap_out, walk_refs
 from mmnsim.cli import quote_numbered_options
 from mmnsim.costs import translation_ns
@@ -151,6 +152,16 @@ def test_the_2008_kernel_swaps_to_disk():
     sim, _ = _kvm("kernel='2008'")
     assert sim.costs.swap_in_ns >= 1_000_000 and sim.costs.sources["swap_in_ns"]["source"]
     assert _kvm()[0].costs.swap_in_ns < 100_000
+
+
+def test_mmnsim_runs_both_kernels_from_the_command_line(workdir):
+    tiny = ["guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64", "workload.accesses=20000"]
+    out = cli("-m", *tiny, "kernel=2008,6.x", "hydra.sweep.dir=sweep", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    files = sorted((workdir / "sweep").rglob("summary.parquet"))
+    rows = pl.concat([pl.read_parquet(p) for p in files], how="diagonal_relaxed")
+    assert sorted(rows["kernel.name"].to_list()) == ["2008", "6.x"]
+    assert rows.filter(pl.col("kernel.name") == "2008")["invalidate_page_calls"][0] > 0
 
 
 def test_numbered_kernel_options_are_quoted_for_hydra():
