@@ -15,8 +15,9 @@ What differs, each from the kernel source of its time:
 * ``young_flush``: 2.6.27's kvm_mmu_notifier_clear_flush_young (virt/kvm/kvm_main.c) flushed the remote
   TLBs whenever kvm_age_hva found a young spte; today's x86 KVM elides that flush.
 * ``ept_accessed_bits``: 2.6.27's kvm_age_rmapp (arch/x86/kvm/mmu.c) "always return old for EPT"
-  (shadow_accessed_mask is 0 under EPT): an EPT guest's accesses are invisible to reclaim. EPT accessed
-  bits came with 3.6 (Haswell's A/D bits); between, KVM aged EPT by zapping.
+  (shadow_accessed_mask is 0 under EPT): an EPT guest's accesses are invisible to reclaim. Later kernels
+  emulated the bit by zapping the EPT entry when aging (kvm_age_rmapp: "emulate the accessed bit for
+  EPT"), then read the EPT accessed bits of processors that have them.
 * ``retry_whole_vm``: 2.6.27's mmu_notifier_retry (include/linux/kvm_host.h) made a KVM fault retry while
   any invalidation was in progress anywhere in the VM (mmu_notifier_count); today's
   mmu_invalidate_retry_gfn retries only a fault inside the range being invalidated.
