@@ -43,14 +43,14 @@ class Kill:
 
     tenant: str
     tick: int
-    time_ns: float
+    time_ns: float  # simulated time at the end of the tick of the kill (``tick_done``)
     points: int  # oom_badness at the kill
     reap_attempts: int = 0
     reaped: bool = False  # the reaper tore the memory down (else it gave up: MMF_OOM_SKIP)
 
     def __str__(self) -> str:
         how = "reaped" if self.reaped else f"reaper refused {self.reap_attempts}x"
-        return f"{self.tenant} at {self.time_ns / 1e9:.3f} s (tick {self.tick}, badness {self.points}, {how})"
+        return f"{self.tenant} in tick {self.tick} (by {self.time_ns / 1e9:.3f} s; badness {self.points}, {how})"
 
 
 class OOMKiller:
@@ -110,6 +110,12 @@ class OOMKiller:
                 record.reaped = True
             del self._reaping[name]  # reaped, or MMF_OOM_SKIP: the victim's exit completes
             tenant.mm.exit()
+
+    def tick_done(self) -> None:
+        """Date this tick's kills: the tick's end is when its time is known."""
+        for kill in self.kills:
+            if kill.tick == self.sim.tick:
+                kill.time_ns = self.sim.time_ns
 
     def victims(self) -> str:
         """The kills so far, for the results (``oom_victims``)."""

@@ -299,6 +299,8 @@ class Simulation:
             self._settle_stalls(client)
             tick_ns = max(tick_ns, client.elapsed_ns - before)
         self.time_ns += tick_ns
+        if self.oom is not None:
+            self.oom.tick_done()
         if self.engine.check_invariants:
             self.check_invariants()
         self.pinned_peak = max(self.pinned_peak, self.host.pinned_pages())

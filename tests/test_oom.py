@@ -18,7 +18,7 @@ def test_a_pinning_guest_that_outgrows_the_host_is_killed_and_the_others_go_on()
     sim, m = run("secondary.mode=pin", HOG)
     guest, hog = sim.tenants
     assert m["oom_kills"] == 1 and guest.killed and not hog.killed
-    assert m["oom_victims"].startswith("guest0 at ")
+    assert m["oom_victims"].startswith("guest0 in tick 0 (by ")
     assert guest.mm.exited and sim.host.pinned_pages() == 0  # its exit let go of the pins
     assert hog.clients[0].stream.done  # the hog ran its whole workload
     assert m["invariant_violations"] == 0
