@@ -22,6 +22,10 @@ What differs, each from the kernel source of its time:
   any invalidation was in progress anywhere in the VM (mmu_notifier_count); today's
   mmu_invalidate_retry_gfn retries only a fault inside the range being invalidated.
 
+* ``oom_reaper``: the OOM reaper came in 4.6 (2016, mm/oom_kill.c oom_reaper); before it an OOM victim's
+  memory was freed only by its own exit (exit_mmap: mmu_notifier_release, then the unmap), so no
+  non-blockable invalidation is ever raised.
+
 Disk swap (milliseconds per I/O) is a cost, set by ``conf/kernel/2008.yaml`` in ``costs``.
 """
 
@@ -36,7 +40,8 @@ class KernelConfig:
     young_flush: bool  # KVM's clear_flush_young flushes remote TLBs whenever a spte was young (2.6.27)
     ept_accessed_bits: bool  # EPT aging sees accessed bits; false: kvm_age_rmapp always answers "old"
     retry_whole_vm: bool  # a KVM fault retries while any invalidation is in progress (before the gfn range)
+    oom_reaper: bool  # an OOM victim's memory is torn down by the reaper (4.6+), not only by its exit
 
 
 TODAY = KernelConfig("6.x", interval_notifiers=True, invalidate_page=False, young_flush=False,
-                     ept_accessed_bits=True, retry_whole_vm=False)  # fmt: skip
+                     ept_accessed_bits=True, retry_whole_vm=False, oom_reaper=True)  # fmt: skip

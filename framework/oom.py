@@ -99,6 +99,10 @@ class OOMKiller:
     def reap(self) -> None:
         """One attempt of the reaper on every victim it still works on (oom_reap_task)."""
         for name, (tenant, record) in list(self._reaping.items()):
+            if not self.sim.kernel.oom_reaper:  # before 4.6 no reaper: the victim's own exit frees its memory
+                del self._reaping[name]
+                tenant.mm.exit()
+                continue
             record.reap_attempts += 1
             reaped = tenant.mm.oom_reap()
             if reaped is None:

@@ -186,3 +186,14 @@ def test_unpinned_kvm_keeps_entries_to_frames_reclaim_freed_and_the_checks_count
     assert kvm.mapped_pages() > 0
     _, safe = run("secondary.mode=notifier", "engine.check_accesses=true", neighbour)
     assert safe["stale_reads"] == safe["stale_writes"] == safe["invariant_violations"] == 0
+
+
+def test_the_2008_kernel_has_no_oom_reaper_the_victims_exit_frees_its_memory():
+    hog = "processes=[{name: hog, memory_mib: 8, node: 0, workload: {name: uniform, accesses: 3000000}}]"
+    no_swap = ("host.swap_mib=0", "guest.memory_mib=64", "host.memory_mib=48", hog)
+    sim, m = run("kernel='2008'", *no_swap)
+    assert m["oom_kills"] == 1 and sim.tenants[0].killed and sim.tenants[0].mm.exited
+    assert m["oom_reaped_pages"] == 0 and m["invalidations_refused"] == 0  # nothing non-blockable raised
+    assert sim.tenants[0].secondary.mapped_pages() == 0  # exit_mmap's release zapped KVM
+    _, today = run(*no_swap)
+    assert today["oom_reaped_pages"] > 0
