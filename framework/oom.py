@@ -47,9 +47,12 @@ class Kill:
     points: int  # oom_badness at the kill
     reap_attempts: int = 0
     reaped: bool = False  # the reaper tore the memory down (else it gave up: MMF_OOM_SKIP)
+    no_reaper: bool = False  # kernel=2008: no reaper; the victim's exit freed its memory
 
     def __str__(self) -> str:
         how = "reaped" if self.reaped else f"reaper refused {self.reap_attempts}x"
+        if self.no_reaper:
+            how = "no reaper: freed by its exit"
         return f"{self.tenant} in tick {self.tick} (by {self.time_ns / 1e9:.3f} s; badness {self.points}, {how})"
 
 
@@ -100,6 +103,7 @@ class OOMKiller:
         """One attempt of the reaper on every victim it still works on (oom_reap_task)."""
         for name, (tenant, record) in list(self._reaping.items()):
             if not self.sim.kernel.oom_reaper:  # before 4.6 no reaper: the victim's own exit frees its memory
+                record.no_reaper = True
                 del self._reaping[name]
                 tenant.mm.exit()
                 continue
