@@ -261,7 +261,7 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
             ctr[C.NUMA_HINT_FAULTS] += 1
             if pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == nid:
                 ctr[C.NUMA_HINT_FAULTS_LOCAL] += 1
-            elif reg[REG_HINTS] < hints.shape[0]:
+            if reg[REG_HINTS] < hints.shape[0]:  # every hinting fault, local too: the policy's cpupid filter
                 hints[reg[REG_HINTS], 0] = key
                 hints[reg[REG_HINTS], 1] = nid
                 reg[REG_HINTS] += 1

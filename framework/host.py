@@ -164,6 +164,11 @@ class Host:
     def node_of(self, frame: int) -> int:
         return int(self.ft.pb[frame >> PAGEBLOCK_SHIFT, PB_NODE])
 
+    def nodes_of(self, frames: np.ndarray) -> np.ndarray:
+        """The node of each frame; -1 where ``frames`` holds no frame (a PTE that is not present)."""
+        frames = np.asarray(frames, dtype=np.int64)
+        return np.where(frames >= 0, self.ft.pb[np.maximum(frames, 0) >> PAGEBLOCK_SHIFT, PB_NODE], -1)
+
     def swap_used(self) -> int:
         return int(self.sw.reg[1])
 

@@ -235,8 +235,8 @@ class Simulation:
         return int(self.host.ctr[C.NAMES.index(name)])
 
     def take_hint_faults(self) -> np.ndarray:
-        """The misplaced NUMA hinting faults logged since the last call, as rows (page key, accessing
-        node), oldest first; the log is emptied. (At most ``frames.HINT_CAPACITY`` are kept between calls.)"""
+        """The NUMA hinting faults (local and misplaced) logged since the last call, as rows (page key,
+        accessing node), oldest first; the log is emptied. (At most ``frames.HINT_CAPACITY`` are kept between calls.)"""
         ft = self.host.ft
         n = int(ft.reg[REG_HINTS])
         ft.reg[REG_HINTS] = 0
