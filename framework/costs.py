@@ -22,6 +22,7 @@ class Costs:
     tlb_invalidate_page_ns: float  # invalidate one page in the local CPU TLB
     tlb_entries: int  # second-level TLB entries of the CPU (or device) translating the accesses
     walk_ref_ns: float  # one memory reference of a page walk after a TLB miss
+    compact_page_ns: float  # migrating one page in direct compaction (unmap, copy 4 KiB, remap)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -56,6 +56,8 @@ NAMES = (
     "oom_kills",  # oom_kill: tenants the OOM killer killed (mm/oom_kill.c oom_kill_process)
     "oom_reaper_refusals",  # OOM-reaper ranges a subscriber refused (non-blockable): skipped, retried later
     "oom_reaped_pages",  # pages (present or swapped) the OOM reaper tore down (__oom_reap_task_mm)
+    "compact_stall",  # direct compactions run by a THP fault (mm/page_alloc.c __alloc_pages_direct_compact)
+    "thp_fault_fallback",  # THP faults that fell back to a 4 KiB page: no free pageblock, even after compaction
     "write_seq",  # content-token generator: bumped on every write
 )
 
@@ -107,6 +109,8 @@ NAMES = (
     OOM_KILLS,
     OOM_REAPER_REFUSALS,
     OOM_REAPED_PAGES,
+    COMPACT_STALL,
+    THP_FAULT_FALLBACK,
     WRITE_SEQ,
 ) = range(len(NAMES))
 

@@ -47,7 +47,8 @@ HINT_CAPACITY = 1 << 18  # hinting-fault records kept between two runs of a NUMA
 KSWAPD_FUTILE = 1  # kswapd reclaimed nothing this tick: don't wake it again until the next tick
 RECLAIM_FUTILE = 2  # direct reclaim reclaimed nothing this tick: fail allocations at once (OOM)
 OOM_FLAGS = KSWAPD_FUTILE | RECLAIM_FUTILE  # both are cleared at the start of every tick
-THP_ENABLED = 4  # transparent huge pages at fault time (host.thp: always)
+THP_ENABLED = 4  # transparent huge pages at fault time (host.thp: always or madvise)
+THP_MADVISE = 8  # ... only in an mm that asked for them (MM_HUGEPAGE; host.thp: madvise)
 
 _ONE = np.uint64(1)
 

@@ -18,7 +18,8 @@ fall below its high watermark. A page migrates with CLEAR invalidations (try_to_
 cannot migrate and is counted as refused (a failed migration, TNF_MIGRATE_FAIL).
 
 Per-task scan-period adaptation (update_task_scan_period, called by task_numa_placement once per full pass
-over the address space, when numa_scan_seq moves). From the hinting faults since the last pass: if there were none that were local, or a migration failed, the period doubles; otherwise, with
+over the address space, when numa_scan_seq moves). From the hinting faults since the last pass: if there
+were none that were local, or a migration failed, the period doubles; otherwise, with
 lr_ratio = 10 x local / (local + remote), a ratio at or above 7 lengthens the period by (lr_ratio - 7)
 slots of a tenth of it (at least one slot), and below 7 shortens it by (7 - lr_ratio) slots. The period
 stays within [task_scan_min, task_scan_max]: the sysctl bounds divided by the number of 256 MB windows in

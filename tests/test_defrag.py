@@ -5,6 +5,7 @@ import pytest
 
 from conftest import run, simulation
 from mmnsim.compaction import compact
+from mmnsim.host import THP
 from mmnsim.invariants import KINDS
 from mmnsim.pagebits import HUGE_PAGES, P_HUGE, S_HUGE
 
@@ -42,6 +43,9 @@ def test_khugepaged_collapses_a_region_keeping_its_contents():
     mm, kvm = sim.mms[0], sim.secondaries[0]
     tokens = mm.token.copy()
     assert not (mm.flags & P_HUGE).any()
+    sim.step()
+    assert sim.metrics()["khugepaged_scanned"] == 0  # THP never: khugepaged does not run
+    sim.host_cfg.thp = THP.madvise  # echo madvise > /sys/kernel/mm/transparent_hugepage/enabled
     sim.time_ns += 1e9  # let khugepaged's budget build up
     sim.step()
     assert (mm.flags & P_HUGE).all() and sim.metrics()["thp_collapse_alloc"] == mm.npages // HUGE_PAGES
