@@ -78,6 +78,8 @@ class VFIO(SecondaryMMU):
 
     def attach(self) -> None:
         """VFIO_IOMMU_MAP_DMA of the whole region at VM start: pin, then map, all or nothing."""
+        for name in ("registered_pages", "iommu_map_calls", "registration_failures", "start_failures"):
+            self.metrics[name] += 0  # reported even when zero
         start, end = self.region
         limit = None if self.cfg.memlock_mib is None else self.cfg.memlock_mib * MIB_PAGES
         want = end - start if limit is None else min(end - start, limit)
