@@ -129,8 +129,13 @@ def test_without_madv_hugepage_a_thp_fault_falls_back_and_never_compacts():
 
 
 def test_thp_madvise_mode_gives_huge_pages_only_to_madvised_memory():
-    sim = simulation("host.thp=madvise", "host.memory_mib=256", "guest.memory_mib=16", "workload.accesses=0",
-                     "processes=[{name: plain, memory_mib: 16, node: 0, workload: {name: uniform, accesses: 0}}]")
+    sim = simulation(
+        "host.thp=madvise",
+        "host.memory_mib=256",
+        "guest.memory_mib=16",
+        "workload.accesses=0",
+        "processes=[{name: plain, memory_mib: 16, node: 0, workload: {name: uniform, accesses: 0}}]",
+    )
     guest, plain = sim.mms
     assert guest.hugepage and not plain.hugepage
     guest.access(np.arange(guest.npages))
