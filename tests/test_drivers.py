@@ -70,3 +70,11 @@ def test_without_xnack_an_invalidation_quiesces_the_queues_once_per_eviction_win
     sim.step()
     mm.invalidate(NotifierRange(mm, np.array([32]), np.array([40]), Event.CLEAR), lambda: None)
     assert gpu.metrics["queue_quiesces"] == 2
+
+
+def test_a_registration_that_cannot_pin_every_page_releases_what_it_pinned():
+    sim = simulation("secondary=rdma", "secondary.mode=pin", "workload.accesses=0", "workload.boot=false",
+                     "guest.memory_mib=96", "host.memory_mib=64", "host.swap_mib=256", "host.oom=fail")  # fmt: skip
+    nic = sim.secondaries[0]
+    assert nic.metrics["registration_failures"] == 1 and "registered_pages" not in nic.metrics
+    assert sim.host.pinned_pages() == 0 and (nic.spte < 0).all()  # __ib_umem_release unpinned them all
