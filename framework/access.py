@@ -41,6 +41,7 @@ from .frames import (
     REG_HINTS,
     SHARED,
     THP_ENABLED,
+    THP_MADVISE,
     WMARK_LOW,
     WMARK_MIN,
     alloc_frame,
@@ -67,9 +68,10 @@ from .pagebits import (
     S_WRITABLE,
     swap_slot,
 )
-from .pagetable import MM_HAS_NOTIFIERS
+from .pagetable import MM_HAS_NOTIFIERS, MM_HUGEPAGE
 from .secondary import (
     DEV_NODE,
+    FAULT_BLOCK,
     IN_PROGRESS,
     INV_HI,
     INV_LO,
@@ -86,12 +88,15 @@ from .secondary import (
 from .swapdev import REG_READ_ERRORS, SWAPPED, WRITE_FAILED, io_fails, swap_free, swap_out_frame
 
 # Kernel state (ks): where a batch stopped and the fault in flight.
-K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME = range(8)
-KS_SIZE = 8  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
+K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME, K_COMPACTED = range(9)
+KS_SIZE = 9  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
+# (DIRECT_COMPACT: the faulting node). K_COMPACTED: this THP fault has had its direct compaction.
 
 # Statuses returned by run_accesses.
-DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK, MIGRATE_TO_RAM, COW_BREAK = range(7)
-STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock", "migrate_to_ram", "cow_break")
+(DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK, MIGRATE_TO_RAM, COW_BREAK, DIRECT_COMPACT,
+ FAULT_AROUND) = range(9)  # fmt: skip
+STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock", "migrate_to_ram", "cow_break",
+                "direct_compact", "fault_around")  # fmt: skip
 
 # Internal results of resolving a fault; a status for Python is encoded as _ASK - status.
 _OK, _ERR, _FAIL = -1, -2, -3
@@ -194,23 +199,26 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
 def huge_fault(ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, node_order, key, nid, write):
     """do_huge_pmd_anonymous_page: map the whole aligned 2 MiB region around ``key`` with a free
     pageblock if every page of it is untouched and a node has a free block above its low watermark.
-    Returns whether it did (else the fault falls back to a 4 KiB page)."""
+    Returns 1 if it did; else the fault falls back to a 4 KiB page: 0 if the region or free memory does not
+    allow a THP, -1 if a node has the free memory but no whole free pageblock (compaction could help)."""
     mm = np.searchsorted(mm_base, key, side="right") - 1
     first = mm_base[mm] + ((key - mm_base[mm]) & ~(HUGE_PAGES - 1))
     if first + HUGE_PAGES > mm_base[mm + 1]:
-        return False
+        return 0
     for k in range(first, first + HUGE_PAGES):
         if pte[k] != PTE_NONE or (pflags[k] & P_VMA_RW) != P_VMA_RW:
-            return False
+            return 0
     block = -1
+    room = False
     for j in range(node_order.shape[1]):
         n = node_order[nid, j]
         if node[n, NFREE] - HUGE_PAGES > node[n, WMARK_LOW]:
+            room = True
             block = alloc_pageblock(node, lists, pb, bits, fkey, fref, n, first)
             if block >= 0:
                 break
     if block < 0:
-        return False
+        return -1 if room else 0
     for i in range(HUGE_PAGES):
         pte[first + i] = block + i
         pflags[first + i] |= P_HUGE | P_YOUNG
@@ -218,7 +226,7 @@ def huge_fault(ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, nod
         pflags[key] |= P_DIRTY
     ctr[C.THP_FAULT_ALLOC] += 1
     ctr[C.MINOR_FAULTS] += 1
-    return True
+    return 1
 
 
 @kernel(inline=True)
@@ -261,7 +269,7 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
             ctr[C.NUMA_HINT_FAULTS] += 1
             if pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == nid:
                 ctr[C.NUMA_HINT_FAULTS_LOCAL] += 1
-            elif reg[REG_HINTS] < hints.shape[0]:
+            if reg[REG_HINTS] < hints.shape[0]:  # every hinting fault, local too: the policy's cpupid filter
                 hints[reg[REG_HINTS], 0] = key
                 hints[reg[REG_HINTS], 1] = nid
                 reg[REG_HINTS] += 1
@@ -269,11 +277,25 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
         # (gup_must_unshare). Python remaps the page to the copy inside an invalidation, since other
         # secondary entries may map the shared frame.
         cow = fkey[e] <= SHARED and (write or (via_sec and (sstate[MODE] & SEC_PIN) != 0))
-    elif e == PTE_NONE and reg[REG_FLAGS] & THP_ENABLED and not exact and huge_fault(
-            ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, node_order, key, nid, write):  # fmt: skip
-        ks[K_FRESH] = 1
-        ks[K_LEVEL] = 0
-        huge = True
+    elif e == PTE_NONE and reg[REG_FLAGS] & THP_ENABLED and not exact:
+        # THP at fault time: with host.thp=madvise only in an MADV_HUGEPAGE mm; there (defrag=madvise, the
+        # default) a fault that finds no free pageblock compacts directly, once, then retries
+        # (vma_thp_gfp_mask: GFP_TRANSHUGE with __GFP_DIRECT_RECLAIM only for madvised VMAs).
+        madvised = (mm_flags[np.searchsorted(mm_base, key, side="right") - 1] & MM_HUGEPAGE) != 0
+        if madvised or not reg[REG_FLAGS] & THP_MADVISE:
+            got = huge_fault(ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, node_order, key, nid,
+                             write)  # fmt: skip
+            if got < 0 and madvised and ks[K_COMPACTED] == 0:
+                ks[K_COMPACTED] = 1
+                ks[K_FRAME] = nid
+                return _ASK - DIRECT_COMPACT
+            ks[K_COMPACTED] = 0
+            if got > 0:
+                ks[K_FRESH] = 1
+                ks[K_LEVEL] = 0
+                huge = True
+            elif got < 0:
+                ctr[C.THP_FAULT_FALLBACK] += 1
     if cow or (e < 0 and not huge):
         f = _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
                       node_order, reg, skey, stoken, sreg, key, nid, exact)  # fmt: skip
@@ -351,6 +373,9 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
         sflags[q] = sfl
     ks[K_SEQ] = -1
     ks[K_RETRIES] = 0
+    if sstate[FAULT_BLOCK] > 1 and hi - lo < sstate[FAULT_BLOCK]:  # the driver maps the block around it
+        ks[K_VICTIM] = p
+        return _ASK - FAULT_AROUND
     return _AGAIN
 
 

@@ -31,6 +31,8 @@ def typed(node: Any, schema: type[T], path: str) -> T:
     if not isinstance(node, DictConfig | dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {node!r}")
     fields = {f.name: f for f in dataclasses.fields(schema)}
+    if "sources" in node and "sources" not in fields:  # the costs' sources (COMMON cost format), not settings
+        node = {k: v for k, v in node.items() if k != "sources"}
     keys = list(node.keys())
     unknown = [k for k in keys if k not in fields]
     if unknown:

@@ -26,6 +26,7 @@ class Costs:
     pwc_miss: float  # share of a walk's non-leaf references the page-walk caches do not absorb
     # Where each figure comes from: {key: {range: [lo, hi], source: "..."}} (the agreed cost format).
     sources: dict[str, Any] = field(default_factory=dict)
+    compact_page_ns: float  # migrating one page in direct compaction (unmap, copy 4 KiB, remap)
 
     def __post_init__(self) -> None:
         for f in fields(self):

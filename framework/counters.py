@@ -63,6 +63,8 @@ NAMES = (
     "stale_reads",
     "stale_writes",
     "foreign_writes",
+    "compact_stall",  # direct compactions run by a THP fault (mm/page_alloc.c __alloc_pages_direct_compact)
+    "thp_fault_fallback",  # THP faults that fell back to a 4 KiB page: no free pageblock, even after compaction
     "write_seq",  # content-token generator: bumped on every write
 )
 
@@ -118,6 +120,8 @@ NAMES = (
     STALE_READS,
     STALE_WRITES,
     FOREIGN_WRITES,
+    COMPACT_STALL,
+    THP_FAULT_FALLBACK,
     WRITE_SEQ,
 ) = range(len(NAMES))
 

@@ -42,12 +42,13 @@ NO_LIST, PARTIAL, FREEBLK = -1, 0, 1
 # FrameTable.reg: host-wide registers.
 REG_CLOCK_HAND, REG_FLAGS, REG_HINTS = range(3)  # REG_HINTS: records in FrameTable.hints
 REG_SIZE = 3
-HINT_CAPACITY = 1 << 16  # misplaced-page records kept between two runs of a NUMA policy
+HINT_CAPACITY = 1 << 18  # hinting-fault records kept between two runs of a NUMA policy
 # Bits of reg[REG_FLAGS].
 KSWAPD_FUTILE = 1  # kswapd reclaimed nothing this tick: don't wake it again until the next tick
 RECLAIM_FUTILE = 2  # direct reclaim reclaimed nothing this tick: fail allocations at once (OOM)
 OOM_FLAGS = KSWAPD_FUTILE | RECLAIM_FUTILE  # both are cleared at the start of every tick
-THP_ENABLED = 4  # transparent huge pages at fault time (host.thp: always)
+THP_ENABLED = 4  # transparent huge pages at fault time (host.thp: always or madvise)
+THP_MADVISE = 8  # ... only in an mm that asked for them (MM_HUGEPAGE; host.thp: madvise)
 
 _ONE = np.uint64(1)
 
@@ -63,7 +64,7 @@ class FrameTable(NamedTuple):
     node: np.ndarray  # int64 [nodes, NODE_COLUMNS]
     node_order: np.ndarray  # int32 [ram nodes, ram nodes]: allocation fallback order, nearest first
     distance: np.ndarray  # int64 [ram nodes, nodes]: SLIT distance from a CPU's node to a frame's (10 local)
-    hints: np.ndarray  # int64 [HINT_CAPACITY, 2]: (page key, accessing node) of misplaced NUMA hint faults
+    hints: np.ndarray  # int64 [HINT_CAPACITY, 2]: (page key, accessing node) of NUMA hinting faults
     reg: np.ndarray  # int64 [REG_SIZE]
 
 

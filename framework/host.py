@@ -23,6 +23,7 @@ from .frames import (
     PB_NODE,
     REG_FLAGS,
     THP_ENABLED,
+    THP_MADVISE,
     WMARK_HIGH,
     WMARK_LOW,
     WMARK_MIN,
@@ -43,9 +44,11 @@ class OOM(StrEnum):
 
 
 class THP(StrEnum):
-    """/sys/kernel/mm/transparent_hugepage/enabled (madvise is not modelled: no process madvises)."""
+    """/sys/kernel/mm/transparent_hugepage/enabled. With ``defrag`` at its default (``madvise``), a THP fault
+    in an MADV_HUGEPAGE region may compact directly; elsewhere it takes a free pageblock or falls back."""
 
-    always = "always"
+    always = "always"  # every anonymous fault tries a THP
+    madvise = "madvise"  # only in MADV_HUGEPAGE regions (guests: QEMU madvises guest RAM)
     never = "never"
 
 
@@ -117,8 +120,8 @@ class Host:
             self.distance,
             np.concatenate([self.watermarks, np.zeros((len(device_frames), 3), dtype=np.int64)]),
         )
-        if cfg.thp is THP.always:
-            self.ft.reg[REG_FLAGS] |= THP_ENABLED
+        if cfg.thp is not THP.never:
+            self.ft.reg[REG_FLAGS] |= THP_ENABLED | (THP_MADVISE if cfg.thp is THP.madvise else 0)
         self.sw = new_swap_table(cfg.swap_mib * MIB_PAGES, cfg.swap_write_error_rate, cfg.swap_read_error_rate, seed)
         self.pt = new_page_table(mm_pages)
         self.ctr = counters.new_counters()
@@ -163,6 +166,11 @@ class Host:
 
     def node_of(self, frame: int) -> int:
         return int(self.ft.pb[frame >> PAGEBLOCK_SHIFT, PB_NODE])
+
+    def nodes_of(self, frames: np.ndarray) -> np.ndarray:
+        """The node of each frame; -1 where ``frames`` holds no frame (a PTE that is not present)."""
+        frames = np.asarray(frames, dtype=np.int64)
+        return np.where(frames >= 0, self.ft.pb[np.maximum(frames, 0) >> PAGEBLOCK_SHIFT, PB_NODE], -1)
 
     def swap_used(self) -> int:
         return int(self.sw.reg[1])

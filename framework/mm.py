@@ -26,7 +26,7 @@ from .pagebits import (
     clear_mask,
     swap_slot,
 )
-from .pagetable import MM_EXITED
+from .pagetable import MM_EXITED, MM_HUGEPAGE
 from .share import drop_share
 from .swapdev import swap_free
 from .thp import split, split_straddling
@@ -97,6 +97,11 @@ class MM:
     @property
     def exited(self) -> bool:
         return bool(self.sim.host.pt.mm_flags[self.index] & MM_EXITED)
+
+    @property
+    def hugepage(self) -> bool:
+        """Whether its memory is MADV_HUGEPAGE (a guest's: QEMU madvises guest RAM)."""
+        return bool(self.sim.host.pt.mm_flags[self.index] & MM_HUGEPAGE)
 
     def set_flag(self, bit: int, on: bool) -> None:
         flags = self.sim.host.pt.mm_flags

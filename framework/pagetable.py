@@ -15,6 +15,7 @@ from .pagebits import PTE_NONE
 # Bits of PageTable.mm_flags.
 MM_HAS_NOTIFIERS = 1  # the mm's notifier chain has subscribers: unmapping must call it
 MM_EXITED = 2
+MM_HUGEPAGE = 4  # the mm's memory is madvised MADV_HUGEPAGE (QEMU does it for guest RAM): THP faults may compact
 
 
 class PageTable(NamedTuple):

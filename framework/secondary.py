@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 
 # Layout of SecondaryMMU.state.
 # DEV_NODE: device memory node or -1. INV_LO, INV_HI: pages being invalidated, while IN_PROGRESS > 0.
-SEQ, IN_PROGRESS, MODE, DEV_NODE, REGION_LO, REGION_HI, INV_LO, INV_HI = range(8)
-STATE_SIZE = 8
+# FAULT_BLOCK: pages a device fault maps around the faulting page (a power of two; 0 or 1: just that page).
+SEQ, IN_PROGRESS, MODE, DEV_NODE, REGION_LO, REGION_HI, INV_LO, INV_HI, FAULT_BLOCK = range(9)
+STATE_SIZE = 9
 # Bits of state[MODE].
 SEC_PIN = 1  # install entries with a long-term pin
 SEC_YOUNG = 2  # accesses through this MMU are visible to reclaim (it implements the young ops)
@@ -158,6 +159,26 @@ class SecondaryMMU(Component):
         """Fault in and map pages [start, end) now, as get_user_pages does for a registration (pinning
         them in pin mode); returns the pages mapped. No client access is counted."""
         return self.sim.populate(self, start, end)
+
+    def set_fault_block(self, pages: int) -> None:
+        """Make each device fault map the aligned block of ``pages`` (a power of two) around the faulting
+        page, faulting in its neighbours too (a GPU driver's migration granularity); 1: the page alone."""
+        if pages < 1 or pages & (pages - 1):
+            raise PluginError(f"secondary MMU '{self.label}': a fault block must be a power of two, got {pages}")
+        self.state[FAULT_BLOCK] = pages
+
+    def fault_around(self, page: int) -> int:
+        """Called by the framework after a device fault on ``page`` installed it, when a fault block is set:
+        map the rest of the aligned block (within the region) as a populate would; returns the pages mapped.
+        A plugin may extend it to charge its own costs."""
+        block = int(self.state[FAULT_BLOCK])
+        lo = max(page & ~(block - 1), int(self.state[REGION_LO]))
+        hi = min((page & ~(block - 1)) + block, int(self.state[REGION_HI]))
+        self.state[FAULT_BLOCK] = 1  # the block's own faults map one page each
+        try:
+            return self.populate(lo, hi)
+        finally:
+            self.state[FAULT_BLOCK] = block
 
     def teardown(self) -> None:
         """The device goes away: drop every entry (and pin), and leave the chain."""

@@ -32,6 +32,7 @@ class GuestConfig:
     devices: list[dict[str, Any]]  # more clients of each guest's memory: DeviceConfig mappings
     oom_score_adj: int  # /proc/PID/oom_score_adj of each guest's VMM: -1000 (never kill) to 1000
     thp: bool  # the guest kernel maps its memory with 2 MiB pages (its own THP); sets the TLB reach
+    madvise_hugepage: bool  # the VMM madvises guest RAM MADV_HUGEPAGE (QEMU's ram_block_add does)
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
@@ -68,6 +69,7 @@ class ProcessConfig:
     devices: list[dict[str, Any]] = field(default_factory=list)
     oom_score_adj: int = 0  # /proc/PID/oom_score_adj: -1000 (never kill) to 1000
     guest_thp: bool = True  # with a kvm secondary: the guest inside maps its memory with 2 MiB pages
+    madvise_hugepage: bool = False  # its memory is MADV_HUGEPAGE (a guest: QEMU madvises guest RAM)
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
@@ -108,6 +110,7 @@ class TenantSpec:
     clients: list[ClientSpec]
     oom_score_adj: int = 0
     guest_thp: bool = False  # a guest (KVM) whose own kernel maps its memory with 2 MiB pages
+    madvise_hugepage: bool = False  # MADV_HUGEPAGE over all of it (host.thp=madvise; direct compaction)
 
 
 @dataclass
@@ -147,7 +150,9 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     for i in range(guest.count):
         main = _client(_guest_nodes(guest, i, host), workload, secondary, pages, "secondary")
         devices = _devices(guest.devices, "guest.devices", pages, host, registry)
-        tenants.append(TenantSpec(f"guest{i}", pages, [main, *devices], guest.oom_score_adj, guest.thp))
+        # QEMU madvises guest RAM MADV_HUGEPAGE (ram_block_add -> qemu_madvise(QEMU_MADV_HUGEPAGE)).
+        tenants.append(TenantSpec(f"guest{i}", pages, [main, *devices], guest.oom_score_adj, guest.thp,
+                                  guest.madvise_hugepage))  # fmt: skip
     for i, node in enumerate(top.get("processes") or []):
         key = f"processes[{i}]"
         proc = typed(node, ProcessConfig, key)
@@ -157,7 +162,8 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         sec = _secondary(proc.secondary, registry, f"{key}.secondary") if proc.secondary else None
         main = _client(np.full(proc.vcpus, proc.node), wl, sec, pages, f"{key}.secondary")
         devices = _devices(proc.devices, f"{key}.devices", pages, host, registry)
-        tenants.append(TenantSpec(proc.name, pages, [main, *devices], proc.oom_score_adj, proc.guest_thp))
+        tenants.append(TenantSpec(proc.name, pages, [main, *devices], proc.oom_score_adj, proc.guest_thp,
+                                  proc.madvise_hugepage))  # fmt: skip
     names = [t.name for t in tenants]
     if len(set(names)) != len(names):
         raise ConfigError(f"processes: names must be unique and differ from guest0..guestN; got {names}")

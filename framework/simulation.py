@@ -24,9 +24,11 @@ from . import counters as C
 from . import invariants
 from .access import (
     COW_BREAK,
+    DIRECT_COMPACT,
     DIRECT_RECLAIM,
     DONE,
     EVICT_ONE,
+    FAULT_AROUND,
     K_FRAME,
     K_SKIP,
     K_VICTIM,
@@ -36,6 +38,7 @@ from .access import (
     new_kernel_state,
     run_accesses,
 )
+from .compaction import compact
 from .components import Component, HostPolicy, Mode
 from .costs import translation_ns, walk_refs
 from .discovery import Registry, plugin_manager
@@ -46,6 +49,7 @@ from .mm import MM
 from .notifier import PluginError, unique_name
 from .oom import OOMKiller
 from .pagebits import P_DEVICE, P_HUGE, S_HUGE
+from .pagetable import MM_HUGEPAGE
 from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SecondaryMMU
 from .settings import load_settings
@@ -62,7 +66,7 @@ PER_SECONDARY = ("accesses", "writes", "secondary_faults", "fault_retries", "maj
                  "access_errors", "pins_acquired", "remote_accesses", "huge_accesses")  # fmt: skip
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
-_EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE: SEQ, ..., DEV_NODE = -1
+_EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE: SEQ, ..., DEV_NODE = -1
 
 
 class InvariantViolation(RuntimeError):
@@ -164,6 +168,7 @@ class Simulation:
         for i, spec in enumerate(specs):
             mm = MM(self, i, spec.name, spec.pages)
             mm.mmap(0, spec.pages, "rw")
+            mm.set_flag(MM_HUGEPAGE, spec.madvise_hugepage)
             self.mms.append(mm)
             tenant = Tenant(spec.name, mm, spec.oom_score_adj, spec.guest_thp)
             for cspec, stream in zip(spec.clients, streams[i], strict=True):
@@ -227,7 +232,9 @@ class Simulation:
         """get_user_pages for ``secondary`` over pages [start, end): fault them in (writable) and install
         them in its table, pinning them in pin mode. Counts faults but no client accesses."""
         host = self.host
-        kept = [C.ACCESSES, C.WRITES, C.WRITE_SEQ, C.SECONDARY_FAULTS]  # gup: not client accesses or device faults
+        # gup: not client accesses or device faults
+        kept = [C.ACCESSES, C.WRITES, C.WRITE_SEQ, C.SECONDARY_FAULTS, C.HUGE_ACCESSES, C.REMOTE_ACCESSES,
+                C.ACCESS_DISTANCE]  # fmt: skip
         saved = host.ctr[kept].copy()
         mode = secondary.state[MODE]
         secondary.state[MODE] = mode & ~SEC_NOFAULT  # gup faults pages in for a device that cannot
@@ -239,13 +246,27 @@ class Simulation:
             host.ctr[kept] = saved
         return int(np.count_nonzero(secondary.spte[start:end] >= 0))
 
+    def swap_in(self, mm: MM, pages: np.ndarray) -> int:
+        """Fault the swapped-out ``pages`` of ``mm`` back in (do_swap_page), for the kernel itself rather
+        than a client (khugepaged's __collapse_huge_page_swapin): major faults are counted, accesses are not,
+        and the time is host CPU time. Returns how many of ``pages`` are present afterwards."""
+        host = self.host
+        kept = [C.ACCESSES, C.WRITES, C.WRITE_SEQ]
+        saved = host.ctr[kept].copy()
+        pages = np.ascontiguousarray(pages, dtype=PAGE_DTYPE)
+        try:
+            self._run_batch(mm, None, pages, np.zeros(pages.size, np.bool_), None, account=False)
+        finally:
+            host.ctr[kept] = saved
+        return int(np.count_nonzero(mm.pte[pages] >= 0))
+
     def counter(self, name: str) -> int:
         """The current value of a kernel counter (``mmnsim.counters.NAMES``)."""
         return int(self.host.ctr[C.NAMES.index(name)])
 
     def take_hint_faults(self) -> np.ndarray:
-        """The misplaced NUMA hinting faults logged since the last call, as rows (page key, accessing
-        node), oldest first; the log is emptied. (At most ``frames.HINT_CAPACITY`` are kept between calls.)"""
+        """The NUMA hinting faults (local and misplaced) logged since the last call, as rows (page key,
+        accessing node), oldest first; the log is emptied. (At most ``frames.HINT_CAPACITY`` are kept between calls.)"""
         ft = self.host.ft
         n = int(ft.reg[REG_HINTS])
         ft.reg[REG_HINTS] = 0
@@ -373,6 +394,14 @@ class Simulation:
                     self._migrate_to_ram(int(ks[K_VICTIM]), int(vcpu_node[0]), ks)
                 elif status == COW_BREAK:
                     break_cow(self, int(ks[K_VICTIM]), int(ks[K_FRAME]))
+                elif status == DIRECT_COMPACT:
+                    self._direct_compact(int(ks[K_FRAME]))
+                elif status == FAULT_AROUND:
+                    charge_to = self._charge_to
+                    try:
+                        secondary.fault_around(int(ks[K_VICTIM]))
+                    finally:
+                        self._charge_to = charge_to
                 elif status == LIVELOCK:
                     raise PluginError(
                         f"secondary MMU '{secondary.label}' kept its fault path retrying: state[IN_PROGRESS] is "
@@ -393,6 +422,18 @@ class Simulation:
         if self.host.pt.flags[key] & P_DEVICE:  # no room in RAM even so: the access fails
             self.host.ctr[C.ALLOC_FAILURES] += 1
             ks[K_SKIP] = 1
+
+    def _direct_compact(self, nid: int) -> None:
+        """__alloc_pages_direct_compact for a THP fault in an MADV_HUGEPAGE region: compact the nodes in
+        the faulting node's order until one pageblock is free; the faulting client waits for the copies.
+        The fault then retries its THP once (and falls back to 4 KiB pages if it still finds none)."""
+        host = self.host
+        host.ctr[C.COMPACT_STALL] += 1
+        before = host.ctr[C.PAGES_MIGRATED]
+        for n in host.ft.node_order[nid]:
+            if n < host.nodes and compact(self, int(n), 1):
+                break
+        self.charge(float(host.ctr[C.PAGES_MIGRATED] - before) * self.costs.compact_page_ns)
 
     def _client_of(self, mm: MM, secondary: SecondaryMMU | None) -> Client | None:
         return next((c for c in self.clients if c.mm is mm and c.secondary is secondary), None)

@@ -2,7 +2,21 @@
 
 Notifier mode is HMM-style SVM (drivers/gpu/drm/amd/amdkfd/kfd_svm.c, nouveau, NVIDIA's UVM): an interval
 notifier over the region. GPU faults are replayable and serviced in batches of ``fault_batch`` (256 by
-default, as NVIDIA's UVM driver), each batch costing ``batch_ns`` plus ``fault_ns`` per fault.
+default, as NVIDIA's UVM driver), each batch costing ``batch_ns`` plus ``fault_ns`` per fault. A batch stalls
+the warps whose accesses faulted, not the whole GPU: of ``warps`` resident warps, the batch's faults hold at
+most that many, each for the batch's service time, while the others run on; the GPU loses that share of its
+time (UVM replays the faulting accesses once the batch is serviced; amdgpu's retry faults, XNACK, likewise).
+A fault is serviced at the driver's granularity: the aligned block of ``fault_block_kib`` around the faulting
+page is faulted in (swapped in, or allocated) and mapped together, through the framework's fault-around
+(``set_fault_block``): amdgpu migrates and maps the granularity-aligned range around the fault
+(svm_range_restore_pages; svm_default_granularity 9, 2 MiB), UVM services a fault by 64 KiB big pages and
+prefetches up to 2 MiB. With ``xnack: false`` (no retry faults: amdgpu's default on most GPUs) an invalidation
+cannot leave the GPU faulting: svm_range_evict quiesces all of the process's queues (kgd2kfd_quiesce_mm) and
+schedules svm_range_restore_work after AMDGPU_SVM_RANGE_RESTORE_DELAY_MS, which revalidates and maps the
+ranges and resumes the queues; evictions that come while the queues are down share one quiesce
+(svms->evicted_ranges). The model charges ``quiesce_ns`` as a stall of the whole GPU once per tick with
+evictions, and the restore's remapping as the GPU's next accesses to the evicted pages, at ``fault_ns`` a page
+without fault batches.
 ``invalidate`` skips MIGRATE and EXCLUSIVE events the GPU itself caused (``ranges.owner`` is this GPU), as
 the kernel's drivers do; otherwise it records the sequence, drops its translations, updates the GPU page
 table for each range and flushes the GPU TLB once for each range that dropped anything. Like RDMA, SVM has no
@@ -18,7 +32,6 @@ Pin mode is userptr (amdgpu/i915 userptr objects): the region is pinned when the
 does not fault on it, and an access the pinning could not map is an error.
 """
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +46,10 @@ class GPUConfig(SecondaryConfig):
     region_mib: int | None  # null: to the end of the mm
     fault_batch: int  # replayable faults serviced per batch
     batch_ns: float  # fixed cost of servicing one batch (interrupt, fault buffer, replay)
+    warps: int  # resident warps: a fault batch stalls the faulting ones, the others run on
+    fault_block_kib: int  # a fault maps the aligned block around the faulting page (the driver's granularity)
+    xnack: bool  # retry faults on; false: an invalidation quiesces the process's queues instead
+    quiesce_ns: float  # xnack off: queues evicted, restore delay, revalidation and resume
     register_page_ns: float  # pin mode: pinning one userptr page
     pt_update_ns: float  # one GPU page-table update, per invalidated range
     tlb_flush_ns: float  # one GPU TLB invalidation
@@ -42,7 +59,12 @@ class GPUConfig(SecondaryConfig):
 
     def __post_init__(self) -> None:
         require(self.fault_batch >= 1, f"fault_batch must be >= 1, got {self.fault_batch}")
-        for key in ("fault_ns", "batch_ns", "register_page_ns", "pt_update_ns", "tlb_flush_ns", "migrate_page_ns"):
+        require(self.warps >= 1, f"warps must be >= 1, got {self.warps}")
+        kib = self.fault_block_kib
+        require(kib >= 4 and kib & (kib - 1) == 0 and kib <= 2048,
+                f"fault_block_kib must be a power of two from 4 to 2048 (4 KiB to 2 MiB), got {kib}")  # fmt: skip
+        for key in ("fault_ns", "batch_ns", "register_page_ns", "pt_update_ns", "tlb_flush_ns", "migrate_page_ns",
+                    "quiesce_ns"):  # fmt: skip
             require(getattr(self, key) >= 0, f"{key} must be >= 0 ns, got {getattr(self, key)}")
         require(self.device_memory_mib >= 0, f"device_memory_mib must be >= 0, got {self.device_memory_mib}")
         require(self.migrate_hot_pages >= 0, f"migrate_hot_pages must be >= 0, got {self.migrate_hot_pages}")
@@ -72,12 +94,23 @@ class GPU(SecondaryMMU):
         return not self.pin_mode
 
     def fault_cost_ns(self, faults: int) -> float:
-        batches = math.ceil(faults / self.cfg.fault_batch)
+        """The GPU's lost time for ``faults``: each batch's service time, times the share of warps it holds."""
+        if not self.cfg.xnack:  # no fault batches: the restore worker remaps what the eviction dropped
+            return faults * self.cfg.fault_ns
+        full, rest = divmod(faults, self.cfg.fault_batch)
+        batches = full + (rest > 0)
         self.metrics["fault_batches"] += batches
-        return batches * self.cfg.batch_ns + faults * self.cfg.fault_ns
+        lost = 0.0
+        for size, count in ((self.cfg.fault_batch, full), (rest, int(rest > 0))):
+            service = self.cfg.batch_ns + size * self.cfg.fault_ns
+            lost += count * service * min(size, self.cfg.warps) / self.cfg.warps
+        return lost
 
     def attach(self) -> None:
         super().attach()
+        self._quiesced_tick = -1
+        if not self.pin_mode:
+            self.set_fault_block(self.cfg.fault_block_kib // 4)
         if self.pin_mode:  # userptr: pin the whole region when the buffer object is created
             start, end = self.region
             mapped = self.populate(start, end)
@@ -92,6 +125,10 @@ class GPU(SecondaryMMU):
             return True
         self.set_seq(cur_seq)
         zapped = self.zap(ranges.start, ranges.end)
+        if not self.cfg.xnack and zapped.any() and self._quiesced_tick != self.sim.tick:
+            self._quiesced_tick = self.sim.tick  # svm_range_evict: the first eviction stops the queues
+            self.metrics["queue_quiesces"] += 1
+            self.client.stall(self.cfg.quiesce_ns)
         flushes = int(np.count_nonzero(zapped))  # one GPU TLB flush per range that dropped anything
         cost = len(ranges) * self.cfg.pt_update_ns + flushes * self.cfg.tlb_flush_ns
         self.metrics["tlb_flushes"] += flushes
@@ -123,6 +160,13 @@ class GPU(SecondaryMMU):
         self.zap(pages, pages + 1)  # the GPU faults the RAM page back in when it next needs it
         self.metrics["migrated_to_ram"] += moved
         self._charge_migration(moved)
+
+    def fault_around(self, page: int) -> int:
+        """The driver's granularity: the block around the fault, one page-table update for all of it."""
+        mapped = super().fault_around(page)
+        self.metrics["prefetched_pages"] += mapped
+        self.sim.charge(self.cfg.pt_update_ns)
+        return mapped
 
     def _charge_migration(self, pages: int) -> None:
         self.metrics["migrated_pages"] += pages

@@ -1,21 +1,37 @@
-"""Automatic NUMA balancing (kernel/sched/fair.c task_numa_work, mm/memory.c do_numa_page).
+"""Automatic NUMA balancing (kernel/sched/fair.c task_numa_work, mm/memory.c do_numa_page), with the
+kernel's defaults (the numa_balancing_* sysctls of Linux 6.x, unchanged since 3.13: scan delay 1000 ms,
+scan period 1000 ms to 60000 ms, 256 MB per scan).
 
-Every scan period each process has a window of its address space (``scan_size_mb``) marked PROT_NONE
-(change_prot_numa). The change raises PROTECTION_VMA over the whole window, so secondary MMUs drop their
-translations there, as KVM does: the guest's next access to each page faults, and KVM's fault path, which
-honours NUMA hinting faults, takes the hinting fault like a CPU access would. A hinting fault records
-which node touched the page (the access kernel logs misplaced pages); each tick the policy migrates the
-logged pages to the node that touched them (event MIGRATE), up to ``migrate_rate_mb_per_s`` and only while
-the target node stays above its high watermark. Pinned pages cannot migrate and are counted as refused.
+Scanning. Each scan period a process has the next window of its address space (``scan_size_mb``) marked
+PROT_NONE (change_prot_numa). The change raises PROTECTION_VMA over the whole window, so secondary MMUs drop
+their translations there, as KVM does: the guest's next access to each page faults, and KVM's fault path,
+which honours NUMA hinting faults, takes the hinting fault as a CPU access would. The access kernel logs
+every hinting fault (page, accessing node).
 
-The scan period adapts as the kernel's update_task_scan_period does in spirit: if most hinting faults
-since the last scan were local, the period doubles (up to the maximum); if most were remote, it halves
-(down to the minimum); the fault counts are the host's, not the process's own. ``skip_pinned`` applies
-the kernel's newer behaviour: maybe-pinned pages are left out of PROT_NONE (no pointless hinting faults
-on them) but the notifier still covers the whole window.
+The two-stage filter (should_numa_migrate_memory in kernel/sched/fair.c). Each hinting fault records its
+node as the page's last (folio_xchg_last_cpupid) and migrates the page to the faulting node only if the
+fault before it came from the same node: a page bounced between nodes stays put. In a process's first four
+passes over its address space (numa_scan_seq <= 4) a page's first fault migrates it at once. Migration is
+not rate-limited: the limit was removed upstream in 2018 (commit efaffc5e40ae, "mm, sched/numa: Remove
+rate-limiting of automatic NUMA balancing migration"); a migration still fails when the target node would
+fall below its high watermark. A page migrates with CLEAR invalidations (try_to_migrate_one); a pinned page
+cannot migrate and is counted as refused (a failed migration, TNF_MIGRATE_FAIL).
 
-Simplified: one scan per process, no task placement, no two-stage filter (a page migrates on its first
-misplaced hinting fault), no shared/private fault classification.
+Per-task scan-period adaptation (update_task_scan_period, called by task_numa_placement once per full pass
+over the address space, when numa_scan_seq moves). From the hinting faults since the last pass: if there
+were none that were local, or a migration failed, the period doubles; otherwise, with
+lr_ratio = 10 x local / (local + remote), a ratio at or above 7 lengthens the period by (lr_ratio - 7)
+slots of a tenth of it (at least one slot), and below 7 shortens it by (7 - lr_ratio) slots. The period
+stays within [task_scan_min, task_scan_max]: the sysctl bounds divided by the number of 256 MB windows in
+the process's resident memory, and not below 1000 ms / (2560 MB / scan size) (MAX_SCAN_WINDOW). The first
+scan waits ``scan_delay_ms``.
+
+``skip_pinned`` applies the kernel's newer behaviour: maybe-pinned pages are left out of PROT_NONE (no
+pointless hinting faults on them) but the notifier still covers the whole window.
+
+Simplified: a guest's vCPUs are one task (no per-thread cpupid: the filter compares nodes only, and every
+fault counts as private, so the shared-fault branch of the scan-period rule never applies), no task
+placement (the scheduler does not move vCPUs towards their memory), no numa groups.
 """
 
 from dataclasses import dataclass
@@ -27,6 +43,9 @@ from mmnsim.pagebits import P_DEVICE, P_PROTNONE
 from mmnsim.thp import split_straddling
 
 MIB_PAGES = 256
+MAX_SCAN_WINDOW_MB = 2560  # kernel/sched/fair.c: the most a task scans per second
+NUMA_PERIOD_SLOTS, NUMA_PERIOD_THRESHOLD = 10, 7  # kernel/sched/fair.c
+EARLY_PASSES = 4  # should_numa_migrate_memory: first faults migrate at once while numa_scan_seq <= 4
 
 
 @dataclass
@@ -35,7 +54,6 @@ class NumaConfig:
     scan_period_min_ms: float  # numa_balancing_scan_period_min_ms
     scan_period_max_ms: float  # numa_balancing_scan_period_max_ms
     scan_size_mb: int  # numa_balancing_scan_size_mb: pages marked per scan
-    migrate_rate_mb_per_s: float  # migration rate limit
     migrate_page_ns: float  # copying one page between nodes, with its unmap and remap
     skip_pinned: bool  # leave maybe-pinned pages out of PROT_NONE (Linux 6.x); the notifier still fires
 
@@ -46,7 +64,6 @@ class NumaConfig:
             f"scan_period_max_ms ({self.scan_period_max_ms}) must be >= scan_period_min_ms ({self.scan_period_min_ms})",
         )
         require(self.scan_size_mb > 0, f"scan_size_mb must be > 0, got {self.scan_size_mb}")
-        require(self.migrate_rate_mb_per_s > 0, f"migrate_rate_mb_per_s must be > 0, got {self.migrate_rate_mb_per_s}")
         require(self.scan_delay_ms >= 0, f"scan_delay_ms must be >= 0, got {self.scan_delay_ms}")
         require(self.migrate_page_ns >= 0, f"migrate_page_ns must be >= 0, got {self.migrate_page_ns}")
 
@@ -54,12 +71,13 @@ class NumaConfig:
 class _Scan:
     """task_numa_work's state for one process."""
 
-    def __init__(self, period_ns: float, first_ns: float):
-        self.period_ns = period_ns
+    def __init__(self, npages: int, period_ms: float, first_ns: float):
+        self.period_ms = period_ms
         self.next_ns = first_ns
         self.cursor = 0
-        self.faults_at = 0  # the host's hinting-fault counters at the last scan
-        self.local_at = 0
+        self.passes = 0  # mm->numa_scan_seq: full passes over the address space
+        self.local = self.remote = self.failed = 0  # p->numa_faults_locality since the last scan
+        self.last_nid = np.full(npages, -1, dtype=np.int8)  # the node of each page's last hinting fault
 
 
 class Numa(HostPolicy):
@@ -68,10 +86,9 @@ class Numa(HostPolicy):
 
     def __init__(self, sim, cfg: NumaConfig):
         super().__init__(sim, cfg)
-        ms = 1e6
-        self.scans = {mm.index: _Scan(cfg.scan_period_min_ms * ms, cfg.scan_delay_ms * ms) for mm in sim.mms}
-        self.last_time_ns = 0.0
-        self.metrics = {"numa_pte_updates": 0, "numa_scans": 0, "numa_pages_migrated": 0, "numa_migrate_ns": 0.0}
+        self.scans = {mm.index: _Scan(mm.npages, cfg.scan_period_min_ms, cfg.scan_delay_ms * 1e6) for mm in sim.mms}
+        self.metrics = {"numa_pte_updates": 0, "numa_scans": 0, "numa_pages_migrated": 0, "numa_migrate_ns": 0.0,
+                        "numa_migrations_filtered": 0}  # fmt: skip
 
     @hookimpl
     def host_tick(self, sim) -> None:
@@ -84,62 +101,104 @@ class Numa(HostPolicy):
                 self._scan(sim, mm, scan)
 
     def _migrate_misplaced(self, sim) -> None:
-        """Migrate the pages the hinting faults found on the wrong node, within the rate limit."""
+        """Run the logged hinting faults through should_numa_migrate_memory and migrate what passes."""
         hints = sim.take_hint_faults()
-        elapsed = max(sim.time_ns - self.last_time_ns, 0.0)
-        self.last_time_ns = sim.time_ns
-        budget = int(self.cfg.migrate_rate_mb_per_s * MIB_PAGES * elapsed / 1e9)
         if hints.shape[0] == 0:
             return
         for mm in sim.mms:
             mine = hints[(hints[:, 0] >= mm.base) & (hints[:, 0] < mm.base + mm.npages)]
-            if mine.size == 0:
+            if mine.size == 0 or mm.exited:
                 continue
-            for node in np.unique(mine[:, 1]):
-                pages = np.unique(mine[mine[:, 1] == node, 0]) - mm.base
-                pages = pages[: max(budget, 0)]
-                if pages.size == 0:
-                    continue
+            scan = self.scans[mm.index]
+            pages, nids = mine[:, 0] - mm.base, mine[:, 1]
+            local = sim.host.nodes_of(mm.pte[pages]) == nids
+            scan.local += int(np.count_nonzero(local))
+            scan.remote += int(np.count_nonzero(~local))
+            # The last node each fault saw: the previous fault on the same page in this log, else the array's.
+            order = np.argsort(pages, kind="stable")
+            p, n = pages[order], nids[order]
+            first = np.ones(p.size, dtype=bool)
+            first[1:] = p[1:] != p[:-1]
+            last = np.empty_like(n)
+            last[first] = scan.last_nid[p[first]]
+            last[~first] = n[np.flatnonzero(~first) - 1]
+            early = scan.passes <= EARLY_PASSES and (last < 0)
+            passes = (early | (last == n)) & ~local[order]
+            self.metrics["numa_migrations_filtered"] += int(np.count_nonzero(~local[order] & ~passes))
+            ends = np.flatnonzero(np.r_[p[1:] != p[:-1], True])
+            scan.last_nid[p[ends]] = n[ends]
+            if not passes.any():
+                continue
+            chosen_pages, idx = np.unique(p[passes], return_index=True)  # a page's first passing fault decides
+            chosen_nodes = n[passes][idx]
+            for node in np.unique(chosen_nodes):
+                moving = chosen_pages[chosen_nodes == node]
                 high = int(sim.host.watermarks[node, 2])
-                moved = sim.migrate(mm, pages, int(node), keep_free=high)
-                budget -= pages.size
+                before = sim.counter("migrations_refused")
+                moved = sim.migrate(mm, moving, int(node), keep_free=high)
+                scan.failed += sim.counter("migrations_refused") - before
                 self.metrics["numa_pages_migrated"] += moved
                 self.metrics["numa_migrate_ns"] += moved * self.cfg.migrate_page_ns
                 sim.charge(moved * self.cfg.migrate_page_ns)
 
     def _scan(self, sim, mm, scan: _Scan) -> None:
-        """change_prot_numa over the next window of ``mm``, then adapt the period."""
+        """task_numa_work: change_prot_numa over the next window of ``mm``, then adapt the period."""
         window = self.cfg.scan_size_mb * MIB_PAGES
         start, end = scan.cursor, min(scan.cursor + window, mm.npages)
-        scan.cursor = end if end < mm.npages else 0
-        faults, local = sim.counter("numa_hint_faults"), sim.counter("numa_hint_faults_local")
-        if faults > scan.faults_at:
-            local_fraction = (local - scan.local_at) / (faults - scan.faults_at)
-            if local_fraction >= 0.7:
-                scan.period_ns = min(scan.period_ns * 2, self.cfg.scan_period_max_ms * 1e6)
-            elif local_fraction < 0.3:
-                scan.period_ns = max(scan.period_ns / 2, self.cfg.scan_period_min_ms * 1e6)
-        scan.faults_at, scan.local_at = faults, local
-        scan.next_ns = sim.time_ns + scan.period_ns
+        if end >= mm.npages:
+            scan.cursor = 0
+            scan.passes += 1  # reset_ptenuma_scan: numa_scan_seq++
+            self._update_period(mm, scan)  # task_numa_placement runs once per numa_scan_seq
+        else:
+            scan.cursor = end
+        scan.next_ns = sim.time_ns + scan.period_ms * 1e6
+        marked = self._change_prot_numa(sim, mm, start, end)
+        self.metrics["numa_pte_updates"] += marked
+        self.metrics["numa_scans"] += 1
+        sim.charge(marked * sim.costs.tlb_invalidate_page_ns)
 
+    def _update_period(self, mm, scan: _Scan) -> None:
+        """update_task_scan_period, with every fault private (shared = 0)."""
+        lo, hi = self._period_bounds(mm)
+        if scan.local == 0 or scan.failed:  # local + shared == 0, or numa_faults_locality[2]: scan slower
+            scan.period_ms = min(hi, scan.period_ms * 2)
+        else:
+            slot = -(-scan.period_ms // NUMA_PERIOD_SLOTS)  # DIV_ROUND_UP
+            lr_ratio = scan.local * NUMA_PERIOD_SLOTS // (scan.local + scan.remote)
+            if lr_ratio >= NUMA_PERIOD_THRESHOLD:  # mostly local: no need to scan fast
+                diff = max(lr_ratio - NUMA_PERIOD_THRESHOLD, 1) * slot
+            else:  # private faults, many remote: scan faster
+                diff = -(NUMA_PERIOD_THRESHOLD - lr_ratio) * slot
+            scan.period_ms = min(max(scan.period_ms + diff, lo), hi)
+        scan.local = scan.remote = scan.failed = 0
+
+    def _period_bounds(self, mm) -> tuple[float, float]:
+        """task_scan_min and task_scan_max: the sysctl bounds over the number of scan windows in the rss."""
+        window = self.cfg.scan_size_mb * MIB_PAGES
+        rss = int(np.count_nonzero(mm.pte >= 0)) or window
+        windows = -(-rss // window)
+        floor = 1000 / max(MAX_SCAN_WINDOW_MB // self.cfg.scan_size_mb, 1)
+        lo = max(floor, self.cfg.scan_period_min_ms / windows)
+        return lo, max(lo, self.cfg.scan_period_max_ms / windows)
+
+    def _change_prot_numa(self, sim, mm, start: int, end: int) -> int:
+        """change_prot_numa over [start, end): PROTECTION_VMA, then PROT_NONE on the present pages; returns
+        the pages marked."""
         split_straddling(sim, mm, start, end)  # change_pmd_range splits a THP the window covers in part
         pte, flags = mm.pte[start:end], mm.flags[start:end]
         target = (pte >= 0) & ((flags & (P_PROTNONE | P_DEVICE)) == 0)
         if self.cfg.skip_pinned:
             target &= sim.host.ft.pin[np.maximum(pte, 0)] == 0
-        ranges = NotifierRange(mm, np.array([start]), np.array([end]), Event.PROTECTION_VMA)
 
         def protect() -> None:
             flags[target] |= P_PROTNONE
 
-        mm.invalidate(ranges, protect)
-        self.metrics["numa_pte_updates"] += int(np.count_nonzero(target))
-        self.metrics["numa_scans"] += 1
-        sim.charge(int(np.count_nonzero(target)) * sim.costs.tlb_invalidate_page_ns)
+        mm.invalidate(NotifierRange(mm, np.array([start]), np.array([end]), Event.PROTECTION_VMA), protect)
+        return int(np.count_nonzero(target))
 
     @hookimpl
     def collect_metrics(self, sim) -> dict[str, float]:
-        periods = [s.period_ns / 1e6 for s in self.scans.values()]
+        periods = [s.period_ms for s in self.scans.values()]
         return {**self.metrics, "numa_scan_period_ms": float(np.mean(periods)) if periods else 0.0}
 
 

@@ -85,7 +85,9 @@ CASES = [
         message=("secondary.mode: invalid value 'foo'; accepted: pin, notifier, unpinned",),
     ),
     config(
-        "bad-thp-mode", "host.thp=sometimes", message=("host.thp: invalid value 'sometimes'; accepted: always, never",)
+        "bad-thp-mode",
+        "host.thp=sometimes",
+        message=("host.thp: invalid value 'sometimes'; accepted: always, madvise, never",),
     ),
     config("negative-host-memory", "host.memory_mib=-1", message=("host.memory_mib: must be > 0, got -1",)),
     config("negative-swap", "host.swap_mib=-64", message=("host.swap_mib: must be >= 0, got -64",)),

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from conftest import run, simulation
+from mmnsim import swap_out
 from mmnsim.compaction import compact
+from mmnsim.frames import REG_FLAGS, THP_ENABLED
+from mmnsim.host import THP
 from mmnsim.invariants import KINDS
 from mmnsim.pagebits import HUGE_PAGES, P_HUGE, S_HUGE
 
@@ -42,6 +45,9 @@ def test_khugepaged_collapses_a_region_keeping_its_contents():
     mm, kvm = sim.mms[0], sim.secondaries[0]
     tokens = mm.token.copy()
     assert not (mm.flags & P_HUGE).any()
+    sim.step()
+    assert sim.metrics()["khugepaged_scanned"] == 0  # THP never: khugepaged does not run
+    sim.host_cfg.thp = THP.madvise  # echo madvise > /sys/kernel/mm/transparent_hugepage/enabled
     sim.time_ns += 1e9  # let khugepaged's budget build up
     sim.step()
     assert (mm.flags & P_HUGE).all() and sim.metrics()["thp_collapse_alloc"] == mm.npages // HUGE_PAGES
@@ -72,18 +78,96 @@ def test_compaction_empties_pageblocks_but_not_one_holding_a_pinned_page():
 
 @pytest.fixture(scope="module")
 def fragmented():
-    scenario = ("+scenario=defrag_fragmented", "workload.accesses=12000000")
+    """The defrag scenario on the smaller host: the guest and the churning cache overcommit it."""
+    scenario = ("+scenario=defrag_fragmented", "workload.accesses=12000000", "host.memory_mib=1536")
     return {mode: run(*scenario, f"secondary.mode={mode}", small=False)[1] for mode in ("notifier", "pin")}
 
 
-def test_from_a_fragmented_host_notifiers_get_the_guest_onto_huge_pages_and_pins_do_not(fragmented):
+def test_thps_come_at_fault_time_and_under_pressure_only_the_notifier_guest_loses_them(fragmented):
     n, p = fragmented["notifier"], fragmented["pin"]
-    assert n["thp_coverage"] > 0.8 > 0.2 > p["thp_coverage"]
-    assert n["kvm.huge_mapped_fraction"] > 0.8 and p["kvm.huge_mapped_fraction"] == 0
-    # Pins make pageblocks unmovable (tested above); whether compaction meets one in this run depends on
-    # khugepaged's pace, which follows simulated time. Collapse always meets them.
-    assert n["compact_fail"] == 0 and p["thp_collapse_failed_pinned"] > 0
-    # The guest maps 2 MiB pages too (guest.thp): 2M/2M entries reach the whole guest; pin mode's 4 KiB
-    # sptes splinter them to 4 KiB.
-    assert n["kvm.translation_ns"] < 0.5 * p["kvm.translation_ns"]
+    for m in (n, p):  # QEMU's MADV_HUGEPAGE: each THP fault compacts if it must, pinned or not
+        assert m["compact_stall"] > 0 and m["thp_fault_fallback"] == 0 and m["thp_fault_alloc"] >= 256
+    assert p["thp_coverage"] == 1.0 and p["kvm.huge_mapped_fraction"] == 1.0
+    assert n["thp_split"] > 0 and n["thp_coverage"] < 0.5  # reclaim split the notifier guest's THPs
+    assert p["compact_fail"] > 0 and n["compact_fail"] == 0  # the pins make pageblocks unmovable
+    assert p["swap_outs"] > 2 * n["swap_outs"]  # the pinned guest's neighbour pays for it
     assert n["invariant_violations"] == p["invariant_violations"] == 0
+
+
+# -- QEMU's MADV_HUGEPAGE, direct compaction at fault time, khugepaged at its defaults --
+
+
+def _fragmented(*extra):
+    """A 64 MiB host whose free memory is all in holes: a process filled it, then dropped 3 pages in 4."""
+    sim = simulation("host.memory_mib=64", "guest.memory_mib=16", "workload.accesses=0", "workload.boot=false",
+                     "processes=[{name: filler, memory_mib: 60, node: 0, workload: {name: uniform, accesses: 0}}]",
+                     *extra)  # fmt: skip
+    filler = sim.mms[1]
+    filler.access(np.arange(filler.npages), np.ones(filler.npages, dtype=bool))
+    filler.discard(np.flatnonzero(np.arange(filler.npages) % 4 != 0))
+    return sim, sim.mms[0], sim.secondaries[0]
+
+
+def test_a_madvised_guest_compacts_directly_at_fault_time_and_gets_its_thp():
+    sim, mm, kvm = _fragmented("host.thp=madvise")
+    free_blocks = sim.host.free_blocks(0)
+    sim.run_client(mm, kvm, np.arange(0, mm.npages, HUGE_PAGES))
+    m = sim.metrics()
+    assert m["compact_stall"] >= mm.npages // HUGE_PAGES - free_blocks > 0  # a compaction for each missing block
+    assert (mm.flags & P_HUGE).all() and m["thp_fault_alloc"] == mm.npages // HUGE_PAGES
+    assert m["thp_fault_fallback"] == 0 and m["invariant_violations"] == 0
+
+
+def test_without_madv_hugepage_a_thp_fault_falls_back_and_never_compacts():
+    sim, mm, kvm = _fragmented("host.thp=always", "guest.madvise_hugepage=false")
+    free_blocks = sim.host.free_blocks(0)
+    sim.run_client(mm, kvm, np.arange(0, mm.npages, HUGE_PAGES))
+    m = sim.metrics()
+    assert m["compact_stall"] == 0 and m["thp_fault_fallback"] > 0
+    huge_regions = int(np.count_nonzero(mm.flags[::HUGE_PAGES] & P_HUGE))
+    assert huge_regions <= free_blocks < mm.npages // HUGE_PAGES  # only the blocks that were free
+
+
+def test_thp_madvise_mode_gives_huge_pages_only_to_madvised_memory():
+    sim = simulation(
+        "host.thp=madvise",
+        "host.memory_mib=256",
+        "guest.memory_mib=16",
+        "workload.accesses=0",
+        "processes=[{name: plain, memory_mib: 16, node: 0, workload: {name: uniform, accesses: 0}}]",
+    )
+    guest, plain = sim.mms
+    assert guest.hugepage and not plain.hugepage
+    guest.access(np.arange(guest.npages))
+    plain.access(np.arange(plain.npages))
+    assert (guest.flags & P_HUGE).all() and not (plain.flags & P_HUGE).any()
+
+
+def test_khugepaged_at_its_defaults_scans_4096_pages_every_10_seconds():
+    sim = simulation("host.memory_mib=256", "guest.memory_mib=64", "workload.accesses=0", "host.thp=madvise",
+                     "guest.madvise_hugepage=false", "policies=[swap,defrag]")  # fmt: skip
+    defrag = next(p for p in sim.policies if p.name == "defrag")
+    sim.host_cfg.thp = THP.always  # so that khugepaged scans the (non-madvised) guest
+    sim.time_ns = 9.9e9
+    sim.step()
+    assert defrag.metrics["khugepaged_scanned"] == 0
+    sim.time_ns = 30.0e9  # three wake-ups
+    sim.step()
+    assert defrag.metrics["khugepaged_scanned"] == 3 * 4096
+
+
+def test_khugepaged_swaps_in_up_to_max_ptes_swap_pages_to_collapse_a_region():
+    sim = simulation("host.memory_mib=256", "guest.memory_mib=4", "workload.accesses=0", "host.thp=madvise",
+                     "guest.madvise_hugepage=true", "policies=[swap,defrag]", "policies.defrag.compaction=false",
+                     small=False)  # fmt: skip
+    mm = sim.mms[0]
+    sim.host.ft.reg[REG_FLAGS] &= ~THP_ENABLED  # boot on 4 KiB pages: no THP at fault time
+    mm.access(np.arange(mm.npages), np.ones(mm.npages, dtype=bool))
+    swap_out(sim, mm.pte[np.arange(64)].astype(np.int64))  # region 0: 64 swapped (the limit)
+    swap_out(sim, mm.pte[HUGE_PAGES + np.arange(65)].astype(np.int64))  # region 1: 65 swapped
+    tokens = mm.token.copy()
+    defrag = next(p for p in sim.policies if p.name == "defrag")
+    defrag._khugepaged_do_scan(sim)
+    assert (mm.flags[:HUGE_PAGES] & P_HUGE).all() and defrag.metrics["khugepaged_swapins"] == 64
+    assert not (mm.flags[HUGE_PAGES:] & P_HUGE).any()  # 65 > max_ptes_swap: left alone
+    assert np.array_equal(mm.token, tokens) and sim.check_invariants().counts.sum() == 0

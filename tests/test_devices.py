@@ -12,9 +12,11 @@ N = 256  # pages the scenario tests touch
 
 
 def device(kind="gpu", *extra):
-    """A 16 MiB process mapped by one device, nothing touched yet."""
+    """A 16 MiB process mapped by one device, nothing touched yet (a GPU faulting page by page, as hmm-tests'
+    device does, unless ``extra`` sets its fault block)."""
+    per_page = ("secondary.fault_block_kib=4",) if kind == "gpu" else ()
     sim = simulation(f"secondary={kind}", "workload.accesses=0", "workload.boot=false", "guest.memory_mib=16",
-                     "host.memory_mib=64", *extra)  # fmt: skip
+                     "host.memory_mib=64", *per_page, *extra)  # fmt: skip
     return sim, sim.tenants[0].mm, sim.secondaries[0]
 
 

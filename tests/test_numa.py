@@ -4,8 +4,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import run
+from conftest import run, simulation
 from mmnsim import ConfigError
+from mmnsim.frames import REG_HINTS
 
 MOVED = ("+scenario=numa_moved_vcpus", "workload.accesses=24000000")
 
@@ -90,3 +91,64 @@ def test_bad_numa_input_names_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         run(*overrides)
     assert message in str(err.value)
+
+
+# -- the policy's kernel rules, one at a time (kernel/sched/fair.c) --
+
+
+def _numa_sim(*extra):
+    """A 16 MiB guest booted on node 0 of a two-node host; NUMA balancing on, nothing run yet."""
+    sim = simulation("host.numa_nodes=2", "host.memory_mib=256", "guest.memory_mib=16", "guest.vcpu_nodes=[0]",
+                     "workload.accesses=0", "policies=[numa]", *extra, small=False)  # fmt: skip
+    mm = sim.mms[0]
+    mm.access(np.arange(mm.npages), np.ones(mm.npages, dtype=bool))  # all of it on node 0
+    return sim, mm, next(p for p in sim.policies if p.name == "numa")
+
+
+def _hint(sim, mm, pages, nid):
+    """Log hinting faults from node ``nid`` on ``pages``, as the access kernel does."""
+    ft = sim.host.ft
+    n = int(ft.reg[REG_HINTS])
+    ft.hints[n : n + len(pages), 0] = mm.base + np.asarray(pages)
+    ft.hints[n : n + len(pages), 1] = nid
+    ft.reg[REG_HINTS] += len(pages)
+
+
+def test_two_stage_filter_migrates_a_page_only_on_a_second_fault_from_the_same_node():
+    sim, mm, numa = _numa_sim()
+    numa.scans[mm.index].passes = 5  # past the early passes
+    _hint(sim, mm, [1, 2, 3], 1)
+    numa._migrate_misplaced(sim)
+    assert sim.counter("pages_migrated") == 0  # a first fault only records the node
+    _hint(sim, mm, [1, 2], 1)
+    _hint(sim, mm, [3], 0)  # local: page 3's last node is now 0
+    _hint(sim, mm, [3], 1)
+    numa._migrate_misplaced(sim)
+    assert sim.counter("pages_migrated") == 2  # pages 1, 2: node 1 twice in a row; page 3 bounced
+    assert sim.host.nodes_of(mm.pte[[1, 2, 3]]).tolist() == [1, 1, 0]
+
+
+def test_early_in_a_process_life_a_first_fault_migrates_at_once_and_nothing_limits_the_rate():
+    sim, mm, numa = _numa_sim()
+    _hint(sim, mm, np.arange(mm.npages), 1)  # 16 MiB in one tick: the old 1280 MB/s limit allowed ~0
+    numa._migrate_misplaced(sim)
+    assert sim.counter("pages_migrated") == mm.npages
+
+
+def test_scan_period_follows_update_task_scan_period():
+    sim, mm, numa = _numa_sim()
+    scan = numa.scans[mm.index]
+    lo, hi = numa._period_bounds(mm)
+    assert (lo, hi) == (1000, 60000)  # one 256 MB window: the sysctls themselves
+    scan.period_ms, scan.local, scan.remote = 1000, 0, 50
+    numa._update_period(mm, scan)
+    assert scan.period_ms == 2000  # no local fault: scan slower
+    scan.local, scan.remote = 90, 10  # lr_ratio 9: two slots slower
+    numa._update_period(mm, scan)
+    assert scan.period_ms == 2000 + 2 * 200
+    scan.local, scan.remote = 30, 70  # lr_ratio 3: four slots faster, clamped at the minimum
+    numa._update_period(mm, scan)
+    assert scan.period_ms == max(2400 - 4 * 240, 1000)
+    scan.local, scan.remote, scan.failed = 100, 0, 1  # a failed migration: scan slower
+    numa._update_period(mm, scan)
+    assert scan.period_ms == 2 * max(2400 - 4 * 240, 1000)

@@ -149,4 +149,7 @@ def test_each_experiment_composes_runs_and_reports_metrics_that_exist(name):
 def test_unknown_experiment_names_the_accepted_ones(tmp_path):
     out = tool("mmnsim-experiment", "swapp", cwd=tmp_path)
     assert out.returncode != 0
-    assert "unknown experiment 'swapp'; accepted: defrag, devices, numa, release_cost, swap, all" in out.stderr
+    assert (
+        "unknown experiment 'swapp'; accepted: defrag, devices, numa, numa_guests, passthrough, release_cost, swap, all"
+        in out.stderr
+    )
