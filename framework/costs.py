@@ -23,10 +23,10 @@ class Costs:
     tlb_invalidate_page_ns: float  # invalidate one page in the local CPU TLB
     tlb_entries: int  # second-level TLB entries of the CPU (or device) translating the accesses
     walk_ref_ns: float  # one memory reference of a page walk after a TLB miss
+    compact_page_ns: float  # migrating one page in direct compaction (unmap, copy 4 KiB, remap)
     pwc_miss: float  # share of a walk's non-leaf references the page-walk caches do not absorb
     # Where each figure comes from: {key: {range: [lo, hi], source: "..."}} (the agreed cost format).
     sources: dict[str, Any] = field(default_factory=dict)
-    compact_page_ns: float  # migrating one page in direct compaction (unmap, copy 4 KiB, remap)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -8,7 +8,13 @@ from conftest import run, simulation
 from mmnsim import ConfigError
 from mmnsim.frames import REG_HINTS
 
-MOVED = ("+scenario=numa_moved_vcpus", "workload.accesses=24000000")
+# Scans every 250 ms (the kernel: 1 s), so that 24 M accesses (about 1.8 s simulated) see several passes.
+MOVED = (
+    "+scenario=numa_moved_vcpus",
+    "workload.accesses=24000000",
+    "policies.numa.scan_delay_ms=250",
+    "policies.numa.scan_period_min_ms=250",
+)
 
 
 def remote_per_tick(sim) -> pl.DataFrame:
@@ -67,7 +73,7 @@ def test_skipping_pinned_pages_spares_the_hinting_faults_but_not_the_notifier():
 
 @pytest.mark.parametrize("scenario", ["numa_wrong_node", "numa_large_guest"])
 def test_the_other_scenarios_run_clean(scenario):
-    sim, m = run(f"+scenario={scenario}", "workload.accesses=10000000", small=False)
+    sim, m = run(f"+scenario={scenario}", "workload.accesses=10000000", "policies.numa.scan_delay_ms=250", small=False)
     assert m["invariant_violations"] == 0 and m["numa_hint_faults"] > 0
     if scenario == "numa_large_guest":
         used = [np.count_nonzero(sim.host.ft.key[sim.host.ft.pb[:, 2].repeat(512) == n] >= 0) for n in (0, 1)]
