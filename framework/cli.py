@@ -32,6 +32,8 @@ from .simulation import InvariantViolation, Simulation
 from .traces import TraceError
 
 CONFIG_MODULE = "mmnsim.conf"
+EXIT_VIOLATIONS = 3  # a run (or a sweep's job) violated an invariant, without engine.allow_violations
+VIOLATIONS = "violations.txt"  # a job's violation messages, for the end of a multirun
 log = logging.getLogger("mmnsim")
 
 
@@ -73,6 +75,12 @@ def _app(cfg: DictConfig) -> None:
         log.warning("invariant violated: %s", message)
     print(summary_text(metrics))
     print(f"results: {outdir}")
+    if metrics["invariant_violations"] and not sim.engine.allow_violations:  # the results stay written
+        (outdir / VIOLATIONS).write_text("\n".join(sim.violation_messages) + "\n")
+        if not multirun:
+            print(f"mmnsim: {metrics['invariant_violations']:,} invariant violations (first: "
+                  f"{sim.violation_messages[0]}); engine.allow_violations=true accepts them", file=sys.stderr)  # fmt: skip
+            sys.exit(EXIT_VIOLATIONS)
 
 
 class FailedJobs(Callback):
@@ -82,7 +90,13 @@ class FailedJobs(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         failed = sorted(sweep.rglob(FAILED))
+        violated = sorted(sweep.rglob(VIOLATIONS))
+        for path in violated:  # listed first: a failed job, below, sets the exit status
+            first = path.read_text().partition("\n")[0]
+            print(f"mmnsim: invariant violated in {path.parent}: {first}", file=sys.stderr)
         if not failed:
+            if violated:
+                sys.exit(EXIT_VIOLATIONS)
             return
         total = len(list(sweep.rglob(".hydra/config.yaml")))
         print(f"mmnsim: {len(failed)} of {total} jobs failed; the others' results are in {sweep}:", file=sys.stderr)

@@ -56,6 +56,7 @@ NAMES = (
     "oom_kills",  # oom_kill: tenants the OOM killer killed (mm/oom_kill.c oom_kill_process)
     "oom_reaper_refusals",  # OOM-reaper ranges a subscriber refused (non-blockable): skipped, retried later
     "oom_reaped_pages",  # pages (present or swapped) the OOM reaper tore down (__oom_reap_task_mm)
+    "race_windows",  # secondary faults that slept between resolving and installing while the host ran
     "write_seq",  # content-token generator: bumped on every write
 )
 
@@ -107,6 +108,7 @@ NAMES = (
     OOM_KILLS,
     OOM_REAPER_REFUSALS,
     OOM_REAPED_PAGES,
+    RACE_WINDOWS,
     WRITE_SEQ,
 ) = range(len(NAMES))
 

@@ -24,7 +24,6 @@ import numpy as np
 
 from mmnsim import Event, HostPolicy, NotifierRange, hookimpl, require
 from mmnsim.pagebits import P_DEVICE, P_PROTNONE
-from mmnsim.thp import split_straddling
 
 MIB_PAGES = 256
 
@@ -122,20 +121,10 @@ class Numa(HostPolicy):
         scan.faults_at, scan.local_at = faults, local
         scan.next_ns = sim.time_ns + scan.period_ns
 
-        split_straddling(sim, mm, start, end)  # change_pmd_range splits a THP the window covers in part
-        pte, flags = mm.pte[start:end], mm.flags[start:end]
-        target = (pte >= 0) & ((flags & (P_PROTNONE | P_DEVICE)) == 0)
-        if self.cfg.skip_pinned:
-            target &= sim.host.ft.pin[np.maximum(pte, 0)] == 0
-        ranges = NotifierRange(mm, np.array([start]), np.array([end]), Event.PROTECTION_VMA)
-
-        def protect() -> None:
-            flags[target] |= P_PROTNONE
-
-        mm.invalidate(ranges, protect)
-        self.metrics["numa_pte_updates"] += int(np.count_nonzero(target))
+        updated = mm.change_prot_numa(start, end, self.cfg.skip_pinned)
+        self.metrics["numa_pte_updates"] += updated
         self.metrics["numa_scans"] += 1
-        sim.charge(int(np.count_nonzero(target)) * sim.costs.tlb_invalidate_page_ns)
+        sim.charge(updated * sim.costs.tlb_invalidate_page_ns)
 
     @hookimpl
     def collect_metrics(self, sim) -> dict[str, float]:
