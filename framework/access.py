@@ -318,8 +318,8 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
         return _AGAIN
     # The fault sleeps (a swap-in's I/O, the device's fault batch) holding the frame it resolved, and the
     # host runs meanwhile: Python invalidates the page through the real mm operations, then resumes here.
-    if sstate[RACE_RATE] and ks[K_RETRIES] == 0 and not (sstate[MODE] & SEC_PIN) and not pflags[key] & (P_HUGE | P_DEVICE) and _race(
-            sstate, sreg):  # fmt: skip
+    window = sstate[RACE_RATE] != 0 and ks[K_RETRIES] == 0 and not (sstate[MODE] & SEC_PIN)
+    if window and not pflags[key] & (P_HUGE | P_DEVICE) and _race(sstate, sreg):
         ks[K_WINDOW] = 1
         ks[K_WFRAME] = pte[key]
         ks[K_VICTIM] = key
@@ -472,8 +472,8 @@ def _cpu_hits(pages, writes, i, stop, base, pte, pflags, fkey, ftoken, ptoken, f
 
 
 @kernel
-def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pflags, mm_base, fkey, ftoken, ptoken, fref,
-              pb, distance, nid, ref, numa, check_owner, seq, ctr, skey, stoken):  # fmt: skip
+def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pflags, mm_base, fkey, ftoken, ptoken,
+              fref, pb, distance, nid, ref, numa, check_owner, seq, ctr, skey, stoken):  # fmt: skip
     remote = dist = huge = 0
     while i < stop:
         # Prefetch in three stages, each reading what the one before brought in: the entry of the access
@@ -526,8 +526,8 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pf
 
 
 @kernel
-def _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner, pte, pflags, ptoken,
-         mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, distance, reg, hints,
+def _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner, pte, pflags,
+         ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, distance, reg, hints,
          skey, stoken, sreg):  # fmt: skip
     n = pages.size
     base = mm_base[mm]
@@ -583,9 +583,9 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node,
         if i == stop:
             continue
         # A miss: fault, then try the access again.
-        st = _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
-                   pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, base + pages[i], pages[i],
-                   writes[i], nid, exact)  # fmt: skip
+        st = _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken,
+                   fpin, fref, pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, base + pages[i],
+                   pages[i], writes[i], nid, exact)  # fmt: skip
         if st == _AGAIN:
             fresh = visible and (fresh or ks[K_FRESH] != 0)
             ks[K_FRESH] = 0

@@ -78,8 +78,9 @@ def _app(cfg: DictConfig) -> None:
     if metrics["invariant_violations"] and not sim.engine.allow_violations:  # the results stay written
         (outdir / VIOLATIONS).write_text("\n".join(sim.violation_messages) + "\n")
         if not multirun:
-            print(f"mmnsim: {metrics['invariant_violations']:,} invariant violations (first: "
-                  f"{sim.violation_messages[0]}); engine.allow_violations=true accepts them", file=sys.stderr)  # fmt: skip
+            first = sim.violation_messages[0]
+            print(f"mmnsim: {metrics['invariant_violations']:,} invariant violations (first: {first}); "
+                  "engine.allow_violations=true accepts them", file=sys.stderr)  # fmt: skip
             sys.exit(EXIT_VIOLATIONS)
 
 

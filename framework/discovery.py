@@ -77,10 +77,10 @@ def plugin_manager() -> pluggy.PluginManager:
             continue
         pm.register(plugin, name=ep.name)
         impl = getattr(plugin, "register_components", None)
-        if not hasattr(impl, f"{PROJECT}_impl") or not (impl() or ()):
-            if f"empty:{ep.name}" not in _reported:
-                _reported.add(f"empty:{ep.name}")
-                log.warning("plugin package entry point %s (%s) registers no components", ep.name, ep.value)
+        empty = not hasattr(impl, f"{PROJECT}_impl") or not (impl() or ())
+        if empty and f"empty:{ep.name}" not in _reported:
+            _reported.add(f"empty:{ep.name}")
+            log.warning("plugin package entry point %s (%s) registers no components", ep.name, ep.value)
     return pm
 
 

@@ -341,7 +341,8 @@ def _entry_story(sim: "Simulation", sec, page: int, frame: int, what: int, subsc
     change = _last_change(sim, key)
     told = f"{sec.label} was told ({_invalidate_hook(sec)}) and kept its entry"
     if what in (W_STALE, W_FOREIGN):
-        story = f"{sec.label} maps page {page} to frame {frame}, {_frame_story(sim, sec.mm, page, frame)}; the PTE was {change}"
+        story = f"{sec.label} maps page {page} to frame {frame}, {_frame_story(sim, sec.mm, page, frame)}"
+        story += f"; the PTE was {change}"
         if subscribed:
             return f"{story}. Culprit: {sec.label} ({told}, or installed it without the retry rule)"
         return (f"{story}. Culprit: that change, made under {sec.label}'s pin: a pinning device is not subscribed and "
@@ -409,8 +410,10 @@ def _host_story(sim: "Simulation", what: int, a: int, b: int) -> str:
         return (f"{_page(sim, a)} should hold content {int(host._pt.token[a])} (its last write), but {held}: the "
                 f"data was lost or overwritten. The PTE was {_last_change(sim, a)}: culprit")  # fmt: skip
     if what == W_WRONG_OWNER:
-        return (f"{_page(sim, a)} maps frame {b}, but the frame's reverse map names key {int(host._ft.key[b])}: "
-                f"two pages on one frame, or a frame reused while mapped. The PTE was {_last_change(sim, a)}: culprit")
+        return (
+            f"{_page(sim, a)} maps frame {b}, but the frame's reverse map names key {int(host._ft.key[b])}: "
+            f"two pages on one frame, or a frame reused while mapped. The PTE was {_last_change(sim, a)}: culprit"
+        )
     if what == W_SLOT_OWNER:
         return (f"{_page(sim, a)} is in swap slot {-2 - b}, but the slot belongs to another page or is free. "
                 f"The PTE was {_last_change(sim, a)}: culprit")  # fmt: skip
@@ -430,8 +433,10 @@ def _host_story(sim: "Simulation", what: int, a: int, b: int) -> str:
         W_TOTAL: f"{a} free frames and {b} in use do not add up to the {host._ft.key.size} frames",
         W_SLOTS: f"{a} swap slots are in use but {b} PTEs are swap entries (or the device's count disagrees)",
     }
-    return (f"{stories.get(what, f'accounting mismatch ({a}, {b})')}. Culprit: the framework's frame accounting "
-            f"(ran last: {sim.actors.current})")
+    return (
+        f"{stories.get(what, f'accounting mismatch ({a}, {b})')}. Culprit: the framework's frame accounting "
+        f"(ran last: {sim.actors.current})"
+    )
 
 
 def verify_young(sim: "Simulation", subscriber, op: str, start: np.ndarray, end: np.ndarray, truth: np.ndarray,

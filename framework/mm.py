@@ -142,7 +142,8 @@ class MM:
             nonlocal dropped
             dropped = zap_keys(host._pt, host._ft, host._sw, self.base + pages)
 
-        self.invalidate(single_pages(self, pages, Event.CLEAR), change)
+        with self.sim.actors.acting(f"discard of {pages.size} pages of mm '{self.name}'"):
+            self.invalidate(single_pages(self, pages, Event.CLEAR), change)
         return dropped
 
     def mprotect(self, start: int, end: int, prot: str) -> None:
@@ -189,12 +190,17 @@ class MM:
             dropped = zap_ptes(host._pt, host._ft, host._sw, self.base, self.base + self.npages)
 
         whole = NotifierRange(self, np.array([0]), np.array([self.npages]), Event.UNMAP, blockable=False)
-        return dropped if self.invalidate(whole, change) else None
+        with self.sim.actors.acting(f"the OOM reaper on mm '{self.name}'"):
+            return dropped if self.invalidate(whole, change) else None
 
     def exit(self) -> None:
         """exit_mmap: release the notifier chain, unmap everything, then let device owners tear down."""
         if self.exited:
             return
+        with self.sim.actors.acting(f"exit of mm '{self.name}'"):
+            self._exit()
+
+    def _exit(self) -> None:
         self.chain.release()
         self._zap(0, self.npages, Event.UNMAP, keep_vma=False)
         for sec in self.sim.secondaries_of(self):

@@ -6,8 +6,10 @@ ops. The plugin owns ``spte``/``sflags`` (its own table) and may write them; it 
 through read-only views and changes it only through the mm operations. Beside its table the framework
 keeps ``accessed``, a shadow of the accessed bits that only the access kernel sets (on an access that
 finds ``S_ACCESSED`` clear; the framework resets it when it installs or zaps an entry and when a young op
-clears), which the young-op check judges answers by: the plugin reads it, it cannot write it. A plugin subclass sets ``name``, ``young`` and ``Config``, and implements the ``NotifierOps`` it
-needs with ``@hookimpl`` methods, usually built from ``zap`` and ``harvest_accessed``.
+clears), which the young-op check judges answers by: the plugin reads it, it cannot write it.
+
+A plugin subclass sets ``name``, ``young`` and ``Config``, and implements the ``NotifierOps`` it needs
+with ``@hookimpl`` methods, usually built from ``zap`` and ``harvest_accessed``.
 
 Three kinds of subscriber, as in the kernel:
 

@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 
 from . import counters as C
 from . import invariants
-from .actors import Actors
 from .access import (
     COW_BREAK,
     DIRECT_RECLAIM,
@@ -38,6 +37,7 @@ from .access import (
     new_kernel_state,
     run_accesses,
 )
+from .actors import Actors
 from .components import Component, HostPolicy
 from .config import ConfigError
 from .costs import translation_ns
@@ -275,6 +275,7 @@ class Simulation:
             for mm in self.mms:
                 mm.exit()
             if self.engine.check_invariants:
+                self._heading = "end-of-run check, after every process exited and every device was torn down"
                 self.check_invariants()
             after = self.metrics()
             metrics.update({k: v for k, v in after.items() if k.endswith("violations")})
@@ -486,6 +487,10 @@ class Simulation:
         """Count a report's violations, log each new message once, and stop if the engine says so."""
         self.violations += report.counts
         new = [m for m in report.messages if m not in self.violation_messages]
+        heading = getattr(self, "_heading", None)
+        if heading and new:
+            log.warning("%s: %d violations", heading, int(report.counts.sum()))
+            new = [f"[{heading}] {m}" for m in new]
         for message in new:
             log.warning("tick %d: invariant violated: %s", self.tick, message)
         self.violation_messages.extend(new)

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import Event, HostPolicy, NotifierRange, hookimpl, require
-from mmnsim.pagebits import P_DEVICE, P_PROTNONE
+from mmnsim import HostPolicy, hookimpl, require
 
 MIB_PAGES = 256
 

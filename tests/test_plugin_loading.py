@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import simulation
-from mmnsim import ConfigError, HostPolicy, NoConfig, PluginError, hookimpl
-from mmnsim import discovery
+from mmnsim import ConfigError, HostPolicy, NoConfig, PluginError, discovery, hookimpl
 from mmnsim.plugins.kvm import KVM
 
 

@@ -4,10 +4,10 @@ migration, THP collapse and munmap do with them."""
 import numpy as np
 
 from conftest import simulation
-from mmnsim.invariants import KINDS
 from mmnsim import Event, hookimpl, is_shared, merge_pages, mergeable, sharing
 from mmnsim import counters as C
 from mmnsim.frames import SHARED
+from mmnsim.invariants import KINDS
 from mmnsim.secondary import MODE, SEC_PIN
 from mmnsim.thp import collapse
 
