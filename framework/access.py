@@ -251,7 +251,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
         ks[K_LEVEL] = 0
         return _NEXT
     e = pte[key]
-    cow = huge = False
+    cow = huge = major = False
     if e >= 0:
         if fl & P_DEVICE:  # device-private: only its own device maps it; anyone else migrates it back
             if not (via_sec and pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == sstate[DEV_NODE]):
@@ -309,6 +309,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
                 return _NEXT
             ftoken[f] = stoken[slot]
             swap_free(skey, stoken, sreg, slot)
+            major = True
             ctr[C.MAJOR_FAULTS] += 1
             ctr[C.SWAP_INS] += 1
         pte[key] = f
@@ -316,9 +317,11 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
         ks[K_FRESH] = 1  # the page was not resident: for CLOCK, this access is the miss, not a reference
     if not via_sec:
         return _AGAIN
-    # The fault sleeps (a swap-in's I/O, the device's fault batch) holding the frame it resolved, and the
-    # host runs meanwhile: Python invalidates the page through the real mm operations, then resumes here.
-    window = sstate[RACE_RATE] != 0 and ks[K_RETRIES] == 0 and not (sstate[MODE] & SEC_PIN)
+    # A swap-in sleeps on its I/O holding the frame it resolved, and the host runs meanwhile: Python
+    # invalidates the page through the real mm operations, then resumes here. (Not in exact-CLOCK mode,
+    # whose reclaim is one inline eviction per allocation, nothing concurrent; not for a pinning device,
+    # whose gup pins the page before it sleeps; once per fault.)
+    window = major and not exact and sstate[RACE_RATE] != 0 and ks[K_RETRIES] == 0 and not (sstate[MODE] & SEC_PIN)
     if window and not pflags[key] & (P_HUGE | P_DEVICE) and _race(sstate, sreg):
         ks[K_WINDOW] = 1
         ks[K_WFRAME] = pte[key]

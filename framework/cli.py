@@ -75,6 +75,7 @@ def _app(cfg: DictConfig) -> None:
         log.warning("invariant violated: %s", message)
     print(summary_text(metrics))
     print(f"results: {outdir}")
+    (outdir / VIOLATIONS).unlink(missing_ok=True)  # from an earlier run of this job
     if metrics["invariant_violations"] and not sim.engine.allow_violations:  # the results stay written
         (outdir / VIOLATIONS).write_text("\n".join(sim.violation_messages) + "\n")
         if not multirun:

@@ -283,3 +283,25 @@ def test_a_partly_flagged_thp_is_reported():
     report = sim.check_invariants()
     assert _kinds(report) == {"conservation": 1}
     assert "the THP at page 0 of mm 'guest0' is flagged huge on 1 of its 512 pages" in report.messages[0]
+
+
+# -- a run with violations fails --
+
+TINY = ("guest.memory_mib=16", "host.memory_mib=12", "host.swap_mib=64", "workload.accesses=20000",
+        "engine.accesses_per_tick=4096", "secondary=faulty")  # fmt: skip
+
+
+def test_a_run_with_violations_exits_3_unless_allowed(workdir):
+    from conftest import cli
+
+    bad = cli(*TINY, "secondary.fault=ignore_invalidate", "hydra.run.dir=bad", cwd=workdir)
+    assert bad.returncode == 3, bad.stderr[-2000:]
+    assert "invariant violations (first: " in bad.stderr and "engine.allow_violations=true" in bad.stderr
+    assert (workdir / "bad" / "violations.txt").exists()  # and the results are written
+    allowed = cli(*TINY, "secondary.fault=ignore_invalidate", "engine.allow_violations=true", "hydra.run.dir=ok",
+                  cwd=workdir)  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    sweep = cli("-m", *TINY, "secondary.fault=none,ignore_invalidate", "hydra.sweep.dir=sweep", cwd=workdir)
+    assert sweep.returncode == 3, sweep.stderr[-2000:]
+    listed = [line for line in sweep.stderr.splitlines() if line.startswith("mmnsim: invariant violated in")]
+    assert len(listed) == 1 and "faulty[guest0] maps page" in listed[0], sweep.stderr[-2000:]
