@@ -164,8 +164,11 @@ class SecondaryMMU(Component):
 
         For policies that act on one device rather than on the mm (eager release).
         """
-        if self.interval:
-            self.invalidate(ranges, int(self.state[SEQ]) + 1)
+        if self.interval:  # a sequence number of the mm's own (mn_itree_inv_start_range): unique, so a
+            chain = self.mm.chain  # fault in flight retries (``state[SEQ] + 1`` could be a later cur_seq)
+            chain.invalidate_seq += 1
+            self.invalidate(ranges, chain.invalidate_seq)
+            chain.invalidate_seq += 1
             return
         start = getattr(self, "invalidate_range_start", None)
         end = getattr(self, "invalidate_range_end", None)

@@ -709,3 +709,19 @@ def test_fixed_bug_G_young_check_with_a_frame_twice_in_one_scan():
     sim.step()  # the boot pass maps 32 pages through KVM
     sim._reclaim(1, direct=False)  # kswapd asks for one page: the batch of 512 holds each of the 32 frames twice
     assert not sim.violations.any(), sim.violation_messages
+
+
+def test_fixed_bug_H_self_invalidation_reuses_a_later_sequence_number():
+    """Found by the random run once faults could sleep in race windows: ``SecondaryMMU.invalidate_self``
+    (eager release) gave an interval subscriber ``state[SEQ] + 1`` as ``cur_seq``, which the mm's next
+    invalidation then handed it again. A fault that began between the two kept a sequence snapshot equal
+    to the new ``cur_seq``, did not retry, and installed the frame kswapd had just reclaimed (coherence)."""
+    from mmnsim import Event, single_pages
+    from mmnsim.secondary import SEQ
+
+    sim = _tiny("secondary=rdma")
+    mm, rdma = sim.mms[0], sim.secondaries[0]
+    rdma.invalidate_self(single_pages(mm, np.array([0]), Event.CLEAR))
+    snapshot = int(rdma.state[SEQ])  # what a fault beginning now reads
+    mm.madvise_dontneed(5, 6)  # an invalidation of the mm, while that fault sleeps
+    assert int(rdma.state[SEQ]) != snapshot, "the fault in flight would not retry"
