@@ -92,7 +92,9 @@ class FailedJobs(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         failed = sorted(sweep.rglob(FAILED))
-        violated = sorted(sweep.rglob(VIOLATIONS))
+        started = _mtime(sweep / "multirun.yaml") if (sweep / "multirun.yaml").exists() else 0.0
+        violated = sorted(p for p in sweep.rglob(VIOLATIONS)  # of this sweep's jobs, not an earlier sweep's
+                          if _mtime(p.parent / ".hydra" / "config.yaml") >= started)  # fmt: skip
         for path in violated:  # listed first: a failed job, below, sets the exit status
             first = path.read_text().partition("\n")[0]
             print(f"mmnsim: invariant violated in {path.parent}: {first}", file=sys.stderr)
@@ -105,6 +107,10 @@ class FailedJobs(Callback):
         for path in failed:
             print(f"  {path.parent}: {json.loads(path.read_text())['error']}", file=sys.stderr)
         sys.exit(1)
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else float("inf")
 
 
 def check_overrides(argv: list[str]) -> None:
