@@ -76,6 +76,8 @@ from .secondary import (
     INV_HI,
     INV_LO,
     MODE,
+    RACE_COUNT,
+    RACE_RATE,
     REGION_HI,
     REGION_LO,
     SEC_HUGE,
@@ -85,18 +87,19 @@ from .secondary import (
     SEC_YOUNG,
     SEQ,
 )
-from .swapdev import REG_READ_ERRORS, SWAPPED, WRITE_FAILED, io_fails, swap_free, swap_out_frame
+from .swapdev import REG_IO_SEED, REG_READ_ERRORS, SWAPPED, WRITE_FAILED, io_fails, swap_free, swap_out_frame
 
 # Kernel state (ks): where a batch stopped and the fault in flight.
-K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME, K_COMPACTED = range(9)
-KS_SIZE = 9  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
+K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME, K_COMPACTED, K_WINDOW, K_WFRAME = range(11)
+KS_SIZE = 11  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
 # (DIRECT_COMPACT: the faulting node). K_COMPACTED: this THP fault has had its direct compaction.
+# K_WINDOW: a secondary fault slept in a race window (RACE_WINDOW) after resolving frame K_WFRAME
 
 # Statuses returned by run_accesses.
 (DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK, MIGRATE_TO_RAM, COW_BREAK, DIRECT_COMPACT,
- FAULT_AROUND) = range(9)  # fmt: skip
+ FAULT_AROUND, RACE_WINDOW) = range(10)  # fmt: skip
 STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock", "migrate_to_ram", "cow_break",
-                "direct_compact", "fault_around")  # fmt: skip
+                "direct_compact", "fault_around", "race_window")  # fmt: skip
 
 # Internal results of resolving a fault; a status for Python is encoded as _ASK - status.
 _OK, _ERR, _FAIL = -1, -2, -3
@@ -230,7 +233,7 @@ def huge_fault(ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, nod
 
 
 @kernel(inline=True)
-def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
+def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
           pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, key, p, write, nid, exact):  # fmt: skip
     """The slow path of one access: a fault, through the secondary (``spte.size > 0``) or the CPU.
 
@@ -245,6 +248,8 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
     if via_sec and ks[K_SEQ] < 0:
         ks[K_SEQ] = sstate[SEQ]
         ctr[C.SECONDARY_FAULTS] += 1
+    if via_sec and ks[K_WINDOW]:
+        return _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p)
     fl = pflags[key]
     if not fl & P_VMA or (write and not fl & P_WRITE) or (not write and not fl & P_READ):
         ctr[C.ACCESS_ERRORS] += 1
@@ -253,7 +258,7 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
         ks[K_LEVEL] = 0
         return _NEXT
     e = pte[key]
-    cow = huge = False
+    cow = huge = major = False
     if e >= 0:
         if fl & P_DEVICE:  # device-private: only its own device maps it; anyone else migrates it back
             if not (via_sec and pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == sstate[DEV_NODE]):
@@ -325,6 +330,7 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
                 return _NEXT
             ftoken[f] = stoken[slot]
             swap_free(skey, stoken, sreg, slot)
+            major = True
             ctr[C.MAJOR_FAULTS] += 1
             ctr[C.SWAP_INS] += 1
         pte[key] = f
@@ -332,6 +338,16 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
         ks[K_FRESH] = 1  # the page was not resident: for CLOCK, this access is the miss, not a reference
     if not via_sec:
         return _AGAIN
+    # A swap-in sleeps on its I/O holding the frame it resolved, and the host runs meanwhile: Python
+    # invalidates the page through the real mm operations, then resumes here. (Not in exact-CLOCK mode,
+    # whose reclaim is one inline eviction per allocation, nothing concurrent; not for a pinning device,
+    # whose gup pins the page before it sleeps; once per fault.)
+    window = major and not exact and sstate[RACE_RATE] != 0 and ks[K_RETRIES] == 0 and not (sstate[MODE] & SEC_PIN)
+    if window and not pflags[key] & (P_HUGE | P_DEVICE) and _race(sstate, sreg):
+        ks[K_WINDOW] = 1
+        ks[K_WFRAME] = pte[key]
+        ks[K_VICTIM] = key
+        return _ASK - RACE_WINDOW
     # mmu_invalidate_retry_gfn: retry if an invalidation in progress covers this page (any, for an MMU that
     # retries VM-wide, as KVM did before 6.3) or the sequence moved since the fault began.
     busy = sstate[IN_PROGRESS] != 0 and (
@@ -371,6 +387,7 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
             sfl |= S_PINNED
         spte[q] = f
         sflags[q] = sfl
+        saccessed[q] = 0
     ks[K_SEQ] = -1
     ks[K_RETRIES] = 0
     if sstate[FAULT_BLOCK] > 1 and hi - lo < sstate[FAULT_BLOCK]:  # the driver maps the block around it
@@ -379,16 +396,57 @@ def _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags,
     return _AGAIN
 
 
+@kernel(inline=True)
+def _race(sstate, sreg):
+    """Whether this secondary fault sleeps in a race window: splitmix64 of the MMU's fault number and the
+    run's seed against the rate (as ``swapdev.io_fails``): seeded and reproducible."""
+    sstate[RACE_COUNT] += 1
+    z = np.uint64(sstate[RACE_COUNT]) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(sreg[REG_IO_SEED] ^ 0x5DEECE66D)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(32)) < np.uint64(sstate[RACE_RATE])
+
+
+@kernel(inline=True)
+def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p):
+    """The fault resumes after its race window with the frame it resolved before sleeping: the retry rule
+    decides (mmu_invalidate_retry_gfn / mmu_interval_read_retry); if it passes, that frame is installed,
+    whatever the primary table maps now: an MMU whose sequence did not move while the host invalidated
+    the page installs a stale entry, as it would in the kernel."""
+    ks[K_WINDOW] = 0
+    busy = sstate[IN_PROGRESS] != 0 and (
+        (sstate[MODE] & SEC_RETRY_WHOLE_VM) != 0 or (sstate[INV_LO] <= p and p < sstate[INV_HI]))  # fmt: skip
+    if busy or sstate[SEQ] != ks[K_SEQ]:
+        ctr[C.FAULT_RETRIES] += 1
+        ks[K_RETRIES] += 1
+        if ks[K_RETRIES] > MAX_RETRIES:
+            return _ASK - LIVELOCK
+        ks[K_SEQ] = sstate[SEQ]
+        return _AGAIN
+    f = ks[K_WFRAME]
+    spte[p] = f
+    sflags[p] = S_WRITABLE if pflags[key] & P_WRITE and fkey[f] >= 0 else 0
+    saccessed[p] = 0
+    ks[K_SEQ] = -1
+    ks[K_RETRIES] = 0
+    if sstate[FAULT_BLOCK] > 1:  # the driver maps the block around it
+        ks[K_VICTIM] = p
+        return _ASK - FAULT_AROUND
+    return _AGAIN
+
+
 @kernel
-def run_accesses(pages, writes, ks, pt, ft, sw, ctr, mm, spte, sflags, sstate, vcpu_node, exact, check_owner):
+def run_accesses(pages, writes, ks, pt, ft, sw, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact,
+                 check_owner):  # fmt: skip
     """Run accesses ``pages[ks[K_I]:]`` of mm ``mm``; return DONE or what Python must do first.
 
-    ``spte``/``sflags``/``sstate`` are the secondary MMU the accesses go through, or empty arrays for
+    ``spte``/``sflags``/``saccessed``/``sstate`` are the secondary MMU the accesses go through, or empty arrays for
     CPU accesses. ``vcpu_node[v]`` is the node of accessor ``v``; the batch is split evenly among them.
     ``check_owner``: check on every access through a secondary that its frame holds the page (a
     dependent load per access; the invariant check finds every bad entry each tick without it).
     """
-    return _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, check_owner,
+    return _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner,
                 pt.pte, pt.flags, pt.token, pt.mm_base, pt.mm_flags,
                 ft.key, ft.token, ft.pin, ft.ref, ft.pb, ft.bits, ft.lists, ft.node, ft.node_order, ft.distance,
                 ft.reg, ft.hints, sw.key, sw.token, sw.reg)  # fmt: skip
@@ -444,8 +502,8 @@ def _cpu_hits(pages, writes, i, stop, base, pte, pflags, fkey, ftoken, ptoken, f
 
 
 @kernel
-def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_base, fkey, ftoken, ptoken, fref,
-              pb, distance, nid, ref, numa, check_owner, seq, ctr, skey, stoken):  # fmt: skip
+def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pflags, mm_base, fkey, ftoken, ptoken,
+              fref, pb, distance, nid, ref, numa, check_owner, seq, ctr, skey, stoken):  # fmt: skip
     remote = dist = huge = 0
     while i < stop:
         # Prefetch in three stages, each reading what the one before brought in: the entry of the access
@@ -486,8 +544,9 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_ba
                     ctr[C.FOREIGN_WRITES] += owner >= 0 and other
                 else:
                     ctr[C.STALE_READS] += 1
-        if not sfl & S_ACCESSED:
+        if not sfl & S_ACCESSED:  # (the shadow is set with it: only the framework writes it)
             sflags[p] = sfl | S_ACCESSED
+            saccessed[p] = 1
         huge += (sfl & S_HUGE) != 0
         if ref:
             fref[U(f)] = 1
@@ -503,8 +562,8 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_ba
 
 
 @kernel
-def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, check_owner, pte, pflags, ptoken,
-         mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, distance, reg, hints,
+def _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner, pte, pflags,
+         ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, distance, reg, hints,
          skey, stoken, sreg):  # fmt: skip
     n = pages.size
     base = mm_base[mm]
@@ -537,11 +596,11 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
         # ``numa`` is passed as a constant so that each loop is compiled with or without its NUMA
         # accounting: the code alone, even never run, costs registers the loop needs.
         if via_sec and numa:
-            j, seq, h, r, d = _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_base,
+            j, seq, h, r, d = _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pflags, mm_base,
                                               fkey, ftoken, ptoken, fref, pb, distance, nid, ref, True,
                                               check_owner, seq, ctr, skey, stoken)  # fmt: skip
         elif via_sec:
-            j, seq, h, r, d = _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, pte, pflags, mm_base,
+            j, seq, h, r, d = _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pflags, mm_base,
                                               fkey, ftoken, ptoken, fref, pb, distance, nid, ref, False,
                                               check_owner, seq, ctr, skey, stoken)  # fmt: skip
         elif numa:
@@ -560,9 +619,9 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, sstate, vcpu_node, exact, che
         if i == stop:
             continue
         # A miss: fault, then try the access again.
-        st = _miss(ks, ctr, sstate, spte, sflags, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
-                   pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, base + pages[i], pages[i],
-                   writes[i], nid, exact)  # fmt: skip
+        st = _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken,
+                   fpin, fref, pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, base + pages[i],
+                   pages[i], writes[i], nid, exact)  # fmt: skip
         if st == _AGAIN:
             fresh = visible and (fresh or ks[K_FRESH] != 0)
             ks[K_FRESH] = 0

@@ -32,6 +32,8 @@ from .simulation import InvariantViolation, Simulation
 from .traces import TraceError
 
 CONFIG_MODULE = "mmnsim.conf"
+EXIT_VIOLATIONS = 3  # a run (or a sweep's job) violated an invariant, without engine.allow_violations
+VIOLATIONS = "violations.txt"  # a job's violation messages, for the end of a multirun
 log = logging.getLogger("mmnsim")
 
 
@@ -90,6 +92,14 @@ def _app(cfg: DictConfig) -> None:
         log.warning("invariant violated: %s", message)
     print(summary_text(metrics))
     print(f"results: {outdir}")
+    (outdir / VIOLATIONS).unlink(missing_ok=True)  # from an earlier run of this job
+    if metrics["invariant_violations"] and not sim.engine.allow_violations:  # the results stay written
+        (outdir / VIOLATIONS).write_text("\n".join(sim.violation_messages) + "\n")
+        if not multirun:
+            first = sim.violation_messages[0]
+            print(f"mmnsim: {metrics['invariant_violations']:,} invariant violations (first: {first}); "
+                  "engine.allow_violations=true accepts them", file=sys.stderr)  # fmt: skip
+            sys.exit(EXIT_VIOLATIONS)
 
 
 class FailedJobs(Callback):
@@ -99,13 +109,25 @@ class FailedJobs(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         failed = sorted(sweep.rglob(FAILED))
+        started = _mtime(sweep / "multirun.yaml") if (sweep / "multirun.yaml").exists() else 0.0
+        violated = sorted(p for p in sweep.rglob(VIOLATIONS)  # of this sweep's jobs, not an earlier sweep's
+                          if _mtime(p.parent / ".hydra" / "config.yaml") >= started)  # fmt: skip
+        for path in violated:  # listed first: a failed job, below, sets the exit status
+            first = path.read_text().partition("\n")[0]
+            print(f"mmnsim: invariant violated in {path.parent}: {first}", file=sys.stderr)
         if not failed:
+            if violated:
+                sys.exit(EXIT_VIOLATIONS)
             return
         total = len(list(sweep.rglob(".hydra/config.yaml")))
         print(f"mmnsim: {len(failed)} of {total} jobs failed; the others' results are in {sweep}:", file=sys.stderr)
         for path in failed:
             print(f"  {path.parent}: {json.loads(path.read_text())['error']}", file=sys.stderr)
         sys.exit(1)
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else float("inf")
 
 
 def check_overrides(argv: list[str]) -> None:

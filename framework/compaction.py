@@ -97,18 +97,18 @@ def compact(sim: "Simulation", node: int, blocks: int) -> int:
     cap = blocks * 512
     src = np.empty(cap, dtype=np.int64)
     dst = np.empty(cap, dtype=np.int64)
-    pairs, planned = _plan(host.pt.flags, host.ft, host.ctr, node, blocks, src, dst)
+    pairs, planned = _plan(host._pt.flags, host._ft, host.ctr, node, blocks, src, dst)
     if pairs == 0:
         return 0
     src, dst = src[:pairs], dst[:pairs]
-    keys = host.ft.key[src].astype(np.int64)
-    owners = np.searchsorted(host.pt.mm_base, keys, side="right") - 1
+    keys = host._ft.key[src].astype(np.int64)
+    owners = np.searchsorted(host._pt.mm_base, keys, side="right") - 1
     for index in np.unique(owners):
         mm = sim.mms[index]
         sel = owners == index
 
         def move(sel=sel) -> None:
-            _move(host.pt, host.ft, host.ctr, src[sel], dst[sel])
+            _move(host._pt, host._ft, host.ctr, src[sel], dst[sel])
 
         mm.invalidate_pages(keys[sel] - mm.base, Event.CLEAR, move)  # per page; invalidate_page on kernel=2008
     host.ctr[C.COMPACT_SUCCESS] += planned

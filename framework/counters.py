@@ -65,6 +65,7 @@ NAMES = (
     "foreign_writes",
     "compact_stall",  # direct compactions run by a THP fault (mm/page_alloc.c __alloc_pages_direct_compact)
     "thp_fault_fallback",  # THP faults that fell back to a 4 KiB page: no free pageblock, even after compaction
+    "race_windows",  # secondary faults that slept between resolving and installing while the host ran
     "write_seq",  # content-token generator: bumped on every write
 )
 
@@ -122,6 +123,7 @@ NAMES = (
     FOREIGN_WRITES,
     COMPACT_STALL,
     THP_FAULT_FALLBACK,
+    RACE_WINDOWS,
     WRITE_SEQ,
 ) = range(len(NAMES))
 

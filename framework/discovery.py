@@ -3,7 +3,10 @@ in the ``mmnsim`` entry-point group. Each simulation builds its own plugin manag
 between runs in one process (Hydra's joblib launcher reuses worker processes).
 """
 
+import dataclasses
+import difflib
 import importlib
+import logging
 import pkgutil
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +22,8 @@ from .hookspecs import PROJECT, FrameworkHooks
 
 BUILTIN_PACKAGE = "mmnsim.plugins"
 KIND_DIRS = {"secondary": "secondary", "policy": "policies", "workload": "workload"}
+log = logging.getLogger("mmnsim")
+_reported: set[str] = set()  # broken entry points already reported by this process
 
 
 def plugin_conf_packages() -> list[str]:
@@ -33,8 +38,8 @@ def plugin_conf_packages() -> list[str]:
                 if package and (resources.files(package) / "conf").is_dir():
                     found.append(package)
                     break
-            except (ModuleNotFoundError, TypeError):
-                continue  # a module, not a package; a broken entry point is reported when it is loaded
+            except Exception:  # noqa: BLE001 (a module, not a package; or a broken one, reported when loaded)
+                continue
     return list(dict.fromkeys(found))
 
 
@@ -48,13 +53,58 @@ class PluginConfSearchPath(SearchPathPlugin):
 
 
 def plugin_manager() -> pluggy.PluginManager:
+    """The built-in plugin modules and every installed entry point's. An entry point that does not import
+    (a syntax error, a missing dependency) is reported once, in one line, and left out: runs that do not
+    use it go on, and ``mmnsim-plugins`` lists it as broken (``pm.broken``)."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(FrameworkHooks)
     package = importlib.import_module(BUILTIN_PACKAGE)
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
         pm.register(importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}"), name=f"builtin:{info.name}")
-    pm.load_setuptools_entrypoints(PROJECT)
+    pm.broken = {}  # entry-point name -> (its module, the error)
+    for ep in entry_points(group=PROJECT):  # as pm.load_setuptools_entrypoints, but one bad package stays out
+        if pm.get_plugin(ep.name) or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001 (any error of a package's import is that package's)
+            package = ep.dist.name if ep.dist is not None else ep.value
+            pm.broken[ep.name] = (ep.value, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            if ep.name not in _reported:
+                _reported.add(ep.name)
+                log.warning("plugin package '%s' (entry point %s = %s) does not load, left out: %s", package, ep.name,
+                            ep.value, pm.broken[ep.name][1])  # fmt: skip
+            continue
+        pm.register(plugin, name=ep.name)
+        impl = getattr(plugin, "register_components", None)
+        empty = not hasattr(impl, f"{PROJECT}_impl") or not (impl() or ())
+        if empty and f"empty:{ep.name}" not in _reported:
+            _reported.add(f"empty:{ep.name}")
+            log.warning("plugin package entry point %s (%s) registers no components", ep.name, ep.value)
     return pm
+
+
+def hook_names() -> list[str]:
+    from .hookspecs import NotifierOps
+
+    return sorted(n for n in dir(NotifierOps) + dir(FrameworkHooks) if not n.startswith("_"))
+
+
+def check_hookimpls(owner: str, obj: object) -> None:
+    """Raise ConfigError if ``obj`` (a plugin module or a component class) marks with ``@hookimpl`` a method
+    whose name is no hook of the spec: pluggy would never call it."""
+    hooks = hook_names()
+    for name in dir(obj):
+        if name.startswith("__") or name in hooks:
+            continue
+        try:
+            value = getattr(obj, name)
+        except Exception:  # noqa: BLE001 (a property that needs an instance)
+            continue
+        if hasattr(value, f"{PROJECT}_impl"):
+            close = difflib.get_close_matches(name, hooks, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; hooks: {', '.join(hooks)}"
+            raise ConfigError(f"plugin '{owner}': @hookimpl '{name}' is not a hook of the spec{hint}")
 
 
 @dataclass
@@ -67,6 +117,8 @@ class Registry:
     @classmethod
     def from_plugins(cls, pm: pluggy.PluginManager) -> "Registry":
         reg = cls({kind: {} for kind in KIND_DIRS})
+        for name, plugin in pm.list_name_plugin():
+            check_hookimpls(name, plugin)
         for impl in pm.hook.register_components.get_hookimpls():
             for comp in impl.function() or ():
                 if not (isinstance(comp, type) and issubclass(comp, Component)) or comp.kind not in KIND_DIRS:
@@ -74,6 +126,12 @@ class Registry:
                         f"plugin '{impl.plugin_name}' registered {comp!r}, which is not a SecondaryMMU, "
                         "HostPolicy or Workload subclass"
                     )
+                if not dataclasses.is_dataclass(getattr(comp, "Config", None)):
+                    raise ConfigError(
+                        f"plugin '{impl.plugin_name}': {comp.__name__}.Config is {getattr(comp, 'Config', None)!r}, "
+                        "not a dataclass (its fields are the component's settings)"
+                    )
+                check_hookimpls(f"{impl.plugin_name}: {comp.__name__}", comp)
                 known = reg.classes[comp.kind].get(comp.name)
                 if known is not None and known is not comp:
                     raise ConfigError(
@@ -106,6 +164,9 @@ def describe(pm: pluggy.PluginManager) -> list[dict[str, str]]:
             implemented = [h for h in hooks if hasattr(getattr(comp, h, None), f"{PROJECT}_impl")]
             rows.append({"name": comp.name, "kind": comp.kind, "source": source,
                          "module": comp.__module__, "hooks": ", ".join(implemented) or "-"})  # fmt: skip
+    for name, (module, error) in getattr(pm, "broken", {}).items():
+        rows.append({"name": name, "kind": "BROKEN", "source": f"entry point {name}", "module": module,
+                     "hooks": f"does not load: {error}"})  # fmt: skip
     return sorted(rows, key=lambda r: (r["kind"], r["name"]))
 
 

@@ -102,8 +102,11 @@ class NotifierOps:
         Reclaim calls this to age pages. Returns a bool array, one element per range: True when any
         translation in the range had been accessed since the last clear. Subscribers that cannot report
         accesses (RDMA, GPU) do not implement it, and their pages look cold to reclaim. With invariant
-        checks on, the answer is compared with the accessed bits of the subscriber's entries before the
-        call (``harvest_accessed`` gives exactly that); a mismatch is an ``accessed`` violation.
+        checks on, the answer is compared with what the framework's access kernel saw through the
+        subscriber's entries since they were last cleared (``SecondaryMMU.accessed``, which the plugin
+        cannot write; ``harvest_accessed`` reads the plugin's own bits, which agree with it unless the
+        plugin sets them itself), and afterwards the plugin's accessed bits in the ranges must read clear
+        (``harvest_accessed(..., clear=True)`` does both); a mismatch is an ``accessed`` violation.
         """
 
     @hookspec

@@ -29,7 +29,7 @@ from .frames import (
     WMARK_MIN,
     new_frame_table,
 )
-from .pagetable import new_page_table
+from .pagetable import new_page_table, read_only_tables
 from .swapdev import new_swap_table
 
 MIB_PAGES = (1 << 20) // PAGE_SIZE
@@ -125,6 +125,11 @@ class Host:
         self.sw = new_swap_table(cfg.swap_mib * MIB_PAGES, cfg.swap_write_error_rate, cfg.swap_read_error_rate, seed)
         self.pt = new_page_table(mm_pages)
         self.ctr = counters.new_counters()
+        # The framework's writable tables (``_pt``, ``_ft``, ``_sw``: the kernels and the mm operations write
+        # them) and the read-only views everyone else gets (``pt``, ``ft``, ``sw``): plugins read host state,
+        # and change it only through the operations, which raise the notifiers.
+        self._pt, self._ft, self._sw = self.pt, self.ft, self.sw
+        self.pt, self.ft, self.sw = (read_only_tables(t) for t in (self._pt, self._ft, self._sw))
 
     @property
     def ram(self) -> np.ndarray:

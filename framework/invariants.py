@@ -7,10 +7,27 @@
 * pin safety:   no pinned frame is free, and every pin is held by a secondary entry that says so;
 * conservation: free + used frames = total, the free lists agree with the frames, swap slots match
                 swap PTEs one to one, a shared frame's count of sharers matches the PTEs mapping it.
-* accessed:     a secondary MMU's answer to a young op is the accessed bits of its entries in the
-                range, as its accesses set them (checked at each call, by ``verify_young``): an MMU that
-                calls everything young keeps cold pages from reclaim, one that calls nothing young
-                hides hot pages from it.
+                Structure: a THP (an aligned 2 MiB region) is flagged ``P_HUGE`` on all its pages or on
+                none, and is mapped by the 512 frames of one pageblock in order.
+* accessed:     a secondary MMU's answer to a young op is whether its entries in the range were
+                accessed, as the framework's access kernel recorded it in the MMU's shadow accessed array
+                (``SecondaryMMU.accessed``, which the plugin reads but does not write); and after
+                ``clear_young``/``clear_flush_young`` returns, its own accessed bits in the ranges read
+                clear (checked at each call, by ``verify_young``). An MMU that calls everything young keeps
+                cold pages from reclaim, one that calls nothing young hides hot pages from it, one that
+                never clears answers young forever.
+* permission:   a subscribed secondary MMU's entry that maps the PTE's own frame is no more permissive than
+                the PTE: not writable where the VMA is read-only or the frame is a shared (KSM) frame, not
+                present where the PTE is PROT_NONE (mprotect, or NUMA balancing's hinting entry). An entry
+                whose frame is not the PTE's is stale whatever its bits: coherence (or isolation) wins.
+                A pinning device is never told about protection changes (the 2008 design), so only
+                subscribers are judged.
+
+Every message names what was observed (the secondary MMU holding the entry, or the page or frame) and the
+culprit: the component and hook, or the mm operation, that made the change which broke the invariant. The
+framework records, for every page, the last mm operation that changed its PTE under an invalidation and
+who was running it (``Simulation.changed_by``); a secondary that was notified of that change and kept its
+entry is the culprit of a stale entry, the operation is the culprit when nothing was told.
 
 A check counts each violating entry or page once per check, so a violation is counted again for every
 tick it persists. With ``engine.check_accesses`` the access kernel also counts, as it happens, every
@@ -24,21 +41,27 @@ import numpy as np
 
 from .frames import FREE, NFREE, ORPHAN, PAGEBLOCK_SHIFT, PB_NFREE, PB_SIZE, SHARED, WORDS
 from .kernel import U, kernel
-from .pagebits import PTE_NONE, S_PINNED, S_WRITABLE
+from .pagebits import HUGE_PAGES, P_HUGE, P_PROTNONE, P_READ, P_VMA, P_WRITE, PTE_NONE, S_PINNED, S_WRITABLE
 from .swapdev import REG_USED, SLOT_FREE
 
 if TYPE_CHECKING:
     from .simulation import Simulation
 
-KINDS = ("coherence", "isolation", "integrity", "pin", "conservation", "accessed")
-COHERENCE, ISOLATION, INTEGRITY, PIN, CONSERVATION, ACCESSED = range(len(KINDS))
+KINDS = ("coherence", "isolation", "integrity", "pin", "conservation", "accessed", "permission")
+COHERENCE, ISOLATION, INTEGRITY, PIN, CONSERVATION, ACCESSED, PERMISSION = range(len(KINDS))
+
+# What exactly a noted violation is (examples[kind, 2]), for its message.
+(W_STALE, W_FOREIGN, W_WRONG_OWNER, W_SLOT_OWNER, W_CONTENT_FRAME, W_CONTENT_SLOT, W_CONTENT_NONE, W_PIN_COUNT,
+ W_PIN_FREE, W_ORPHAN, W_BAD_KEY, W_FREE_BITS, W_PB_NFREE, W_MAPPED, W_SHARERS, W_TOTAL, W_SLOTS, W_THP_PART,
+ W_THP_FRAMES, W_PERM_WRITE, W_PERM_SHARED, W_PERM_NONE) = range(22)  # fmt: skip
 
 
 @kernel
-def _note(counts, examples, kind, a, b):
+def _note(counts, examples, kind, a, b, what):
     if counts[kind] == 0:
         examples[kind, 0] = a
         examples[kind, 1] = b
+        examples[kind, 2] = what
     counts[kind] += 1
 
 
@@ -103,18 +126,18 @@ def _walk_pages(pte, ptoken, fkey, ftoken, skey, stoken, counts, examples):
             else:
                 present += 1
             if e >= nframes or (fkey[U(e)] != key and fkey[U(e)] > SHARED):
-                _note(counts, examples, CONSERVATION, key, e)
+                _note(counts, examples, CONSERVATION, key, e, W_WRONG_OWNER)
             elif ftoken[U(e)] != ptoken[U(key)]:
-                _note(counts, examples, INTEGRITY, key, e)
+                _note(counts, examples, INTEGRITY, key, e, W_CONTENT_FRAME)
         elif e != PTE_NONE:
             slot = -2 - e
             swap_ptes += 1
             if slot >= nslots or skey[U(slot)] != key:
-                _note(counts, examples, CONSERVATION, key, e)
+                _note(counts, examples, CONSERVATION, key, e, W_SLOT_OWNER)
             elif stoken[U(slot)] != ptoken[U(key)]:
-                _note(counts, examples, INTEGRITY, key, e)
+                _note(counts, examples, INTEGRITY, key, e, W_CONTENT_SLOT)
         elif ptoken[U(key)] != 0:
-            _note(counts, examples, INTEGRITY, key, e)
+            _note(counts, examples, INTEGRITY, key, e, W_CONTENT_NONE)
     return present, shared_ptes, swap_ptes
 
 
@@ -150,57 +173,90 @@ def _check_host(pt, ft, sw, expected_pins, any_shared, salt, counts, examples):
                 f = lo + off
                 k = fkey[f]
                 if pinning and fpin[f] != expected_pins[f]:
-                    _note(counts, examples, PIN, f, fpin[f])
+                    _note(counts, examples, PIN, f, fpin[f], W_PIN_COUNT)
                 if k == FREE:
                     nfree += 1
                     word |= np.uint64(1) << np.uint64(off & 63)
                     if fpin[f] > 0:
-                        _note(counts, examples, PIN, f, k)
+                        _note(counts, examples, PIN, f, k, W_PIN_FREE)
                 elif k == ORPHAN:
                     orphans += 1
                     if fpin[f] == 0:
-                        _note(counts, examples, CONSERVATION, f, k)
+                        _note(counts, examples, CONSERVATION, f, k, W_ORPHAN)
                 elif k >= 0:
                     mapped += 1
                 elif k <= SHARED:
                     shared += 1
                     sharing += SHARED + 1 - k
                 else:
-                    _note(counts, examples, CONSERVATION, f, k)
+                    _note(counts, examples, CONSERVATION, f, k, W_BAD_KEY)
             if word != bits[b, w]:
-                _note(counts, examples, CONSERVATION, lo + w * 64, 0)
+                _note(counts, examples, CONSERVATION, lo + w * 64, 0, W_FREE_BITS)
         if nfree != pb[b, PB_NFREE]:
-            _note(counts, examples, CONSERVATION, lo, nfree)
+            _note(counts, examples, CONSERVATION, lo, nfree, W_PB_NFREE)
     if mapped != present:
-        _note(counts, examples, CONSERVATION, mapped, present)
+        _note(counts, examples, CONSERVATION, mapped, present, W_MAPPED)
     if sharing != shared_ptes:
-        _note(counts, examples, CONSERVATION, sharing, shared_ptes)
+        _note(counts, examples, CONSERVATION, sharing, shared_ptes, W_SHARERS)
     free = 0
     for n in range(node.shape[0]):
         free += node[n, NFREE]
     if free + mapped + orphans + shared != nframes:
-        _note(counts, examples, CONSERVATION, free, mapped + orphans + shared)
+        _note(counts, examples, CONSERVATION, free, mapped + orphans + shared, W_TOTAL)
     used_slots = 0
     for s in range(nslots):
         used_slots += skey[s] != SLOT_FREE  # no branch: the loop vectorizes
     if used_slots != sreg[REG_USED] or used_slots != swap_ptes:
-        _note(counts, examples, CONSERVATION, used_slots, swap_ptes)
+        _note(counts, examples, CONSERVATION, used_slots, swap_ptes, W_SLOTS)
+    _check_thp(pte, pt.flags, pt.mm_base, counts, examples)
 
 
 @kernel
-def _check_secondary(pt, ft, mm, spte, sflags, any_shared, expected_pins, counts, examples):
+def _check_thp(pte, pflags, mm_base, counts, examples):
+    """Every aligned 2 MiB region of every mm is flagged P_HUGE on all its pages or on none; a flagged one
+    is mapped by the frames of one pageblock, in order."""
+    for mm in range(mm_base.size - 1):
+        base = mm_base[mm]
+        for first in range(base, mm_base[mm + 1] - HUGE_PAGES + 1, HUGE_PAGES):
+            flagged = 0
+            for k in range(first, first + HUGE_PAGES):  # no branch: the loop vectorizes
+                flagged += (pflags[k] & P_HUGE) != 0
+            if flagged == 0:
+                continue
+            if flagged != HUGE_PAGES:
+                _note(counts, examples, CONSERVATION, first, flagged, W_THP_PART)
+                continue
+            f0 = pte[first]
+            ok = f0 >= 0 and f0 % HUGE_PAGES == 0
+            for i in range(HUGE_PAGES):
+                ok &= pte[first + i] == f0 + i
+            if not ok:
+                _note(counts, examples, CONSERVATION, first, f0, W_THP_FRAMES)
+
+
+@kernel(inline=True)
+def _forbidden(pfl, sfl):
+    """Whether an entry with bits ``sfl`` grants more than a PTE with flags ``pfl`` (the shared-frame case
+    aside): writable where the VMA is read-only, or present where the PTE is PROT_NONE or unreadable."""
+    no_access = (pfl & P_PROTNONE) != 0 or (pfl & (P_VMA | P_READ)) != (P_VMA | P_READ)
+    return no_access or ((sfl & S_WRITABLE) != 0 and (pfl & P_WRITE) == 0)
+
+
+@kernel
+def _check_secondary(pt, ft, mm, spte, sflags, any_shared, expected_pins, check_perm, counts, examples):
     """A secondary table against the primary: an entry whose frame is the PTE's is coherent (and, the
     host check having verified the rmap, isolated); only the rare other entry is looked up further.
     ``any_shared``: whether any frame is a shared (KSM) one; if none is, a coherent entry needs no look at
-    its frame (a random load per entry, most of this check's time otherwise)."""
-    pte, mm_base, fkey = pt.pte, pt.mm_base, ft.key
+    its frame (a random load per entry, most of this check's time otherwise). ``check_perm``: also judge
+    each coherent entry's permissions against the PTE's (for a subscriber, which is told of changes)."""
+    pte, pflags, mm_base, fkey = pt.pte, pt.flags, pt.mm_base, ft.key
     base = mm_base[mm]
     count_pins = expected_pins.size > 0
     if not count_pins and not any_shared:  # the common case first: is every entry the PTE's frame?
         stray = 0
         for p in range(spte.size):  # no branch: the loop vectorizes
             f = spte[p]
-            stray += (f >= 0) & (pte[base + p] != f)
+            stray += (f >= 0) & ((pte[base + p] != f) | (check_perm & _forbidden(pflags[base + p], sflags[p])))
         if stray == 0:
             return
     for p in range(spte.size):
@@ -210,14 +266,20 @@ def _check_secondary(pt, ft, mm, spte, sflags, any_shared, expected_pins, counts
         if count_pins and sflags[p] & S_PINNED:
             expected_pins[f] += 1
         if pte[base + p] == f:
-            if any_shared and sflags[p] & S_WRITABLE and fkey[f] <= SHARED:  # a write would reach every sharer
-                _note(counts, examples, ISOLATION, p, f)
+            pfl = pflags[base + p]
+            sfl = sflags[p]
+            if check_perm and ((pfl & P_PROTNONE) != 0 or (pfl & (P_VMA | P_READ)) != (P_VMA | P_READ)):
+                _note(counts, examples, PERMISSION, p, f, W_PERM_NONE)
+            elif check_perm and sfl & S_WRITABLE and not pfl & P_WRITE:
+                _note(counts, examples, PERMISSION, p, f, W_PERM_WRITE)
+            elif any_shared and sfl & S_WRITABLE and fkey[f] <= SHARED:  # a write would reach every sharer
+                _note(counts, examples, PERMISSION, p, f, W_PERM_SHARED)
             continue
         owner = fkey[f]
         if owner == FREE or (owner >= 0 and np.searchsorted(mm_base, owner, side="right") - 1 != mm):
-            _note(counts, examples, ISOLATION, p, f)
+            _note(counts, examples, ISOLATION, p, f, W_FOREIGN)
         else:
-            _note(counts, examples, COHERENCE, p, f)
+            _note(counts, examples, COHERENCE, p, f, W_STALE)
 
 
 @dataclass
@@ -234,34 +296,79 @@ class Report:
 def check(sim: "Simulation") -> Report:
     host = sim.host
     report = Report()
-    pinning = bool(host.ft.pin.any()) or any((s.sflags & S_PINNED).any() for s in sim.secondaries)
-    expected_pins = np.zeros(host.ft.key.size if pinning else 0, dtype=np.int32)  # device memory too
-    shared = bool((host.ft.key <= SHARED).any())
+    pinning = bool(host._ft.pin.any()) or any((s.sflags & S_PINNED).any() for s in sim.secondaries)
+    expected_pins = np.zeros(host._ft.key.size if pinning else 0, dtype=np.int32)  # device memory too
+    shared = bool((host._ft.key <= SHARED).any())
     for sec in sim.secondaries:
         counts = np.zeros(len(KINDS), dtype=np.int64)
-        examples = np.zeros((len(KINDS), 2), dtype=np.int64)
-        _check_secondary(host.pt, host.ft, sec.mm.index, sec.spte, sec.sflags, shared, expected_pins, counts,
-                         examples)  # fmt: skip
+        examples = np.zeros((len(KINDS), 3), dtype=np.int64)
+        subscribed = _subscribed(sec)
+        _check_secondary(host._pt, host._ft, sec.mm.index, sec.spte, sec.sflags, shared, expected_pins, subscribed,
+                         counts, examples)  # fmt: skip
         report.counts += counts
         for kind in np.flatnonzero(counts):
-            page, frame = examples[kind]
+            page, frame, what = (int(x) for x in examples[kind])
             report.messages.append(
-                f"{KINDS[kind]}: {sec.label} maps page {page} to frame {frame}, "
-                f"{_frame_story(sim, sec.mm, int(page), int(frame))} ({counts[kind]} entries)"
+                f"{KINDS[kind]}: {_entry_story(sim, sec, page, frame, what, subscribed)} ({counts[kind]} entries)"
             )
     counts = np.zeros(len(KINDS), dtype=np.int64)
-    examples = np.zeros((len(KINDS), 2), dtype=np.int64)
-    _check_host(host.pt, host.ft, host.sw, expected_pins, shared, np.uint64(sim.tick), counts, examples)
+    examples = np.zeros((len(KINDS), 3), dtype=np.int64)
+    _check_host(host._pt, host._ft, host._sw, expected_pins, shared, np.uint64(sim.tick), counts, examples)
     report.counts += counts
     for kind in np.flatnonzero(counts):
-        a, b = examples[kind]
-        report.messages.append(f"{KINDS[kind]}: {_host_story(sim, kind, int(a), int(b))} ({counts[kind]} found)")
+        a, b, what = (int(x) for x in examples[kind])
+        report.messages.append(f"{KINDS[kind]}: {_host_story(sim, what, a, b)} ({counts[kind]} found)")
     return report
 
 
+def _subscribed(sec) -> bool:
+    return sec in sec.mm.chain.subscribers()
+
+
+def _invalidate_hook(sec) -> str:
+    return "invalidate" if getattr(sec, "interval", False) else "invalidate_range_start"
+
+
+def _last_change(sim: "Simulation", key: int) -> str:
+    who = sim.actors.who_changed(key)
+    return f"last changed by {who}" if who else "never changed by an mm operation"
+
+
+def _entry_story(sim: "Simulation", sec, page: int, frame: int, what: int, subscribed: bool) -> str:
+    """What is wrong with ``sec``'s entry for ``page`` and whose doing it is."""
+    key = sec.mm.base + page
+    pte = int(sim.host._pt.pte[key])
+    change = _last_change(sim, key)
+    told = f"{sec.label} was told ({_invalidate_hook(sec)}) and kept its entry"
+    if what in (W_STALE, W_FOREIGN):
+        story = f"{sec.label} maps page {page} to frame {frame}, {_frame_story(sim, sec.mm, page, frame)}"
+        story += f"; the PTE was {change}"
+        if subscribed:
+            return f"{story}. Culprit: {sec.label} ({told}, or installed it without the retry rule)"
+        return (f"{story}. Culprit: that change, made under {sec.label}'s pin: a pinning device is not subscribed and "
+                "is never told")  # fmt: skip
+    pfl = int(sim.host._pt.flags[key])
+    if what == W_PERM_SHARED:
+        wrong = "writable, but frame is a shared (KSM) frame: a write would reach every page sharing it"
+    elif what == W_PERM_WRITE:
+        wrong = "writable, but the VMA is read-only"
+    elif pfl & P_PROTNONE:
+        wrong = "present, but the PTE is PROT_NONE (a NUMA hinting entry)"
+    else:
+        wrong = "present, but the VMA forbids access (PROT_NONE)"
+    return (f"{sec.label} maps page {page} (frame {frame}, PTE {_pte_story(pte)}, flags {_flag_story(pfl)}) "
+            f"{wrong}; the PTE was {change}. Culprit: {sec.label} ({told})")  # fmt: skip
+
+
+def _flag_story(pfl: int) -> str:
+    names = [n for n, b in (("vma", P_VMA), ("read", P_READ), ("write", P_WRITE), ("protnone", P_PROTNONE),
+                            ("huge", P_HUGE)) if pfl & b]  # fmt: skip
+    return "+".join(names) or "none"
+
+
 def _frame_story(sim: "Simulation", mm, page: int, frame: int) -> str:
-    owner = int(sim.host.ft.key[frame])
-    pte = int(sim.host.pt.pte[mm.base + page])
+    owner = int(sim.host._ft.key[frame])
+    pte = int(sim.host._pt.pte[mm.base + page])
     where = f"while the primary table has {_pte_story(pte)}"
     if owner == FREE:
         return f"which is free, {where}"
@@ -281,45 +388,91 @@ def _pte_story(pte: int) -> str:
     return f"swap slot {-2 - pte}"
 
 
-def _host_story(sim: "Simulation", kind: int, a: int, b: int) -> str:
-    if kind == PIN:
+def _page(sim: "Simulation", key: int) -> str:
+    mm = sim.mm_of_key(key)
+    return f"page {key - mm.base} of mm '{mm.name}'"
+
+
+def _host_story(sim: "Simulation", what: int, a: int, b: int) -> str:
+    host = sim.host
+    if what in (W_PIN_COUNT, W_PIN_FREE):
         holders = [s.label for s in sim.secondaries if np.any((s.spte == a) & ((s.sflags & S_PINNED) != 0))]
         return (
-            f"frame {a} has pin count {int(sim.host.ft.pin[a])} and key {int(sim.host.ft.key[a])}, but "
-            f"{'entries of ' + ', '.join(holders) if holders else 'no secondary entry'} account for its pins"
+            f"frame {a} has pin count {int(host._ft.pin[a])} and key {int(host._ft.key[a])}, but "
+            f"{'entries of ' + ', '.join(holders) if holders else 'no secondary entry'} account for its pins. "
+            f"Culprit: {', '.join(holders) if holders else 'whoever pinned it'} (pins are taken and released "
+            "only with a secondary entry)"
         )
-    if kind == INTEGRITY:
-        mm = sim.mm_of_key(a)
+    if what in (W_CONTENT_FRAME, W_CONTENT_SLOT, W_CONTENT_NONE):
+        held = (f"frame {b} holds content {int(host._ft.token[b])}" if what == W_CONTENT_FRAME
+                else f"swap slot {-2 - b} holds content {int(host._sw.token[-2 - b])}" if what == W_CONTENT_SLOT
+                else "it has no page at all")  # fmt: skip
+        return (f"{_page(sim, a)} should hold content {int(host._pt.token[a])} (its last write), but {held}: the "
+                f"data was lost or overwritten. The PTE was {_last_change(sim, a)}: culprit")  # fmt: skip
+    if what == W_WRONG_OWNER:
         return (
-            f"page {a - mm.base} of mm '{mm.name}' should hold content {int(sim.host.pt.token[a])} but "
-            f"{_pte_story(b)} does not"
+            f"{_page(sim, a)} maps frame {b}, but the frame's reverse map names key {int(host._ft.key[b])}: "
+            f"two pages on one frame, or a frame reused while mapped. The PTE was {_last_change(sim, a)}: culprit"
         )
-    return f"accounting mismatch at ({a}, {b})"
+    if what == W_SLOT_OWNER:
+        return (f"{_page(sim, a)} is in swap slot {-2 - b}, but the slot belongs to another page or is free. "
+                f"The PTE was {_last_change(sim, a)}: culprit")  # fmt: skip
+    if what == W_THP_PART:
+        return (f"the THP at {_page(sim, a)} is flagged huge on {b} of its {HUGE_PAGES} pages (all or none); "
+                f"it was {_last_change(sim, a)}: culprit")  # fmt: skip
+    if what == W_THP_FRAMES:
+        return (f"the THP at {_page(sim, a)} is not mapped by one pageblock in order (first frame {b}); "
+                f"it was {_last_change(sim, a)}: culprit")  # fmt: skip
+    stories = {
+        W_ORPHAN: f"frame {a} is an orphan (kept only by a pin) but has no pin: it should have been freed",
+        W_BAD_KEY: f"frame {a} has key {b}, which names no page, free state or sharing count",
+        W_FREE_BITS: f"the free bitmap of the pageblock holding frame {a} disagrees with the frames' keys",
+        W_PB_NFREE: f"the pageblock at frame {a} counts its free frames wrong ({b} are free)",
+        W_MAPPED: f"{a} frames are in use by a page but {b} PTEs are present",
+        W_SHARERS: f"shared (KSM) frames count {a} sharers but {b} PTEs map them",
+        W_TOTAL: f"{a} free frames and {b} in use do not add up to the {host._ft.key.size} frames",
+        W_SLOTS: f"{a} swap slots are in use but {b} PTEs are swap entries (or the device's count disagrees)",
+    }
+    return (
+        f"{stories.get(what, f'accounting mismatch ({a}, {b})')}. Culprit: the framework's frame accounting "
+        f"(ran last: {sim.actors.current})"
+    )
 
 
 def verify_young(sim: "Simulation", subscriber, op: str, start: np.ndarray, end: np.ndarray, truth: np.ndarray,
                  answer: np.ndarray) -> None:  # fmt: skip
-    """Compare a secondary MMU's answer to ``op`` over ranges [start, end) with ``truth``, what its entries'
-    accessed bits said before the call; report a mismatch as an ``accessed`` violation."""
+    """Judge a secondary MMU's young op over ranges [start, end): its ``answer`` against ``truth``, whether
+    the framework's access kernel saw an access through its entries there since they were last cleared
+    (the shadow accessed array, out of the plugin's reach); and, for ``clear_young``/``clear_flush_young``,
+    its postcondition: the plugin's own accessed bits in the ranges read clear after the call. A mismatch
+    is an ``accessed`` violation naming the plugin and the op."""
     wrong = answer & ~truth if op == "clear_young" else truth != answer  # clear_young may err toward old
-    if not wrong.any():
+    kept = np.zeros(0, dtype=np.bool_)
+    if op != "test_young":
+        kept = subscriber.harvest_accessed(start, end, clear=False)  # must read clear now
+    if not wrong.any() and not kept.any():
         return
     report = Report()
-    report.counts[ACCESSED] = int(np.count_nonzero(wrong))
+    report.counts[ACCESSED] = int(np.count_nonzero(wrong)) + int(np.count_nonzero(kept))
     lied = np.flatnonzero(answer & ~truth)
-    hid = np.flatnonzero(truth & ~answer)
+    hid = np.flatnonzero(truth & ~answer & (wrong if op == "clear_young" else True))
     parts = []
     if lied.size:
         r = int(lied[0])
-        parts.append(f"young for {lied.size} ranges none of its entries accessed (first: pages "
+        parts.append(f"young for {lied.size} ranges none of its entries was accessed in (first: pages "
                      f"[{int(start[r])}, {int(end[r])}))")  # fmt: skip
-    if hid.size:
+    if hid.size and op != "clear_young":
         r = int(hid[0])
         mapped = np.flatnonzero(subscriber.spte[start[r] : end[r]] >= 0)
         page = int(start[r]) + (int(mapped[0]) if mapped.size else 0)
         parts.append(f"not young for {hid.size} ranges it accessed (first: page {page}, "
                      f"frame {int(subscriber.spte[page])})")  # fmt: skip
-    message = f"accessed: {subscriber.label} answered {op} {' and '.join(parts)}"
+    if kept.size and kept.any():
+        r = int(np.flatnonzero(kept)[0])
+        parts.append(f"but left its accessed bits set in {int(kept.sum())} ranges (first: pages "
+                     f"[{int(start[r])}, {int(end[r])})): the next call will call them young again")  # fmt: skip
+    message = (f"accessed: {subscriber.label} answered {op} {' and '.join(parts)}. Culprit: {subscriber.label} "
+               f"in {op}")  # fmt: skip
     if not any(m.startswith(message.partition(" for ")[0]) for m in sim.violation_messages):
         report.messages.append(message)  # once per plugin, op and kind of lie; every one is counted
     sim.report_violations(report)

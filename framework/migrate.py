@@ -71,8 +71,8 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
     pages = np.ascontiguousarray(pages, dtype=np.int64)
     split(sim, mm, pages)  # pages move one by one: split any THP first
     ok = np.empty(pages.size, dtype=np.bool_)
-    ft = host.ft
-    host.ctr[C.MIGRATIONS_REFUSED] += _movable(host.pt.pte, ft.key, ft.pin, ft.pb, mm.base, pages, node, ok)
+    ft = host._ft
+    host.ctr[C.MIGRATIONS_REFUSED] += _movable(host._pt.pte, ft.key, ft.pin, ft.pb, mm.base, pages, node, ok)
     pages = pages[ok]
     if pages.size == 0:
         return 0
@@ -83,7 +83,7 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
 
     def move() -> None:
         nonlocal moved
-        moved = _move(host.pt, host.ft, host.ctr, mm.base, pages, node, keep_free, device)
+        moved = _move(host._pt, host._ft, host.ctr, mm.base, pages, node, keep_free, device)
 
     # Per page, as try_to_migrate_one (and under kernel=2008, try_to_unmap_one's invalidate_page).
     mm.invalidate_pages(pages, event, move, owner=owner if event is Event.MIGRATE else None)

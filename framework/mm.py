@@ -26,7 +26,7 @@ from .pagebits import (
     clear_mask,
     swap_slot,
 )
-from .pagetable import MM_EXITED, MM_HUGEPAGE
+from .pagetable import MM_EXITED, MM_HUGEPAGE, read_only
 from .share import drop_share
 from .swapdev import swap_free
 from .thp import split, split_straddling
@@ -84,11 +84,14 @@ class MM:
         self.index = index
         self.name = name
         self.npages = npages
-        pt = sim.host.pt
+        pt = sim.host._pt
         self.base = int(pt.mm_base[index])
-        self.pte = pt.pte[self.base : self.base + npages]
-        self.flags = pt.flags[self.base : self.base + npages]
-        self.token = pt.token[self.base : self.base + npages]
+        # The framework's writable slices, and the read-only views everyone else reads (plugins change
+        # an mm's pages only through its operations, which raise the notifiers).
+        self._pte = pt.pte[self.base : self.base + npages]
+        self._flags = pt.flags[self.base : self.base + npages]
+        self._token = pt.token[self.base : self.base + npages]
+        self.pte, self.flags, self.token = (read_only(a) for a in (self._pte, self._flags, self._token))
         self.chain = NotifierChain(self)
 
     def __repr__(self) -> str:
@@ -96,7 +99,7 @@ class MM:
 
     @property
     def exited(self) -> bool:
-        return bool(self.sim.host.pt.mm_flags[self.index] & MM_EXITED)
+        return bool(self.sim.host._pt.mm_flags[self.index] & MM_EXITED)
 
     @property
     def hugepage(self) -> bool:
@@ -104,7 +107,7 @@ class MM:
         return bool(self.sim.host.pt.mm_flags[self.index] & MM_HUGEPAGE)
 
     def set_flag(self, bit: int, on: bool) -> None:
-        flags = self.sim.host.pt.mm_flags
+        flags = self.sim.host._pt.mm_flags
         flags[self.index] = flags[self.index] | bit if on else flags[self.index] & ~bit
 
     def check_range(self, start: int, end: int) -> None:
@@ -119,7 +122,7 @@ class MM:
     def mmap(self, start: int, end: int, prot: str = "rw") -> None:
         """Create an anonymous mapping over [start, end): no pages yet, faulted in on first touch."""
         self.check_range(start, end)
-        self.flags[start:end] = P_VMA | _prot_bits(prot)
+        self._flags[start:end] = P_VMA | _prot_bits(prot)
 
     def access(self, pages: np.ndarray, writes: np.ndarray | None = None) -> None:
         """CPU accesses by the process itself (through the primary table only)."""
@@ -142,9 +145,10 @@ class MM:
 
         def change() -> None:
             nonlocal dropped
-            dropped = zap_keys(host.pt, host.ft, host.sw, self.base + pages)
+            dropped = zap_keys(host._pt, host._ft, host._sw, self.base + pages)
 
-        self.invalidate(single_pages(self, pages, Event.CLEAR), change)
+        with self.sim.actors.acting(f"discard of {pages.size} pages of mm '{self.name}'"):
+            self.invalidate(single_pages(self, pages, Event.CLEAR), change)
         return dropped
 
     def mprotect(self, start: int, end: int, prot: str) -> None:
@@ -156,9 +160,29 @@ class MM:
         split_straddling(self.sim, self, start, end)
 
         def change() -> None:
-            self.flags[start:end] = (self.flags[start:end] & clear_mask(P_READ | P_WRITE)) | bits
+            self._flags[start:end] = (self._flags[start:end] & clear_mask(P_READ | P_WRITE)) | bits
 
-        self.invalidate(NotifierRange(self, np.array([start]), np.array([end]), Event.PROTECTION_VMA), change)
+        with self.sim.actors.acting(f"mprotect({start}, {end}, {prot!r}) of mm '{self.name}'"):
+            self.invalidate(NotifierRange(self, np.array([start]), np.array([end]), Event.PROTECTION_VMA), change)
+
+    def change_prot_numa(self, start: int, end: int, skip_pinned: bool) -> int:
+        """NUMA balancing's change_prot_numa over [start, end): make every present page in RAM a PROT_NONE
+        hinting entry (the next access takes a NUMA hinting fault), under a PROTECTION_VMA invalidation;
+        a THP the range covers in part is split first (change_pmd_range). ``skip_pinned``: leave pinned
+        pages alone (the kernel skips pages maybe DMA-pinned since 5.19). Returns the PTEs changed."""
+        self.check_range(start, end)
+        with self.sim.actors.acting(f"change_prot_numa({start}, {end}) of mm '{self.name}'"):
+            split_straddling(self.sim, self, start, end)
+            pte, flags = self._pte[start:end], self._flags[start:end]
+            target = (pte >= 0) & ((flags & (P_PROTNONE | P_DEVICE)) == 0)
+            if skip_pinned:
+                target &= self.sim.host._ft.pin[np.maximum(pte, 0)] == 0
+
+            def protect() -> None:
+                flags[target] |= P_PROTNONE
+
+            self.invalidate(NotifierRange(self, np.array([start]), np.array([end]), Event.PROTECTION_VMA), protect)
+        return int(np.count_nonzero(target))
 
     def oom_reap(self) -> int | None:
         """__oom_reap_task_mm: unmap the whole (anonymous) mapping under a non-blockable UNMAP invalidation,
@@ -168,15 +192,20 @@ class MM:
 
         def change() -> None:
             nonlocal dropped
-            dropped = zap_ptes(host.pt, host.ft, host.sw, self.base, self.base + self.npages)
+            dropped = zap_ptes(host._pt, host._ft, host._sw, self.base, self.base + self.npages)
 
         whole = NotifierRange(self, np.array([0]), np.array([self.npages]), Event.UNMAP, blockable=False)
-        return dropped if self.invalidate(whole, change) else None
+        with self.sim.actors.acting(f"the OOM reaper on mm '{self.name}'"):
+            return dropped if self.invalidate(whole, change) else None
 
     def exit(self) -> None:
         """exit_mmap: release the notifier chain, unmap everything, then let device owners tear down."""
         if self.exited:
             return
+        with self.sim.actors.acting(f"exit of mm '{self.name}'"):
+            self._exit()
+
+    def _exit(self) -> None:
         self.chain.release()
         self._zap(0, self.npages, Event.UNMAP, keep_vma=False)
         for sec in self.sim.secondaries_of(self):
@@ -190,12 +219,15 @@ class MM:
 
         Returns False, without running ``change``, if a subscriber refused a non-blockable batch.
         """
+        record = self.sim.actors.record
         if not self.chain:
             change()
+            record(self.base, ranges.start, ranges.end, f"{ranges.event.name} of mm '{self.name}'", self.sim.tick)
             return True
         if not self.chain.invalidate_range_start(ranges):
             return False
         change()
+        record(self.base, ranges.start, ranges.end, f"{ranges.event.name} of mm '{self.name}'", self.sim.tick)
         self.chain.call("arch_invalidate_secondary_tlbs", mm=self, start=ranges.start, end=ranges.end)
         self.chain.invalidate_range_end(ranges)
         return True
@@ -220,11 +252,13 @@ class MM:
 
         def change() -> None:
             nonlocal dropped
-            dropped = zap_ptes(host.pt, host.ft, host.sw, self.base + start, self.base + end)
+            dropped = zap_ptes(host._pt, host._ft, host._sw, self.base + start, self.base + end)
             if not keep_vma:
-                self.flags[start:end] = 0
+                self._flags[start:end] = 0
 
-        self.invalidate(NotifierRange(self, np.array([start]), np.array([end]), event), change)
+        op = "munmap" if event == Event.UNMAP else "madvise_dontneed"
+        with self.sim.actors.acting(f"{op}({start}, {end}) of mm '{self.name}'"):
+            self.invalidate(NotifierRange(self, np.array([start]), np.array([end]), event), change)
         return dropped
 
 

@@ -9,6 +9,7 @@ raises, or refuses what it may not refuse, is reported as a ``PluginError`` nami
 """
 
 import logging
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -44,6 +45,21 @@ class Event(IntEnum):
 
 class PluginError(RuntimeError):
     """A plugin broke the hook contract (raised, refused a blockable range, livelocked, ...)."""
+
+
+def plugin_label(plugin_name: str) -> str:
+    """A pluggy plugin name as a reader knows it: "policy:swap" -> "policy 'swap'"."""
+    kind, _, name = plugin_name.partition(":")
+    return f"{kind} '{name}'" if name else f"plugin '{kind}'"
+
+
+def plugin_error(who: str, hook: str, exc: BaseException) -> PluginError:
+    """The one-line error for ``exc`` raised by ``who`` in ``hook``; its traceback goes to the log."""
+    log.error("%s raised in %s:\n%s", who, hook, "".join(traceback.format_exception(exc)).rstrip())
+    if isinstance(exc, ValueError) and "read-only" in str(exc):
+        return PluginError(f"{who} wrote to host state in {hook} through a read-only view ({exc}): plugins change "
+                           "host state only through the mm operations, which raise the notifiers")  # fmt: skip
+    return PluginError(f"{who} raised in {hook}: {exc!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,7 +154,7 @@ class NotifierChain:
 
     def __bool__(self) -> bool:
         # The flag the access kernel reads, kept by (un)subscribe and release: cheaper than asking pluggy.
-        return bool(self.mm.sim.host.pt.mm_flags[self.mm.index] & MM_HAS_NOTIFIERS)
+        return bool(self.mm.sim.host._pt.mm_flags[self.mm.index] & MM_HAS_NOTIFIERS)
 
     # -- delivery --
 
@@ -159,12 +175,13 @@ class NotifierChain:
                 if clipped is None:
                     continue
                 args = {**kwargs, "ranges": clipped}
-            try:
-                result = fn(*[args[a] for a in argnames])
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise PluginError(f"secondary MMU '{name}' raised in {op}: {exc!r}") from exc
+            with self.mm.sim.actors.acting(f"secondary MMU '{name}' in {op}"):
+                try:
+                    result = fn(*[args[a] for a in argnames])
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise plugin_error(f"secondary MMU '{name}'", op, exc) from exc
             results.append((name, result))
             if stop_on_refusal and result is False:
                 break
@@ -230,15 +247,16 @@ class NotifierChain:
         """OR of every subscriber's answer to ``clear_flush_young``/``clear_young``/``test_young``, per
         range (``test_young`` asks about single pages: ranges of one page).
 
-        With invariant checks on, each answer is compared with the accessed bits of the subscriber's
-        entries before the call (``invariants.verify_young``)."""
+        With invariant checks on, each answer is compared with what the framework's access kernel saw
+        through the subscriber's entries before the call (its shadow accessed array), and after a clearing
+        op the subscriber's own accessed bits must read clear (``invariants.verify_young``). A clearing
+        op consumes the accesses: the shadow is cleared over the ranges."""
         sim = self.mm.sim
         verify = sim.engine.check_invariants
         truth = {}
-        if verify:
-            for name, _, _, sub in self._impls(op):
-                if getattr(sub, "spte", np.zeros(0)).size:
-                    truth[name] = sub.harvest_accessed(start, end, clear=False)
+        for name, _, _, sub in self._impls(op):
+            if verify and getattr(sub, "spte", np.zeros(0)).size:
+                truth[name] = sub.shadow_young(start, end)
         young = np.zeros(start.size, dtype=bool)
         args = {"mm": self.mm, "pages": start} if op == "test_young" else {"mm": self.mm, "start": start, "end": end}
         for name, res in self.call(op, **args):
@@ -248,12 +266,14 @@ class NotifierChain:
                     f"secondary MMU '{name}' returned {arr.shape} from {op}; expected one bool per range {young.shape}"
                 )
             arr = arr.astype(bool, copy=False)
+            sub = self._pm.get_plugin(name)
             if name in truth:
-                sub = self._pm.get_plugin(name)
                 # An MMU that says it cannot see its accesses (``young`` False: 2.6.27's EPT) may answer
                 # "old" for what it accessed, as clear_young may; answering "young" falsely is still a lie.
                 checked = op if getattr(sub, "young", True) else "clear_young"
                 verify_young(sim, sub, checked, start, end, truth[name], arr)
+            if op != "test_young" and hasattr(sub, "clear_shadow"):
+                sub.clear_shadow(start, end)
             young |= arr
         return young
 

@@ -73,7 +73,7 @@ class OOMKiller:
         swapped = int(np.count_nonzero(mm.pte < -1))
         page_tables = -(-(resident + swapped) // PTRS_PER_PTE)  # mm_pgtables_bytes / PAGE_SIZE, at least
         host = self.sim.host
-        total = host.nframes + host.sw.key.size  # totalpages: RAM + swap
+        total = host.nframes + host._sw.key.size  # totalpages: RAM + swap
         return resident + swapped + page_tables + tenant.oom_score_adj * total // 1000
 
     def out_of_memory(self) -> "Tenant | None":

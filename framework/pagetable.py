@@ -37,3 +37,16 @@ def new_page_table(mm_pages: list[int]) -> PageTable:
         mm_base=base,
         mm_flags=np.zeros(len(mm_pages), dtype=np.int64),
     )
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    """A view of ``a`` that numpy refuses to write through ("assignment destination is read-only"): what
+    plugins get of the host's state, whose writable arrays only the framework holds."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def read_only_tables(t: tuple) -> tuple:
+    """A table (PageTable, FrameTable, SwapTable) of read-only views of ``t``'s arrays."""
+    return type(t)(*(read_only(a) if isinstance(a, np.ndarray) else a for a in t))

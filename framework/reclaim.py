@@ -54,7 +54,7 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
     Returns the frames, the new hand position and the number of frames looked at.
     """
     out = np.empty(want, dtype=np.int64)
-    ft = sim.host.ft
+    ft = sim.host._ft
     limit = min(limit, ft.key.size)  # one batch never holds a frame twice (its young answer would change)
     found, hand, scanned = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host.ctr, hand, want, limit, out)
     return out[:found], int(hand), int(scanned)
@@ -82,7 +82,7 @@ def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_you
     host = sim.host
     keys = np.empty(frames.size, dtype=np.int64)
     young = np.empty(frames.size, dtype=bool)
-    _test_clear_young(host.ft.key, host.pt.flags, frames, keys, young)
+    _test_clear_young(host._ft.key, host._pt.flags, frames, keys, young)
     for mm, sel, pages in _by_mm(sim, keys):
         if mm.chain:
             young[sel] |= mm.chain.young(op, pages, pages + 1)
@@ -95,19 +95,19 @@ def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
     Pinned or free frames are skipped. Returns the number of pages swapped out.
     """
     host = sim.host
-    keys = host.ft.key[frames].astype(np.int64)
+    keys = host._ft.key[frames].astype(np.int64)
     done = 0
     for mm, sel, pages in _by_mm(sim, keys):
         split(sim, mm, pages)  # reclaim handles 4 KiB pages: split any THP first
         mine = frames[sel]
         if not mm.chain:
-            done += swap_out_frames(host.pt, host.ft, host.sw, host.ctr, mine)
+            done += swap_out_frames(host._pt, host._ft, host._sw, host.ctr, mine)
             continue
         count = 0
 
         def write_out(mine=mine) -> None:
             nonlocal count
-            count = swap_out_frames(host.pt, host.ft, host.sw, host.ctr, mine)
+            count = swap_out_frames(host._pt, host._ft, host._sw, host.ctr, mine)
 
         mm.invalidate_pages(pages, Event.CLEAR, write_out)  # start/end per page, or 2.6.27's invalidate_page
         done += count
@@ -122,7 +122,7 @@ def _by_mm(sim: "Simulation", keys: np.ndarray):
         yield sim.mms[0], slice(None), keys - sim.mms[0].base
         return
     valid = keys >= 0
-    owners = np.searchsorted(sim.host.pt.mm_base, keys, side="right") - 1
+    owners = np.searchsorted(sim.host._pt.mm_base, keys, side="right") - 1
     owners[~valid] = -1
     for index in np.unique(owners[valid]):
         sel = owners == index

@@ -2,8 +2,14 @@
 
 The framework's access kernel reads and writes the table directly (a hit sets ``S_ACCESSED``; a fault
 installs an entry, pinning its frame in pin mode); the plugin's Python runs per batch, in its notifier
-ops. A plugin subclass sets ``name``, ``young`` and ``Config``, and implements the ``NotifierOps`` it
-needs with ``@hookimpl`` methods, usually built from ``zap`` and ``harvest_accessed``.
+ops. The plugin owns ``spte``/``sflags`` (its own table) and may write them; it reads the host's state
+through read-only views and changes it only through the mm operations. Beside its table the framework
+keeps ``accessed``, a shadow of the accessed bits that only the access kernel sets (on an access that
+finds ``S_ACCESSED`` clear; the framework resets it when it installs or zaps an entry and when a young op
+clears), which the young-op check judges answers by: the plugin reads it, it cannot write it.
+
+A plugin subclass sets ``name``, ``young`` and ``Config``, and implements the ``NotifierOps`` it needs
+with ``@hookimpl`` methods, usually built from ``zap`` and ``harvest_accessed``.
 
 Three kinds of subscriber, as in the kernel:
 
@@ -22,8 +28,11 @@ mmu_invalidate_seq, or the interval's invalidate_seq), ``state[IN_PROGRESS]``
 sequence moved since it began, or when an invalidation in progress covers its page
 (mmu_invalidate_retry_gfn in include/linux/kvm_host.h; mmu_interval_read_retry for interval
 subscribers). An MMU with ``SEC_RETRY_WHOLE_VM`` retries while any invalidation is in progress, as KVM's
-mmu_notifier_retry did before the range was tracked (2.6.27 to 6.2). A plugin that forgets to bump the
-sequence lets stale entries in, and the coherence check reports it.
+mmu_notifier_retry did before the range was tracked (2.6.27 to 6.2). The protocol matters because a
+fault can sleep between reading the sequence and installing (a swap-in's I/O, a device fault batch):
+the access kernel opens such race windows (``engine.race_window``) and lets the host invalidate meanwhile,
+so a plugin that forgets to bump the sequence (or to ``set_seq``) installs a stale entry, and the
+coherence check reports it.
 """
 
 from collections import defaultdict
@@ -45,8 +54,10 @@ if TYPE_CHECKING:
 # Layout of SecondaryMMU.state.
 # DEV_NODE: device memory node or -1. INV_LO, INV_HI: pages being invalidated, while IN_PROGRESS > 0.
 # FAULT_BLOCK: pages a device fault maps around the faulting page (a power of two; 0 or 1: just that page).
-SEQ, IN_PROGRESS, MODE, DEV_NODE, REGION_LO, REGION_HI, INV_LO, INV_HI, FAULT_BLOCK = range(9)
-STATE_SIZE = 9
+# RACE_RATE: the chance (of 2**32) that a fault through it sleeps in a race window (engine.race_window);
+# RACE_COUNT: its faults drawn so far (the seeded draw's counter).
+SEQ, IN_PROGRESS, MODE, DEV_NODE, REGION_LO, REGION_HI, INV_LO, INV_HI, FAULT_BLOCK, RACE_RATE, RACE_COUNT = range(11)
+STATE_SIZE = 11
 # Bits of state[MODE].
 SEC_PIN = 1  # install entries with a long-term pin
 SEC_YOUNG = 2  # accesses through this MMU are visible to reclaim (it implements the young ops)
@@ -84,6 +95,9 @@ class SecondaryMMU(Component):
         entries = 0 if self.shares_cpu_tables else self.mm.npages
         self.spte = np.full(entries, PTE_NONE, dtype=np.int32)
         self.sflags = np.zeros(entries, dtype=np.uint8)
+        self._accessed = np.zeros(entries, dtype=np.uint8)  # the framework's shadow of S_ACCESSED
+        self.accessed = self._accessed.view()
+        self.accessed.flags.writeable = False  # the plugin's view: read-only
         self.state = np.zeros(STATE_SIZE, dtype=np.int64)
         self.state[DEV_NODE] = -1
         self.state[REGION_LO], self.state[REGION_HI] = self.region
@@ -190,8 +204,11 @@ class SecondaryMMU(Component):
 
         For policies that act on one device rather than on the mm (eager release).
         """
-        if self.interval:
-            self.invalidate(ranges, int(self.state[SEQ]) + 1)
+        if self.interval:  # a sequence number of the mm's own (mn_itree_inv_start_range): unique, so a
+            chain = self.mm.chain  # fault in flight retries (``state[SEQ] + 1`` could be a later cur_seq)
+            chain.invalidate_seq += 1
+            self.invalidate(ranges, chain.invalidate_seq)
+            chain.invalidate_seq += 1
             return
         start = getattr(self, "invalidate_range_start", None)
         end = getattr(self, "invalidate_range_end", None)
@@ -233,17 +250,32 @@ class SecondaryMMU(Component):
         if self.spte.size == 0:  # no table of its own (shares_cpu_tables)
             return zapped
         host = self.sim.host
-        _zap(self.spte, self.sflags, _int64(start), _int64(end), host.ft, host.ctr, zapped)
+        _zap(self.spte, self.sflags, self._accessed, _int64(start), _int64(end), host._ft, host.ctr, zapped)
         self.metrics["pages_zapped"] += float(zapped.sum())
         return zapped
 
     def harvest_accessed(self, start: np.ndarray, end: np.ndarray, clear: bool) -> np.ndarray:
-        """Whether any entry in each range has its accessed bit set; clear the bits if asked."""
+        """Whether any entry in each range has its accessed bit set; clear the bits if asked (and the
+        framework's shadow with them: the accesses are consumed)."""
         young = np.zeros(start.size, dtype=np.bool_)
         if self.spte.size == 0:
             return young
         _harvest(self.sflags, _int64(start), _int64(end), clear, young)
+        if clear:
+            self.clear_shadow(start, end)
         return young
+
+    def shadow_young(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Whether the access kernel saw an access through a present entry in each range since the shadow
+        was last cleared: the truth the young ops are judged by."""
+        young = np.zeros(start.size, dtype=np.bool_)
+        if self.spte.size:
+            _shadow_young(self._accessed, self.spte, _int64(start), _int64(end), young)
+        return young
+
+    def clear_shadow(self, start: np.ndarray, end: np.ndarray) -> None:
+        if self.spte.size:
+            _shadow_clear(self._accessed, _int64(start), _int64(end))
 
     def mapped_pages(self) -> int:
         return int(np.count_nonzero(self.spte >= 0))
@@ -254,7 +286,23 @@ def _int64(a: np.ndarray) -> np.ndarray:
 
 
 @kernel
-def _zap(spte, sflags, start, end, ft, ctr, zapped):
+def _shadow_young(shadow, spte, start, end, young):
+    for r in range(start.size):
+        seen = False
+        for p in range(start[r], end[r]):
+            seen |= shadow[p] != 0 and spte[p] >= 0
+        young[r] = seen
+
+
+@kernel
+def _shadow_clear(shadow, start, end):
+    for r in range(start.size):
+        for p in range(start[r], end[r]):
+            shadow[p] = 0
+
+
+@kernel
+def _zap(spte, sflags, shadow, start, end, ft, ctr, zapped):
     fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
     for r in range(start.size):
         if r + AHEAD < start.size and start[r + AHEAD] < spte.size:  # reclaim's ranges are pages far apart
@@ -277,6 +325,7 @@ def _zap(spte, sflags, start, end, ft, ctr, zapped):
                     free_frame(node, lists, pb, bits, fkey, ftoken, f)
             spte[p] = PTE_NONE
             sflags[p] = 0
+            shadow[p] = 0
             count += 1
         zapped[r] = count
 

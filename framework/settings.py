@@ -84,9 +84,12 @@ class EngineConfig:
     check_accesses: bool  # also count each access through a secondary entry whose frame is not the page's
     stop_on_violation: bool  # raise at the first violated invariant instead of counting on
     timeseries: bool
+    allow_violations: bool = False  # exit 0 even if an invariant was violated (the mmnsim command)
+    race_window: float = 0.0  # chance that a secondary fault sleeps while the host invalidates; 0: never
 
     def __post_init__(self) -> None:
         require(self.accesses_per_tick >= 1, f"accesses_per_tick must be >= 1, got {self.accesses_per_tick}")
+        require(0 <= self.race_window <= 1, f"race_window must be in [0, 1], got {self.race_window}")
 
 
 @dataclass

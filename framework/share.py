@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 def mergeable(sim: "Simulation", mm: "MM", pages: np.ndarray) -> np.ndarray:
     """Which of ``pages`` KSM could merge now: resident in RAM on a 4 KiB mapping, not pinned (KSM's
     write_protect_page refuses a page with extra references), not already shared."""
-    ft = sim.host.ft
+    ft = sim.host._ft
     pages = np.asarray(pages, dtype=np.int64)
     frames = mm.pte[pages]
     ok = (frames >= 0) & ((mm.flags[pages] & (P_HUGE | P_DEVICE)) == 0)
@@ -49,14 +49,14 @@ def is_shared(sim: "Simulation", mm: "MM", pages: np.ndarray) -> np.ndarray:
     """Which of ``pages`` map a shared frame."""
     frames = mm.pte[np.asarray(pages, dtype=np.int64)]
     out = frames >= 0
-    out[out] = sim.host.ft.key[frames[out]] <= SHARED
+    out[out] = sim.host._ft.key[frames[out]] <= SHARED
     return out
 
 
 def sharing(sim: "Simulation") -> tuple[int, int]:
     """(pages_shared, pages_sharing) as /sys/kernel/mm/ksm reports them: shared frames, and the pages
     mapping them beyond one each (the frames saved)."""
-    keys = sim.host.ft.key
+    keys = sim.host._ft.key
     shared = keys[keys <= SHARED].astype(np.int64)
     return int(shared.size), int((SHARED + 1 - shared).sum() - shared.size)
 
@@ -71,7 +71,7 @@ def merge_pages(sim: "Simulation", mm: "MM", pages: np.ndarray, into: "MM", into
     into_pages = np.asarray(into_pages, dtype=np.int64)
     if pages.size != into_pages.size:
         raise ValueError(f"merge_pages: {pages.size} pages but {into_pages.size} targets")
-    ft = sim.host.ft
+    ft = sim.host._ft
     target = into.pte[into_pages]
     ok = mergeable(sim, mm, pages) & (target >= 0) & ((into.flags[into_pages] & (P_HUGE | P_DEVICE)) == 0)
     ok &= mm.token[pages] == into.token[into_pages]
@@ -96,7 +96,7 @@ def merge_pages(sim: "Simulation", mm: "MM", pages: np.ndarray, into: "MM", into
     host = sim.host
 
     def replace() -> None:
-        _replace(host.pt, host.ft, mm.base + pages, frames)
+        _replace(host._pt, host._ft, mm.base + pages, frames)
         if change_pte:  # set_pte_at_notify, as KSM did until 2024
             mm.chain.call("change_pte", mm=mm, pages=pages, frames=frames)
 
@@ -123,7 +123,7 @@ def break_cow(sim: "Simulation", key: int, frame: int) -> None:
     host = sim.host
 
     def remap() -> None:
-        _unshare(host.pt, host.ft, key, frame)
+        _unshare(host._pt, host._ft, key, frame)
 
     mm.invalidate(single_pages(mm, np.array([key - mm.base]), Event.CLEAR), remap)
     host.ctr[C.COW_KSM] += 1

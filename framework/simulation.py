@@ -34,24 +34,27 @@ from .access import (
     K_VICTIM,
     LIVELOCK,
     MIGRATE_TO_RAM,
+    RACE_WINDOW,
     WAKE_KSWAPD,
     new_kernel_state,
     run_accesses,
 )
+from .actors import Actors
 from .compaction import compact
 from .components import Component, HostPolicy, Mode
+from .config import ConfigError
 from .costs import translation_ns, walk_refs
 from .discovery import Registry, plugin_manager
 from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import OOM, Host
 from .migrate import migrate
 from .mm import MM
-from .notifier import PluginError, unique_name
+from .notifier import PluginError, plugin_error, plugin_label, unique_name
 from .oom import OOMKiller
 from .pagebits import P_DEVICE, P_HUGE, S_HUGE
 from .pagetable import MM_HUGEPAGE
 from .reclaim import swap_out
-from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SecondaryMMU
+from .secondary import DEV_NODE, IN_PROGRESS, MODE, RACE_RATE, SEC_NOFAULT, SecondaryMMU
 from .settings import load_settings
 from .share import break_cow
 from .workload import PAGE_DTYPE, WorkloadStream, pages_inside
@@ -66,7 +69,7 @@ PER_SECONDARY = ("accesses", "writes", "secondary_faults", "fault_retries", "maj
                  "access_errors", "pins_acquired", "remote_accesses", "huge_accesses")  # fmt: skip
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
-_EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE: SEQ, ..., DEV_NODE = -1
+_EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE; DEV_NODE = -1
 
 
 class InvariantViolation(RuntimeError):
@@ -160,6 +163,7 @@ class Simulation:
 
         device_pages = [c.device_pages for s in specs for c in s.clients if c.device_pages]
         self.host = Host(self.host_cfg, [s.pages for s in specs], device_pages, seed=self.seed)
+        self.actors = Actors(self.host._pt.pte.size)  # who runs, and who last changed each page
         device_nodes = iter(self.host.device_nodes)
         self.mms: list[MM] = []
         self.tenants: list[Tenant] = []
@@ -179,6 +183,7 @@ class Simulation:
                     client.secondary = cls(self, client, scfg)
                     if cspec.device_pages:
                         client.secondary.state[DEV_NODE] = next(device_nodes)
+                    client.secondary.state[RACE_RATE] = round(self.engine.race_window * 2**32)
                     self.secondaries.append(client.secondary)
                 tenant.clients.append(client)
                 self.clients.append(client)
@@ -267,7 +272,7 @@ class Simulation:
     def take_hint_faults(self) -> np.ndarray:
         """The NUMA hinting faults (local and misplaced) logged since the last call, as rows (page key,
         accessing node), oldest first; the log is emptied. (At most ``frames.HINT_CAPACITY`` are kept between calls.)"""
-        ft = self.host.ft
+        ft = self.host._ft
         n = int(ft.reg[REG_HINTS])
         ft.reg[REG_HINTS] = 0
         return ft.hints[:n].copy()
@@ -276,7 +281,7 @@ class Simulation:
         return [s for s in self.secondaries if s.mm is mm]
 
     def mm_of_key(self, key: int) -> MM:
-        return self.mms[int(np.searchsorted(self.host.pt.mm_base, key, side="right")) - 1]
+        return self.mms[int(np.searchsorted(self.host._pt.mm_base, key, side="right")) - 1]
 
     def components(self) -> list[Component]:
         return [*self.policies, *self.secondaries, *(c.stream.workload for c in self.clients)]
@@ -300,6 +305,7 @@ class Simulation:
             for mm in self.mms:
                 mm.exit()
             if self.engine.check_invariants:
+                self._heading = "end-of-run check, after every process exited and every device was torn down"
                 self.check_invariants()
             after = self.metrics()
             metrics.update({k: v for k, v in after.items() if k.endswith("violations")})
@@ -314,10 +320,10 @@ class Simulation:
 
     def step(self) -> None:
         """One tick."""
-        self.host.ft.reg[REG_FLAGS] &= ~OOM_FLAGS
+        self.host._ft.reg[REG_FLAGS] &= ~OOM_FLAGS
         if self.oom is not None:
             self.oom.reap()  # the OOM reaper's next attempt on a victim whose memory a subscriber kept
-        self.pm.hook.host_tick(sim=self)
+        self.call_hook("host_tick", sim=self)
         tick_ns = 0.0
         for client in self.clients:
             batch = None if client.tenant.killed else client.stream.next_batch(client.batch, self.tick)
@@ -361,9 +367,9 @@ class Simulation:
         """``run_client`` for a batch known to be good: int32 pages inside the mm, a bool per page."""
         host = self.host
         if secondary is not None and not secondary.shares_cpu_tables:
-            spte, sflags, sstate = secondary.spte, secondary.sflags, secondary.state
+            spte, sflags, saccessed, sstate = secondary.spte, secondary.sflags, secondary._accessed, secondary.state
         else:
-            spte, sflags, sstate = _EMPTY_I32, _EMPTY_U8, _EMPTY_STATE
+            spte, sflags, saccessed, sstate = _EMPTY_I32, _EMPTY_U8, _EMPTY_U8, _EMPTY_STATE
         vcpu_node = client.vcpu_node if client is not None else np.zeros(1, dtype=np.int32)
         ks = new_kernel_state()
         before = host.ctr.copy()
@@ -371,8 +377,8 @@ class Simulation:
         try:
             while True:
                 status = run_accesses(
-                    pages, writes, ks, host.pt, host.ft, host.sw, host.ctr, mm.index,
-                    spte, sflags, sstate, vcpu_node, self.exact_clock, self.engine.check_accesses,
+                    pages, writes, ks, host._pt, host._ft, host._sw, host.ctr, mm.index,
+                    spte, sflags, saccessed, sstate, vcpu_node, self.exact_clock, self.engine.check_accesses,
                 )  # fmt: skip
                 if status == DONE:
                     break
@@ -389,7 +395,7 @@ class Simulation:
                     write_errors = host.ctr[C.SWAP_WRITE_ERRORS]
                     if swap_out(self, np.array([ks[K_VICTIM]])) == 0 and host.ctr[C.SWAP_WRITE_ERRORS] == write_errors:
                         host.ctr[C.OOM_EVENTS] += 1
-                        host.ft.reg[REG_FLAGS] |= OOM_FLAGS
+                        host._ft.reg[REG_FLAGS] |= OOM_FLAGS
                 elif status == MIGRATE_TO_RAM:
                     self._migrate_to_ram(int(ks[K_VICTIM]), int(vcpu_node[0]), ks)
                 elif status == COW_BREAK:
@@ -402,6 +408,8 @@ class Simulation:
                         secondary.fault_around(int(ks[K_VICTIM]))
                     finally:
                         self._charge_to = charge_to
+                elif status == RACE_WINDOW:
+                    self._race_window(int(ks[K_VICTIM]))
                 elif status == LIVELOCK:
                     raise PluginError(
                         f"secondary MMU '{secondary.label}' kept its fault path retrying: state[IN_PROGRESS] is "
@@ -413,13 +421,29 @@ class Simulation:
         if client is not None and account:
             self._account(client, host.ctr - before)
 
+    def _race_window(self, key: int) -> None:
+        """A secondary fault on page ``key`` sleeps before installing its entry, and the host runs: kswapd
+        reclaims the page it just resolved (``swap_out``, under a CLEAR invalidation of the page), as
+        reclaim, NUMA migration or compaction may in the kernel while a fault waits for I/O. The fault then
+        resumes and must retry by the sequence protocol."""
+        self.host.ctr[C.RACE_WINDOWS] += 1
+        frame = int(self.host._pt.pte[key])
+        if frame < 0 or self.host._ft.pin[frame] > 0 or self.host._ft.key[frame] != key:
+            return  # nothing to reclaim: a shared (KSM) or pinned frame stays
+        charge_to, self._charge_to = self._charge_to, None  # kswapd runs on its own CPU
+        try:
+            with self.actors.acting("kswapd (reclaim in a fault's race window)"):
+                swap_out(self, np.array([frame]))
+        finally:
+            self._charge_to = charge_to
+
     def _migrate_to_ram(self, key: int, node: int, ks: np.ndarray) -> None:
         """A CPU or another device touched a device-private page: its device brings it back to RAM."""
         mm = self.mm_of_key(key)
-        frame_node = self.host.node_of(int(self.host.pt.pte[key]))
+        frame_node = self.host.node_of(int(self.host._pt.pte[key]))
         owner = next(s for s in self.secondaries if s.device_node == frame_node)
         owner.migrate_to_ram(np.array([key - mm.base]), node)
-        if self.host.pt.flags[key] & P_DEVICE:  # no room in RAM even so: the access fails
+        if self.host._pt.flags[key] & P_DEVICE:  # no room in RAM even so: the access fails
             self.host.ctr[C.ALLOC_FAILURES] += 1
             ks[K_SKIP] = 1
 
@@ -448,15 +472,36 @@ class Simulation:
         finally:
             self._charge_to = charge_to
         if freed == 0:
-            self.host.ft.reg[REG_FLAGS] |= KSWAPD_FUTILE
+            self.host._ft.reg[REG_FLAGS] |= KSWAPD_FUTILE
 
     def _reclaim(self, nr_pages: int, direct: bool) -> int:
-        freed = self.pm.hook.reclaim(sim=self, nr_pages=nr_pages, direct=direct)
-        return int(freed or 0)
+        freed = self.call_hook("reclaim", firstresult=True, sim=self, nr_pages=nr_pages, direct=direct)
+        return int(freed[0] if freed else 0)
+
+    def call_hook(self, name: str, firstresult: bool = False, **kwargs) -> list:
+        """Call framework hook ``name`` on every plugin implementing it, in pluggy's order (the last
+        registered first), each as the current actor; return the non-None results (only the first, with
+        ``firstresult``). An exception in a plugin becomes a one-line ``PluginError`` naming the plugin
+        and the hook, with the traceback in the log."""
+        results = []
+        for impl in reversed(getattr(self.pm.hook, name).get_hookimpls()):
+            who = plugin_label(impl.plugin_name)
+            with self.actors.acting(f"{who} in {name}"):
+                try:
+                    res = impl.function(*[kwargs[a] for a in impl.argnames])
+                except (PluginError, InvariantViolation, ConfigError):
+                    raise
+                except Exception as exc:
+                    raise plugin_error(who, name, exc) from exc
+            if res is not None:
+                results.append(res)
+                if firstresult:
+                    break
+        return results
 
     def _account(self, client: Client, d: np.ndarray) -> None:
         c = self.costs
-        numa = self.host.ft.node.shape[0] > 1  # the kernel sums access distances only then
+        numa = self.host._ft.node.shape[0] > 1  # the kernel sums access distances only then
         access = c.access_ns * (d[C.ACCESS_DISTANCE] / 10 if numa else d[C.ACCESSES])
         faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + d[C.MAJOR_FAULTS] * c.swap_in_ns
         sec = client.secondary
@@ -495,6 +540,10 @@ class Simulation:
         """Count a report's violations, log each new message once, and stop if the engine says so."""
         self.violations += report.counts
         new = [m for m in report.messages if m not in self.violation_messages]
+        heading = getattr(self, "_heading", None)
+        if heading and new:
+            log.warning("%s: %d violations", heading, int(report.counts.sum()))
+            new = [f"[{heading}] {m}" for m in new]
         for message in new:
             log.warning("tick %d: invariant violated: %s", self.tick, message)
         self.violation_messages.extend(new)
@@ -517,7 +566,7 @@ class Simulation:
         """Every metric of the run so far, by name. A secondary MMU's own metrics are summed over all of
         them under their name, and also reported per kind as "<name>.<metric>" with its counters."""
         out: dict[str, float] = dict(C.as_dict(self.host.ctr))
-        for contribution in self.pm.hook.collect_metrics(sim=self):
+        for contribution in self.call_hook("collect_metrics", sim=self):
             for name, value in (contribution or {}).items():
                 out[name] = out.get(name, 0.0) + float(value)
         for name in ("pages_zapped", "tlb_flushes", "tlb_flush_ipis", "flush_cost_ns"):
@@ -556,7 +605,7 @@ class Simulation:
             out[f"{sec.name}.translation_ns_per_access"] = per_access
         out["stall_fraction"] = stall / elapsed if elapsed else 0.0
         out["remote_access_fraction"] = out["remote_accesses"] / out["accesses"] if out["accesses"] else 0.0
-        numa = self.host.ft.node.shape[0] > 1
+        numa = self.host._ft.node.shape[0] > 1
         per_access = out["access_distance"] / 10 / out["accesses"] if numa and out["accesses"] else 1.0
         out["effective_access_ns"] = self.costs.access_ns * per_access  # memory access time, by distance
         return out

@@ -34,7 +34,7 @@ def split(sim: "Simulation", mm: "MM", pages: np.ndarray) -> int:
 
     def demote() -> None:
         for first in firsts:
-            mm.flags[first : first + HUGE_PAGES] &= np.uint8(0xFF ^ P_HUGE)
+            mm._flags[first : first + HUGE_PAGES] &= np.uint8(0xFF ^ P_HUGE)
 
     mm.invalidate(ranges, demote)
     sim.host.ctr[C.THP_SPLIT] += firsts.size
@@ -43,7 +43,9 @@ def split(sim: "Simulation", mm: "MM", pages: np.ndarray) -> int:
 
 def split_straddling(sim: "Simulation", mm: "MM", start: int, end: int) -> None:
     """Split the THPs that [start, end) covers only partly (a partial munmap or mprotect)."""
-    edges = [p for p in (start, end - 1) if p % HUGE_PAGES != (0 if p == start else HUGE_PAGES - 1)]
+    edges = [start] if start % HUGE_PAGES else []  # a THP begins before the range
+    if end % HUGE_PAGES:  # one ends after it (also for a one-page range on a 2 MiB boundary)
+        edges.append(end - 1)
     if edges:
         split(sim, mm, np.array(edges))
 
@@ -83,7 +85,7 @@ def collapse(sim: "Simulation", mm: "MM", first: int, node: int) -> bool:
 
     def build() -> None:
         nonlocal ok
-        ok = _collapse(sim.host.pt, sim.host.ft, sim.host.ctr, mm.base + first, node)
+        ok = _collapse(sim.host._pt, sim.host._ft, sim.host.ctr, mm.base + first, node)
 
     ranges = NotifierRange(mm, np.array([first]), np.array([first + HUGE_PAGES]), Event.CLEAR)
     mm.invalidate(ranges, build)

@@ -16,8 +16,14 @@ young_all           answers every young op "young"                       accesse
 young_none          answers every young op "not young"                   accessed check (clear_flush_young and
                                                                          test_young; clear_young may err so)
 raise_in_hook       raises inside invalidate_range_start                 PluginError naming plugin and op
+no_seq_bump         end_invalidate lowers in_progress but never bumps    coherence/isolation check: a fault that
+                    the sequence                                         slept in a race window while the host
+                                                                         reclaimed its page installs the stale
+                                                                         frame (engine.race_window)
 refuse_nonblockable (faulty_odp) refuses every non-blockable batch       counted (invalidations_refused) and
                                                                          logged; legal, but never silent
+no_set_seq          (faulty_odp) zaps in invalidate but never calls      coherence/isolation check, as
+                    set_seq(cur_seq)                                     no_seq_bump
 =================== ==================================================== =========================================
 """
 
@@ -30,8 +36,9 @@ from mmnsim import NotifierRange, hookimpl, require
 from .kvm import KVM, KVMConfig
 from .rdma import RDMA, RDMAConfig
 
-KVM_FAULTS = ("none", "ignore_invalidate", "map_in_window", "keep_pins", "young_all", "young_none", "raise_in_hook")
-ODP_FAULTS = ("none", "refuse_nonblockable")
+KVM_FAULTS = ("none", "ignore_invalidate", "map_in_window", "keep_pins", "young_all", "young_none", "raise_in_hook",
+              "no_seq_bump")  # fmt: skip
+ODP_FAULTS = ("none", "refuse_nonblockable", "no_set_seq")
 
 
 @dataclass
@@ -69,6 +76,15 @@ class FaultyKVM(KVM):
     def invalidate_range_end(self, ranges: NotifierRange) -> None:
         if self.cfg.fault != "map_in_window":  # it never raised in_progress
             self.end_invalidate()
+
+    def end_invalidate(self) -> None:
+        if self.cfg.fault != "no_seq_bump":
+            super().end_invalidate()
+            return
+        before = self.state.copy()
+        super().end_invalidate()
+        bumped = self.state > before  # the sequence; in_progress went down
+        self.state[bumped] = before[bumped]
 
     def _answer(self, honest: np.ndarray) -> np.ndarray:
         if self.cfg.fault == "young_all":
@@ -114,6 +130,10 @@ class FaultyODP(RDMA):
         if self.cfg.fault == "refuse_nonblockable" and not ranges.blockable:
             return False
         return super().invalidate(ranges, cur_seq)
+
+    def set_seq(self, cur_seq: int) -> None:
+        if self.cfg.fault != "no_set_seq":  # faults that began before this invalidation will not retry
+            super().set_seq(cur_seq)
 
 
 @hookimpl

@@ -38,9 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import Event, HostPolicy, NotifierRange, hookimpl, require
-from mmnsim.pagebits import P_DEVICE, P_PROTNONE
-from mmnsim.thp import split_straddling
+from mmnsim import HostPolicy, hookimpl, require
 
 MIB_PAGES = 256
 MAX_SCAN_WINDOW_MB = 2560  # kernel/sched/fair.c: the most a task scans per second
@@ -152,7 +150,7 @@ class Numa(HostPolicy):
         else:
             scan.cursor = end
         scan.next_ns = sim.time_ns + scan.period_ms * 1e6
-        marked = self._change_prot_numa(sim, mm, start, end)
+        marked = mm.change_prot_numa(start, end, self.cfg.skip_pinned)  # PROTECTION_VMA, then PROT_NONE
         self.metrics["numa_pte_updates"] += marked
         self.metrics["numa_scans"] += 1
         sim.charge(marked * sim.costs.tlb_invalidate_page_ns)
@@ -180,21 +178,6 @@ class Numa(HostPolicy):
         floor = 1000 / max(MAX_SCAN_WINDOW_MB // self.cfg.scan_size_mb, 1)
         lo = max(floor, self.cfg.scan_period_min_ms / windows)
         return lo, max(lo, self.cfg.scan_period_max_ms / windows)
-
-    def _change_prot_numa(self, sim, mm, start: int, end: int) -> int:
-        """change_prot_numa over [start, end): PROTECTION_VMA, then PROT_NONE on the present pages; returns
-        the pages marked."""
-        split_straddling(sim, mm, start, end)  # change_pmd_range splits a THP the window covers in part
-        pte, flags = mm.pte[start:end], mm.flags[start:end]
-        target = (pte >= 0) & ((flags & (P_PROTNONE | P_DEVICE)) == 0)
-        if self.cfg.skip_pinned:
-            target &= sim.host.ft.pin[np.maximum(pte, 0)] == 0
-
-        def protect() -> None:
-            flags[target] |= P_PROTNONE
-
-        mm.invalidate(NotifierRange(mm, np.array([start]), np.array([end]), Event.PROTECTION_VMA), protect)
-        return int(np.count_nonzero(target))
 
     @hookimpl
     def collect_metrics(self, sim) -> dict[str, float]:

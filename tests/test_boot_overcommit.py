@@ -45,10 +45,12 @@ def test_notifier_mode_swaps_without_oom_and_reports_the_cost():
     assert m["swap_outs"] >= guest_pages - sim.host.nframes
     # The cost: each swapped page was invalidated in KVM, zapped, and its range flushed.
     assert m["invalidations"] >= m["swap_outs"]
-    assert m["pages_zapped"] >= m["swap_outs"]
-    assert m["tlb_flushes"] >= m["swap_outs"]
+    # (A page reclaimed in a fault's race window was not mapped by KVM yet: nothing to zap.)
+    assert m["pages_zapped"] >= m["swap_outs"] - m["race_windows"]
+    assert m["tlb_flushes"] >= m["swap_outs"] - m["race_windows"]
     assert m["flush_cost_ns"] > 0
     # And the re-faults: the second pass finds most of the guest swapped out.
     assert m["major_faults"] >= guest_pages - sim.host.nframes
-    assert m["secondary_faults"] >= guest_pages + m["major_faults"]
+    # (A fault whose page was reclaimed in its race window swaps it in twice: one secondary fault.)
+    assert m["secondary_faults"] >= guest_pages + m["major_faults"] - m["race_windows"]
     assert m["invariant_violations"] == 0

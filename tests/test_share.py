@@ -7,6 +7,7 @@ from conftest import simulation
 from mmnsim import Event, hookimpl, is_shared, merge_pages, mergeable, sharing
 from mmnsim import counters as C
 from mmnsim.frames import SHARED
+from mmnsim.invariants import KINDS
 from mmnsim.secondary import MODE, SEC_PIN
 from mmnsim.thp import collapse
 
@@ -127,10 +128,10 @@ def test_shared_pages_are_not_migrated_reclaimed_or_collapsed_and_munmap_drops_o
     assert violations(sim) == 0
 
 
-def test_a_stale_writable_entry_to_a_shared_frame_is_an_isolation_violation():
+def test_a_writable_entry_to_a_shared_frame_is_a_permission_violation():
     sim, mm, kvm = booted()
     merge_pages(sim, mm, np.array([1]), mm, np.array([0]))
     sim.run_client(mm, kvm, np.array([0]))
     kvm.sflags[0] |= 2  # a buggy plugin makes the shared mapping writable
     report = sim.check_invariants()
-    assert report.counts[1] == 1 and "shared (KSM) frame of 2 pages" in report.messages[0]
+    assert report.counts[KINDS.index("permission")] == 1 and "shared (KSM) frame" in report.messages[0]

@@ -32,7 +32,7 @@ def test_a_failing_job_leaves_the_others_readable_and_a_rerun_skips_what_is_up_t
     # Started again, with the failing job's value changed: job 0 and 2 are up to date, job 1 runs.
     before = {j: (sweep / j / "summary.parquet").stat().st_mtime_ns for j in ("0", "2")}
     again = cli("-m", "secondary=faulty", "secondary.fault=none,ignore_invalidate,young_all", *TINY, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 3, again.stderr  # the sweep lists the jobs that violated invariants: 1 and 2
     assert again.stdout.count("up to date (same config and code), not run again") == 2
     assert {j: (sweep / j / "summary.parquet").stat().st_mtime_ns for j in ("0", "2")} == before
     assert (sweep / "1" / "summary.parquet").is_file() and not (sweep / "1" / "failed.json").exists()
