@@ -129,6 +129,7 @@ class KVM(SecondaryMMU):
             # 2.6.27 kvm_age_rmapp (arch/x86/kvm/mmu.c): "always return old for EPT" (shadow_accessed_mask
             # is 0); nothing cleared, so kvm_mmu_notifier_clear_flush_young does not flush either.
             self.metrics["young_pages_aged"] += float((end - start).sum())
+            self.harvest_accessed(start, end, clear=True)  # no A bit in the EPT: the simulator's bits mean nothing
             return np.zeros(start.size, dtype=np.bool_)
         young = self.harvest_accessed(start, end, clear=True)
         aged = float((end - start).sum())

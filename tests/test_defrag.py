@@ -161,7 +161,7 @@ def test_khugepaged_swaps_in_up_to_max_ptes_swap_pages_to_collapse_a_region():
                      "guest.madvise_hugepage=true", "policies=[swap,defrag]", "policies.defrag.compaction=false",
                      small=False)  # fmt: skip
     mm = sim.mms[0]
-    sim.host.ft.reg[REG_FLAGS] &= ~THP_ENABLED  # boot on 4 KiB pages: no THP at fault time
+    sim.host._ft.reg[REG_FLAGS] &= ~THP_ENABLED  # boot on 4 KiB pages: no THP at fault time
     mm.access(np.arange(mm.npages), np.ones(mm.npages, dtype=bool))
     swap_out(sim, mm.pte[np.arange(64)].astype(np.int64))  # region 0: 64 swapped (the limit)
     swap_out(sim, mm.pte[HUGE_PAGES + np.arange(65)].astype(np.int64))  # region 1: 65 swapped

@@ -113,7 +113,7 @@ def _numa_sim(*extra):
 
 def _hint(sim, mm, pages, nid):
     """Log hinting faults from node ``nid`` on ``pages``, as the access kernel does."""
-    ft = sim.host.ft
+    ft = sim.host._ft  # the framework's writable table: this stands in for the access kernel
     n = int(ft.reg[REG_HINTS])
     ft.hints[n : n + len(pages), 0] = mm.base + np.asarray(pages)
     ft.hints[n : n + len(pages), 1] = nid
