@@ -17,8 +17,10 @@ from .host import MIB_PAGES, OOM, HostConfig
 from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
-TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine", "report")
-# ("report" is read by mmnsim-experiment, not by the simulation.)
+TOP_LEVEL = (
+    "host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine", "report", "sensitivity"
+)
+# ("report" and "sensitivity" are read by mmnsim-experiment, not by the simulation.)
 
 
 @dataclass
