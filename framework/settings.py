@@ -17,9 +17,8 @@ from .host import MIB_PAGES, OOM, HostConfig
 from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
-TOP_LEVEL = (
-    "host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine", "report", "sensitivity"
-)
+TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine",
+             "report", "sensitivity")  # fmt: skip
 # ("report" and "sensitivity" are read by mmnsim-experiment, not by the simulation.)
 
 
