@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         help="vary every cost over its range (one at a time), write sensitivity.md and tornado.png",
     )
     parser.add_argument("overrides", nargs="*", help="extra overrides for the sweep (e.g. hydra.launcher.n_jobs=1)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may follow the name: NAME --sensitivity
     names = experiment_names() if args.name == "all" else [args.name]
     if args.name not in (*experiment_names(), "all"):
         sys.exit(f"mmnsim-experiment: unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}, all")
