@@ -185,16 +185,18 @@ def holds(spec: dict, value: float) -> bool:
 
 
 def flips(spec: dict, base: float, outcomes: list[Outcome]) -> list[str]:
-    """Where the claim fails: 'reverses when KEY < X', X interpolated linearly between the default (headline
-    ``base``) and the end of the range where it failed."""
+    """Where the claim's truth differs from the defaults': 'reverses when KEY < X' (or, when it fails at the
+    defaults, 'holds when KEY > X'), X interpolated linearly between the default (headline ``base``) and
+    the end of the range where it changed."""
     threshold = float(spec.get("threshold", 1.0))
+    verb = "reverses" if holds(spec, base) else "holds"
     out = []
     for o in outcomes:
         for end, value, at in (("low", o.low, o.at_low), ("high", o.high, o.at_high)):
-            if holds(spec, at):
+            if holds(spec, at) == holds(spec, base):
                 continue
             x = value if at == base else o.default + (threshold - base) * (value - o.default) / (at - base)
-            out.append(f"reverses when `{o.key}` {'<' if end == 'low' else '>'} {number(float(f'{x:.3g}'))} "
+            out.append(f"{verb} when `{o.key}` {'<' if end == 'low' else '>'} {number(float(f'{x:.3g}'))} "
                        f"(headline {at:.3g} at {number(value)})")  # fmt: skip
     return out
 
@@ -204,12 +206,14 @@ def verdict(spec: dict, base: float, outcomes: list[Outcome]) -> str:
     where = flips(spec, base, outcomes)
     span = (f"headline {spec['metric']} ratio {base:.3g} at the defaults, {min(values):.3g} to {max(values):.3g} "
             "over the design")  # fmt: skip
-    if not holds(spec, base):
-        return f"**Does not hold at the defaults** ({span})."
+    top = ", ".join(f"`{o.key}`" for o in outcomes[:3])
+    if holds(spec, base):
+        if not where:
+            return f"**Holds for all costs in their ranges** ({span}); most sensitive to {top}."
+        return f"**Holds at the defaults but {'; '.join(where)}** ({span})."
     if not where:
-        top = ", ".join(f"`{o.key}`" for o in outcomes[:3])
-        return f"**Holds for all costs in their ranges** ({span}); most sensitive to {top}."
-    return f"**Holds at the defaults but {'; '.join(where)}** ({span})."
+        return f"**Does not hold for any cost in its range** ({span}); most sensitive to {top}."
+    return f"**Does not hold at the defaults; {'; '.join(where)}** ({span})."
 
 
 def header(name: str, spec: dict, costs: int, runs: int, failed: list, elapsed: float | None) -> str:

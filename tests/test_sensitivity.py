@@ -53,4 +53,9 @@ def test_verdict_holds_or_names_where_it_flips():
     flipping = [Outcome("secondary.fault_ns", 500, 7000, 1000, 0.3, 1.8)]
     assert flips(h, 0.6, flipping) == ["reverses when `secondary.fault_ns` > 3,000 (headline 1.8 at 7,000)"]
     assert "reverses when" in verdict(h, 0.6, flipping)
-    assert verdict(h, 1.2, steady).startswith("**Does not hold at the defaults**")
+    assert verdict(h, 1.2, [Outcome("costs.access_ns", 70, 140, 80, 1.1, 1.3)]).startswith(
+        "**Does not hold for any cost in its range**"
+    )
+    # fails at the defaults (1.2), holds at the low end: where it starts to hold
+    back = [Outcome("secondary.fault_ns", 500, 7000, 1000, 0.8, 2.0)]
+    assert flips(h, 1.2, back) == ["holds when `secondary.fault_ns` < 750 (headline 0.8 at 500)"]
