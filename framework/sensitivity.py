@@ -132,7 +132,10 @@ def run(name: str, spec: dict, out: Path, report_only: bool, extra: list[str]) -
         env = {**os.environ, CONF_PATH_ENV: str((runs_dir / "design").resolve())}
         if subprocess.run(command, env=env).returncode != 0:
             print(f"mmnsim-experiment: some sensitivity runs of {name} failed; reporting the others", file=sys.stderr)
-    elapsed = time.monotonic() - started
+    timing = runs_dir / "elapsed_seconds"  # kept for --report-only
+    if not report_only:
+        timing.write_text(f"{time.monotonic() - started:.1f}\n")
+    elapsed = float(timing.read_text()) if timing.is_file() else None
     runs, _, failed = load([runs_dir / "runs"])
     write_results(runs, runs_dir / "runs")
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +149,7 @@ def run(name: str, spec: dict, out: Path, report_only: bool, extra: list[str]) -
         verdicts.append(f"{h.get('statement', h['metric'])}: {verdict(h, at['p00'], outcomes)}")
         if i == 0:
             tornado(h, at["p00"], outcomes, out / "tornado.png")
-    text = header(name, spec, len(defaults), len(runs), failed, None if report_only else elapsed)
+    text = header(name, spec, len(defaults), len(runs), failed, elapsed)
     text += "![tornado: the first headline](tornado.png)\n\n" + "".join(sections)
     (out / "sensitivity.md").write_text(text)
     _update_readme(out / "README.md", " ".join(f"{v}" for v in verdicts))
@@ -224,7 +227,7 @@ def header(name: str, spec: dict, costs: int, runs: int, failed: list, elapsed: 
         f"high end of its range (`mmnsim-costs`), the others at their defaults; {costs} costs, "
         f"{2 * costs + 1} points, seeds {spec.get('seeds', [0, 1])}, {runs} runs"
         + (f", {len(failed)} failed" if failed else "")
-        + (f", {elapsed / 60:.1f} min on this machine" if elapsed is not None else "")
+        + (f", {elapsed / 60:.1f} min on this machine, shared with other jobs" if elapsed is not None else "")
         + ". Reduced sizes: "
         + (", ".join(f"`{o}`" for o in spec.get("overrides", [])) or "none")
         + (f" ({spec['note']})" if spec.get("note") else "")
@@ -272,7 +275,7 @@ def tornado(spec: dict, base: float, outcomes: list[Outcome], target: Path, top:
     ax.set_yticks(range(len(shown)), [f"{o.key} [{number(o.low)}, {number(o.high)}]" for o in shown], fontsize=8)
     ax.axvline(base, color="black", linewidth=1)
     ax.axvline(float(spec.get("threshold", 1.0)), color="red", linestyle="--", linewidth=1, label="claim flips")
-    ax.set_xlabel(f"headline: {spec['metric']} ratio ({_where(spec['numerator'])} / {_where(spec['denominator'])})",
+    ax.set_xlabel(f"headline: {spec['metric']} ratio\n{_where(spec['numerator'])}\nover {_where(spec['denominator'])}",
                   fontsize=8)  # fmt: skip
     ax.set_title(f"Costs that move the answer most (defaults: {base:.3g})", fontsize=10)
     ax.legend(fontsize=7, loc="best")
