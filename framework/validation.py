@@ -148,8 +148,8 @@ def doc(values: dict[str, float] | None = None) -> str:
         "translation model (walk references with page-walk caches, `mmnsim.costs.walk_refs`, and KVM's walk "
         "in plugins/kvm.py), so they follow its changes.",
         "",
-        "| # | quantity | published (source) | mmnsim setup | model | tolerance | status |",
-        "|---|---|---|---|---|---|---|",
+        "| # | quantity | published measurement (source) | published | mmnsim setup | model | tolerance | status |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(ROWS, 1):
         value = values[r.name]
@@ -157,8 +157,8 @@ def doc(values: dict[str, float] | None = None) -> str:
         if r.outside:
             status += f": {r.outside}"
         name = r.name + (" (T)" if r.translation else "")
-        published = f"{r.published}: {number(r.low)}" + (f"-{number(r.high)}" if r.high != r.low else "")
-        lines.append(f"| {i} | {name} | {published} {r.unit} | {r.setup} | {_fmt(value)} {r.unit} | "
+        figure = number(r.low) + (f"-{number(r.high)}" if r.high != r.low else "")
+        lines.append(f"| {i} | {name} | {r.published} | {figure} {r.unit} | {r.setup} | {_fmt(value)} {r.unit} | "
                      f"{r.tolerance:g}x | {status} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
