@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"mmnsim-experiment: unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}, all")
     if args.out and len(names) > 1:
         sys.exit("mmnsim-experiment: --out needs one experiment, not all")
+    if args.sensitivity and args.name == "all":  # the experiments that define a headline
+        names = [n for n in names if _spec(n).get("sensitivity")]
     for name in names:
         out = args.out or Path("experiments") / name
         if args.sensitivity:
