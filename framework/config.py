@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
+SOURCES = "sources"  # a component node's cost ranges and sources (framework/costsources.py); not a setting
 
 
 class ConfigError(ValueError):
@@ -31,8 +32,8 @@ def typed(node: Any, schema: type[T], path: str) -> T:
     if not isinstance(node, DictConfig | dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {node!r}")
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    if "sources" in node and "sources" not in fields:  # the costs' sources (COMMON cost format), not settings
-        node = {k: v for k, v in node.items() if k != "sources"}
+    if SOURCES in node and SOURCES not in fields:  # documentation of the costs, read by mmnsim-costs
+        node = {k: v for k, v in node.items() if k != SOURCES}
     keys = list(node.keys())
     unknown = [k for k in keys if k not in fields]
     if unknown:

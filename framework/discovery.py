@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import importlib
 import logging
+import os
 import pkgutil
 from dataclasses import dataclass, field
 from importlib import resources
@@ -50,6 +51,11 @@ class PluginConfSearchPath(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         for package in plugin_conf_packages():
             search_path.append(provider=f"mmnsim-plugin:{package}", path=f"pkg://{package}.conf")
+        for folder in filter(None, os.environ.get(CONF_PATH_ENV, "").split(os.pathsep)):
+            search_path.append(provider="mmnsim-conf-path", path=f"file://{folder}")
+
+
+CONF_PATH_ENV = "MMNSIM_CONF_PATH"  # more config folders (os.pathsep-separated): a sensitivity design's points
 
 
 def plugin_manager() -> pluggy.PluginManager:

@@ -2,6 +2,7 @@
 
     mmnsim-experiment swap              # runs `mmnsim -m +experiment=swap`, then reports into experiments/swap/
     mmnsim-experiment all               # the five, one after the other (a few minutes on 2 cores)
+    mmnsim-experiment defrag --sensitivity  # vary the costs over their ranges (framework/sensitivity.py)
 
 An experiment is a config under ``conf/experiment/``: a multirun sweep (``hydra.sweeper.params``) with
 seed replicates, run with the joblib launcher, plus a ``report`` section saying how to tabulate and plot
@@ -20,6 +21,8 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from . import sensitivity
+from .config import ConfigError
 from .report import (
     ReportError,
     compare,
@@ -43,19 +46,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("name", help=f"one of: {', '.join(experiment_names())}; or all")
     parser.add_argument("--out", type=Path, help="where table.md and the plots go (default experiments/NAME)")
     parser.add_argument("--report-only", action="store_true", help="do not run; report the last runs")
+    parser.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="vary every cost over its range (one at a time), write sensitivity.md and tornado.png",
+    )
     parser.add_argument("overrides", nargs="*", help="extra overrides for the sweep (e.g. hydra.launcher.n_jobs=1)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may follow the name: NAME --sensitivity
     names = experiment_names() if args.name == "all" else [args.name]
     if args.name not in (*experiment_names(), "all"):
         sys.exit(f"mmnsim-experiment: unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}, all")
     if args.out and len(names) > 1:
         sys.exit("mmnsim-experiment: --out needs one experiment, not all")
+    if args.sensitivity and args.name == "all":  # the experiments that define a headline
+        names = [n for n in names if _spec(n).get("sensitivity")]
     for name in names:
-        run_experiment(name, args.out or Path("experiments") / name, args.report_only, args.overrides)
+        out = args.out or Path("experiments") / name
+        if args.sensitivity:
+            run_sensitivity(name, out, args.report_only, args.overrides)
+        else:
+            run_experiment(name, out, args.report_only, args.overrides)
+
+
+def _spec(name: str) -> dict:
+    return yaml.safe_load((resources.files("mmnsim.conf") / "experiment" / f"{name}.yaml").read_text())
+
+
+def run_sensitivity(name: str, out: Path, report_only: bool, overrides: list[str]) -> None:
+    spec = _spec(name)
+    if not spec.get("sensitivity"):
+        sys.exit(f"mmnsim-experiment: {name} has no sensitivity section in conf/experiment/{name}.yaml")
+    try:
+        sensitivity.run(name, spec["sensitivity"], out, report_only, overrides)
+    except (ReportError, ConfigError) as exc:
+        sys.exit(f"mmnsim-experiment: {exc}")
 
 
 def run_experiment(name: str, out: Path, report_only: bool, overrides: list[str]) -> None:
-    spec = yaml.safe_load((resources.files("mmnsim.conf") / "experiment" / f"{name}.yaml").read_text())
+    spec = _spec(name)
     runs_dir = Path("multirun") / f"experiment-{name}"
     if not report_only:
         shutil.rmtree(runs_dir, ignore_errors=True)

@@ -32,11 +32,22 @@ FAILED = "failed.json"
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run's config as plain data, without Hydra's own node or an experiment's report section (which
-    says how to tabulate the sweep, not how to simulate)."""
+    """The run's config as plain data, without Hydra's own node, an experiment's report and sensitivity
+    sections (which say how to tabulate the sweep, not how to simulate) or the costs' ``sources`` (their
+    ranges and citations: documentation, so not summary columns, and a corrected citation leaves the
+    ``config_hash`` and so the results up to date)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
     data.pop("report", None)
+    data.pop("sensitivity", None)
+    return _without_sources(data)
+
+
+def _without_sources(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_sources(v) for k, v in data.items() if k != "sources"}
+    if isinstance(data, list):
+        return [_without_sources(v) for v in data]
     return data
 
 

@@ -18,9 +18,9 @@ from .kernelconf import TODAY, KernelConfig
 from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
-TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine", "report",
-             "kernel")  # fmt: skip
-# ("report" is read by mmnsim-experiment, not by the simulation.)
+TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine",
+             "report", "sensitivity", "kernel")  # fmt: skip
+# ("report" and "sensitivity" are read by mmnsim-experiment, not by the simulation.)
 
 
 @dataclass
