@@ -13,6 +13,7 @@ from .components import HostPolicy, Mode, NoConfig, SecondaryConfig
 from .config import ConfigError, require
 from .discovery import PluginConfSearchPath
 from .hookspecs import hookimpl, hookspec
+from .metrics import Metric
 from .migrate import migrate
 from .mm import MM
 from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
@@ -40,6 +41,7 @@ OmegaConf.register_new_resolver("mmnsim_data", data_path, replace=True)
 
 __all__ = [
     "MM",
+    "Metric",
     "ConfigError",
     "Event",
     "HostPolicy",

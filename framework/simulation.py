@@ -28,6 +28,7 @@ from .access import (
     DONE,
     EVICT_ONE,
     K_FRAME,
+    K_I,
     K_SKIP,
     K_VICTIM,
     LIVELOCK,
@@ -41,6 +42,7 @@ from .costs import translation_ns
 from .discovery import Registry, plugin_manager
 from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import Host
+from .metrics import FRAMEWORK, Catalogue, MetricError, catalogue, describe, plugin_declarations, where_to_declare
 from .migrate import migrate
 from .mm import MM
 from .notifier import PluginError, unique_name
@@ -61,8 +63,7 @@ def _native_walk(huge: bool) -> int:
     return 3 if huge else 4  # a CPU's own 4-level walk; one level less through a PMD
 
 
-PER_SECONDARY = ("accesses", "writes", "secondary_faults", "fault_retries", "major_faults", "minor_faults",
-                 "access_errors", "pins_acquired", "remote_accesses", "huge_accesses")  # fmt: skip
+PER_SECONDARY = tuple(m.name for m in FRAMEWORK if m.per_secondary and m.name in C.NAMES)
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
 _EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE: SEQ, ..., DEV_NODE = -1
@@ -129,6 +130,8 @@ class Simulation:
         for plugin in plugins:
             self.pm.register(plugin)
         self.registry = Registry.from_plugins(self.pm)
+        classes = [cls for kind in self.registry.classes.values() for cls in kind.values()]
+        self.catalogue: Catalogue = catalogue(plugin_declarations([*self.pm.get_plugins(), *classes]))
         settings = load_settings(cfg, self.registry)
         self.seed = settings.seed
         self.host_cfg = settings.host
@@ -209,7 +212,7 @@ class Simulation:
         """get_user_pages for ``secondary`` over pages [start, end): fault them in (writable) and install
         them in its table, pinning them in pin mode. Counts faults but no client accesses."""
         host = self.host
-        kept = [C.ACCESSES, C.WRITES, C.WRITE_SEQ, C.SECONDARY_FAULTS]  # gup: not client accesses or device faults
+        kept = [C.ACCESSES, C.ACCESSES_ATTEMPTED, C.WRITES, C.WRITE_SEQ, C.SECONDARY_FAULTS]  # gup: no client accesses
         saved = host.ctr[kept].copy()
         mode = secondary.state[MODE]
         secondary.state[MODE] = mode & ~SEC_NOFAULT  # gup faults pages in for a device that cannot
@@ -276,6 +279,7 @@ class Simulation:
     def step(self) -> None:
         """One tick."""
         self.host.ft.reg[REG_FLAGS] &= ~OOM_FLAGS
+        oom_events = self.host.ctr[C.OOM_EVENTS]
         self.pm.hook.host_tick(sim=self)
         tick_ns = 0.0
         for client in self.clients:
@@ -288,6 +292,8 @@ class Simulation:
             self._settle_stalls(client)
             tick_ns = max(tick_ns, client.elapsed_ns - before)
         self.time_ns += tick_ns
+        if self.host.ctr[C.OOM_EVENTS] > oom_events:
+            self.host.ctr[C.OOM_TICKS] += 1
         if self.engine.check_invariants:
             self.check_invariants()
         self.pinned_peak = max(self.pinned_peak, self.host.pinned_pages())
@@ -341,8 +347,7 @@ class Simulation:
                 elif status == EVICT_ONE:
                     write_errors = host.ctr[C.SWAP_WRITE_ERRORS]
                     if swap_out(self, np.array([ks[K_VICTIM]])) == 0 and host.ctr[C.SWAP_WRITE_ERRORS] == write_errors:
-                        host.ctr[C.OOM_EVENTS] += 1
-                        host.ft.reg[REG_FLAGS] |= OOM_FLAGS
+                        host.ft.reg[REG_FLAGS] |= OOM_FLAGS  # the allocation fails, and counts an oom_event
                 elif status == MIGRATE_TO_RAM:
                     self._migrate_to_ram(int(ks[K_VICTIM]), int(vcpu_node[0]), ks)
                 elif status == COW_BREAK:
@@ -355,6 +360,7 @@ class Simulation:
                     )
         finally:
             self._charge_to = None
+            host.ctr[C.ACCESSES_ATTEMPTED] += int(ks[K_I])  # every access up to where the kernel stopped
         if client is not None and account:
             self._account(client, host.ctr - before)
 
@@ -444,19 +450,24 @@ class Simulation:
         return row
 
     def metrics(self) -> dict[str, float]:
-        """Every metric of the run so far, by name. A secondary MMU's own metrics are summed over all of
-        them under their name, and also reported per kind as "<name>.<metric>" with its counters."""
+        """Every metric of the run so far, by name, each of its declared type (``mmnsim.metrics``). A
+        secondary MMU's own metrics are summed over all of them under their name, and also reported per kind
+        as "<name>.<metric>" with its counters. A metric nobody declared raises ``MetricError``."""
+        cat = self.catalogue
         out: dict[str, float] = dict(C.as_dict(self.host.ctr))
-        for contribution in self.pm.hook.collect_metrics(sim=self):
-            for name, value in (contribution or {}).items():
-                out[name] = out.get(name, 0.0) + float(value)
+        for impl in self.pm.hook.collect_metrics.get_hookimpls():
+            who = f"plugin '{impl.plugin_name}' ({describe(impl.plugin)})"
+            for name, value in (impl.function(sim=self) or {}).items():
+                self._check_declared(cat, impl.plugin, who, name, value)
+                out[name] = out.get(name, 0) + value
         for name in ("pages_zapped", "tlb_flushes", "tlb_flush_ipis", "flush_cost_ns"):
-            out.setdefault(name, 0.0)
+            out.setdefault(name, 0)
         for sec in self.secondaries:
             for name, value in sec.metrics.items():
-                out[name] = out.get(name, 0.0) + value
+                self._check_declared(cat, sec, f"secondary MMU '{sec.label}' ({describe(sec)})", name, value)
+                out[name] = out.get(name, 0) + value
             for name, value in [*sec.metrics.items(), *sec.counts.items()]:
-                out[f"{sec.name}.{name}"] = out.get(f"{sec.name}.{name}", 0.0) + value
+                out[f"{sec.name}.{name}"] = out.get(f"{sec.name}.{name}", 0) + value
         self.pinned_peak = max(self.pinned_peak, self.host.pinned_pages())
         out["pinned_pages"] = self.host.pinned_pages()
         out["pinned_pages_peak"] = self.pinned_peak
@@ -471,6 +482,7 @@ class Simulation:
         elapsed = sum(c.elapsed_ns for c in self.clients)
         stall = sum(c.stall_ns for c in self.clients)
         out["guest_stall_ns"] = stall
+        out["accesses_failed"] = out["accesses_attempted"] - out["accesses"]
         out["translation_ns"] = sum(c.translation_ns for c in self.clients)
         out["translation_ns_per_access"] = out["translation_ns"] / out["accesses"] if out["accesses"] else 0.0
         guests = [t.mm for t in self.tenants if t.secondary is not None] or [t.mm for t in self.tenants]
@@ -480,7 +492,8 @@ class Simulation:
             mapped = sec.mapped_pages()
             huge = int(np.count_nonzero(sec.sflags & S_HUGE))
             out[f"{sec.name}.huge_mapped_fraction"] = huge / mapped if mapped else 0.0
-            accesses = out[f"{sec.name}.accesses"]
+            accesses = out.get(f"{sec.name}.accesses", 0)
+            out[f"{sec.name}.accesses_failed"] = out.get(f"{sec.name}.accesses_attempted", 0) - accesses
             per_access = out[f"{sec.name}.translation_ns"] / accesses if accesses else 0.0
             out[f"{sec.name}.translation_ns_per_access"] = per_access
         out["stall_fraction"] = stall / elapsed if elapsed else 0.0
@@ -488,7 +501,17 @@ class Simulation:
         numa = self.host.ft.node.shape[0] > 1
         per_access = out["access_distance"] / 10 / out["accesses"] if numa and out["accesses"] else 1.0
         out["effective_access_ns"] = self.costs.access_ns * per_access  # memory access time, by distance
-        return out
+        where = where_to_declare(None)
+        return {name: cat.coerce(name, value, "the framework", where) for name, value in out.items()}
+
+    @staticmethod
+    def _check_declared(cat: Catalogue, plugin: object, who: str, name: str, value: float) -> None:
+        """A plugin reports only the framework's metrics and those its own class (or module) declares."""
+        declared = {m.name for m in getattr(plugin, "declared_metrics", ())}
+        if name not in declared and cat.declared_by.get(name) != ["framework"]:
+            raise MetricError(f"{who} reports the metric {name!r}, which it does not declare: "
+                              f"{where_to_declare(plugin)}")  # fmt: skip
+        cat.coerce(name, value, who, "")  # a count must be whole
 
     def timeseries_rows(self) -> list[dict[str, float]]:
         return self.timeseries

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import NotifierRange, SecondaryConfig, SecondaryMMU, hookimpl, require
+from mmnsim import Metric, NotifierRange, SecondaryConfig, SecondaryMMU, hookimpl, require
 from mmnsim.pagebits import S_WRITABLE, clear_mask
 
 
@@ -41,6 +41,10 @@ class KVM(SecondaryMMU):
     young = True
     huge = True  # a THP in the host is mapped by a 2 MiB spte (the host-mapping-level rule)
     Config = KVMConfig
+    declared_metrics = (
+        Metric("young_pages_aged", "pages", int, "spte accessed bits test-and-cleared for reclaim (aging)"),
+        Metric("change_pte_applied", "pages", int, "sptes repointed by change_pte (kvm_change_spte_gfn)"),
+    )
 
     def walk_refs(self, huge: bool) -> int:
         """A two-dimensional walk: each of the guest's 4 levels (4 KiB guest pages assumed) and the final
