@@ -13,6 +13,7 @@ from .components import HostPolicy, Mode, NoConfig, SecondaryConfig
 from .config import ConfigError, require
 from .discovery import PluginConfSearchPath
 from .hookspecs import hookimpl, hookspec
+from .host import Watermarks
 from .metrics import Metric
 from .migrate import migrate
 from .mm import MM
@@ -53,6 +54,7 @@ __all__ = [
     "SecondaryMMU",
     "Simulation",
     "Tenant",
+    "Watermarks",
     "Workload",
     "WorkloadConfig",
     "data_path",
