@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from conftest import cli
+from mmnsim import apidoc
 from mmnsim.hookspecs import FrameworkHooks, NotifierOps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,3 +129,22 @@ def test_the_guide_covers_every_hook_of_the_spec():
     hooks = [n for cls in (NotifierOps, FrameworkHooks) for n in vars(cls) if not n.startswith("_")]
     missing = [h for h in hooks if f"`{h}`" not in text]
     assert not missing, f"docs/plugins.md does not mention {missing}"
+
+
+def test_the_api_reference_is_generated_from_the_docstrings():
+    assert (ROOT / "docs" / "api.md").read_text() == apidoc.markdown(), (
+        "docs/api.md is stale: run `python -m mmnsim.apidoc > docs/api.md`"
+    )
+
+
+def test_the_guide_lists_every_operation_with_its_event():
+    text = GUIDE.read_text()
+    ops = ["mm.munmap", "mm.madvise_dontneed", "mm.discard", "mm.mprotect", "mm.exit", "mm.invalidate",
+           "swap_out", "scan_frames", "referenced", "sim.migrate", "merge_pages", "mmnsim.thp.split",
+           "mmnsim.thp.collapse", "secondary.invalidate_self"]  # fmt: skip
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    for op in ops:
+        assert any(row.startswith(f"| `{op}(") for row in rows), f"docs/plugins.md: no row for {op}"
+    for name in ("sim.rng", "sim.charge", "stall(ns)", "watermark(node=None)", "is_pinned", "pin_mode",
+                 "declared_metrics", "migrations_refused"):  # fmt: skip
+        assert name in text, f"docs/plugins.md does not mention {name}"
