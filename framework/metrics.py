@@ -172,6 +172,8 @@ OTHERS = (
     _m("tick", "ticks", int, "the tick a time-series row was sampled at (time series only)"),
     _m("ticks", "ticks", int, "ticks the run lasted"),
     _m("sim_time_ns", "ns", float, "simulated time: per tick, the slowest client's time (docs/time.md)"),
+    _m("sim_time_ns_per_access", "ns/access", float, "simulated time per completed access (sim_time_ns / "
+       "accesses): compares runs that completed different amounts of work (docs/time.md)"),
     _m("host_cpu_ns", "ns", float, "host work outside the clients' time: kswapd, policies' scans, KSM "
        "(docs/time.md)"),
     _m("guest_stall_ns", "ns", float, "the clients' time not spent on their own accesses: faults, flush IPIs, "

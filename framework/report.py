@@ -211,8 +211,15 @@ def axis_label(column: str) -> str:
     if None in units:
         return column
     if den:
-        return f"{column} ({units[0]} per {units[1]})" if units[0] != units[1] else f"{column} (ratio)"
+        return f"{column} ({units[0]} per {_singular(units[1])})" if units[0] != units[1] else f"{column} (ratio)"
     return f"{column} ({units[0]})"
+
+
+def _singular(unit: str) -> str:
+    """A count's unit in the singular, for "per ...": accesses -> access, pages -> page (ns, s stay)."""
+    if unit.endswith("sses"):
+        return unit[:-2]
+    return unit[:-1] if unit.endswith("s") and unit not in ("ns", "s") else unit
 
 
 def plot_name(y: str, x: str | None = None, hue: str | Sequence[str] | None = None) -> str:

@@ -478,6 +478,7 @@ class Simulation:
         out["invariant_violations"] = int(sum(out[f"{k}_violations"] for k in invariants.KINDS))
         out["ticks"] = self.tick
         out["sim_time_ns"] = self.time_ns
+        out["sim_time_ns_per_access"] = self.time_ns / out["accesses"] if out["accesses"] else 0.0
         out["host_cpu_ns"] = self.host_cpu_ns
         elapsed = sum(c.elapsed_ns for c in self.clients)
         stall = sum(c.stall_ns for c in self.clients)

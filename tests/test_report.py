@@ -108,7 +108,7 @@ def test_several_hue_keys_give_a_line_per_combination_and_axes_carry_units(sweep
     assert (x, y) == ("seed", "stall_fraction (fraction)")
     combos = {f"secondary.mode={m}, seed={s}" for m in ("pin", "notifier") for s in (0, 1)}
     assert set(legend) == combos and len(legend) == 4
-    assert (tx, ty) == ("simulated time (s)", "sim_time_ns/accesses (ns per accesses)")
+    assert (tx, ty) == ("simulated time (s)", "sim_time_ns/accesses (ns per access)")
     assert set(tlegend) == combos
 
 
