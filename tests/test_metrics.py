@@ -38,6 +38,8 @@ def test_a_run_reports_only_declared_metrics_with_their_declared_types():
         assert type(value) is metric.type, f"{name}: {type(value).__name__}, declared {metric.type.__name__}"
     assert isinstance(m["tlb_flushes"], int) and isinstance(m["pages_zapped"], int) and m["pages_zapped"] > 0
     assert isinstance(m["kvm.tlb_flushes"], int) and isinstance(m["sim_time_ns"], float)
+    undeclared = [c for c in sim.timeseries_rows()[0] if cat.get(c) is None]
+    assert not undeclared, f"time-series columns without a declaration: {undeclared}"
 
 
 class _Reporter:
