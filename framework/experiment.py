@@ -81,6 +81,7 @@ def report(runs_dir: Path, out: Path, spec: dict) -> None:
         text = markdown_compare(compare(runs, by, metrics, spec["baseline"]), spec["baseline"], metrics)
     else:
         text = markdown(summarize(runs, by, metrics), metrics)
+    text += _oom_kills(runs, by)
     if failed:
         text += f"\n\n{len(failed)} runs failed: " + ", ".join(map(str, failed))
     (out / "table.md").write_text(text + "\n")
@@ -96,6 +97,19 @@ def report(runs_dir: Path, out: Path, spec: dict) -> None:
         else:
             plot(shown, p["x"], p["y"], p.get("hue"), target, p.get("title", ""), p.get("categorical", False))
         print(f"plot: {target}")
+
+
+def _oom_kills(runs: pl.DataFrame, by: list[str]) -> str:
+    """Who the OOM killer killed in each run that had a kill, and when (the ``oom_victims`` column)."""
+    if "oom_victims" not in runs.columns:
+        return ""
+    order = [*by, "seed"] if "seed" in runs.columns else by
+    killed = runs.filter(pl.col("oom_victims").fill_null("") != "").sort(order)
+    if killed.is_empty():
+        return ""
+    lines = [f"- {', '.join(f'{k}={r[k]}' for k in [*by, 'seed'] if k in r)}: {r['oom_victims']}"
+             for r in killed.iter_rows(named=True)]  # fmt: skip
+    return "\n\nOOM kills (victim, simulated time, tick, badness, reaper):\n\n" + "\n".join(lines)
 
 
 TABLE_BEGIN, TABLE_END = "<!-- table: written by mmnsim-experiment -->", "<!-- end of table -->"

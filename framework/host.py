@@ -26,6 +26,7 @@ from .frames import (
     THP_ENABLED,
     WMARK_HIGH,
     WMARK_LOW,
+    WMARK_MIN,
     new_frame_table,
 )
 from .pagetable import new_page_table
@@ -33,6 +34,13 @@ from .swapdev import new_swap_table
 
 MIB_PAGES = (1 << 20) // PAGE_SIZE
 LOCAL_DISTANCE, REMOTE_DISTANCE = 10, 20  # include/linux/topology.h
+
+
+class OOM(StrEnum):
+    """What happens when reclaim cannot free memory for an allocation."""
+
+    kill = "kill"  # the OOM killer kills the worst tenant and the reaper frees its memory (mm/oom_kill.c)
+    fail = "fail"  # the allocation fails, its access is skipped, and the tenant goes on (no OOM killer)
 
 
 class THP(StrEnum):
@@ -53,6 +61,7 @@ class HostConfig:
     thp: THP  # transparent huge pages at fault time
     swap_write_error_rate: float  # fault injection: probability that a swap write fails
     swap_read_error_rate: float  # fault injection: probability that a swap read fails
+    oom: OOM  # when reclaim cannot free memory: kill a tenant, or fail the allocation
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
@@ -156,6 +165,10 @@ class Host:
 
     def pages_to_low(self) -> int:
         return self._short_of(WMARK_LOW)
+
+    def above_min(self) -> bool:
+        """Whether any RAM node has free frames above its min watermark (an allocation can succeed)."""
+        return any(free > wmin for wmin, free in self.ram[:, [WMARK_MIN, NFREE]].tolist())
 
     def _short_of(self, watermark: int) -> int:
         # Python ints: a node or two, asked once per reclaim round, where numpy's call overhead would dominate.

@@ -86,7 +86,8 @@ COUNTERS = (
     _m("alloc_failures", "allocations", int, "page allocations that failed after reclaim (their access failed), "
        "including device memory that found no room in RAM"),
     _m("oom_events", "allocations", int, "out_of_memory() invocations: allocations that found no memory after "
-       "reclaim made no progress, one per failing allocation", kernel="memory.events oom (MEMCG_OOM)"),
+       "reclaim made no progress, each counted once, whether it then failed or the OOM killer freed memory "
+       "for it (one that killed and still failed counts twice)", kernel="memory.events oom (MEMCG_OOM)"),
     _m("access_errors", "accesses", int, "accesses refused: no VMA, the VMA forbids it, or a device without "
        "fault support found no entry (SIGSEGV / -EFAULT)", per_secondary=True),
     _m("isolation_violations", "violations", int, "a client used a frame that is free or belongs to another mm: "
@@ -141,7 +142,7 @@ COUNTERS = (
 OTHERS = (
     _m("accesses_failed", "accesses", int, "accesses issued that did not complete (accesses_attempted - "
        "accesses): allocation failures, access errors, swap read errors; runs that differ in it did "
-       "different work", per_secondary=True),
+       "different work (a tenant the OOM killer killed issues no more: see oom_kills)", per_secondary=True),
     _m("pages_zapped", "pages", int, "secondary MMU entries dropped by invalidations, aging excluded",
        per_secondary=True),
     _m("tlb_flushes", "flushes", int, "TLB flushes secondary MMUs made after zapping (KVM: remote TLB flush "
@@ -171,6 +172,8 @@ OTHERS = (
     _m("invariant_violations", "violations", int, "all invariant violations, every kind together"),
     _m("tick", "ticks", int, "the tick a time-series row was sampled at (time series only)"),
     _m("ticks", "ticks", int, "ticks the run lasted"),
+    _m("oom_victims", "text", str, "the OOM killer's kills: victim, simulated time, tick, badness, and whether the "
+       "reaper got its memory; empty if none"),
     _m("sim_time_ns", "ns", float, "simulated time: per tick, the slowest client's time (docs/time.md)"),
     _m("sim_time_ns_per_access", "ns/access", float, "simulated time per completed access (sim_time_ns / "
        "accesses): compares runs that completed different amounts of work (docs/time.md)"),

@@ -155,6 +155,19 @@ class MM:
 
         self.invalidate(NotifierRange(self, np.array([start]), np.array([end]), Event.PROTECTION_VMA), change)
 
+    def oom_reap(self) -> int | None:
+        """__oom_reap_task_mm: unmap the whole (anonymous) mapping under a non-blockable UNMAP invalidation,
+        keeping the VMA. Returns the pages reaped, or None when a subscriber refused (nothing was done)."""
+        host = self.sim.host
+        dropped = 0
+
+        def change() -> None:
+            nonlocal dropped
+            dropped = zap_ptes(host.pt, host.ft, host.sw, self.base, self.base + self.npages)
+
+        whole = NotifierRange(self, np.array([0]), np.array([self.npages]), Event.UNMAP, blockable=False)
+        return dropped if self.invalidate(whole, change) else None
+
     def exit(self) -> None:
         """exit_mmap: release the notifier chain, unmap everything, then let device owners tear down."""
         if self.exited:

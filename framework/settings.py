@@ -13,7 +13,7 @@ from .components import Component
 from .config import ConfigError, require, typed
 from .costs import Costs
 from .discovery import KIND_DIRS, Registry
-from .host import MIB_PAGES, HostConfig
+from .host import MIB_PAGES, OOM, HostConfig
 from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
@@ -28,11 +28,13 @@ class GuestConfig:
     count: int  # identical guests, each its own mm, secondary MMU and workload stream
     vcpu_nodes: list[int] | None  # NUMA node of each vCPU; null = guest i entirely on node i % nodes
     devices: list[dict[str, Any]]  # more clients of each guest's memory: DeviceConfig mappings
+    oom_score_adj: int  # /proc/PID/oom_score_adj of each guest's VMM: -1000 (never kill) to 1000
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
         require(self.vcpus >= 1, f"vcpus must be >= 1, got {self.vcpus}")
         require(self.count >= 1, f"count must be >= 1, got {self.count}")
+        _check_oom_score_adj(self.oom_score_adj)
 
 
 @dataclass
@@ -61,10 +63,12 @@ class ProcessConfig:
     secondary: dict[str, Any] | None = None  # e.g. {name: kvm}; unset keys from conf/secondary/<name>.yaml
     vcpus: int = 1
     devices: list[dict[str, Any]] = field(default_factory=list)
+    oom_score_adj: int = 0  # /proc/PID/oom_score_adj: -1000 (never kill) to 1000
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
         require(self.vcpus >= 1, f"vcpus must be >= 1, got {self.vcpus}")
+        _check_oom_score_adj(self.oom_score_adj)
 
 
 @dataclass
@@ -98,6 +102,7 @@ class TenantSpec:
     name: str
     pages: int
     clients: list[ClientSpec]
+    oom_score_adj: int = 0
 
 
 @dataclass
@@ -135,7 +140,7 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     for i in range(guest.count):
         main = _client(_guest_nodes(guest, i, host), workload, secondary, pages, "secondary")
         devices = _devices(guest.devices, "guest.devices", pages, host, registry)
-        tenants.append(TenantSpec(f"guest{i}", pages, [main, *devices]))
+        tenants.append(TenantSpec(f"guest{i}", pages, [main, *devices], guest.oom_score_adj))
     for i, node in enumerate(top.get("processes") or []):
         key = f"processes[{i}]"
         proc = typed(node, ProcessConfig, key)
@@ -144,20 +149,25 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         wl = _workload(proc.workload, f"{key}.workload", registry)
         sec = _secondary(proc.secondary, registry, f"{key}.secondary") if proc.secondary else None
         main = _client(np.full(proc.vcpus, proc.node), wl, sec, pages, f"{key}.secondary")
-        tenants.append(TenantSpec(proc.name, pages, [main, *_devices(proc.devices, f"{key}.devices", pages, host,
-                                                                        registry)]))  # fmt: skip
+        devices = _devices(proc.devices, f"{key}.devices", pages, host, registry)
+        tenants.append(TenantSpec(proc.name, pages, [main, *devices], proc.oom_score_adj))
     names = [t.name for t in tenants]
     if len(set(names)) != len(names):
         raise ConfigError(f"processes: names must be unique and differ from guest0..guestN; got {names}")
 
     need = sum(t.pages for t in tenants)
     have = (host.memory_mib + host.swap_mib) * MIB_PAGES
-    if need > have:
+    if need > have and host.oom is OOM.fail:  # with the OOM killer, outgrowing RAM and swap is a scenario
         raise ConfigError(
             f"guest.memory_mib: the tenants need {need // MIB_PAGES} MiB but host.memory_mib + host.swap_mib "
-            f"hold only {have // MIB_PAGES} MiB; shrink the guests or add RAM or swap"
+            f"hold only {have // MIB_PAGES} MiB and host.oom=fail; shrink the guests, add RAM or swap, or let "
+            "the OOM killer act (host.oom=kill)"
         )
     return Settings(seed, host, engine, costs, tenants, policies)
+
+
+def _check_oom_score_adj(adj: int) -> None:
+    require(-1000 <= adj <= 1000, f"oom_score_adj must be in [-1000, 1000] as in the kernel, got {adj}")
 
 
 def _client(nodes: np.ndarray, workload, secondary, pages: int, key: str) -> ClientSpec:

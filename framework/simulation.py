@@ -41,11 +41,12 @@ from .components import Component, HostPolicy
 from .costs import translation_ns
 from .discovery import Registry, plugin_manager
 from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
-from .host import Host
+from .host import OOM, Host
 from .metrics import FRAMEWORK, Catalogue, MetricError, catalogue, describe, plugin_declarations, where_to_declare
 from .migrate import migrate
 from .mm import MM
 from .notifier import PluginError, unique_name
+from .oom import OOMKiller
 from .pagebits import P_DEVICE, P_HUGE, S_HUGE
 from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SecondaryMMU
@@ -102,6 +103,11 @@ class Client:
     def vcpus(self) -> int:
         return int(self.vcpu_node.size)
 
+    @property
+    def done(self) -> bool:
+        """Its workload is over, or its tenant was killed."""
+        return self.stream.done or self.tenant.killed
+
     def stall(self, ns: float) -> None:
         """All of this client's CPUs lose ``ns`` (a TLB-flush IPI, a direct-reclaim stall)."""
         self._pending_stall += ns
@@ -110,10 +116,12 @@ class Client:
 class Tenant:
     """A guest or process: its mm and the clients that access it."""
 
-    def __init__(self, name: str, mm: MM):
+    def __init__(self, name: str, mm: MM, oom_score_adj: int = 0):
         self.name = name
         self.mm = mm
         self.clients: list[Client] = []
+        self.oom_score_adj = oom_score_adj
+        self.killed = False  # by the OOM killer: its clients issue no more accesses
 
     @property
     def secondary(self) -> SecondaryMMU | None:
@@ -162,7 +170,7 @@ class Simulation:
             mm = MM(self, i, spec.name, spec.pages)
             mm.mmap(0, spec.pages, "rw")
             self.mms.append(mm)
-            tenant = Tenant(spec.name, mm)
+            tenant = Tenant(spec.name, mm, spec.oom_score_adj)
             for cspec, stream in zip(spec.clients, streams[i], strict=True):
                 batch = cspec.accesses_per_tick or self.engine.accesses_per_tick
                 client = Client(tenant, cspec.vcpu_nodes, stream, cspec.region, batch)
@@ -181,15 +189,16 @@ class Simulation:
         self.tick = 0  # before attaching: a registration may already reclaim and charge
         self.time_ns = 0.0
         self.host_cpu_ns = 0.0
+        self.oom = OOMKiller(self) if self.host_cfg.oom is OOM.kill else None
         for comp in [*self.policies, *self.secondaries]:
             self.pm.register(comp, name=unique_name(self.pm, f"{comp.kind}:{getattr(comp, 'label', comp.name)}"))
-        for sec in self.secondaries:
-            sec.attach()
         self.violations = np.zeros(len(invariants.KINDS), dtype=np.int64)
         self.violation_messages: list[str] = []
         self.pinned_peak = 0
         self.timeseries: list[dict[str, float]] = []
         self._charge_to: Tenant | None = None
+        for sec in self.secondaries:  # last: a registration pins, may reclaim, and may even OOM-kill
+            sec.attach()
 
     # -- services for plugins --
 
@@ -254,7 +263,7 @@ class Simulation:
         once more, so that a plugin that keeps entries or pins past its mm's exit is caught; the metrics
         are those before the teardown, with its violations added."""
         start = time.perf_counter()
-        while not all(c.stream.done for c in self.clients):
+        while not all(c.done for c in self.clients):
             self.step()
             if progress is not None:
                 progress(self.fraction_done())
@@ -280,10 +289,12 @@ class Simulation:
         """One tick."""
         self.host.ft.reg[REG_FLAGS] &= ~OOM_FLAGS
         oom_events = self.host.ctr[C.OOM_EVENTS]
+        if self.oom is not None:
+            self.oom.reap()  # the OOM reaper's next attempt on a victim whose memory a subscriber kept
         self.pm.hook.host_tick(sim=self)
         tick_ns = 0.0
         for client in self.clients:
-            batch = client.stream.next_batch(client.batch, self.tick)
+            batch = None if client.tenant.killed else client.stream.next_batch(client.batch, self.tick)
             before = client.elapsed_ns
             if batch is not None:
                 pages, writes = batch  # checked by next_batch: inside the client's region
@@ -294,6 +305,8 @@ class Simulation:
         self.time_ns += tick_ns
         if self.host.ctr[C.OOM_EVENTS] > oom_events:
             self.host.ctr[C.OOM_TICKS] += 1
+        if self.oom is not None:
+            self.oom.tick_done()
         if self.engine.check_invariants:
             self.check_invariants()
         self.pinned_peak = max(self.pinned_peak, self.host.pinned_pages())
@@ -344,6 +357,12 @@ class Simulation:
                 elif status == DIRECT_RECLAIM:
                     host.ctr[C.DIRECT_RECLAIMS] += 1
                     self._reclaim(max(SWAP_CLUSTER_MAX, host.pages_to_low()), direct=True)
+                    if self.oom is not None and not host.above_min():  # __alloc_pages_may_oom
+                        victim = self.oom.out_of_memory()
+                        if victim is not None:  # an OOM event that freed memory; one that could not kill lets
+                            host.ctr[C.OOM_EVENTS] += 1  # the allocation fail, counted there (_fail_allocation)
+                        if victim is not None and client is not None and victim is client.tenant:
+                            break  # SIGKILL: the faulting client itself is gone
                 elif status == EVICT_ONE:
                     write_errors = host.ctr[C.SWAP_WRITE_ERRORS]
                     if swap_out(self, np.array([ks[K_VICTIM]])) == 0 and host.ctr[C.SWAP_WRITE_ERRORS] == write_errors:
@@ -477,6 +496,7 @@ class Simulation:
             out[f"{kind}_violations"] = out.get(f"{kind}_violations", 0) + int(count)
         out["invariant_violations"] = int(sum(out[f"{k}_violations"] for k in invariants.KINDS))
         out["ticks"] = self.tick
+        out["oom_victims"] = self.oom.victims() if self.oom is not None else ""
         out["sim_time_ns"] = self.time_ns
         out["sim_time_ns_per_access"] = self.time_ns / out["accesses"] if out["accesses"] else 0.0
         out["host_cpu_ns"] = self.host_cpu_ns
@@ -493,7 +513,7 @@ class Simulation:
             mapped = sec.mapped_pages()
             huge = int(np.count_nonzero(sec.sflags & S_HUGE))
             out[f"{sec.name}.huge_mapped_fraction"] = huge / mapped if mapped else 0.0
-            accesses = out.get(f"{sec.name}.accesses", 0)
+            accesses = out.get(f"{sec.name}.accesses", 0)  # none if its client never ran (killed first)
             out[f"{sec.name}.accesses_failed"] = out.get(f"{sec.name}.accesses_attempted", 0) - accesses
             per_access = out[f"{sec.name}.translation_ns"] / accesses if accesses else 0.0
             out[f"{sec.name}.translation_ns_per_access"] = per_access

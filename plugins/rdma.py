@@ -11,7 +11,8 @@ the primary table under the interval's sequence (ib_umem_odp_map_dma_and_lock: m
 fault, then mmu_interval_read_retry and retry on a collision), and costly (``fault_ns``). ``invalidate``
 records the sequence, then drops the translations in blocks of ``mtt_block_pages``, one device
 translation-table update per block it touched, and unmaps each page's DMA. ODP implements no young op,
-so reclaim never learns that the NIC keeps using a page.
+so reclaim never learns that the NIC keeps using a page. Like mlx5, it refuses every non-blockable range
+(the OOM reaper's), which the reaper then skips and retries.
 """
 
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ class RDMA(SecondaryMMU):
 
     @hookimpl
     def invalidate(self, ranges: NotifierRange, cur_seq: int) -> bool:
+        if not ranges.blockable:  # mlx5_ib_invalidate_range (drivers/infiniband/hw/mlx5/odp.c) refuses them all
+            return False
         self.set_seq(cur_seq)
         pages = ranges.pages()
         mapped = pages[self.spte[pages] >= 0]

@@ -14,8 +14,19 @@ BOOT = (
 )
 
 
-def test_pin_mode_pins_every_mapped_page_swaps_none_and_hits_oom():
+def test_pin_mode_pins_all_ram_swaps_none_and_the_oom_killer_kills_the_guest():
     sim, m = run(*BOOT, "secondary.mode=pin", small=False)
+    reserve = sim.host.watermarks[:, 0].sum()
+    assert m["pinned_pages_peak"] == sim.host.nframes - reserve  # all RAM but the min reserve, at the kill
+    assert m["swap_outs"] == 0
+    assert m["oom_kills"] == 1 and sim.tenants[0].killed and m["oom_victims"].startswith("guest0 in tick ")
+    assert m["pinned_pages"] == 0  # the killed VMM's exit released its pins
+    assert m["accesses"] < sim.mms[0].npages  # killed during boot
+    assert m["invariant_violations"] == 0
+
+
+def test_pin_mode_without_the_oom_killer_fails_every_access_memory_cannot_back():
+    sim, m = run(*BOOT, "secondary.mode=pin", "host.oom=fail", small=False)
     guest_pages = sim.mms[0].npages
     mapped = sim.secondaries[0].mapped_pages()
     assert m["pinned_pages"] == mapped == m["pinned_pages_peak"]

@@ -73,7 +73,7 @@ def test_same_seed_same_results_and_a_joblib_multirun(workdir):
         ("host.memory_mib=0", "host.memory_mib: must be > 0, got 0"),
         ("guest.memory_mib=-5", "guest.memory_mib: must be > 0, got -5"),
         (
-            "guest.memory_mib=100000",
+            "guest.memory_mib=100000 host.oom=fail",
             "guest.memory_mib: the tenants need 100000 MiB but host.memory_mib + host.swap_mib hold only 88 MiB",
         ),
         ("host.memroy_mib=3", "host.memroy_mib: unknown key; accepted keys under host: memory_mib, numa_nodes"),
@@ -82,7 +82,7 @@ def test_same_seed_same_results_and_a_joblib_multirun(workdir):
     ],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_no_result_files(workdir, override, message):
-    out = cli(*TINY, override, cwd=workdir)
+    out = cli(*TINY, *override.split(), cwd=workdir)
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr

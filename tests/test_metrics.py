@@ -80,7 +80,7 @@ def test_a_plugin_may_not_redeclare_a_framework_metric():
 def test_oom_events_count_failing_allocations_and_oom_ticks_the_ticks():
     """A pinned guest larger than RAM: every allocation after the host runs out is an OOM event; the old
     count (ticks with an OOM) saturated at the tick count."""
-    sim, m = run("secondary.mode=pin", "workload.accesses=200000")
+    sim, m = run("secondary.mode=pin", "workload.accesses=200000", "host.oom=fail")
     assert m["alloc_failures"] > 10 * m["ticks"]
     assert m["oom_events"] == m["alloc_failures"]  # no device memory here: every failure is an OOM
     assert 0 < m["oom_ticks"] <= m["ticks"]
@@ -88,6 +88,15 @@ def test_oom_events_count_failing_allocations_and_oom_ticks_the_ticks():
     assert m["accesses_attempted"] == m["accesses"] + m["accesses_failed"]
     assert m["kvm.accesses_attempted"] == m["kvm.accesses"] + m["kvm.accesses_failed"]
     assert m["translation_ns_per_access"] == pytest.approx(m["translation_ns"] / m["accesses"])
+
+
+def test_an_oom_kill_is_one_oom_event_and_the_victim_attempts_no_more():
+    """With the OOM killer, the out_of_memory() that kills counts once; the killed guest issues nothing more,
+    so its run is visibly short (accesses far below the workload's, oom_kills 1), not failed."""
+    _, m = run("secondary.mode=pin", "workload.accesses=200000")
+    assert m["oom_kills"] == 1 and m["oom_events"] == 1 and m["oom_ticks"] == 1
+    assert m["accesses_failed"] == 0 and m["accesses_attempted"] == m["accesses"] < 200000
+    assert m["oom_victims"].startswith("guest0 ")
 
 
 def test_accesses_failed_is_zero_when_every_access_completes():

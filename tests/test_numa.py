@@ -36,6 +36,10 @@ def test_notifier_mode_brings_the_memory_to_the_moved_vcpus(moved):
     # The cost side: the scan's PROT_NONE made KVM zap and flush; the guest took hinting faults.
     assert m["numa_hint_faults"] > 0 and m["numa_pte_updates"] > 0
     assert m["pages_zapped"] > 0 and m["tlb_flushes"] > 0
+    # As the kernel raises them: change_prot_numa's PROTECTION_VMA, try_to_migrate_one's CLEAR; no MIGRATE
+    # (device migration only) in a run without devices.
+    assert m["invalidations_protection_vma"] > 0 and m["invalidations_clear"] > 0
+    assert m["invalidations_migrate"] == 0
     assert m["invariant_violations"] == 0  # content tokens survived every migration
 
 

@@ -33,14 +33,14 @@ def test_kswapd_keeps_memory_above_min_and_direct_reclaim_is_rare():
 
 
 def test_pinned_pages_are_never_reclaimed_and_memory_runs_out_instead():
-    sim, m = run("secondary.mode=pin", "workload.accesses=200000")
+    sim, m = run("secondary.mode=pin", "workload.accesses=200000", "host.oom=fail")
     assert m["swap_outs"] == 0 and m["pin_skipped"] > 0
     assert m["oom_events"] > 0 and m["alloc_failures"] > 0
     assert m["invariant_violations"] == 0
 
 
 def test_without_a_reclaim_policy_allocations_fail_but_the_run_goes_on():
-    sim, m = run("policies=[]", "workload.accesses=100000")
+    sim, m = run("policies=[]", "workload.accesses=100000", "host.oom=fail")
     assert m["swap_outs"] == 0 and m["oom_events"] > 0 and m["accesses"] > 0
     assert m["invariant_violations"] == 0
 

@@ -189,6 +189,7 @@ def build(s: Setup) -> Simulation:
         cfg.host.swap_read_error_rate = s.swap_errors
         cfg.host.numa_nodes = s.nodes
         cfg.host.thp = "always" if s.thp else "never"
+        cfg.host.oom = "fail"  # the machine's rules need live tenants; OOM kills are tests/test_oom.py's
         cfg.guest.memory_mib = GUEST_MIB
         cfg.guest.vcpus = 2
         cfg.guest.vcpu_nodes = [0, s.nodes - 1]

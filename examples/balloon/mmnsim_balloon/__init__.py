@@ -67,7 +67,7 @@ class Balloon(HostPolicy):
             return
         budget = self.cfg.pages_per_tick
         for tenant in sim.tenants:
-            if tenant.secondary is None or tenant.mm.exited:
+            if tenant.secondary is None or tenant.killed or tenant.mm.exited:
                 continue  # not a guest (no KVM), or gone
             if any(c.secondary is not None and c.secondary.pin_mode for c in tenant.clients):
                 self.metrics["balloon_off_pinned"] += 1  # virtio_balloon_inhibited()
