@@ -191,7 +191,10 @@ OTHERS = (
 )  # fmt: skip
 
 FRAMEWORK = (*COUNTERS, *OTHERS)
-WHERE_FRAMEWORK = "FRAMEWORK in framework/metrics.py (then `mmnsim-report --metrics-doc > docs/metrics.md`)"
+WHERE_FRAMEWORK = (
+    "framework/metrics.py, in COUNTERS if it is a counter of mmnsim.counters, else in OTHERS "
+    "(then `mmnsim-report --metrics-doc > docs/metrics.md`)"
+)
 
 
 class MetricError(PluginError):

@@ -63,6 +63,18 @@ def test_an_undeclared_metric_is_an_error_naming_the_plugin_and_where_to_declare
     assert "test_metrics.py" in message
 
 
+def test_an_undeclared_framework_metric_says_where_to_declare_it(monkeypatch):
+    sim, _ = run("workload.accesses=20000")
+    real = C.as_dict
+    monkeypatch.setattr(C, "as_dict", lambda ctr: {**real(ctr), "new_counter": 1})
+    with pytest.raises(MetricError) as err:
+        sim.metrics()
+    assert (
+        "the framework reports the metric 'new_counter', which is not declared: declare it in "
+        "framework/metrics.py, in COUNTERS if it is a counter of mmnsim.counters, else in OTHERS" in str(err.value)
+    )
+
+
 def test_a_declared_plugin_metric_is_reported_with_its_type_and_a_count_must_be_whole():
     declared = (Metric("bogus_pages", "pages", int, "pages a test made up"),)
     _, m = run("workload.accesses=20000", plugins=[_Reporter({"bogus_pages": 3.0}, declared)])
@@ -117,3 +129,20 @@ def test_explain_prints_one_entry_with_unit_and_kernel_counter():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("major_faults: primary faults that read the page from swap")
     assert "unit: faults; int" in out.stdout and "kernel counter: pgmajfault" in out.stdout
+
+
+def test_the_time_model_adds_up_as_docs_time_md_says():
+    """One guest, one node: sim_time_ns is (memory access + translation + faults) / vCPUs + flush IPIs (+ direct
+    reclaim charged to the guest, none here), and guest_stall_ns the same without the first two."""
+    sim, m = run("secondary.mode=notifier", "workload.accesses=300000")
+    c, kvm, vcpus = sim.costs, sim.secondaries[0].cfg, sim.clients[0].vcpus
+    assert m["direct_reclaims"] == 0 and m["tlb_flushes"] > 0 and m["major_faults"] > 0
+    faults = (m["minor_faults"] * c.minor_fault_ns + m["major_faults"] * c.swap_in_ns
+              + (m["secondary_faults"] + m["fault_retries"]) * kvm.fault_ns)  # fmt: skip
+    ipis = m["tlb_flushes"] * kvm.flush_ipi_ns
+    own = c.access_ns * m["accesses"] + m["translation_ns"]
+    assert m["sim_time_ns"] == pytest.approx((own + faults) / vcpus + ipis)
+    assert m["guest_stall_ns"] == pytest.approx(faults / vcpus + ipis)
+    assert m["stall_fraction"] == pytest.approx(m["guest_stall_ns"] / m["sim_time_ns"])
+    assert m["effective_access_ns"] == c.access_ns
+    assert m["sim_time_ns_per_access"] == pytest.approx(m["sim_time_ns"] / m["accesses"])
