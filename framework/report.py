@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from .metrics import Catalogue, MetricError, installed_catalogue
+from .metrics import Catalogue, MetricError, catalogue, installed_catalogue
 from .metrics import markdown as metrics_markdown
 from .output import FAILED, TIMESERIES
 
@@ -200,7 +200,10 @@ def _label(keys: list[str], values: Sequence) -> str:
 
 @cache
 def _catalogue() -> Catalogue:
-    return installed_catalogue()
+    try:
+        return installed_catalogue()
+    except Exception:  # noqa: BLE001 - a broken plugin costs the plots their units, not the report
+        return catalogue()
 
 
 def axis_label(column: str) -> str:
@@ -360,6 +363,10 @@ def check_options(runs: pl.DataFrame, by: list[str], metrics: list[str], baselin
     """Every column the options name exists, before any work is done (results written, tables, plots)."""
     _check_columns(runs, by, "--by")
     _check_columns(runs, metrics, "--metrics")
+    text = [m for m in metrics if not runs[m].dtype.is_numeric()]
+    if text:
+        raise ReportError(f"--metrics: {text[0]} is not a number (a {runs[text[0]].dtype} column); "
+                          "the table averages metrics")  # fmt: skip
     if baseline:
         _baseline(runs, baseline)
     if plot_xy:

@@ -129,6 +129,7 @@ def test_load_takes_strings_and_table_groups_as_the_command_does(sweep):
         (["--baseline", "secondary.mode=pinn"], "--baseline secondary.mode=pinn: no run has secondary.mode=pinn"),
         (["--baseline", "secondary.mode"], "--baseline secondary.mode: give KEY=VALUE, the group to compare against, "
                                            "e.g. secondary.mode=notifier (values: notifier, pin)"),
+        (["--metrics", "secondary.mode"], "--metrics: secondary.mode is not a number (a String column)"),
         (["--by", "host.nodes"], "--by: no column 'host.nodes' in the results; closest: host.numa_nodes"),
         (["--plot", "seed", "majr_faults"], "--plot: no column 'majr_faults' in the results; closest: major_faults"),
         (["--hue", "secondary.mod"], "--hue: no column 'secondary.mod' in the results; closest: secondary.mode"),
