@@ -137,6 +137,13 @@ COUNTERS = (
     _m("oom_ticks", "ticks", int, "ticks in which at least one allocation hit out of memory (oom_events > 0)"),
 )  # fmt: skip
 
+_KIND_MEANING = {
+    "integrity": "a page's content is not where its PTE says (its frame or swap slot)",
+    "pin": "a pinned frame is free, or a pin is held by no secondary entry that says so",
+    "conservation": "frames or swap slots leaked or counted twice",
+    "accessed": "a secondary MMU answered a young op against its entries' accessed bits",
+}
+
 # Metrics that do not come from the counter array: what secondary MMUs add up, the host's gauges, the time
 # model and what is derived.
 OTHERS = (
@@ -164,8 +171,8 @@ OTHERS = (
     _m("resident_pages", "pages", int, "pages with a frame, over all mms (time series only)", kernel="RSS"),
     _m("secondary_mapped_pages", "pages", int, "entries present in secondary MMU tables (time series only)"),
     *(
-        _m(f"{kind}_violations", "violations", int, f"{kind} invariant violations found (README, 'Checking "
-           "plugins and runs')")
+        _m(f"{kind}_violations", "violations", int, f"{kind} invariant violations: {_KIND_MEANING.get(kind, 'see')} "
+           "(framework/invariants.py)")
         for kind in KINDS
         if f"{kind}_violations" not in {m.name for m in COUNTERS}
     ),
