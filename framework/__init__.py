@@ -14,6 +14,8 @@ from .config import ConfigError, require
 from .costs import walk_refs
 from .discovery import PluginConfSearchPath
 from .hookspecs import hookimpl, hookspec
+from .host import Watermarks
+from .metrics import Metric
 from .migrate import migrate
 from .mm import MM
 from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
@@ -41,6 +43,7 @@ OmegaConf.register_new_resolver("mmnsim_data", data_path, replace=True)
 
 __all__ = [
     "MM",
+    "Metric",
     "ConfigError",
     "Event",
     "HostPolicy",
@@ -52,6 +55,7 @@ __all__ = [
     "SecondaryMMU",
     "Simulation",
     "Tenant",
+    "Watermarks",
     "Workload",
     "WorkloadConfig",
     "data_path",

@@ -141,10 +141,12 @@ def clock_victim(fkey, fpin, fref, reg, pb, node_order):
 
 @kernel(inline=True)
 def _fail_allocation(reg, ctr):
+    """Reclaim made no progress: out_of_memory() (one oom_event per failing allocation, as memcg counts its
+    MEMCG_OOM events), and the allocation fails. Later allocations of the tick fail at once (the kernel
+    would reclaim again, in vain)."""
     ctr[C.ALLOC_FAILURES] += 1
-    if not reg[REG_FLAGS] & RECLAIM_FUTILE:
-        reg[REG_FLAGS] |= RECLAIM_FUTILE
-        ctr[C.OOM_EVENTS] += 1
+    ctr[C.OOM_EVENTS] += 1
+    reg[REG_FLAGS] |= RECLAIM_FUTILE
     return _FAIL
 
 

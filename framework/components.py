@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .metrics import Metric
+
 if TYPE_CHECKING:
     from .simulation import Simulation
 
@@ -22,6 +24,8 @@ class Component:
     kind: ClassVar[str] = ""  # "secondary", "policy" or "workload"
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
+    # The metrics this component reports beyond the framework's, one ``Metric`` each (``mmnsim.metrics``).
+    declared_metrics: ClassVar[tuple[Metric, ...]] = ()
 
 
 class HostPolicy(Component):

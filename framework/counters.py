@@ -1,13 +1,14 @@
 """The event counters the numba kernels increment, named after the kernel's own counters where one exists.
 
 The kernels index one int64 array with the constants below (numba freezes module globals at compile
-time, so they are plain ints). ``NAMES[i]`` is the metric name of index ``i``.
+time, so they are plain ints). ``NAMES[i]`` is the metric name of index ``i``. Each is declared, with
+its unit and meaning, in ``mmnsim.metrics`` (the comments here are reminders).
 """
 
 import numpy as np
 
 NAMES = (
-    "accesses",  # client accesses performed (hits and faulted-in alike)
+    "accesses",  # client accesses completed (hits and faulted-in alike)
     "writes",
     "secondary_faults",  # misses in a secondary MMU's table, resolved through the primary table
     "minor_faults",  # primary faults that needed no I/O (first touch of anonymous memory)
@@ -18,7 +19,7 @@ NAMES = (
     "pins_acquired",  # nr_foll_pin_acquired
     "pins_released",  # nr_foll_pin_released
     "alloc_failures",  # allocations that failed after reclaim (the access could not proceed)
-    "oom_events",  # out_of_memory() invocations: direct reclaim made no progress
+    "oom_events",  # out_of_memory() invocations: allocations that failed after reclaim made no progress
     "access_errors",  # accesses refused: no VMA, or the VMA forbids the access (SIGSEGV / -EFAULT)
     "isolation_violations",  # a client read or wrote a frame that is free or belongs to another mm
     "coherence_violations",  # a client used a translation the primary table no longer agrees with
@@ -67,6 +68,8 @@ NAMES = (
     "thp_fault_fallback",  # THP faults that fell back to a 4 KiB page: no free pageblock, even after compaction
     "race_windows",  # secondary faults that slept between resolving and installing while the host ran
     "write_seq",  # content-token generator: bumped on every write
+    "accesses_attempted",  # client accesses issued, completed or not (counted per batch, in Python)
+    "oom_ticks",  # ticks in which oom_events grew
 )
 
 (
@@ -125,6 +128,8 @@ NAMES = (
     THP_FAULT_FALLBACK,
     RACE_WINDOWS,
     WRITE_SEQ,
+    ACCESSES_ATTEMPTED,
+    OOM_TICKS,
 ) = range(len(NAMES))
 
 

@@ -181,4 +181,7 @@ class FrameworkHooks:
 
     @hookspec
     def collect_metrics(self, sim):
-        """Return a dict of this component's metrics (name -> number), added to the run's results."""
+        """Return a dict of this component's metrics (name -> number), added to the run's results.
+
+        Each name is the framework's (``mmnsim.metrics.FRAMEWORK``) or declared in the component's
+        ``declared_metrics``; an undeclared one stops the run (``MetricError``)."""

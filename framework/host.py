@@ -8,6 +8,7 @@ Watermarks follow mm/page_alloc.c: ``min_free_kbytes`` defaults to sqrt(16 x low
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 import numpy as np
 
@@ -95,6 +96,15 @@ class HostConfig:
             require(bool(np.array_equal(d, d.T)), "distance must be symmetric")
 
 
+class Watermarks(NamedTuple):
+    """A zone's min, low and high watermarks, in frames (__setup_per_zone_wmarks): below low, kswapd wakes
+    and frees up to high; at min, allocations enter direct reclaim."""
+
+    min: int
+    low: int
+    high: int
+
+
 class Host:
     """Frames, swap, page tables and counters of one simulated machine.
 
@@ -114,6 +124,7 @@ class Host:
             else np.where(np.eye(self.nodes, dtype=bool), LOCAL_DISTANCE, REMOTE_DISTANCE)
         )
         self.watermarks = _watermarks(self.node_frames, cfg.min_free_kbytes, cfg.watermark_scale_factor)
+        self.watermarks.flags.writeable = False  # [node, (min, low, high)]: read them, through watermark()
         self.device_nodes = list(range(self.nodes, self.nodes + len(device_frames)))
         self.ft = new_frame_table(
             [*self.node_frames, *device_frames],
@@ -143,6 +154,15 @@ class Host:
     def free_on(self, node: int) -> int:
         """Free frames on one node (RAM or device memory)."""
         return int(self.ft.node[node, NFREE])
+
+    def watermark(self, node: int | None = None) -> Watermarks:
+        """The watermarks of a RAM node, or (``node`` None) summed over all RAM nodes."""
+        rows = self.watermarks if node is None else self.watermarks[node : node + 1]
+        return Watermarks(*(int(v) for v in rows.sum(axis=0)))
+
+    def is_pinned(self, frames: np.ndarray) -> np.ndarray:
+        """For each frame: does a long-term pin hold it (folio_maybe_dma_pinned)? A copy, one bool each."""
+        return self.ft.pin[np.asarray(frames, dtype=np.int64)] > 0
 
     def pages_to_high(self) -> int:
         """Frames kswapd must free for every node to reach its high watermark."""

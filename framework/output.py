@@ -173,14 +173,16 @@ def summary_text(metrics: dict[str, float]) -> str:
     """A few lines a person reads after a run."""
     m = metrics
     lines = [
-        f"accesses {m['accesses']:,} in {m['ticks']} ticks; simulated {m['sim_time_ns'] / 1e9:.3f} s, "
+        f"accesses {m['accesses']:,} completed, {m['accesses_failed']:,} failed, in {m['ticks']} ticks; "
+        f"simulated {m['sim_time_ns'] / 1e9:.3f} s, "
         f"wall {m['wall_seconds']:.2f} s ({m['accesses'] / max(m['wall_seconds'], 1e-9) / 1e6:.1f} M accesses/s)",
         f"faults: secondary {m['secondary_faults']:,} (retries {m['fault_retries']:,}), "
         f"minor {m['minor_faults']:,}, major {m['major_faults']:,}; guest stall {100 * m['stall_fraction']:.1f}%",
         f"pinned pages: now {m['pinned_pages']:,}, peak {m['pinned_pages_peak']:,}; swap out {m['swap_outs']:,}, "
-        f"in {m['swap_ins']:,}; OOM events {m['oom_events']:,}, failed allocations {m['alloc_failures']:,}",
-        f"notifier: invalidations {m['invalidations']:,.0f}, pages zapped {m['pages_zapped']:,.0f}, "
-        f"TLB flushes {m['tlb_flushes']:,.0f} ({m['flush_cost_ns'] / 1e6:.2f} ms)",
+        f"in {m['swap_ins']:,}; OOM events {m['oom_events']:,} (in {m['oom_ticks']:,} ticks), "
+        f"failed allocations {m['alloc_failures']:,}",
+        f"notifier: invalidations {m['invalidations']:,}, pages zapped {m['pages_zapped']:,}, "
+        f"TLB flushes {m['tlb_flushes']:,} ({m['flush_cost_ns'] / 1e6:.2f} ms)",
         f"invariant violations: {m['invariant_violations']:,}",
     ]
     if m.get("stale_reads") or m.get("stale_writes"):  # engine.check_accesses, e.g. secondary.mode=unpinned

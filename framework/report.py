@@ -3,8 +3,9 @@
     mmnsim-report multirun/2026-11-26/10-00-00
     mmnsim-report DIR --by secondary.mode --metrics swap_outs,oom_events,tlb_flushes
     mmnsim-report DIR --baseline secondary.mode=pin          # mmtests-style: change against the baseline
-    mmnsim-report DIR --plot guest.memory_mib major_faults --hue secondary.mode
+    mmnsim-report DIR --plot guest.memory_mib major_faults --hue secondary.mode,secondary.name
     mmnsim-report DIR --timeseries remote_accesses/accesses --hue secondary.mode
+    mmnsim-report --explain stall_fraction                  # what a metric means, its unit, its kernel counter
 
 It reads every run's ``summary.parquet`` under the directories (diagonally concatenated, since plugins add
 columns), keeps the overrides that tell the runs apart (from each run's ``.hydra/overrides.yaml``),
@@ -15,20 +16,26 @@ directory without a summary (a job that failed) is listed, not silently dropped.
 """
 
 import argparse
+import difflib
 import json
+import re
 import sys
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import yaml
 
-from .output import FAILED
+from .metrics import Catalogue, MetricError, catalogue, installed_catalogue
+from .metrics import markdown as metrics_markdown
+from .output import FAILED, TIMESERIES
 
 PROVENANCE = ("mmnsim_version", "git_commit", "code_hash", "config_hash")
 DEFAULT_METRICS = (
-    "accesses", "secondary_faults", "major_faults", "swap_outs", "oom_events", "pinned_pages_peak",
-    "invalidations", "tlb_flushes", "flush_cost_ns", "stall_fraction", "invariant_violations",
+    "accesses", "accesses_failed", "secondary_faults", "major_faults", "swap_outs", "oom_events",
+    "pinned_pages_peak", "invalidations", "tlb_flushes", "flush_cost_ns", "stall_fraction", "invariant_violations",
 )  # fmt: skip
 
 
@@ -46,8 +53,11 @@ def run_dirs(roots: list[Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def load(roots: list[Path]) -> tuple[pl.DataFrame, list[str], list[Path]]:
-    """All runs as one frame, the override keys that tell them apart, and the directories that failed."""
+def load(roots: str | Path | Sequence[str | Path]) -> tuple[pl.DataFrame, list[str], list[Path]]:
+    """All runs as one frame, the override keys that tell them apart, and the directories that failed.
+    ``roots``: one directory or several, as strings or paths. For the table the command prints (seeds
+    averaged), ``table``."""
+    roots = [Path(r) for r in ([roots] if isinstance(roots, str | Path) else roots)]
     frames, failed, keys = [], [], []
     for d in run_dirs(roots):
         summary = d / "summary.parquet"
@@ -67,6 +77,17 @@ def load(roots: list[Path]) -> tuple[pl.DataFrame, list[str], list[Path]]:
     runs = pl.concat(frames, how="diagonal_relaxed")
     varying = [k for k in keys if k in runs.columns and runs[k].n_unique() > 1]
     return runs, varying, failed
+
+
+def table(roots: str | Path | Sequence[str | Path], by: Sequence[str] | None = None,
+          metrics: Sequence[str] | None = None) -> pl.DataFrame:  # fmt: skip
+    """What ``mmnsim-report`` prints, as a frame: the mean (and standard deviation) of ``metrics`` (default
+    ``DEFAULT_METRICS``) over the seed replicates of each group of ``by`` (default: every override that
+    varies but ``seed``), with the number of runs per group."""
+    runs, varying, _ = load(roots)
+    by = list(by) if by is not None else [k for k in varying if k != "seed"]
+    metrics = list(metrics) if metrics is not None else [m for m in DEFAULT_METRICS if m in runs.columns]
+    return summarize(runs, by, metrics)
 
 
 def _overrides(run: Path) -> dict[str, str]:
@@ -96,14 +117,11 @@ def summarize(runs: pl.DataFrame, by: list[str], metrics: list[str]) -> pl.DataF
 
 def compare(runs: pl.DataFrame, by: list[str], metrics: list[str], baseline: str) -> pl.DataFrame:
     """Each group's metrics against the baseline group's, as value and percent change (mmtests style)."""
-    key, _, value = baseline.partition("=")
-    _check_columns(runs, [key])
+    key, value = _baseline(runs, baseline)
     if key not in by:
         by = [key, *by]
     table = summarize(runs, by, metrics)
     column = table[key].cast(pl.String)
-    if value not in column.to_list():
-        raise ReportError(f"--baseline {baseline}: no run has {key}={value}; values: {sorted(set(column.to_list()))}")
     rest = [k for k in by if k != key]
     base = table.filter(column == value).select([*rest, *[pl.col(m).alias(f"{m}_base") for m in metrics]])
     joined = table.join(base, on=rest, how="left") if rest else table.join(base, how="cross")
@@ -169,76 +187,80 @@ def markdown_compare(table: pl.DataFrame, baseline: str, metrics: list[str]) -> 
     return "\n\n".join(sections)
 
 
-def plot(
-    runs: pl.DataFrame, x: str, y: str, hue: str | None, out: Path, title: str = "", categorical: bool = False
-) -> Path:
-    """Mean of ``y`` against ``x`` with the replicates' spread as error bars, a line per ``hue`` value;
-    ``x`` is an evenly spaced category axis when it is not numeric, or when ``categorical``."""
+def _keys(keys: str | Sequence[str] | None) -> list[str]:
+    """``--hue``-like keys: None, one key, a comma-separated string, or a list."""
+    if not keys:
+        return []
+    return [k for k in keys.split(",") if k] if isinstance(keys, str) else list(keys)
+
+
+def _label(keys: list[str], values: Sequence) -> str:
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+
+
+@cache
+def _catalogue() -> Catalogue:
+    try:
+        return installed_catalogue()
+    except Exception:  # noqa: BLE001 - a broken plugin costs the plots their units, not the report
+        return catalogue()
+
+
+def axis_label(column: str) -> str:
+    """A column's name with its unit from the metrics registry (``sim_time_ns (ns)``); a ratio ``a/b`` gets
+    the ratio of the units; a config key its bare name."""
+    num, _, den = column.partition("/")
+    units = [m.unit if (m := _catalogue().get(c)) is not None else None for c in (num, *([den] if den else []))]
+    if None in units:
+        return column
+    if den:
+        return f"{column} ({units[0]} per {_singular(units[1])})" if units[0] != units[1] else f"{column} (ratio)"
+    return f"{column} ({units[0]})"
+
+
+def _singular(unit: str) -> str:
+    """A count's unit in the singular, for "per ...": accesses -> access, pages -> page (ns, s stay)."""
+    if unit.endswith("sses"):
+        return unit[:-2]
+    return unit[:-1] if unit.endswith("s") and unit not in ("ns", "s") else unit
+
+
+def plot_name(y: str, x: str | None = None, hue: str | Sequence[str] | None = None) -> str:
+    """The file name of a plot: what it shows and what varies in it (y, x or time, the hue keys)."""
+    hues = _keys(hue)
+    parts = [y.replace("/", "_per_"), f"by_{x}" if x else "over_time", *([f"hue_{'+'.join(hues)}"] if hues else [])]
+    return re.sub(r"[^\w.=+-]+", "_", "_".join(parts)) + ".png"
+
+
+def plot(runs: pl.DataFrame, x: str, y: str, hue: str | Sequence[str] | None, out: Path, title: str = "",
+         categorical: bool = False) -> Path:  # fmt: skip
+    """Mean of ``y`` against ``x`` with the replicates' spread as error bars, a line (colour and legend
+    entry) per combination of the ``hue`` keys' values; ``x`` is an evenly spaced category axis when it is
+    not numeric, or when ``categorical``. Axes carry the registry's units."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    _check_columns(runs, [x, y, *([hue] if hue else [])])
+    hues = _keys(hue)
+    _check_columns(runs, [x, y, *hues], "--plot/--hue")
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    groups = runs.partition_by(hue, as_dict=True, maintain_order=True) if hue else {("all",): runs}
-    for name, g in groups.items():
+    groups = runs.partition_by(hues, as_dict=True, maintain_order=True) if hues else {("all",): runs}
+    for i, (name, g) in enumerate(groups.items()):
         value = pl.col(y).cast(pl.Float64)
         s = g.group_by(x).agg(value.mean().alias("m"), value.std().alias("sd")).sort(x)
         xs = s[x].to_list()
         numeric = not categorical and all(isinstance(v, int | float) for v in xs)
         pos = xs if numeric else list(range(len(xs)))
         ax.errorbar(pos, s["m"].to_list(), yerr=s["sd"].fill_null(0).to_list(), marker="o", capsize=3,
-                    label=f"{hue}={name[0]}" if hue else None)  # fmt: skip
+                    color=f"C{i % 10}", label=_label(hues, name) if hues else None)  # fmt: skip
         if not numeric:
             ax.set_xticks(pos, [str(v) for v in xs])
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
     ax.set_title(title or f"{y} by {x}")
     ax.grid(alpha=0.3)
-    if hue:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def plot_timeseries(
-    runs: pl.DataFrame, y: str, hue: str | None, out: Path, title: str = "", style: str | None = None
-) -> Path:
-    """``y`` per tick over simulated time, from each run's timeseries.parquet, one line per run: a colour
-    per ``hue`` value, a line style per ``style`` value. ``a/b`` plots the ratio of the per-tick increments
-    of two counters (``remote_accesses/accesses``: the remote fraction of each tick's accesses)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _check_columns(runs, [k for k in (hue, style) if k])
-    colours = {v: f"C{i}" for i, v in enumerate(runs[hue].unique(maintain_order=True))} if hue else {}
-    styles = runs[style].unique(maintain_order=True) if style else []
-    dashes = {v: ("-", "--", ":", "-.")[i % 4] for i, v in enumerate(styles)}
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    labelled = set()
-    for row in runs.iter_rows(named=True):
-        path = Path(row["run_dir"]) / "timeseries.parquet"
-        if not path.is_file():
-            continue
-        ts = pl.read_parquet(path)
-        num, _, den = y.partition("/")
-        _check_columns(ts, [num, *([den] if den else [])])
-        values = ts[num].diff() / ts[den].diff() if den else ts[num]
-        key = (row[hue] if hue else None, row[style] if style else None)
-        label = ", ".join(f"{k}={v}" for k, v in zip((hue, style), key, strict=True) if k) or None
-        ax.plot((ts["sim_time_ns"] / 1e9).to_list(), values.to_list(), color=colours.get(key[0]),
-                linestyle=dashes.get(key[1], "-"), alpha=0.8, label=label if key not in labelled else None)  # fmt: skip
-        labelled.add(key)
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel(y)
-    ax.set_title(title or f"{y} over time")
-    ax.grid(alpha=0.3)
-    if hue or style:
+    if hues:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -246,11 +268,112 @@ def plot_timeseries(
     return out
 
 
-def _check_columns(frame: pl.DataFrame, names: list[str]) -> None:
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        metrics = sorted(c for c in frame.columns if "." not in c)
-        raise ReportError(f"no column {missing[0]!r} in the results; some that exist: {', '.join(metrics[:40])}")
+def plot_timeseries(runs: pl.DataFrame, y: str, hue: str | Sequence[str] | None, out: Path, title: str = "",
+                    style: str | Sequence[str] | None = None) -> Path:  # fmt: skip
+    """``y`` per tick over simulated time, from each run's timeseries.parquet, one line per run: a colour
+    per combination of the ``hue`` keys' values, a line style per ``style`` combination. ``a/b`` plots the
+    ratio of the per-tick increments of two counters (``remote_accesses/accesses``: the remote fraction of
+    each tick's accesses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hues, styles = _keys(hue), _keys(style)
+    _check_columns(runs, [*hues, *styles], "--hue")
+    _check_timeseries(runs, y)
+    combos = runs.select(hues).unique(maintain_order=True).rows() if hues else []
+    colours = {v: f"C{i % 10}" for i, v in enumerate(combos)}
+    dashes = {
+        v: ("-", "--", ":", "-.")[i % 4]
+        for i, v in enumerate(runs.select(styles).unique(maintain_order=True).rows() if styles else [])
+    }
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    labelled = set()
+    for row in runs.iter_rows(named=True):
+        path = Path(row["run_dir"]) / TIMESERIES
+        if not path.is_file():
+            continue
+        ts = pl.read_parquet(path)
+        num, _, den = y.partition("/")
+        values = ts[num].diff() / ts[den].diff() if den else ts[num]
+        key = (tuple(row[k] for k in hues), tuple(row[k] for k in styles))
+        label = ", ".join(x for x in (_label(hues, key[0]), _label(styles, key[1])) if x) or None
+        ax.plot((ts["sim_time_ns"] / 1e9).to_list(), values.to_list(), color=colours.get(key[0]),
+                linestyle=dashes.get(key[1], "-"), alpha=0.8, label=label if key not in labelled else None)  # fmt: skip
+        labelled.add(key)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel(axis_label(y))
+    ax.set_title(title or f"{y} over time")
+    ax.grid(alpha=0.3)
+    if hues or styles:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _check_timeseries(runs: pl.DataFrame, y: str) -> None:
+    """The columns of ``y`` (``a`` or ``a/b``) exist in the runs' time series (read from the first one's schema)."""
+    paths = (
+        [p for d in runs["run_dir"].to_list() if (p := Path(d) / TIMESERIES).is_file()]
+        if "run_dir" in runs.columns
+        else []
+    )
+    if not paths:
+        raise ReportError(f"--timeseries {y}: no run has a {TIMESERIES} (engine.timeseries=false?)")
+    columns = list(pl.read_parquet_schema(paths[0]))
+    for name in y.split("/"):
+        _check_columns_in(columns, name, "--timeseries", "in the time series")
+
+
+def _baseline(runs: pl.DataFrame, baseline: str) -> tuple[str, str]:
+    """``--baseline KEY=VALUE`` checked: the key is a column and some run has the value."""
+    key, eq, value = baseline.partition("=")
+    _check_columns(runs, [key], "--baseline")
+    values = sorted(set(runs[key].cast(pl.String).to_list()))
+    if not eq or not value:
+        raise ReportError(f"--baseline {baseline}: give KEY=VALUE, the group to compare against, "
+                          f"e.g. {key}={values[0]} (values: {', '.join(values)})")  # fmt: skip
+    if value not in values:
+        raise ReportError(f"--baseline {baseline}: no run has {key}={value}; values: {values}")
+    return key, value
+
+
+def _check_columns(frame: pl.DataFrame, names: list[str], option: str = "") -> None:
+    for name in names:
+        _check_columns_in(frame.columns, name, option, "in the results")
+
+
+def _check_columns_in(columns: list[str], name: str, option: str, where: str) -> None:
+    """``name`` is one of ``columns``, else a ReportError naming the closest."""
+    if name in columns:
+        return
+    near = difflib.get_close_matches(name, columns, n=5, cutoff=0.5)
+    if not near:  # a per-kind column, or a near miss of one part: compare by the part after the dot too
+        near = [c for c in columns if c.rpartition(".")[2] == name.rpartition(".")[2]][:5]
+    hint = f"; closest: {', '.join(near)}" if near else "; mmnsim-report --explain all lists the metrics"
+    raise ReportError(f"{option + ': ' if option else ''}no column {name!r} {where}{hint}")
+
+
+def check_options(runs: pl.DataFrame, by: list[str], metrics: list[str], baseline: str | None = None,
+                  plot_xy: Sequence[str] | None = None, timeseries: str | None = None,
+                  hue: str | Sequence[str] | None = None) -> None:  # fmt: skip
+    """Every column the options name exists, before any work is done (results written, tables, plots)."""
+    _check_columns(runs, by, "--by")
+    _check_columns(runs, metrics, "--metrics")
+    text = [m for m in metrics if not runs[m].dtype.is_numeric()]
+    if text:
+        raise ReportError(f"--metrics: {text[0]} is not a number (a {runs[text[0]].dtype} column); "
+                          "the table averages metrics")  # fmt: skip
+    if baseline:
+        _baseline(runs, baseline)
+    if plot_xy:
+        _check_columns(runs, list(plot_xy), "--plot")
+    _check_columns(runs, _keys(hue), "--hue")
+    if timeseries:
+        _check_timeseries(runs, timeseries)
 
 
 def write_results(runs: pl.DataFrame, out_dir: Path) -> None:
@@ -263,19 +386,30 @@ def write_results(runs: pl.DataFrame, out_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mmnsim-report", description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", type=Path, help="multirun (or run) directories")
+    parser.add_argument("dirs", nargs="*", type=Path, help="multirun (or run) directories")
     parser.add_argument("--by", help="comma-separated keys to group by (default: the overrides that vary)")
     parser.add_argument("--metrics", help=f"comma-separated metrics (default: {','.join(DEFAULT_METRICS)})")
     parser.add_argument("--baseline", help="KEY=VALUE: compare every group against this one")
     parser.add_argument("--plot", nargs=2, metavar=("X", "Y"), help="write Y against X as a PNG")
     parser.add_argument("--timeseries", metavar="Y", help="write Y per tick (a column, or a/b) as a PNG")
-    parser.add_argument("--hue", help="a key whose values get one line each in the plot")
+    parser.add_argument("--hue", help="comma-separated keys: each combination of their values is one colour")
     parser.add_argument("--out", type=Path, help="where plots go (default: the first directory)")
+    parser.add_argument(
+        "--explain", metavar="NAME", help="what a metric means (unit, type, kernel counter); all: every one"
+    )
+    parser.add_argument("--metrics-doc", action="store_true", help="print docs/metrics.md (the built-in metrics)")
     args = parser.parse_args(argv)
     try:
+        if args.explain or args.metrics_doc:
+            print(_explain(args.explain) if args.explain else metrics_markdown(installed_catalogue(builtin_only=True)),
+                  end="" if args.metrics_doc and not args.explain else "\n")  # fmt: skip
+            return
+        if not args.dirs:
+            parser.error("give one or more directories (or --explain NAME)")
         runs, varying, failed = load(args.dirs)
         by = args.by.split(",") if args.by else [k for k in varying if k != "seed"]
         metrics = args.metrics.split(",") if args.metrics else [m for m in DEFAULT_METRICS if m in runs.columns]
+        check_options(runs, by, metrics, args.baseline, args.plot, args.timeseries, args.hue)
         out = args.out or args.dirs[0]
         write_results(runs, args.dirs[0])
         if args.baseline:
@@ -293,13 +427,21 @@ def main(argv: list[str] | None = None) -> None:
                 overrides = " ".join(f"{k}={v}" for k, v in _overrides(d).items() if k in by)
                 print(f"  {d} ({overrides}): {error}")
         if args.plot:
-            print(f"plot: {plot(runs, *args.plot, args.hue, out / f'{args.plot[1]}_by_{args.plot[0]}.png')}")
+            x, y = args.plot
+            print(f"plot: {plot(runs, x, y, args.hue, out / plot_name(y, x, args.hue))}")
         if args.timeseries:
-            name = args.timeseries.replace("/", "_per_")
-            print(f"plot: {plot_timeseries(runs, args.timeseries, args.hue, out / f'{name}_over_time.png')}")
-    except ReportError as exc:
+            target = out / plot_name(args.timeseries, None, args.hue)
+            print(f"plot: {plot_timeseries(runs, args.timeseries, args.hue, target)}")
+    except (ReportError, MetricError) as exc:
         print(f"mmnsim-report: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def _explain(name: str) -> str:
+    cat = installed_catalogue()
+    if name == "all":
+        return "\n\n".join(cat.explain(n) for n in cat.metrics)
+    return cat.explain(name)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from .access import (
     EVICT_ONE,
     FAULT_AROUND,
     K_FRAME,
+    K_I,
     K_SKIP,
     K_VICTIM,
     LIVELOCK,
@@ -47,6 +48,7 @@ from .costs import translation_ns, walk_refs
 from .discovery import Registry, plugin_manager
 from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import OOM, Host
+from .metrics import FRAMEWORK, Catalogue, MetricError, catalogue, describe, plugin_declarations, where_to_declare
 from .migrate import migrate
 from .mm import MM
 from .notifier import PluginError, plugin_error, plugin_label, unique_name
@@ -65,8 +67,7 @@ SWAP_CLUSTER_MAX = 32  # pages direct reclaim asks for at least (mm/vmscan.c)
 
 
 # Kernel counters also reported per secondary MMU kind (as "<name>.<counter>").
-PER_SECONDARY = ("accesses", "writes", "secondary_faults", "fault_retries", "major_faults", "minor_faults",
-                 "access_errors", "pins_acquired", "remote_accesses", "huge_accesses")  # fmt: skip
+PER_SECONDARY = tuple(m.name for m in FRAMEWORK if m.per_secondary and m.name in C.NAMES)
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
 _EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE; DEV_NODE = -1
@@ -141,6 +142,8 @@ class Simulation:
         for plugin in plugins:
             self.pm.register(plugin)
         self.registry = Registry.from_plugins(self.pm)
+        classes = [cls for kind in self.registry.classes.values() for cls in kind.values()]
+        self.catalogue: Catalogue = catalogue(plugin_declarations([*self.pm.get_plugins(), *classes]))
         settings = load_settings(cfg, self.registry)
         self.seed = settings.seed
         self.host_cfg = settings.host
@@ -238,8 +241,8 @@ class Simulation:
         them in its table, pinning them in pin mode. Counts faults but no client accesses."""
         host = self.host
         # gup: not client accesses or device faults
-        kept = [C.ACCESSES, C.WRITES, C.WRITE_SEQ, C.SECONDARY_FAULTS, C.HUGE_ACCESSES, C.REMOTE_ACCESSES,
-                C.ACCESS_DISTANCE]  # fmt: skip
+        kept = [C.ACCESSES, C.ACCESSES_ATTEMPTED, C.WRITES, C.WRITE_SEQ, C.SECONDARY_FAULTS, C.HUGE_ACCESSES,
+                C.REMOTE_ACCESSES, C.ACCESS_DISTANCE]  # fmt: skip
         saved = host.ctr[kept].copy()
         mode = secondary.state[MODE]
         secondary.state[MODE] = mode & ~SEC_NOFAULT  # gup faults pages in for a device that cannot
@@ -321,6 +324,7 @@ class Simulation:
     def step(self) -> None:
         """One tick."""
         self.host._ft.reg[REG_FLAGS] &= ~OOM_FLAGS
+        oom_events = self.host.ctr[C.OOM_EVENTS]
         if self.oom is not None:
             self.oom.reap()  # the OOM reaper's next attempt on a victim whose memory a subscriber kept
         self.call_hook("host_tick", sim=self)
@@ -335,6 +339,8 @@ class Simulation:
             self._settle_stalls(client)
             tick_ns = max(tick_ns, client.elapsed_ns - before)
         self.time_ns += tick_ns
+        if self.host.ctr[C.OOM_EVENTS] > oom_events:
+            self.host.ctr[C.OOM_TICKS] += 1
         if self.oom is not None:
             self.oom.tick_done()
         if self.engine.check_invariants:
@@ -389,13 +395,14 @@ class Simulation:
                     self._reclaim(max(SWAP_CLUSTER_MAX, host.pages_to_low()), direct=True)
                     if self.oom is not None and not host.above_min():  # __alloc_pages_may_oom
                         victim = self.oom.out_of_memory()
+                        if victim is not None:  # an OOM event that freed memory; one that could not kill lets
+                            host.ctr[C.OOM_EVENTS] += 1  # the allocation fail, counted there (_fail_allocation)
                         if victim is not None and client is not None and victim is client.tenant:
                             break  # SIGKILL: the faulting client itself is gone
                 elif status == EVICT_ONE:
                     write_errors = host.ctr[C.SWAP_WRITE_ERRORS]
                     if swap_out(self, np.array([ks[K_VICTIM]])) == 0 and host.ctr[C.SWAP_WRITE_ERRORS] == write_errors:
-                        host.ctr[C.OOM_EVENTS] += 1
-                        host._ft.reg[REG_FLAGS] |= OOM_FLAGS
+                        host._ft.reg[REG_FLAGS] |= OOM_FLAGS  # the allocation fails, and counts an oom_event
                 elif status == MIGRATE_TO_RAM:
                     self._migrate_to_ram(int(ks[K_VICTIM]), int(vcpu_node[0]), ks)
                 elif status == COW_BREAK:
@@ -418,6 +425,7 @@ class Simulation:
                     )
         finally:
             self._charge_to = None
+            host.ctr[C.ACCESSES_ATTEMPTED] += int(ks[K_I])  # every access up to where the kernel stopped
         if client is not None and account:
             self._account(client, host.ctr - before)
 
@@ -563,19 +571,32 @@ class Simulation:
         return row
 
     def metrics(self) -> dict[str, float]:
-        """Every metric of the run so far, by name. A secondary MMU's own metrics are summed over all of
-        them under their name, and also reported per kind as "<name>.<metric>" with its counters."""
+        """Every metric of the run so far, by name, each of its declared type (``mmnsim.metrics``). A
+        secondary MMU's own metrics are summed over all of them under their name, and also reported per kind
+        as "<name>.<metric>" with its counters. A metric nobody declared raises ``MetricError``."""
+        cat = self.catalogue
         out: dict[str, float] = dict(C.as_dict(self.host.ctr))
-        for contribution in self.call_hook("collect_metrics", sim=self):
+        for impl in reversed(self.pm.hook.collect_metrics.get_hookimpls()):
+            who = f"plugin '{impl.plugin_name}' ({describe(impl.plugin)})"
+            label = plugin_label(impl.plugin_name)
+            with self.actors.acting(f"{label} in collect_metrics"):
+                try:
+                    contribution = impl.function(sim=self)
+                except (PluginError, InvariantViolation, ConfigError):
+                    raise
+                except Exception as exc:
+                    raise plugin_error(label, "collect_metrics", exc) from exc
             for name, value in (contribution or {}).items():
-                out[name] = out.get(name, 0.0) + float(value)
+                self._check_declared(cat, impl.plugin, who, name, value)
+                out[name] = out.get(name, 0) + value
         for name in ("pages_zapped", "tlb_flushes", "tlb_flush_ipis", "flush_cost_ns"):
-            out.setdefault(name, 0.0)
+            out.setdefault(name, 0)
         for sec in self.secondaries:
             for name, value in sec.metrics.items():
-                out[name] = out.get(name, 0.0) + value
+                self._check_declared(cat, sec, f"secondary MMU '{sec.label}' ({describe(sec)})", name, value)
+                out[name] = out.get(name, 0) + value
             for name, value in [*sec.metrics.items(), *sec.counts.items()]:
-                out[f"{sec.name}.{name}"] = out.get(f"{sec.name}.{name}", 0.0) + value
+                out[f"{sec.name}.{name}"] = out.get(f"{sec.name}.{name}", 0) + value
         self.pinned_peak = max(self.pinned_peak, self.host.pinned_pages())
         out["pinned_pages"] = self.host.pinned_pages()
         out["pinned_pages_peak"] = self.pinned_peak
@@ -587,10 +608,12 @@ class Simulation:
         out["ticks"] = self.tick
         out["oom_victims"] = self.oom.victims() if self.oom is not None else ""
         out["sim_time_ns"] = self.time_ns
+        out["sim_time_ns_per_access"] = self.time_ns / out["accesses"] if out["accesses"] else 0.0
         out["host_cpu_ns"] = self.host_cpu_ns
         elapsed = sum(c.elapsed_ns for c in self.clients)
         stall = sum(c.stall_ns for c in self.clients)
         out["guest_stall_ns"] = stall
+        out["accesses_failed"] = out["accesses_attempted"] - out["accesses"]
         out["translation_ns"] = sum(c.translation_ns for c in self.clients)
         out["translation_ns_per_access"] = out["translation_ns"] / out["accesses"] if out["accesses"] else 0.0
         guests = [t.mm for t in self.tenants if t.secondary is not None] or [t.mm for t in self.tenants]
@@ -601,6 +624,7 @@ class Simulation:
             huge = int(np.count_nonzero(sec.sflags & S_HUGE))
             out[f"{sec.name}.huge_mapped_fraction"] = huge / mapped if mapped else 0.0
             accesses = out.get(f"{sec.name}.accesses", 0)  # none if its client never ran (killed first)
+            out[f"{sec.name}.accesses_failed"] = out.get(f"{sec.name}.accesses_attempted", 0) - accesses
             per_access = out[f"{sec.name}.translation_ns"] / accesses if accesses else 0.0
             out[f"{sec.name}.translation_ns_per_access"] = per_access
         out["stall_fraction"] = stall / elapsed if elapsed else 0.0
@@ -608,7 +632,17 @@ class Simulation:
         numa = self.host._ft.node.shape[0] > 1
         per_access = out["access_distance"] / 10 / out["accesses"] if numa and out["accesses"] else 1.0
         out["effective_access_ns"] = self.costs.access_ns * per_access  # memory access time, by distance
-        return out
+        where = where_to_declare(None)
+        return {name: cat.coerce(name, value, "the framework", where) for name, value in out.items()}
+
+    @staticmethod
+    def _check_declared(cat: Catalogue, plugin: object, who: str, name: str, value: float) -> None:
+        """A plugin reports only the framework's metrics and those its own class (or module) declares."""
+        declared = {m.name for m in getattr(plugin, "declared_metrics", ())}
+        if name not in declared and cat.declared_by.get(name) != ["framework"]:
+            raise MetricError(f"{who} reports the metric {name!r}, which it does not declare: "
+                              f"{where_to_declare(plugin)}")  # fmt: skip
+        cat.coerce(name, value, who, "")  # a count must be whole
 
     def timeseries_rows(self) -> list[dict[str, float]]:
         return self.timeseries

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import HostPolicy, hookimpl, require
+from mmnsim import HostPolicy, Metric, hookimpl, require
 from mmnsim.compaction import compact
 from mmnsim.pagebits import HUGE_PAGES, P_DEVICE, P_HUGE, P_VMA_RW, P_YOUNG, PTE_NONE
 from mmnsim.thp import collapse
@@ -55,6 +55,13 @@ class DefragConfig:
 class Defrag(HostPolicy):
     name = "defrag"
     Config = DefragConfig
+    declared_metrics = (
+        Metric("khugepaged_scanned", "pages", int, "pages khugepaged scanned"),
+        Metric("thp_collapse_failed_pinned", "regions", int, "2 MiB regions khugepaged could not collapse: a page "
+               "is pinned"),
+        Metric("thp_collapse_failed_alloc", "regions", int, "collapses that found no free pageblock",
+               kernel="thp_collapse_alloc_failed"),
+    )  # fmt: skip
 
     def __init__(self, sim, cfg: DefragConfig):
         super().__init__(sim, cfg)

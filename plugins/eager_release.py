@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import Event, HostPolicy, NotifierRange, hookimpl, require
+from mmnsim import Event, HostPolicy, Metric, NotifierRange, hookimpl, require
 
 
 @dataclass
@@ -24,6 +24,9 @@ class EagerReleaseConfig:
 class EagerRelease(HostPolicy):
     name = "eager_release"
     Config = EagerReleaseConfig
+    declared_metrics = (
+        Metric("eager_releases", "invalidations", int, "whole-mm CLEAR invalidations the policy raised"),
+    )
 
     def __init__(self, sim, cfg: EagerReleaseConfig):
         super().__init__(sim, cfg)

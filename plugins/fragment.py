@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import ConfigError, HostPolicy, hookimpl, require
+from mmnsim import ConfigError, HostPolicy, Metric, hookimpl, require
 
 
 @dataclass
@@ -27,6 +27,9 @@ class FragmentConfig:
 class Fragment(HostPolicy):
     name = "fragment"
     Config = FragmentConfig
+    declared_metrics = (
+        Metric("fragment_pages_dropped", "pages", int, "pages the churning process discarded (MADV_DONTNEED)"),
+    )
 
     def __init__(self, sim, cfg: FragmentConfig):
         super().__init__(sim, cfg)

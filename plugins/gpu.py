@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import Event, NotifierRange, SecondaryConfig, SecondaryMMU, device_region, hookimpl, require
+from mmnsim import Event, Metric, NotifierRange, SecondaryConfig, SecondaryMMU, device_region, hookimpl, require
 from mmnsim.pagebits import P_DEVICE, S_ACCESSED
 
 
@@ -80,6 +80,15 @@ class GPU(SecondaryMMU):
     huge = True  # GPU page tables map 2 MiB where the CPU does
     interval = True
     Config = GPUConfig
+    declared_metrics = (
+        Metric("fault_batches", "batches", int, "GPU fault batches serviced (fault_batch faults each)"),
+        Metric("registered_pages", "pages", int, "pages pinned at registration (pin mode: userptr, ibv_reg_mr)"),
+        Metric("registration_failures", "pages", int, "pages a registration could not fault in and pin"),
+        Metric("own_events_skipped", "ranges", int, "MIGRATE/EXCLUSIVE invalidations the device raised itself "
+               "and skipped (owner check)"),
+        Metric("migrated_to_ram", "pages", int, "device-private pages brought back to RAM (migrate_to_ram)"),
+        Metric("migrated_pages", "pages", int, "pages the GPU migrated, to VRAM or back"),
+    )  # fmt: skip
 
     @classmethod
     def region_of(cls, cfg: GPUConfig, mm_pages: int) -> tuple[int, int]:

@@ -36,7 +36,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from mmnsim import NotifierRange, SecondaryConfig, SecondaryMMU, hookimpl, require, walk_refs
+from mmnsim import Metric, NotifierRange, SecondaryConfig, SecondaryMMU, hookimpl, require, walk_refs
 from mmnsim.pagebits import S_WRITABLE, clear_mask
 
 
@@ -64,6 +64,10 @@ class KVM(SecondaryMMU):
     young = True
     huge = True  # a THP in the host is mapped by a 2 MiB spte (the host-mapping-level rule)
     Config = KVMConfig
+    declared_metrics = (
+        Metric("young_pages_aged", "pages", int, "spte accessed bits test-and-cleared for reclaim (aging)"),
+        Metric("change_pte_applied", "pages", int, "sptes repointed by change_pte (kvm_change_spte_gfn)"),
+    )
 
     def __init__(self, sim, client, cfg: KVMConfig):
         # 2.6.27's mmu_notifier_retry (include/linux/kvm_host.h): retry while mmu_notifier_count != 0.

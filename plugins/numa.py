@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import HostPolicy, hookimpl, require
+from mmnsim import HostPolicy, Metric, hookimpl, require
 
 MIB_PAGES = 256
 MAX_SCAN_WINDOW_MB = 2560  # kernel/sched/fair.c: the most a task scans per second
@@ -81,6 +81,14 @@ class _Scan:
 class Numa(HostPolicy):
     name = "numa"
     Config = NumaConfig
+    declared_metrics = (
+        Metric("numa_pages_migrated", "pages", int, "pages NUMA balancing migrated", kernel="numa_pages_migrated"),
+        Metric("numa_migrate_ns", "ns", float, "host CPU time NUMA balancing spent migrating"),
+        Metric("numa_pte_updates", "pages", int, "PTEs made PROT_NONE by the scanner", kernel="numa_pte_updates"),
+        Metric("numa_scans", "scans", int, "scan windows change_prot_numa covered (task_numa_work runs)"),
+        Metric("numa_scan_period_ms", "ms", float, "the scan period at the end, mean over mms",
+               kernel="numa_scan_period (per task)"),
+    )  # fmt: skip
 
     def __init__(self, sim, cfg: NumaConfig):
         super().__init__(sim, cfg)

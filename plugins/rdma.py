@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import NotifierRange, SecondaryConfig, SecondaryMMU, device_region, hookimpl, require
+from mmnsim import Metric, NotifierRange, SecondaryConfig, SecondaryMMU, device_region, hookimpl, require
 
 UMR_ALIGN_PAGES = 8  # MLX5_UMR_MTT_NUM_ENTRIES_ALIGNMENT: MLX5_UMR_FLEX_ALIGNMENT (64 B) / sizeof(mlx5_mtt)
 MIB_PAGES = 256
@@ -56,6 +56,10 @@ class RDMA(SecondaryMMU):
     young = False  # ODP has no young op
     interval = True
     Config = RDMAConfig
+    declared_metrics = (
+        Metric("registered_pages", "pages", int, "pages pinned at registration (pin mode: userptr, ibv_reg_mr)"),
+        Metric("registration_failures", "pages", int, "pages a registration could not fault in and pin"),
+    )
 
     @classmethod
     def region_of(cls, cfg: RDMAConfig, mm_pages: int) -> tuple[int, int]:

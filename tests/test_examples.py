@@ -3,6 +3,7 @@ run in a sweep; and the plugin guide, whose code is the examples' own and whose 
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,21 +12,27 @@ import polars as pl
 import pytest
 
 from conftest import cli
+from mmnsim import apidoc
 from mmnsim.hookspecs import FrameworkHooks, NotifierOps
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ("iommu_sva", "ksm")
+EXAMPLES = ("iommu_sva", "ksm", "balloon")
 GUIDE = ROOT / "docs" / "plugins.md"
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict[str, str]:
-    """Both example packages pip-installed into a private folder; the environment that puts it on the path
-    (installing into the test environment itself would change what every other test sees)."""
+    """The example packages pip-installed into a private folder; the environment that puts it on the path
+    (installing into the test environment itself would change what every other test sees). Each is built
+    from a copy, so that setuptools' build/ and egg-info folders stay out of the checkout."""
     target = tmp_path_factory.mktemp("site")
+    sources = tmp_path_factory.mktemp("src")
+    for name in EXAMPLES:
+        shutil.copytree(ROOT / "examples" / name, sources / name,
+                        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target",
-         str(target), *(str(ROOT / "examples" / name) for name in EXAMPLES)],
+         str(target), *(str(sources / name) for name in EXAMPLES)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -40,6 +47,8 @@ def test_installed_examples_are_listed_with_their_hooks(installed, tmp_path):
     sva = r"secondary\s+iommu_sva\s+entry point iommu_sva\s+mmnsim_iommu_sva\s+arch_invalidate_secondary_tlbs$"
     assert re.match(sva, rows["iommu_sva"])
     assert re.match(r"policy\s+ksm\s+entry point ksm\s+mmnsim_ksm\s+collect_metrics, host_tick$", rows["ksm"])
+    balloon = r"policy\s+balloon\s+entry point balloon\s+mmnsim_balloon\s+collect_metrics, host_tick$"
+    assert re.match(balloon, rows["balloon"])
 
 
 def test_a_sweep_with_both_examples_runs_and_reports_their_metrics(installed, tmp_path):
@@ -70,6 +79,37 @@ def test_pinned_guest_memory_is_never_merged(installed, tmp_path):
     assert run["ksm_pages_scanned"] > 0 and run["ksm_merges"] == 0 and run["pages_sharing"] == 0
 
 
+BALLOON = ("policies=[swap,balloon]", "guest.memory_mib=64", "host.memory_mib=48", "host.swap_mib=128",
+           "workload.accesses=400000", "engine.accesses_per_tick=65536")  # fmt: skip
+
+
+def test_the_balloon_returns_unused_guest_pages_through_invalidations(installed, tmp_path):
+    out = cli(*BALLOON, "secondary.mode=notifier", "hydra.run.dir=run", cwd=tmp_path, env=installed)
+    assert out.returncode == 0, out.stderr
+    run = pl.read_parquet(tmp_path / "run" / "summary.parquet").row(0, named=True)
+    assert run["invariant_violations"] == 0
+    assert run["balloon_returned"] > 1000 and run["balloon_off_pinned"] == 0
+    assert 0 < run["balloon_pages"] <= run["balloon_returned"]  # some were taken back (refaulted)
+    # MADV_DONTNEED is a CLEAR invalidation per page, which KVM answers by zapping: beyond reclaim's own
+    assert run["invalidations_clear"] >= run["swap_outs"] + run["balloon_returned"]
+    assert run["kvm.pages_zapped"] >= run["balloon_returned"]
+
+
+def test_the_balloon_stays_off_when_guest_memory_is_pinned(installed, tmp_path):
+    # host.oom=fail: the pinned guest does not fit, and without the OOM killer it runs on, failing accesses
+    out = cli(*BALLOON, "secondary.mode=pin", "host.oom=fail", "hydra.run.dir=run", cwd=tmp_path, env=installed)
+    assert out.returncode == 0, out.stderr
+    run = pl.read_parquet(tmp_path / "run" / "summary.parquet").row(0, named=True)
+    assert run["invariant_violations"] == 0
+    assert run["balloon_returned"] == 0 and run["balloon_off_pinned"] > 0
+
+
+def test_building_the_examples_leaves_nothing_in_the_checkout(installed):
+    left = [p for name in EXAMPLES for p in (ROOT / "examples" / name).iterdir()
+            if p.name == "build" or p.name.endswith(".egg-info")]  # fmt: skip
+    assert not left, f"build leftovers in the checkout: {left}"
+
+
 def test_an_example_config_error_names_the_key(installed, tmp_path):
     out = cli("secondary=iommu_sva", "secondary.mode=pin", "workload.accesses=1000", cwd=tmp_path, env=installed)
     assert out.returncode == 2
@@ -90,3 +130,22 @@ def test_the_guide_covers_every_hook_of_the_spec():
     hooks = [n for cls in (NotifierOps, FrameworkHooks) for n in vars(cls) if not n.startswith("_")]
     missing = [h for h in hooks if f"`{h}`" not in text]
     assert not missing, f"docs/plugins.md does not mention {missing}"
+
+
+def test_the_api_reference_is_generated_from_the_docstrings():
+    assert (ROOT / "docs" / "api.md").read_text() == apidoc.markdown(), (
+        "docs/api.md is stale: run `python -m mmnsim.apidoc > docs/api.md`"
+    )
+
+
+def test_the_guide_lists_every_operation_with_its_event():
+    text = GUIDE.read_text()
+    ops = ["mm.munmap", "mm.madvise_dontneed", "mm.discard", "mm.mprotect", "mm.exit", "mm.invalidate",
+           "swap_out", "scan_frames", "referenced", "sim.migrate", "merge_pages", "mmnsim.thp.split",
+           "mmnsim.thp.collapse", "secondary.invalidate_self"]  # fmt: skip
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    for op in ops:
+        assert any(row.startswith(f"| `{op}(") for row in rows), f"docs/plugins.md: no row for {op}"
+    for name in ("sim.rng", "sim.charge", "stall(ns)", "watermark(node=None)", "is_pinned", "pin_mode",
+                 "declared_metrics", "migrations_refused"):  # fmt: skip
+        assert name in text, f"docs/plugins.md does not mention {name}"

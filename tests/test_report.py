@@ -14,7 +14,7 @@ from conftest import cli, config
 from mmnsim import Simulation
 from mmnsim.experiment import experiment_names
 from mmnsim.output import flatten, run_config
-from mmnsim.report import compare, load
+from mmnsim.report import compare, load, plot, plot_timeseries, table
 
 TINY = ["guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64", "workload.accesses=50000",
         "engine.accesses_per_tick=16384"]  # fmt: skip
@@ -71,25 +71,78 @@ def test_baseline_comparison_is_the_percent_change_against_the_baseline_group(sw
     assert "(-100.0%)" in out.stdout
 
 
-def test_plots_are_written_as_png(sweep, tmp_path):
+def test_plots_are_written_as_png_named_for_what_varies(sweep, tmp_path):
     out = tool("mmnsim-report", str(sweep), "--plot", "seed", "major_faults", "--hue", "secondary.mode",
                "--timeseries", "swap_outs", "--out", str(tmp_path), cwd=sweep)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    for name in ("major_faults_by_seed.png", "swap_outs_over_time.png"):
+    out = tool("mmnsim-report", str(sweep), "--plot", "seed", "major_faults", "--hue", "secondary.mode,seed",
+               "--out", str(tmp_path), cwd=sweep)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    names = ("major_faults_by_seed_hue_secondary.mode.png", "swap_outs_over_time_hue_secondary.mode.png",
+             "major_faults_by_seed_hue_secondary.mode+seed.png")  # fmt: skip
+    for name in names:
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC, name
+
+
+def _drawn(monkeypatch) -> list:
+    """Capture each figure's axis labels and legend entries as it is saved."""
+    from matplotlib.figure import Figure
+
+    drawn = []
+
+    def savefig(fig, path, **kwargs):
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        drawn.append((ax.get_xlabel(), ax.get_ylabel(), [t.get_text() for t in legend.get_texts()] if legend else []))
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return drawn
+
+
+def test_several_hue_keys_give_a_line_per_combination_and_axes_carry_units(sweep, tmp_path, monkeypatch):
+    drawn = _drawn(monkeypatch)
+    runs, _, _ = load(str(sweep))
+    plot(runs, "seed", "stall_fraction", "secondary.mode,seed", tmp_path / "a.png")
+    plot_timeseries(runs, "sim_time_ns/accesses", ["secondary.mode", "seed"], tmp_path / "b.png")
+    (x, y, legend), (tx, ty, tlegend) = drawn
+    assert (x, y) == ("seed", "stall_fraction (fraction)")
+    combos = {f"secondary.mode={m}, seed={s}" for m in ("pin", "notifier") for s in (0, 1)}
+    assert set(legend) == combos and len(legend) == 4
+    assert (tx, ty) == ("simulated time (s)", "sim_time_ns/accesses (ns per access)")
+    assert set(tlegend) == combos
+
+
+def test_load_takes_strings_and_table_groups_as_the_command_does(sweep):
+    runs, varying, failed = load(str(sweep))
+    assert runs.height == 4 and len(failed) == 1
+    grouped = table(str(sweep), metrics=["swap_outs"])
+    assert grouped.columns == ["secondary.mode", "runs", "swap_outs", "swap_outs_sd"]
+    rows = {r["secondary.mode"]: r for r in grouped.iter_rows(named=True)}
+    pin = runs.filter(pl.col("secondary.mode") == "pin")["swap_outs"]
+    assert rows["pin"]["runs"] == 2 and rows["pin"]["swap_outs"] == pytest.approx(pin.mean())
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--metrics", "swap_outz"], "no column 'swap_outz' in the results"),
+        (["--metrics", "swap_outz"], "--metrics: no column 'swap_outz' in the results; closest: swap_outs,"),
         (["--baseline", "secondary.mode=pinn"], "--baseline secondary.mode=pinn: no run has secondary.mode=pinn"),
-        (["--by", "host.nodes"], "no column 'host.nodes' in the results"),
+        (["--baseline", "secondary.mode"], "--baseline secondary.mode: give KEY=VALUE, the group to compare against, "
+                                           "e.g. secondary.mode=notifier (values: notifier, pin)"),
+        (["--metrics", "secondary.mode"], "--metrics: secondary.mode is not a number (a String column)"),
+        (["--by", "host.nodes"], "--by: no column 'host.nodes' in the results; closest: host.numa_nodes"),
+        (["--plot", "seed", "majr_faults"], "--plot: no column 'majr_faults' in the results; closest: major_faults"),
+        (["--hue", "secondary.mod"], "--hue: no column 'secondary.mod' in the results; closest: secondary.mode"),
+        (["--timeseries", "swap_outs/acesses"], "--timeseries: no column 'acesses' in the time series; closest: "
+                                                "accesses"),
     ],
-)
-def test_bad_report_options_are_one_clear_error(sweep, args, message):
-    out = tool("mmnsim-report", str(sweep), *args, cwd=sweep)
+)  # fmt: skip
+def test_bad_report_options_are_one_clear_error_before_any_work(sweep, args, message, tmp_path):
+    (sweep / "results.parquet").unlink(missing_ok=True)
+    good = ["--timeseries", "swap_outs"] if "--timeseries" not in args else ["--plot", "seed", "swap_outs"]
+    out = tool("mmnsim-report", str(sweep), *args, *good, "--out", str(tmp_path), cwd=sweep)
     assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not (sweep / "results.parquet").exists() and not list(tmp_path.iterdir())  # nothing written
 
 
 def test_report_of_a_directory_without_runs_is_an_error(tmp_path):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import HostPolicy, hookimpl, is_shared, merge_pages, mergeable, require, sharing
+from mmnsim import HostPolicy, Metric, hookimpl, is_shared, merge_pages, mergeable, require, sharing
 
 UNSEEN = np.uint32(0xFFFFFFFF)
 
@@ -37,6 +37,13 @@ class KSMConfig:
 class KSM(HostPolicy):
     name = "ksm"
     Config = KSMConfig
+    declared_metrics = (
+        Metric("ksm_pages_scanned", "pages", int, "pages ksmd scanned", kernel="ksm/pages_scanned"),
+        Metric("ksm_full_scans", "scans", int, "passes over all mergeable memory", kernel="ksm/full_scans"),
+        Metric("ksm_merges", "pages", int, "pages merged into a KSM page (cumulative)"),
+        Metric("pages_shared", "pages", int, "KSM pages in use at the end", kernel="ksm/pages_shared"),
+        Metric("pages_sharing", "pages", int, "pages mapping a KSM page, beyond the first", kernel="ksm/pages_sharing"),
+    )
 
     def __init__(self, sim, cfg: KSMConfig):
         super().__init__(sim, cfg)

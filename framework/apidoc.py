@@ -1,0 +1,92 @@
+"""docs/api.md: the plugin API's reference, generated from its signatures and docstrings.
+
+    python -m mmnsim.apidoc > docs/api.md
+
+Covers what ``mmnsim`` exports, the simulation's services, tenants and clients a plugin reaches through
+``sim``, the host's read-only figures (``sim.host``), an mm's operations and THP handling. A test keeps the
+file current: after changing a public docstring or signature, run the command again.
+"""
+
+import inspect
+from collections.abc import Callable
+
+import mmnsim
+from mmnsim import thp
+from mmnsim.host import Host
+from mmnsim.simulation import Client
+
+# Methods left out: the run's own machinery, not for plugins.
+INTERNAL = {"Simulation": {"step", "run", "check_invariants", "report_violations", "timeseries_rows", "components",
+                           "metrics", "fraction_done"},
+            "MM": {"set_flag"}, "Host": {"ram"}}  # fmt: skip
+FOREIGN = "pluggy's marker for the project `mmnsim` (decorate hook implementations and specifications)"
+
+
+def _members(cls: type) -> list[tuple[str, object]]:
+    """A class's own public methods and properties, in source order (those a plugin does not call left out)."""
+    skip = INTERNAL.get(cls.__name__, set())
+    public = [(n, v) for n, v in vars(cls).items() if not n.startswith("_") and n not in skip]
+    return [(n, v) for n, v in public if callable(v) or isinstance(v, property | classmethod)]
+
+
+def _signature(name: str, obj: object) -> str:
+    func = obj.fget if isinstance(obj, property) else getattr(obj, "__func__", obj)
+    if isinstance(obj, property):
+        return f"{name}  (property)"
+    try:
+        return f"{name}{inspect.signature(func)}"  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return name
+
+
+def _doc(obj: object) -> str:
+    func = obj.fget if isinstance(obj, property) else getattr(obj, "__func__", obj)
+    return inspect.cleandoc(func.__doc__ or "").strip()  # type: ignore[union-attr]
+
+
+def _entry(title: str, obj: object, level: str = "###") -> list[str]:
+    lines = [f"{level} `{_signature(title, obj) if not isinstance(obj, type) else title}`", ""]
+    doc = _doc(obj)
+    if doc:
+        lines += [doc, ""]
+    return lines
+
+
+def _class(prefix: str, cls: type) -> list[str]:
+    lines = _entry(f"{prefix}{cls.__name__}", cls)
+    for name, member in _members(cls):
+        lines += _entry(f"{prefix}{cls.__name__}.{name}", member, "####")
+    return lines
+
+
+def markdown() -> str:
+    lines = [
+        "# API reference",
+        "",
+        "Generated from the docstrings by `python -m mmnsim.apidoc > docs/api.md` (a test keeps it current).",
+        "The guide is [plugins.md](plugins.md); the hooks' contracts are in `framework/hookspecs.py`.",
+        "",
+        "## `mmnsim`",
+        "",
+    ]
+    for name in sorted(mmnsim.__all__, key=str.lower):
+        obj = getattr(mmnsim, name)
+        if not getattr(obj, "__module__", "mmnsim").startswith("mmnsim"):
+            lines += [f"### `mmnsim.{name}`", "", FOREIGN, ""]
+        else:
+            lines += _class("mmnsim.", obj) if isinstance(obj, type) else _entry(f"mmnsim.{name}", obj)
+    sections: list[tuple[str, list[tuple[str, Callable | type]]]] = [
+        ("A client (`tenant.clients`, `secondary.client`)", [("", Client)]),
+        ("The host's figures (`sim.host`)", [("", Host)]),
+        ("Transparent huge pages (`mmnsim.thp`)", [("mmnsim.thp.split", thp.split),
+                                                   ("mmnsim.thp.collapse", thp.collapse)]),
+    ]  # fmt: skip
+    for title, items in sections:
+        lines += [f"## {title}", ""]
+        for name, obj in items:
+            lines += _class("", obj) if isinstance(obj, type) else _entry(name, obj)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

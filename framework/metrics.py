@@ -1,0 +1,346 @@
+"""Every metric a run reports, declared once: its unit, integer, float or text, a one-line meaning, and the
+kernel counter it corresponds to where one exists.
+
+The framework's metrics are ``FRAMEWORK`` below (the event counters of ``mmnsim.counters``, the gauges of
+the host, the time model's figures and what is derived from them). A plugin declares its own in its
+module, on its component class::
+
+    class KSM(HostPolicy):
+        name = "ksm"
+        declared_metrics = (
+            Metric("ksm_merges", "pages", int, "pages merged into a KSM page", kernel="pages_sharing"),
+        )
+
+(a plugin module with a module-level ``collect_metrics`` sets a module-level ``declared_metrics``). A
+secondary MMU's metrics are also reported per kind, as ``<kind>.<metric>`` (``kvm.tlb_flushes``), and so
+are the framework metrics marked ``per_secondary``. A metric reported but not declared stops the run with
+an error naming the plugin and where to declare it; the summary's column types follow the declarations
+(an ``int`` metric is an integer column).
+
+``mmnsim-report --metrics-doc > docs/metrics.md`` writes docs/metrics.md from these declarations (a test
+keeps it current); ``mmnsim-report --explain NAME`` prints one entry.
+"""
+
+import difflib
+import inspect
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .invariants import KINDS
+from .notifier import PluginError
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: ``type`` is ``int`` (a count: an integer column), ``float`` or ``str``."""
+
+    name: str
+    unit: str  # "pages", "ns", "accesses", "fraction", ...
+    type: type
+    meaning: str  # one line
+    kernel: str = ""  # the kernel counter it corresponds to (vmstat, /sys/kernel/mm/..., KVM stats), if any
+    per_secondary: bool = False  # also reported per secondary MMU kind, as "<kind>.<name>"
+
+    def __post_init__(self) -> None:
+        if self.type not in (int, float, str):
+            raise TypeError(f"metric {self.name!r}: type must be int, float or str, not {self.type!r}")
+        if not self.name or "." in self.name or not self.meaning:
+            raise ValueError(f"metric {self.name!r}: needs a name without dots and a meaning")
+
+    def explain(self, declared_by: str = "") -> str:
+        """One entry, as ``mmnsim-report --explain`` prints it."""
+        lines = [f"{self.name}: {self.meaning}", f"  unit: {self.unit}; {self.type.__name__}"]
+        if self.kernel:
+            lines.append(f"  kernel counter: {self.kernel}")
+        if self.per_secondary:
+            lines.append(f"  also per secondary MMU kind, as <kind>.{self.name} (e.g. kvm.{self.name})")
+        if declared_by:
+            lines.append(f"  declared by: {declared_by}")
+        return "\n".join(lines)
+
+
+def _m(name: str, unit: str, type_: type, meaning: str, kernel: str = "", per_secondary: bool = False) -> Metric:
+    return Metric(name, unit, type_, meaning, kernel, per_secondary)
+
+
+# The event counters (mmnsim.counters.NAMES, the numba kernels' array; a test checks each is here).
+COUNTERS = (
+    _m("accesses", "accesses", int, "client accesses completed (hits and faulted-in alike); per-access rates "
+       "divide by it", per_secondary=True),
+    _m("accesses_attempted", "accesses", int, "client accesses issued: completed plus failed", per_secondary=True),
+    _m("writes", "accesses", int, "completed accesses that wrote", per_secondary=True),
+    _m("secondary_faults", "faults", int, "misses in a secondary MMU's table, resolved through the primary table "
+       "(for an SVA device, its I/O page faults)", kernel="KVM pf_taken", per_secondary=True),
+    _m("minor_faults", "faults", int, "primary faults that needed no I/O (first touch of anonymous memory)",
+       kernel="pgfault - pgmajfault", per_secondary=True),
+    _m("major_faults", "faults", int, "primary faults that read the page from swap", kernel="pgmajfault",
+       per_secondary=True),
+    _m("swap_ins", "pages", int, "pages read back from swap", kernel="pswpin"),
+    _m("swap_outs", "pages", int, "pages written to swap and unmapped", kernel="pswpout"),
+    _m("fault_retries", "faults", int, "secondary faults discarded because an invalidation ran meanwhile "
+       "(mmu_invalidate_retry_gfn)", kernel="KVM RET_PF_RETRY (no stat)", per_secondary=True),
+    _m("pins_acquired", "pins", int, "long-term pins taken (FOLL_PIN)", kernel="nr_foll_pin_acquired",
+       per_secondary=True),
+    _m("pins_released", "pins", int, "long-term pins dropped", kernel="nr_foll_pin_released"),
+    _m("alloc_failures", "allocations", int, "page allocations that failed after reclaim (their access failed), "
+       "including device memory that found no room in RAM"),
+    _m("oom_events", "allocations", int, "out_of_memory() invocations: allocations that found no memory after "
+       "reclaim made no progress, each counted once, whether it then failed or the OOM killer freed memory "
+       "for it (one that killed and still failed counts twice)", kernel="memory.events oom (MEMCG_OOM)"),
+    _m("access_errors", "accesses", int, "accesses refused: no VMA, the VMA forbids it, or a device without "
+       "fault support found no entry (SIGSEGV / -EFAULT)", per_secondary=True),
+    _m("isolation_violations", "violations", int, "a client used a frame that is free or belongs to another mm: "
+       "found by the per-tick check, or per access with engine.check_accesses"),
+    _m("coherence_violations", "violations", int, "a client used a translation the primary table no longer "
+       "agrees with: found by the per-tick check, or per access with engine.check_accesses"),
+    _m("remote_accesses", "accesses", int, "completed accesses served by a frame on another NUMA node than the "
+       "accessor's", per_secondary=True),
+    _m("numa_hint_faults", "faults", int, "faults on PROT_NONE NUMA hinting entries", kernel="numa_hint_faults"),
+    _m("numa_hint_faults_local", "faults", int, "hinting faults whose page was on the faulting CPU's node",
+       kernel="numa_hint_faults_local"),
+    _m("access_distance", "SLIT units", int, "sum over completed accesses of the SLIT distance from accessor to "
+       "frame (10 local, 20 remote by default); counted on NUMA hosts only, 0 on one node"),
+    _m("pgscan", "frames", int, "frames examined by reclaim", kernel="pgscan_kswapd + pgscan_direct"),
+    _m("pin_skipped", "frames", int, "reclaim candidates skipped because they are pinned"),
+    _m("invalidations", "ranges", int, "ranges delivered to a non-empty notifier chain by invalidate_range_start "
+       "(or an interval invalidate)"),
+    _m("thp_fault_alloc", "THPs", int, "transparent huge pages allocated at fault time", kernel="thp_fault_alloc"),
+    _m("thp_split", "THPs", int, "THPs split back into 4 KiB mappings", kernel="thp_split_page"),
+    _m("thp_collapse_alloc", "THPs", int, "THPs khugepaged built", kernel="thp_collapse_alloc"),
+    _m("compact_success", "pageblocks", int, "pageblocks compaction emptied"),
+    _m("compact_fail", "pageblocks", int, "pageblocks compaction could not empty because a page in them is pinned"),
+    _m("huge_accesses", "accesses", int, "completed accesses through a 2 MiB mapping (a THP's PMD, or a huge "
+       "secondary entry)", per_secondary=True),
+    _m("pages_migrated", "pages", int, "pages migrated to another node or device memory", kernel="pgmigrate_success"),
+    _m("migrations_refused", "pages", int, "migrations refused: the page is pinned, or the target node has no "
+       "free frame", kernel="pgmigrate_fail"),
+    _m("kswapd_wakeups", "wakeups", int, "times kswapd was woken at the low watermark", kernel="pageoutrun"),
+    _m("direct_reclaims", "stalls", int, "allocations that entered direct reclaim at the min watermark",
+       kernel="allocstall"),
+    _m("cow_ksm", "pages", int, "copies made by a write (or a long-term pin) to a shared KSM page",
+       kernel="cow_ksm"),
+    _m("invalidations_refused", "batches", int, "non-blockable invalidation batches a subscriber refused "
+       "(-EAGAIN): the operation was not done"),
+    _m("swap_write_errors", "pages", int, "swap-outs whose write failed: the page stayed resident"),
+    _m("swap_read_errors", "accesses", int, "swap-ins whose read failed: the access failed, the page stays in swap"),
+    *(
+        _m(f"invalidations_{event}", "ranges", int, f"invalidation ranges raised with event "
+           f"MMU_NOTIFY_{event.upper()}", kernel=f"enum mmu_notifier_event MMU_NOTIFY_{event.upper()}")
+        for event in ("unmap", "clear", "protection_vma", "protection_page", "soft_dirty", "release", "migrate",
+                      "exclusive")
+    ),
+    _m("oom_kills", "tenants", int, "tenants the OOM killer killed", kernel="oom_kill"),
+    _m("oom_reaper_refusals", "ranges", int, "OOM-reaper ranges a subscriber refused (non-blockable): skipped, "
+       "retried later"),
+    _m("oom_reaped_pages", "pages", int, "pages (present or swapped) the OOM reaper tore down"),
+    _m("oom_ticks", "ticks", int, "ticks in which at least one allocation hit out of memory (oom_events > 0)"),
+)  # fmt: skip
+
+_KIND_MEANING = {
+    "integrity": "a page's content is not where its PTE says (its frame or swap slot)",
+    "pin": "a pinned frame is free, or a pin is held by no secondary entry that says so",
+    "conservation": "frames or swap slots leaked or counted twice",
+    "accessed": "a secondary MMU answered a young op against its entries' accessed bits",
+}
+
+# Metrics that do not come from the counter array: what secondary MMUs add up, the host's gauges, the time
+# model and what is derived.
+OTHERS = (
+    _m("accesses_failed", "accesses", int, "accesses issued that did not complete (accesses_attempted - "
+       "accesses): allocation failures, access errors, swap read errors; runs that differ in it did "
+       "different work (a tenant the OOM killer killed issues no more: see oom_kills)", per_secondary=True),
+    _m("pages_zapped", "pages", int, "secondary MMU entries dropped by invalidations, aging excluded",
+       per_secondary=True),
+    _m("tlb_flushes", "flushes", int, "TLB flushes secondary MMUs made after zapping (KVM: remote TLB flush "
+       "requests; RDMA: translation-cache invalidations; GPU/IOMMU: TLB invalidations)",
+       kernel="KVM remote_tlb_flush", per_secondary=True),
+    _m("tlb_flush_ipis", "IPIs", int, "vCPU kicks the flushes sent (a flush reaches every vCPU)",
+       per_secondary=True),
+    _m("flush_cost_ns", "ns", float, "what the flushes cost, the flushing CPU's and the stalled clients' time "
+       "together", per_secondary=True),
+    _m("translation_ns", "ns", float, "modelled page-walk time of the completed accesses' TLB misses, all CPUs "
+       "together (included in sim_time_ns)", per_secondary=True),
+    _m("translation_ns_per_access", "ns/access", float, "translation_ns / accesses", per_secondary=True),
+    _m("huge_mapped_fraction", "fraction", float, "share of a secondary MMU's entries that map 2 MiB "
+       "(reported per kind only)", per_secondary=True),
+    _m("pinned_pages", "pages", int, "frames pinned at the end of the run"),
+    _m("pinned_pages_peak", "pages", int, "the most frames pinned at once, sampled every tick"),
+    _m("swap_used", "slots", int, "swap slots in use at the end of the run"),
+    _m("free_frames", "frames", int, "free RAM frames at the end of the run", kernel="nr_free_pages"),
+    _m("resident_pages", "pages", int, "pages with a frame, over all mms (time series only)", kernel="RSS"),
+    _m("secondary_mapped_pages", "pages", int, "entries present in secondary MMU tables (time series only)"),
+    *(
+        _m(f"{kind}_violations", "violations", int, f"{kind} invariant violations: {_KIND_MEANING.get(kind, 'see')} "
+           "(framework/invariants.py)")
+        for kind in KINDS
+        if f"{kind}_violations" not in {m.name for m in COUNTERS}
+    ),
+    _m("invariant_violations", "violations", int, "all invariant violations, every kind together"),
+    _m("tick", "ticks", int, "the tick a time-series row was sampled at (time series only)"),
+    _m("ticks", "ticks", int, "ticks the run lasted"),
+    _m("oom_victims", "text", str, "the OOM killer's kills: victim, simulated time, tick, badness, and whether the "
+       "reaper got its memory; empty if none"),
+    _m("sim_time_ns", "ns", float, "simulated time: per tick, the slowest client's time (docs/time.md)"),
+    _m("sim_time_ns_per_access", "ns/access", float, "simulated time per completed access (sim_time_ns / "
+       "accesses): compares runs that completed different amounts of work (docs/time.md)"),
+    _m("host_cpu_ns", "ns", float, "host work outside the clients' time: kswapd, policies' scans, KSM "
+       "(docs/time.md)"),
+    _m("guest_stall_ns", "ns", float, "the clients' time not spent on their own accesses: faults, flush IPIs, "
+       "direct reclaim, per CPU, summed over clients (docs/time.md)"),
+    _m("stall_fraction", "fraction", float, "guest_stall_ns over the clients' whole time (docs/time.md)"),
+    _m("thp_coverage", "fraction", float, "share of guest pages (all tenants' without a guest) mapped by a THP at "
+       "the end"),
+    _m("remote_access_fraction", "fraction", float, "remote_accesses / accesses"),
+    _m("effective_access_ns", "ns/access", float, "memory access time per completed access, by NUMA distance "
+       "(access_ns x distance / 10); excludes faults and translation (docs/time.md)"),
+    _m("wall_seconds", "s", float, "wall-clock time the run took (not simulated)"),
+)  # fmt: skip
+
+FRAMEWORK = (*COUNTERS, *OTHERS)
+WHERE_FRAMEWORK = (
+    "framework/metrics.py, in COUNTERS if it is a counter of mmnsim.counters, else in OTHERS "
+    "(then `mmnsim-report --metrics-doc > docs/metrics.md`)"
+)
+
+
+class MetricError(PluginError):
+    """A metric reported without a declaration, declared twice differently, or with a value of the wrong type."""
+
+
+@dataclass
+class Catalogue:
+    """Every declared metric by name, and who declared it."""
+
+    metrics: dict[str, Metric]
+    declared_by: dict[str, list[str]]
+
+    def get(self, name: str) -> Metric | None:
+        """The declaration of a metric column, ``<kind>.<metric>`` per secondary MMU kind included."""
+        if name in self.metrics:
+            return self.metrics[name]
+        kind, dot, base = name.partition(".")
+        found = self.metrics.get(base) if dot else None
+        return found if found is not None and (found.per_secondary or self.declared_by[base] != ["framework"]) else None
+
+    def closest(self, name: str, n: int = 5) -> list[str]:
+        return difflib.get_close_matches(name, list(self.metrics), n=n, cutoff=0.5)
+
+    def explain(self, name: str) -> str:
+        metric = self.get(name)
+        if metric is None:
+            near = self.closest(name.partition(".")[2] or name)
+            hint = f"; closest: {', '.join(near)}" if near else ""
+            raise MetricError(f"no metric {name!r} is declared{hint}")
+        return metric.explain(", ".join(self.declared_by[metric.name]))
+
+    def coerce(self, name: str, value: Any, who: str, where: str) -> Any:
+        """``value`` as the declared type. An undeclared name, or a fractional value of a count, is an error
+        naming ``who`` reported it and ``where`` to declare it."""
+        metric = self.get(name)
+        if metric is None:
+            raise MetricError(f"{who} reports the metric {name!r}, which is not declared: {where}")
+        if metric.type is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise MetricError(f"{who} reports {name}={value}, but {name} is declared a count (int)")
+            return int(value)
+        return metric.type(value)
+
+
+def where_to_declare(plugin: object | None) -> str:
+    """The message's advice: where the declaration of a metric reported by ``plugin`` (None: the framework) goes."""
+    if plugin is None:
+        return f"declare it in {WHERE_FRAMEWORK}"
+    cls = plugin if isinstance(plugin, type) or inspect.ismodule(plugin) else type(plugin)
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:
+        path = None
+    attr = "declared_metrics" if inspect.ismodule(cls) else f"{cls.__qualname__}.declared_metrics"
+    return (f"add Metric(NAME, UNIT, int or float, 'one-line meaning', kernel='counter if any') to {attr}"
+            f"{f' in {path}' if path else ''} (docs/plugins.md, 'Costs and metrics')")  # fmt: skip
+
+
+def plugin_declarations(plugins: Iterable[object]) -> list[tuple[str, Metric]]:
+    """``(declarer, metric)`` for every plugin object (module or component class) that declares metrics."""
+    out: dict[tuple[str, str], Metric] = {}
+    for plugin in plugins:
+        if isinstance(plugin, type):  # the class that wrote the declaration (a subclass inherits it)
+            plugin = next((k for k in plugin.__mro__ if "declared_metrics" in vars(k)), plugin)
+        for metric in getattr(plugin, "declared_metrics", ()) or ():
+            if not isinstance(metric, Metric):
+                raise MetricError(f"{describe(plugin)}: declared_metrics holds {metric!r}, not an mmnsim.Metric")
+            out[describe(plugin), metric.name] = metric
+    return [(who, metric) for (who, _), metric in out.items()]
+
+
+def describe(plugin: object) -> str:
+    """A plugin object as the messages name it: ``module.Class`` for a class or instance, else the module."""
+    if inspect.ismodule(plugin):
+        return f"module {plugin.__name__}"
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def catalogue(declarations: Iterable[tuple[str, Metric]] = ()) -> Catalogue:
+    """The framework's metrics and the plugins' declarations. A plugin may not redeclare a framework metric,
+    and two plugins declaring one name must agree on its unit and type."""
+    metrics = {m.name: m for m in FRAMEWORK}
+    by = {m.name: ["framework"] for m in FRAMEWORK}
+    for who, metric in declarations:
+        known = metrics.get(metric.name)
+        if known is None:
+            metrics[metric.name], by[metric.name] = metric, [who]
+        elif by[metric.name] == ["framework"]:
+            raise MetricError(f"{who} declares {metric.name!r}, a framework metric: report it without declaring it")
+        elif (known.unit, known.type) != (metric.unit, metric.type):
+            raise MetricError(f"{who} declares {metric.name!r} as {metric.unit} ({metric.type.__name__}), but "
+                              f"{by[metric.name][0]} as {known.unit} ({known.type.__name__})")  # fmt: skip
+        elif who not in by[metric.name]:
+            by[metric.name].append(who)
+    return Catalogue(metrics, by)
+
+
+def installed_catalogue(extra: Iterable[object] = (), builtin_only: bool = False) -> Catalogue:
+    """The catalogue of everything this installation finds: built-in and installed plugins (and ``extra``
+    plugin modules), every component class they register; ``builtin_only``: the built-in ones alone."""
+    from .discovery import Registry, plugin_manager
+
+    pm = plugin_manager()
+    for plugin in extra:
+        pm.register(plugin)
+    registry = Registry.from_plugins(pm)
+    modules = [p for p in pm.get_plugins() if not builtin_only or pm.get_name(p).startswith("builtin:")]
+    classes = [cls for kind in registry.classes.values() for cls in kind.values()
+               if not builtin_only or registry.source[cls].startswith("builtin:")]  # fmt: skip
+    return catalogue(plugin_declarations([*modules, *classes]))
+
+
+def markdown(cat: Catalogue) -> str:
+    """docs/metrics.md."""
+    lines = [
+        "# Metrics",
+        "",
+        "Every column of a run's `summary.parquet` (besides its config and provenance) and of its",
+        "`timeseries.parquet`, as declared in `framework/metrics.py` and by the built-in plugins. Generated by",
+        "`mmnsim-report --metrics-doc > docs/metrics.md`; `mmnsim-report --explain NAME` prints one entry (for",
+        "installed plugins too). Type `int` is a count (an integer column). Metrics marked *per kind* are also",
+        "reported per secondary MMU kind, as `<kind>.<metric>` (`kvm.tlb_flushes`), as is every metric a",
+        "secondary MMU plugin declares. How the times are built: [time.md](time.md).",
+        "",
+    ]
+    sections = [("Framework: event counters", [m.name for m in COUNTERS]),
+                ("Framework: sums, gauges, time and derived figures", [m.name for m in OTHERS])]  # fmt: skip
+    plugins: dict[str, list[str]] = {}
+    for name, who in cat.declared_by.items():
+        if who != ["framework"]:
+            plugins.setdefault(", ".join(who), []).append(name)
+    sections += [(f"Plugin: {who}", names) for who, names in sorted(plugins.items())]
+    for title, names in sections:
+        lines += [f"## {title}", "", "| metric | unit | type | meaning | kernel counter |", "|---|---|---|---|---|"]
+        for name in names:
+            m = cat.metrics[name]
+            flag = " (*per kind*)" if m.per_secondary else ""
+            lines.append(f"| `{m.name}`{flag} | {m.unit} | {m.type.__name__} | {m.meaning} | {m.kernel} |")
+        lines.append("")
+    return "\n".join(lines)
