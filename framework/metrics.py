@@ -134,6 +134,18 @@ COUNTERS = (
     _m("oom_reaper_refusals", "ranges", int, "OOM-reaper ranges a subscriber refused (non-blockable): skipped, "
        "retried later"),
     _m("oom_reaped_pages", "pages", int, "pages (present or swapped) the OOM reaper tore down"),
+    _m("invalidate_page_calls", "pages", int, "pages told through 2.6.27's invalidate_page op (kernel=2008: "
+       "reclaim and migration, one call per page, no start/end); also counted in invalidations"),
+    _m("stale_reads", "accesses", int, "with engine.check_accesses: reads through a secondary entry whose frame no "
+       "longer holds the page (freed or reused memory: the unpinned strawman, or a buggy plugin)"),
+    _m("stale_writes", "accesses", int, "with engine.check_accesses: writes through such an entry"),
+    _m("foreign_writes", "accesses", int, "of stale_writes, those that landed in another tenant's page"),
+    _m("compact_stall", "compactions", int, "direct compactions run by a THP fault in MADV_HUGEPAGE memory",
+       kernel="compact_stall"),
+    _m("thp_fault_fallback", "faults", int, "THP faults that fell back to a 4 KiB page: no free pageblock, even "
+       "after direct compaction", kernel="thp_fault_fallback"),
+    _m("race_windows", "faults", int, "secondary faults that slept between resolving and installing while the "
+       "host reclaimed their page (engine.race_window)"),
     _m("oom_ticks", "ticks", int, "ticks in which at least one allocation hit out of memory (oom_events > 0)"),
 )  # fmt: skip
 
@@ -164,6 +176,8 @@ OTHERS = (
     _m("translation_ns_per_access", "ns/access", float, "translation_ns / accesses", per_secondary=True),
     _m("huge_mapped_fraction", "fraction", float, "share of a secondary MMU's entries that map 2 MiB "
        "(reported per kind only)", per_secondary=True),
+    _m("forced_pin", "devices", int, "devices that had to pin for want of interval notifiers (kernel=2008)",
+       per_secondary=True),
     _m("pinned_pages", "pages", int, "frames pinned at the end of the run"),
     _m("pinned_pages_peak", "pages", int, "the most frames pinned at once, sampled every tick"),
     _m("swap_used", "slots", int, "swap slots in use at the end of the run"),

@@ -56,6 +56,8 @@ class Defrag(HostPolicy):
     name = "defrag"
     Config = DefragConfig
     declared_metrics = (
+        Metric("khugepaged_swapins", "pages", int, "swapped pages khugepaged read back in before a collapse "
+               "(__collapse_huge_page_swapin, up to max_ptes_swap a region)"),
         Metric("khugepaged_scanned", "pages", int, "pages khugepaged scanned"),
         Metric("thp_collapse_failed_pinned", "regions", int, "2 MiB regions khugepaged could not collapse: a page "
                "is pinned"),

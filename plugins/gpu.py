@@ -82,8 +82,14 @@ class GPU(SecondaryMMU):
     Config = GPUConfig
     declared_metrics = (
         Metric("fault_batches", "batches", int, "GPU fault batches serviced (fault_batch faults each)"),
-        Metric("registered_pages", "pages", int, "pages pinned at registration (pin mode: userptr, ibv_reg_mr)"),
-        Metric("registration_failures", "pages", int, "pages a registration could not fault in and pin"),
+        Metric("registered_pages", "pages", int, "pages pinned at registration (pin mode: userptr, ibv_reg_mr, "
+               "VFIO_IOMMU_MAP_DMA)"),
+        Metric("registration_failures", "registrations", int, "registrations that failed whole (RLIMIT_MEMLOCK, or "
+               "a page that could not be faulted in): every pin taken is released"),
+        Metric("prefetched_pages", "pages", int, "pages a GPU fault mapped around the faulting one (the "
+               "driver's fault block)"),
+        Metric("queue_quiesces", "quiesces", int, "process queue quiesces by invalidations with XNACK off "
+               "(kgd2kfd_quiesce_mm)"),
         Metric("own_events_skipped", "ranges", int, "MIGRATE/EXCLUSIVE invalidations the device raised itself "
                "and skipped (owner check)"),
         Metric("migrated_to_ram", "pages", int, "device-private pages brought back to RAM (migrate_to_ram)"),
@@ -124,7 +130,7 @@ class GPU(SecondaryMMU):
             start, end = self.region
             mapped = self.populate(start, end)
             self.metrics["registered_pages"] += mapped
-            self.metrics["registration_failures"] += (end - start) - mapped
+            self.metrics["registration_failures"] += int(mapped < end - start)
             self.client.stall(mapped * self.cfg.register_page_ns)
 
     @hookimpl

@@ -85,6 +85,8 @@ class Numa(HostPolicy):
         Metric("numa_pages_migrated", "pages", int, "pages NUMA balancing migrated", kernel="numa_pages_migrated"),
         Metric("numa_migrate_ns", "ns", float, "host CPU time NUMA balancing spent migrating"),
         Metric("numa_pte_updates", "pages", int, "PTEs made PROT_NONE by the scanner", kernel="numa_pte_updates"),
+        Metric("numa_migrations_filtered", "faults", int, "misplaced hinting faults the two-stage cpupid filter "
+               "held back (should_numa_migrate_memory)"),
         Metric("numa_scans", "scans", int, "scan windows change_prot_numa covered (task_numa_work runs)"),
         Metric("numa_scan_period_ms", "ms", float, "the scan period at the end, mean over mms",
                kernel="numa_scan_period (per task)"),

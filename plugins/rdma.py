@@ -57,8 +57,25 @@ class RDMA(SecondaryMMU):
     interval = True
     Config = RDMAConfig
     declared_metrics = (
-        Metric("registered_pages", "pages", int, "pages pinned at registration (pin mode: userptr, ibv_reg_mr)"),
-        Metric("registration_failures", "pages", int, "pages a registration could not fault in and pin"),
+        Metric(
+            "registered_pages",
+            "pages",
+            int,
+            "pages pinned at registration (pin mode: userptr, ibv_reg_mr, VFIO_IOMMU_MAP_DMA)",
+        ),
+        Metric(
+            "registration_failures",
+            "registrations",
+            int,
+            "registrations that failed whole (RLIMIT_MEMLOCK, or "
+            "a page that could not be faulted in): every pin taken is released",
+        ),
+        Metric(
+            "umrs",
+            "UMRs",
+            int,
+            "UMRs posted by invalidations, one per block of mapped pages (mlx5_ib_invalidate_range)",
+        ),
     )
 
     @classmethod

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import Mode, SecondaryConfig, SecondaryMMU, device_region, hookimpl, require
+from mmnsim import Metric, Mode, SecondaryConfig, SecondaryMMU, device_region, hookimpl, require
 
 log = logging.getLogger("mmnsim")
 
@@ -67,6 +67,28 @@ class VFIO(SecondaryMMU):
     young = False  # the IOMMU's accessed bits are not reported to reclaim
     huge = True  # iommu_map uses the largest page size the chunk allows
     Config = VFIOConfig
+    declared_metrics = (
+        Metric(
+            "registered_pages",
+            "pages",
+            int,
+            "pages pinned at registration (pin mode: userptr, ibv_reg_mr, VFIO_IOMMU_MAP_DMA)",
+        ),
+        Metric(
+            "registration_failures",
+            "registrations",
+            int,
+            "registrations that failed whole (RLIMIT_MEMLOCK, or "
+            "a page that could not be faulted in): every pin taken is released",
+        ),
+        Metric(
+            "iommu_map_calls",
+            "calls",
+            int,
+            "iommu_map calls at VM start, one per physically contiguous chunk (vfio_pin_map_dma)",
+        ),
+        Metric("start_failures", "VMs", int, "VMs that did not start because the VFIO pin failed"),
+    )
 
     @classmethod
     def region_of(cls, cfg: VFIOConfig, mm_pages: int) -> tuple[int, int]:
