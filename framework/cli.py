@@ -17,10 +17,12 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError
 from .discovery import Registry, plugin_manager
@@ -33,6 +35,8 @@ from .traces import TraceError
 
 CONFIG_MODULE = "mmnsim.conf"
 log = logging.getLogger("mmnsim")
+LIST_GROUPS = ("policies",)  # config groups whose value is a list of options
+MAX_KEY = 200  # longer keys are no key of mmnsim's (and Hydra would try to open a file of that name)
 
 
 def main() -> None:
@@ -104,8 +108,10 @@ def check_overrides(argv: list[str]) -> None:
         raise ConfigError(str(exc).splitlines()[0]) from None
     first, alternatives = [], []
     for i, o in enumerate(parsed):
+        if len(o.get_key_element()) > MAX_KEY:  # Hydra would look for a file of that name
+            raise ConfigError(f"{o.get_key_element()[:40]}...: unknown key ({len(o.get_key_element())} characters)")
         if o.is_sweep_override() and not args.multirun:
-            raise ConfigError(f"{o.input_line}: a sweep runs one job per value; add -m (--multirun)")
+            raise ConfigError(_sweep_hint(o))
         if o.is_sweep_override():
             key = o.get_key_element()
             values = list(o.sweep_string_iterator())
@@ -120,11 +126,39 @@ def check_overrides(argv: list[str]) -> None:
             load_settings(_compose(overrides), registry)
 
 
+def _sweep_hint(o: Override) -> str:
+    """A sweep outside -m: say to add -m; a list-valued group (``policies=a,b``) was more likely meant as a list."""
+    hint = f"{o.input_line}: a sweep runs one job per value; add -m (--multirun)"
+    if o.key_or_group in LIST_GROUPS:
+        values = ",".join(o.sweep_string_iterator())
+        hint += f"; for one run with several {o.key_or_group}, write '{o.get_key_element()}=[{values}]'"
+    return hint
+
+
+def _check_groups(overrides: list[str]) -> None:
+    """A config group takes an option's name (a list of names for ``policies``), not a number or a mapping."""
+    loader = GlobalHydra.instance().config_loader()
+    groups = set(loader.list_groups(""))
+    for o in OverridesParser.create().parse_overrides(overrides):
+        group = o.key_or_group
+        if group not in groups or o.is_delete():
+            continue
+        value = o.value()
+        names = value if isinstance(value, list) and group in LIST_GROUPS else [value]
+        if not all(isinstance(v, str) for v in names):
+            options = ", ".join(loader.get_group_options(group))
+            what = "an option's name or a list of them" if group in LIST_GROUPS else "an option's name"
+            raise ConfigError(f"{o.input_line}: {group} is a config group and takes {what}; accepted: {options}")
+
+
 def _compose(overrides: list[str]) -> DictConfig:
+    _check_groups(overrides)
     try:
         return compose("config", overrides=overrides)
     except HydraException as exc:
         raise ConfigError(_explain(exc, overrides)) from None
+    except (ValueError, TypeError, OSError, OmegaConfBaseException) as exc:  # Hydra's own, unwrapped
+        raise ConfigError(f"{' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
 
 
 def _explain(exc: HydraException, overrides: list[str]) -> str:
@@ -139,6 +173,10 @@ def _explain(exc: HydraException, overrides: list[str]) -> str:
         node = OmegaConf.select(base, parent) if parent else base
         accepted = ", ".join(str(k) for k in node if k != "hydra") if isinstance(node, DictConfig) else ""
         return f"{key}: unknown key; accepted keys {'under ' + parent if parent else 'at top level'}: {accepted}"
+    if "No match in the defaults list" in str(exc):  # a group the default config does not list
+        key = str(exc).split("'")[1] if "'" in str(exc) else ""
+        given = next((o for o in overrides if o.split("=")[0] == key), f"{key}=NAME")
+        return f"{given}: {key} is not in the default config; add it with '+{given}'"
     if isinstance(exc, MissingConfigException):
         missing = exc.missing_cfg_file or ""
         group = missing.rpartition("/")[0]

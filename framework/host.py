@@ -81,8 +81,10 @@ class HostConfig:
             f"memory_mib={self.memory_mib}",
         )
         if self.distance is not None:
-            d = np.asarray(self.distance)
             n = self.numa_nodes
+            rows = [len(row) for row in self.distance]
+            require(rows == [n] * n, f"distance must be a {n}x{n} matrix (numa_nodes={n}), got rows of {rows} values")
+            d = np.asarray(self.distance)
             require(d.shape == (n, n), f"distance must be a {n}x{n} matrix (numa_nodes={n}), got shape {d.shape}")
             require(bool(np.all(np.diag(d) == LOCAL_DISTANCE)), f"distance diagonal must be {LOCAL_DISTANCE}")
             require(
@@ -90,6 +92,9 @@ class HostConfig:
                 f"distance between different nodes must be > {LOCAL_DISTANCE}",
             )
             require(bool(np.array_equal(d, d.T)), "distance must be symmetric")
+        # Found here, for every job of a sweep before any runs, rather than when the host is built.
+        _watermarks(_split(self.memory_mib * MIB_PAGES, self.numa_nodes), self.min_free_kbytes,
+                    self.watermark_scale_factor)  # fmt: skip
 
 
 class Host:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .components import Component
 from .config import ConfigError, require, typed
@@ -117,6 +118,14 @@ class Settings:
 
 def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     """Check ``cfg`` and return it typed; raise ConfigError naming the key at fault."""
+    try:
+        return _load_settings(cfg, registry)
+    except OmegaConfBaseException as exc:  # an interpolation that does not resolve (``seed=${nosuch:x}``)
+        key = getattr(exc, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from None
+
+
+def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     top = {k: v for k, v in cfg.items() if k != "hydra"}
     unknown = [k for k in top if k not in TOP_LEVEL]
     if unknown:
@@ -141,6 +150,8 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         main = _client(_guest_nodes(guest, i, host), workload, secondary, pages, "secondary")
         devices = _devices(guest.devices, "guest.devices", pages, host, registry)
         tenants.append(TenantSpec(f"guest{i}", pages, [main, *devices], guest.oom_score_adj))
+    if not isinstance(top.get("processes") or [], ListConfig | list):
+        raise ConfigError(f"processes: expected a list of processes, got {top.get('processes')!r}")
     for i, node in enumerate(top.get("processes") or []):
         key = f"processes[{i}]"
         proc = typed(node, ProcessConfig, key)
