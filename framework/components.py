@@ -22,6 +22,9 @@ class Component:
     kind: ClassVar[str] = ""  # "secondary", "policy" or "workload"
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
+    # Bytes it allocates per page of its region beyond the framework's own tables (a workload's sampling
+    # table, a device's extra per-page state), at their peak: the memory guard (memory.py) counts them.
+    memory_per_page: ClassVar[int] = 0
 
 
 class HostPolicy(Component):

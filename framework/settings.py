@@ -14,10 +14,13 @@ from .components import Component
 from .config import ConfigError, require, typed
 from .costs import Costs
 from .discovery import KIND_DIRS, Registry
-from .host import MIB_PAGES, OOM, HostConfig
+from . import memory
+from .host import MAX_MIB, MIB_PAGES, OOM, HostConfig
 from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
+MAX_VCPUS = 4096  # KVM_MAX_VCPUS on x86 with CONFIG_MAXSMP (arch/x86/include/asm/kvm_host.h)
+MAX_TENANTS = 4096  # guest.count: each guest is built (and checked here) one by one
 TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine", "report")
 # ("report" is read by mmnsim-experiment, not by the simulation.)
 
@@ -32,9 +35,8 @@ class GuestConfig:
     oom_score_adj: int  # /proc/PID/oom_score_adj of each guest's VMM: -1000 (never kill) to 1000
 
     def __post_init__(self) -> None:
-        require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
-        require(self.vcpus >= 1, f"vcpus must be >= 1, got {self.vcpus}")
-        require(self.count >= 1, f"count must be >= 1, got {self.count}")
+        _check_size(self.memory_mib, self.vcpus)
+        require(1 <= self.count <= MAX_TENANTS, f"count must be in [1, {MAX_TENANTS}], got {self.count}")
         _check_oom_score_adj(self.oom_score_adj)
 
 
@@ -67,8 +69,7 @@ class ProcessConfig:
     oom_score_adj: int = 0  # /proc/PID/oom_score_adj: -1000 (never kill) to 1000
 
     def __post_init__(self) -> None:
-        require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
-        require(self.vcpus >= 1, f"vcpus must be >= 1, got {self.vcpus}")
+        _check_size(self.memory_mib, self.vcpus)
         _check_oom_score_adj(self.oom_score_adj)
 
 
@@ -79,9 +80,12 @@ class EngineConfig:
     check_accesses: bool  # also count each access through a secondary entry whose frame is not the page's
     stop_on_violation: bool  # raise at the first violated invariant instead of counting on
     timeseries: bool
+    max_memory_gib: float | None  # the memory guard's limit; null: what the machine has (MemAvailable)
 
     def __post_init__(self) -> None:
         require(self.accesses_per_tick >= 1, f"accesses_per_tick must be >= 1, got {self.accesses_per_tick}")
+        require(self.max_memory_gib is None or self.max_memory_gib > 0,
+                f"max_memory_gib must be > 0 or null, got {self.max_memory_gib}")  # fmt: skip
 
 
 @dataclass
@@ -174,7 +178,14 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
             f"hold only {have // MIB_PAGES} MiB and host.oom=fail; shrink the guests, add RAM or swap, or let "
             "the OOM killer act (host.oom=kill)"
         )
-    return Settings(seed, host, engine, costs, tenants, policies)
+    settings = Settings(seed, host, engine, costs, tenants, policies)
+    memory.check(settings)  # before anything is allocated: stop rather than swap or fail mid-build
+    return settings
+
+
+def _check_size(memory_mib: int, vcpus: int) -> None:
+    require(0 < memory_mib <= MAX_MIB, f"memory_mib must be in [1, {MAX_MIB}] (page numbers are int32), got {memory_mib}")
+    require(1 <= vcpus <= MAX_VCPUS, f"vcpus must be in [1, {MAX_VCPUS}] (KVM_MAX_VCPUS), got {vcpus}")
 
 
 def _check_oom_score_adj(adj: int) -> None:

@@ -49,6 +49,7 @@ from .pagebits import P_DEVICE, P_HUGE, S_HUGE
 from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SecondaryMMU
 from .settings import load_settings
+from .timeseries import TimeSeries
 from .share import break_cow
 from .workload import PAGE_DTYPE, WorkloadStream, pages_inside
 
@@ -192,7 +193,7 @@ class Simulation:
         self.violations = np.zeros(len(invariants.KINDS), dtype=np.int64)
         self.violation_messages: list[str] = []
         self.pinned_peak = 0
-        self.timeseries: list[dict[str, float]] = []
+        self._timeseries = TimeSeries()  # bounded: every k-th tick once full, the last always
         self._charge_to: Tenant | None = None
         for sec in self.secondaries:  # last: a registration pins, may reclaim, and may even OOM-kill
             sec.attach()
@@ -305,7 +306,7 @@ class Simulation:
             self.check_invariants()
         self.pinned_peak = max(self.pinned_peak, self.host.pinned_pages())
         if self.engine.timeseries:
-            self.timeseries.append(self._sample())
+            self._timeseries.add(self.tick, self._sample())
         self.tick += 1
 
     def run_client(
@@ -507,6 +508,12 @@ class Simulation:
         per_access = out["access_distance"] / 10 / out["accesses"] if numa and out["accesses"] else 1.0
         out["effective_access_ns"] = self.costs.access_ns * per_access  # memory access time, by distance
         return out
+
+    @property
+    def timeseries(self) -> list[dict[str, float]]:
+        """The time series' rows so far: every tick up to ``timeseries.MAX_ROWS``, then evenly spaced
+        ticks and the last (``framework/timeseries.py``)."""
+        return self._timeseries.to_list()
 
     def timeseries_rows(self) -> list[dict[str, float]]:
         return self.timeseries
