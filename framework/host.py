@@ -64,11 +64,12 @@ class HostConfig:
     oom: OOM  # when reclaim cannot free memory: kill a tenant, or fail the allocation
 
     def __post_init__(self) -> None:
-        require(0 < self.memory_mib <= MAX_MIB,
-                f"memory_mib must be in [1, {MAX_MIB}] (frame numbers are int32), got {self.memory_mib}")  # fmt: skip
-        require(1 <= self.numa_nodes <= 1024, f"numa_nodes must be in [1, 1024] (MAX_NUMNODES), got {self.numa_nodes}")
-        require(0 <= self.swap_mib <= MAX_MIB,
-                f"swap_mib must be in [0, {MAX_MIB}] (swap slots are int32), got {self.swap_mib}")  # fmt: skip
+        require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
+        require(self.memory_mib <= MAX_MIB, f"memory_mib must be <= {MAX_MIB} (frame numbers are int32), got {self.memory_mib}")
+        require(self.numa_nodes >= 1, f"numa_nodes must be >= 1, got {self.numa_nodes}")
+        require(self.numa_nodes <= 1024, f"numa_nodes must be <= 1024 (MAX_NUMNODES), got {self.numa_nodes}")
+        require(self.swap_mib >= 0, f"swap_mib must be >= 0, got {self.swap_mib}")
+        require(self.swap_mib <= MAX_MIB, f"swap_mib must be <= {MAX_MIB} (swap slots are int32), got {self.swap_mib}")
         require(
             1 <= self.watermark_scale_factor <= 3000,
             f"watermark_scale_factor must be in [1, 3000] as in the kernel, got {self.watermark_scale_factor}",

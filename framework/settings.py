@@ -184,8 +184,10 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
 
 
 def _check_size(memory_mib: int, vcpus: int) -> None:
-    require(0 < memory_mib <= MAX_MIB, f"memory_mib must be in [1, {MAX_MIB}] (page numbers are int32), got {memory_mib}")
-    require(1 <= vcpus <= MAX_VCPUS, f"vcpus must be in [1, {MAX_VCPUS}] (KVM_MAX_VCPUS), got {vcpus}")
+    require(memory_mib > 0, f"memory_mib must be > 0, got {memory_mib}")
+    require(memory_mib <= MAX_MIB, f"memory_mib must be <= {MAX_MIB} (page numbers are int32), got {memory_mib}")
+    require(vcpus >= 1, f"vcpus must be >= 1, got {vcpus}")
+    require(vcpus <= MAX_VCPUS, f"vcpus must be <= {MAX_VCPUS} (KVM_MAX_VCPUS), got {vcpus}")
 
 
 def _check_oom_score_adj(adj: int) -> None:
