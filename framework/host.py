@@ -65,7 +65,10 @@ class HostConfig:
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
-        require(self.memory_mib <= MAX_MIB, f"memory_mib must be <= {MAX_MIB} (frame numbers are int32), got {self.memory_mib}")
+        require(
+            self.memory_mib <= MAX_MIB,
+            f"memory_mib must be <= {MAX_MIB} (frame numbers are int32), got {self.memory_mib}",
+        )
         require(self.numa_nodes >= 1, f"numa_nodes must be >= 1, got {self.numa_nodes}")
         require(self.numa_nodes <= 1024, f"numa_nodes must be <= 1024 (MAX_NUMNODES), got {self.numa_nodes}")
         require(self.swap_mib >= 0, f"swap_mib must be >= 0, got {self.swap_mib}")

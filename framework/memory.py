@@ -32,10 +32,10 @@ def estimate(settings) -> dict[str, int]:
     mm_pages = {id(t): t.pages for t in settings.tenants}
     sec_entries = sum(t.pages for t in settings.tenants for c in t.clients
                       if c.secondary is not None and not c.secondary[0].shares_cpu_tables)  # fmt: skip
-    extra = sum(
-        (c.region[1] - c.region[0]) * (c.workload[0].memory_per_page + (c.secondary[0].memory_per_page if c.secondary else 0))
-        for c in clients
-    )
+    extra = 0
+    for c in clients:  # what the components allocate per page of their region
+        per_page = c.workload[0].memory_per_page + (c.secondary[0].memory_per_page if c.secondary else 0)
+        extra += (c.region[1] - c.region[0]) * per_page
     batch = settings.engine.accesses_per_tick
     parts = {
         "frames": frames * FRAME_BYTES + -(-frames // PAGEBLOCK_PAGES) * PAGEBLOCK_BYTES + HINT_CAPACITY * 16,

@@ -10,11 +10,11 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import memory
 from .components import Component
 from .config import ConfigError, require, typed
 from .costs import Costs
 from .discovery import KIND_DIRS, Registry
-from . import memory
 from .host import MAX_MIB, MIB_PAGES, OOM, HostConfig
 from .workload import WorkloadConfig
 

@@ -49,8 +49,8 @@ from .pagebits import P_DEVICE, P_HUGE, S_HUGE
 from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, SEC_NOFAULT, SecondaryMMU
 from .settings import load_settings
-from .timeseries import TimeSeries
 from .share import break_cow
+from .timeseries import TimeSeries
 from .workload import PAGE_DTYPE, WorkloadStream, pages_inside
 
 log = logging.getLogger("mmnsim")

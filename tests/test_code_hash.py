@@ -9,12 +9,12 @@ on ``sys.path``, which is all ``importlib.metadata`` and pluggy look at.
 import sys
 
 import pytest
-from conftest import config
 from omegaconf import open_dict
 
+from conftest import config
 from mmnsim import output
 
-PLUGIN = '''
+PLUGIN = """
 from dataclasses import dataclass
 from mmnsim import HostPolicy, hookimpl
 
@@ -31,7 +31,7 @@ class Extra(HostPolicy):
 @hookimpl
 def register_components():
     return [Extra]
-'''
+"""
 
 
 def install(root, name: str, version: int = 1) -> None:

@@ -10,8 +10,8 @@ import types
 
 import numpy as np
 import pytest
-from conftest import SMALL, cli, config, simulation
 
+from conftest import SMALL, cli, config, simulation
 from mmnsim import memory, timeseries
 from mmnsim.cli import check_overrides
 from mmnsim.config import ConfigError
