@@ -100,12 +100,15 @@ def check_overrides(argv: list[str]) -> None:
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
+    is_hydra = [o.lstrip("+~").startswith(("hydra.", "hydra/")) for o in args.overrides]
     try:
-        parsed = OverridesParser.create().parse_overrides(
-            [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]
-        )
+        parsed = OverridesParser.create().parse_overrides([o for o, h in zip(args.overrides, is_hydra) if not h])
+        hydra_parsed = OverridesParser.create().parse_overrides([o for o, h in zip(args.overrides, is_hydra) if h])
     except HydraException as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
+    # Hydra's own keys (launcher, sweep dir) are checked once, with the first job, so that a bad one is an
+    # input error here rather than Hydra's exit status 1 later; a sweep over them is left to Hydra.
+    hydra_first = [o.input_line for o in hydra_parsed if not o.is_sweep_override()]
     first, alternatives = [], []
     for i, o in enumerate(parsed):
         if len(o.get_key_element()) > MAX_KEY:  # Hydra would look for a file of that name
@@ -122,8 +125,10 @@ def check_overrides(argv: list[str]) -> None:
     registry = Registry.from_plugins(plugin_manager())
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         for i, alternative in [(None, None), *alternatives]:
-            overrides = first if i is None else [*first[:i], alternative, *first[i + 1 :]]
-            load_settings(_compose(overrides), registry)
+            if i is None:
+                load_settings(_compose([*first, *hydra_first], with_hydra=True), registry)
+                continue
+            load_settings(_compose([*first[:i], alternative, *first[i + 1 :]]), registry)
 
 
 def _sweep_hint(o: Override) -> str:
@@ -151,10 +156,10 @@ def _check_groups(overrides: list[str]) -> None:
             raise ConfigError(f"{o.input_line}: {group} is a config group and takes {what}; accepted: {options}")
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def _compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     _check_groups(overrides)
     try:
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
     except HydraException as exc:
         raise ConfigError(_explain(exc, overrides)) from None
     except (ValueError, TypeError, OSError, OmegaConfBaseException) as exc:  # Hydra's own, unwrapped
@@ -182,4 +187,5 @@ def _explain(exc: HydraException, overrides: list[str]) -> str:
         group = missing.rpartition("/")[0]
         options = exc.options or GlobalHydra.instance().config_loader().get_group_options(group)
         return f"{group}: unknown option '{missing.rpartition('/')[2]}'; accepted: {', '.join(options)}"
-    return str(exc).splitlines()[0]
+    first = str(exc).splitlines()[0]
+    return f"{first}: {cause.splitlines()[0]}" if cause.strip() else first

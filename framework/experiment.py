@@ -16,10 +16,13 @@ import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import polars as pl
 import yaml
 
+from .cli import check_overrides
+from .config import ConfigError
 from .report import (
     ReportError,
     compare,
@@ -47,9 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     names = experiment_names() if args.name == "all" else [args.name]
     if args.name not in (*experiment_names(), "all"):
-        sys.exit(f"mmnsim-experiment: unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}, all")
+        _input_error(f"unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}, all")
     if args.out and len(names) > 1:
-        sys.exit("mmnsim-experiment: --out needs one experiment, not all")
+        _input_error("--out needs one experiment, not all")
+    if not args.report_only:
+        for name in names:  # every job of every sweep checked before the first runs
+            try:
+                check_overrides(["-m", f"+experiment={name}", *args.overrides])
+            except ConfigError as exc:
+                _input_error(f"{name}: {exc}")
     for name in names:
         run_experiment(name, args.out or Path("experiments") / name, args.report_only, args.overrides)
 
@@ -68,7 +77,12 @@ def run_experiment(name: str, out: Path, report_only: bool, overrides: list[str]
     try:
         report(runs_dir, out, spec.get("report", {}))
     except ReportError as exc:
-        sys.exit(f"mmnsim-experiment: {exc}")
+        _input_error(str(exc))
+
+
+def _input_error(message: str) -> NoReturn:
+    print(f"mmnsim-experiment: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def report(runs_dir: Path, out: Path, spec: dict) -> None:
