@@ -100,10 +100,10 @@ def check_overrides(argv: list[str]) -> None:
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
-    is_hydra = [o.lstrip("+~").startswith(("hydra.", "hydra/")) for o in args.overrides]
+    ours = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     try:
-        parsed = OverridesParser.create().parse_overrides([o for o, h in zip(args.overrides, is_hydra) if not h])
-        hydra_parsed = OverridesParser.create().parse_overrides([o for o, h in zip(args.overrides, is_hydra) if h])
+        parsed = OverridesParser.create().parse_overrides(ours)
+        hydra_parsed = OverridesParser.create().parse_overrides([o for o in args.overrides if o not in ours])
     except HydraException as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
     # Hydra's own keys (launcher, sweep dir) are checked once, with the first job, so that a bad one is an
