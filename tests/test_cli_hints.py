@@ -81,3 +81,22 @@ def test_every_command_exits_2_on_input_errors(tmp_path, command, args):
     assert out.returncode == 2, (out.returncode, out.stderr)
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-m", "host.min_free_kbytes=0,100000000"], "leave no usable memory on node 0"),
+        (["-m", "host.numa_nodes=2", "host.distance=[[10,20],[20,10]],[[10,20],[20]]"],
+         "host.distance: must be a 2x2 matrix (numa_nodes=2), got rows of [2, 1] values"),
+        (["-m", "host.numa_nodes=2,1", "guest.vcpu_nodes=[1]"], "guest.vcpu_nodes: [1] names a node outside 0..0"),
+        (["-m", "seed=0,1", "guest.devices=[{secondary: {name: rdma}, workload: {name: zipf}, node: 3}]"],
+         "guest.devices[0].node: 3 is outside 0..0"),
+        (["-m", "workload.boot=true,8451285"], "workload.boot: invalid value 8451285; expected true or false"),
+        (["-m", "engine.check_invariants=false,1"], "engine.check_invariants: invalid value 1; expected true or false"),
+    ],
+)  # fmt: skip
+def test_combinations_and_booleans_are_checked_for_every_job_of_a_sweep(args, message):
+    with pytest.raises(ConfigError) as info:
+        check_overrides(args)
+    assert message in str(info.value)
