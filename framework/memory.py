@@ -7,20 +7,24 @@ Python's and numba's own memory (about 200 MB once the kernels are loaded) is no
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ConfigError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 FRAME_BYTES = 11  # frames.py new_frame_table: key int32, token uint32, pin uint16, ref uint8 per frame
 PAGEBLOCK_BYTES = 4 * 8 + 8 * 8 + 2 * 4  # per 2 MiB pageblock: pb row, free bitmap, list links (frames.py)
 PTE_BYTES = 9  # pagetable.py new_page_table: pte int32, flags uint8, token uint32 per page of every mm
 SLOT_BYTES = 8  # swapdev.py new_swap_table: key int32, token uint32 per swap slot
 SPTE_BYTES = 5  # secondary.py SecondaryMMU: spte int32, sflags uint8 per page of its mm
-ACCESS_BYTES = 24  # per access of a tick's batch: page int32/int64, write flag, the kernels' scratch
+ACCESS_BYTES = 24  # per access of a tick's batch, an upper bound: pages (int32, an int64 copy when offset), write flags
 TIMESERIES_ROW_BYTES = 4096  # one time-series row: a dict of about 100 counters (measured ~2.5 KB)
 GIB = 1 << 30
 
 
-def estimate(settings) -> dict[str, int]:
+def estimate(settings: "Settings") -> dict[str, int]:
     """Bytes per part of the run described by ``settings`` (a ``settings.Settings``)."""
     from .frames import HINT_CAPACITY, PAGEBLOCK_PAGES
     from .host import MIB_PAGES
@@ -29,7 +33,6 @@ def estimate(settings) -> dict[str, int]:
     host = settings.host
     clients = [c for t in settings.tenants for c in t.clients]
     frames = host.memory_mib * MIB_PAGES + sum(c.device_pages for c in clients)
-    mm_pages = {id(t): t.pages for t in settings.tenants}
     sec_entries = sum(t.pages for t in settings.tenants for c in t.clients
                       if c.secondary is not None and not c.secondary[0].shares_cpu_tables)  # fmt: skip
     extra = 0
@@ -39,7 +42,7 @@ def estimate(settings) -> dict[str, int]:
     batch = settings.engine.accesses_per_tick
     parts = {
         "frames": frames * FRAME_BYTES + -(-frames // PAGEBLOCK_PAGES) * PAGEBLOCK_BYTES + HINT_CAPACITY * 16,
-        "page tables": sum(mm_pages.values()) * PTE_BYTES,
+        "page tables": sum(t.pages for t in settings.tenants) * PTE_BYTES,
         "swap slots": host.swap_mib * MIB_PAGES * SLOT_BYTES,
         "secondary tables": sec_entries * SPTE_BYTES,
         "workload tables": int(extra),
@@ -60,7 +63,7 @@ def mem_available() -> int | None:
     return None
 
 
-def check(settings) -> None:
+def check(settings: "Settings") -> None:
     """Raise ConfigError when the run needs more memory than the machine has or ``engine.max_memory_gib``."""
     parts = estimate(settings)
     need = sum(parts.values())
