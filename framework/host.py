@@ -90,7 +90,7 @@ class HostConfig:
         if self.distance is not None:
             n = self.numa_nodes
             rows = [len(row) for row in self.distance]
-            require(len(set(rows)) <= 1, f"distance must be a {n}x{n} matrix (numa_nodes={n}), got rows of {rows} values")
+            require(len(set(rows)) <= 1, f"distance must be a {n}x{n} matrix (numa_nodes={n}), got rows of {rows}")
             d = np.asarray(self.distance)
             require(d.shape == (n, n), f"distance must be a {n}x{n} matrix (numa_nodes={n}), got shape {d.shape}")
             require(bool(np.all(np.diag(d) == LOCAL_DISTANCE)), f"distance diagonal must be {LOCAL_DISTANCE}")

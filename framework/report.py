@@ -86,8 +86,11 @@ def load(
                 keys.append(key)
         frames.append(frame)
     if not frames:
-        bad = f" ({len(problems)} unreadable: {problems[0][0]}: {problems[0][1]})" if problems else ""
-        raise ReportError(f"no readable summary.parquet under {', '.join(map(str, roots))}{bad}")
+        where = ", ".join(map(str, roots))
+        if problems:
+            raise ReportError(f"no readable summary.parquet under {where} ({len(problems)} unreadable, the first "
+                              f"{problems[0][0]}: {problems[0][1]})")  # fmt: skip
+        raise ReportError(f"no summary.parquet under {where}")
     runs = pl.concat(frames, how="diagonal_relaxed")
     varying = [k for k in keys if k in runs.columns and runs[k].n_unique() > 1]
     return runs, varying, failed

@@ -88,7 +88,7 @@ def test_every_command_exits_2_on_input_errors(tmp_path, command, args):
     [
         (["-m", "host.min_free_kbytes=0,100000000"], "leave no usable memory on node 0"),
         (["-m", "host.numa_nodes=2", "host.distance=[[10,20],[20,10]],[[10,20],[20]]"],
-         "host.distance: must be a 2x2 matrix (numa_nodes=2), got rows of [2, 1] values"),
+         "host.distance: must be a 2x2 matrix (numa_nodes=2), got rows of [2, 1]"),
         (["-m", "host.numa_nodes=2,1", "guest.vcpu_nodes=[1]"], "guest.vcpu_nodes: [1] names a node outside 0..0"),
         (["-m", "seed=0,1", "guest.devices=[{secondary: {name: rdma}, workload: {name: zipf}, node: 3}]"],
          "guest.devices[0].node: 3 is outside 0..0"),
