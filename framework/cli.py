@@ -17,10 +17,12 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError
 from .discovery import Registry, plugin_manager
@@ -35,6 +37,8 @@ CONFIG_MODULE = "mmnsim.conf"
 EXIT_VIOLATIONS = 3  # a run (or a sweep's job) violated an invariant, without engine.allow_violations
 VIOLATIONS = "violations.txt"  # a job's violation messages, for the end of a multirun
 log = logging.getLogger("mmnsim")
+LIST_GROUPS = ("policies",)  # config groups whose value is a list of options
+MAX_KEY = 200  # longer keys are no key of mmnsim's (and Hydra would try to open a file of that name)
 
 
 # Config groups whose options are named by numbers (``kernel=2008``): Hydra reads a bare number as an int,
@@ -135,16 +139,21 @@ def check_overrides(argv: list[str]) -> None:
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
+    ours = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     try:
-        parsed = OverridesParser.create().parse_overrides(
-            [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]
-        )
+        parsed = OverridesParser.create().parse_overrides(ours)
+        hydra_parsed = OverridesParser.create().parse_overrides([o for o in args.overrides if o not in ours])
     except HydraException as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
+    # Hydra's own keys (launcher, sweep dir) are checked once, with the first job, so that a bad one is an
+    # input error here rather than Hydra's exit status 1 later; a sweep over them is left to Hydra.
+    hydra_first = [o.input_line for o in hydra_parsed if not o.is_sweep_override()]
     first, alternatives = [], []
     for i, o in enumerate(parsed):
+        if len(o.get_key_element()) > MAX_KEY:  # Hydra would look for a file of that name
+            raise ConfigError(f"{o.get_key_element()[:40]}...: unknown key ({len(o.get_key_element())} characters)")
         if o.is_sweep_override() and not args.multirun:
-            raise ConfigError(f"{o.input_line}: a sweep runs one job per value; add -m (--multirun)")
+            raise ConfigError(_sweep_hint(o))
         if o.is_sweep_override():
             key = o.get_key_element()
             values = list(o.sweep_string_iterator())
@@ -155,15 +164,45 @@ def check_overrides(argv: list[str]) -> None:
     registry = Registry.from_plugins(plugin_manager())
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         for i, alternative in [(None, None), *alternatives]:
-            overrides = first if i is None else [*first[:i], alternative, *first[i + 1 :]]
-            load_settings(_compose(overrides), registry)
+            if i is None:
+                load_settings(_compose([*first, *hydra_first], with_hydra=True), registry)
+                continue
+            load_settings(_compose([*first[:i], alternative, *first[i + 1 :]]), registry)
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def _sweep_hint(o: Override) -> str:
+    """A sweep outside -m: say to add -m; a list-valued group (``policies=a,b``) was more likely meant as a list."""
+    hint = f"{o.input_line}: a sweep runs one job per value; add -m (--multirun)"
+    if o.key_or_group in LIST_GROUPS:
+        values = ",".join(o.sweep_string_iterator())
+        hint += f"; for one run with several {o.key_or_group}, write '{o.get_key_element()}=[{values}]'"
+    return hint
+
+
+def _check_groups(overrides: list[str]) -> None:
+    """A config group takes an option's name (a list of names for ``policies``), not a number or a mapping."""
+    loader = GlobalHydra.instance().config_loader()
+    groups = set(loader.list_groups(""))
+    for o in OverridesParser.create().parse_overrides(overrides):
+        group = o.key_or_group
+        if group not in groups or o.is_delete():
+            continue
+        value = o.value()
+        names = value if isinstance(value, list) and group in LIST_GROUPS else [value]
+        if not all(isinstance(v, str) for v in names):
+            options = ", ".join(loader.get_group_options(group))
+            what = "an option's name or a list of them" if group in LIST_GROUPS else "an option's name"
+            raise ConfigError(f"{o.input_line}: {group} is a config group and takes {what}; accepted: {options}")
+
+
+def _compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    _check_groups(overrides)
     try:
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
     except HydraException as exc:
         raise ConfigError(_explain(exc, overrides)) from None
+    except (ValueError, TypeError, OSError, OmegaConfBaseException) as exc:  # Hydra's own, unwrapped
+        raise ConfigError(f"{' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
 
 
 def _explain(exc: HydraException, overrides: list[str]) -> str:
@@ -178,9 +217,14 @@ def _explain(exc: HydraException, overrides: list[str]) -> str:
         node = OmegaConf.select(base, parent) if parent else base
         accepted = ", ".join(str(k) for k in node if k != "hydra") if isinstance(node, DictConfig) else ""
         return f"{key}: unknown key; accepted keys {'under ' + parent if parent else 'at top level'}: {accepted}"
+    if "No match in the defaults list" in str(exc):  # a group the default config does not list
+        key = str(exc).split("'")[1] if "'" in str(exc) else ""
+        given = next((o for o in overrides if o.split("=")[0] == key), f"{key}=NAME")
+        return f"{given}: {key} is not in the default config; add it with '+{given}'"
     if isinstance(exc, MissingConfigException):
         missing = exc.missing_cfg_file or ""
         group = missing.rpartition("/")[0]
         options = exc.options or GlobalHydra.instance().config_loader().get_group_options(group)
         return f"{group}: unknown option '{missing.rpartition('/')[2]}'; accepted: {', '.join(options)}"
-    return str(exc).splitlines()[0]
+    first = str(exc).splitlines()[0]
+    return f"{first}: {cause.splitlines()[0]}" if cause.strip() else first

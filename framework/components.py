@@ -26,6 +26,9 @@ class Component:
     Config: ClassVar[type] = object
     # The metrics this component reports beyond the framework's, one ``Metric`` each (``mmnsim.metrics``).
     declared_metrics: ClassVar[tuple[Metric, ...]] = ()
+    # Bytes it allocates per page of its region beyond the framework's own tables (a workload's sampling
+    # table, a device's extra per-page state), at their peak: the memory guard (memory.py) counts them.
+    memory_per_page: ClassVar[int] = 0
 
 
 class HostPolicy(Component):

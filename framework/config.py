@@ -41,6 +41,7 @@ def typed(node: Any, schema: type[T], path: str) -> T:
     missing = [k for k, f in fields.items() if k not in keys and _required(f)]
     if missing:
         raise ConfigError(f"{path}.{missing[0]}: missing; {path} needs: {', '.join(fields)}")
+    _check_raw_types(node, fields, path)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)
@@ -53,6 +54,24 @@ def typed(node: Any, schema: type[T], path: str) -> T:
         if field in fields:  # "memory_mib must be > 0, got 0" -> "host.memory_mib: must be > 0, got 0"
             raise ConfigError(f"{path}.{field}: {rest}") from None
         raise ConfigError(f"{path}: {exc}") from None
+
+
+INT64_MAX = (1 << 63) - 1
+
+
+def _check_raw_types(node: Any, fields: dict[str, dataclasses.Field], path: str) -> None:
+    """What OmegaConf's merge would coerce silently: an integer into a bool field (``boot=8451285`` becomes
+    true), and an integer no int64 array can hold (numpy would raise later, mid-run)."""
+    for key in node:
+        try:
+            value = node[key]
+        except OmegaConfBaseException as exc:  # an interpolation that does not resolve
+            raise ConfigError(f"{path}.{key}: {str(exc).splitlines()[0]}") from None
+        kind = fields[key].type
+        if kind in (bool, "bool") and not isinstance(value, bool):
+            raise ConfigError(f"{path}.{key}: invalid value {value!r}; expected true or false")
+        if isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise ConfigError(f"{path}.{key}: {value} does not fit in 64 bits")
 
 
 def _required(f: dataclasses.Field) -> bool:

@@ -176,9 +176,18 @@ def describe(pm: pluggy.PluginManager) -> list[dict[str, str]]:
     return sorted(rows, key=lambda r: (r["kind"], r["name"]))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """``mmnsim-plugins``: list the plugins this installation finds."""
-    rows = describe(plugin_manager())
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="mmnsim-plugins", description=main.__doc__.strip("`: "))
+    parser.parse_args(argv)
+    try:
+        rows = describe(plugin_manager())
+    except (ConfigError, ImportError, pluggy.PluginValidationError) as exc:  # a broken plugin package
+        print(f"mmnsim-plugins: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        sys.exit(2)
     widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in ("kind", "name", "source", "module")}
     print("  ".join(k.ljust(widths[k]) for k in widths) + "  hooks")
     for r in rows:

@@ -17,11 +17,13 @@ import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import polars as pl
 import yaml
 
 from . import sensitivity
+from .cli import check_overrides
 from .config import ConfigError
 from .report import (
     ReportError,
@@ -55,11 +57,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)  # options may follow the name: NAME --sensitivity
     names = experiment_names() if args.name == "all" else [args.name]
     if args.name not in (*experiment_names(), "all"):
-        sys.exit(f"mmnsim-experiment: unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}, all")
+        _input_error(f"unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}, all")
     if args.out and len(names) > 1:
-        sys.exit("mmnsim-experiment: --out needs one experiment, not all")
+        _input_error("--out needs one experiment, not all")
     if args.sensitivity and args.name == "all":  # the experiments that define a headline
         names = [n for n in names if _spec(n).get("sensitivity")]
+    if not args.report_only and not args.sensitivity:
+        for name in names:  # every job of every sweep checked before the first runs
+            try:
+                check_overrides(["-m", f"+experiment={name}", *args.overrides])
+            except ConfigError as exc:
+                _input_error(f"{name}: {exc}")
     for name in names:
         out = args.out or Path("experiments") / name
         if args.sensitivity:
@@ -96,7 +104,12 @@ def run_experiment(name: str, out: Path, report_only: bool, overrides: list[str]
     try:
         report(runs_dir, out, spec.get("report", {}))
     except ReportError as exc:
-        sys.exit(f"mmnsim-experiment: {exc}")
+        _input_error(str(exc))
+
+
+def _input_error(message: str) -> NoReturn:
+    print(f"mmnsim-experiment: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def report(runs_dir: Path, out: Path, spec: dict) -> None:

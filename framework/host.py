@@ -34,6 +34,7 @@ from .pagetable import new_page_table, read_only_tables
 from .swapdev import new_swap_table
 
 MIB_PAGES = (1 << 20) // PAGE_SIZE
+MAX_MIB = ((1 << 31) - 1) // MIB_PAGES  # page and frame numbers are int32 (pagetable.py, frames.py)
 LOCAL_DISTANCE, REMOTE_DISTANCE = 10, 20  # include/linux/topology.h
 
 
@@ -68,8 +69,14 @@ class HostConfig:
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
+        require(
+            self.memory_mib <= MAX_MIB,
+            f"memory_mib must be <= {MAX_MIB} (frame numbers are int32), got {self.memory_mib}",
+        )
         require(self.numa_nodes >= 1, f"numa_nodes must be >= 1, got {self.numa_nodes}")
+        require(self.numa_nodes <= 1024, f"numa_nodes must be <= 1024 (MAX_NUMNODES), got {self.numa_nodes}")
         require(self.swap_mib >= 0, f"swap_mib must be >= 0, got {self.swap_mib}")
+        require(self.swap_mib <= MAX_MIB, f"swap_mib must be <= {MAX_MIB} (swap slots are int32), got {self.swap_mib}")
         require(
             1 <= self.watermark_scale_factor <= 3000,
             f"watermark_scale_factor must be in [1, 3000] as in the kernel, got {self.watermark_scale_factor}",
@@ -85,8 +92,10 @@ class HostConfig:
             f"memory_mib={self.memory_mib}",
         )
         if self.distance is not None:
-            d = np.asarray(self.distance)
             n = self.numa_nodes
+            rows = [len(row) for row in self.distance]
+            require(len(set(rows)) <= 1, f"distance must be a {n}x{n} matrix (numa_nodes={n}), got rows of {rows}")
+            d = np.asarray(self.distance)
             require(d.shape == (n, n), f"distance must be a {n}x{n} matrix (numa_nodes={n}), got shape {d.shape}")
             require(bool(np.all(np.diag(d) == LOCAL_DISTANCE)), f"distance diagonal must be {LOCAL_DISTANCE}")
             require(
@@ -94,6 +103,9 @@ class HostConfig:
                 f"distance between different nodes must be > {LOCAL_DISTANCE}",
             )
             require(bool(np.array_equal(d, d.T)), "distance must be symmetric")
+        # Found here, for every job of a sweep before any runs, rather than when the host is built.
+        _watermarks(_split(self.memory_mib * MIB_PAGES, self.numa_nodes), self.min_free_kbytes,
+                    self.watermark_scale_factor)  # fmt: skip
 
 
 class Watermarks(NamedTuple):

@@ -19,7 +19,6 @@ import subprocess
 import traceback
 from functools import cache
 from importlib import metadata
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +85,56 @@ def git_commit() -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
-@cache
-def code_hash() -> str:
+def code_hash(cfg: DictConfig) -> str:
     """A hash of the code and YAML a run executes: the mmnsim package, its built-in plugins and conf, and
-    every plugin installed through an entry point. Unlike the commit, it sees uncommitted edits."""
-    names = [
-        "mmnsim",
-        "mmnsim.plugins",
-        "mmnsim.conf",
-        *(ep.value.split(":")[0] for ep in entry_points(group="mmnsim")),
-    ]
+    the installed plugin packages (entry points) the run uses: those registering a component ``cfg``
+    selects, and those registering none (hook-only plugins run in every simulation). Installing or
+    editing a plugin package a run does not use leaves its hash alone. Unlike the commit, it sees
+    uncommitted edits."""
+    return _hash_packages(("mmnsim", "mmnsim.plugins", "mmnsim.conf", *_plugin_packages(cfg)))
+
+
+def selected_components(cfg: DictConfig) -> set[tuple[str, str]]:
+    """(kind, name) of every component ``cfg`` names: the guests', processes' and devices' secondary MMUs
+    and workloads, and the policies."""
+    data = run_config(cfg)
+    found = {("policy", str(name)) for name in (data.get("policies") or {})}
+
+    def client(node: Any) -> None:
+        if not isinstance(node, dict):
+            return
+        for kind, key in (("secondary", "secondary"), ("workload", "workload")):
+            if isinstance(node.get(key), dict) and node[key].get("name") is not None:
+                found.add((kind, str(node[key]["name"])))
+        for device in node.get("devices") or []:
+            client(device)
+
+    client(data)
+    client(data.get("guest"))
+    for proc in data.get("processes") or []:
+        client(proc)
+    return found
+
+
+def _plugin_packages(cfg: DictConfig) -> list[str]:
+    from .discovery import plugin_manager
+
+    wanted = selected_components(cfg)
+    packages = []
+    for impl in plugin_manager().hook.register_components.get_hookimpls():
+        if impl.plugin_name.startswith("builtin:"):
+            continue
+        try:
+            components = list(impl.function() or ())
+        except Exception:  # noqa: BLE001 - a broken plugin is reported when it is loaded, not here
+            continue
+        if not components or any((c.kind, c.name) in wanted for c in components):
+            packages.append(getattr(impl.plugin, "__name__", type(impl.plugin).__module__).split(".")[0])
+    return sorted(set(packages))
+
+
+@cache
+def _hash_packages(names: tuple[str, ...]) -> str:
     files: set[Path] = set()
     for name in names:
         try:
@@ -119,7 +158,7 @@ def provenance(cfg: DictConfig) -> dict[str, str]:
         version = metadata.version("mmnsim")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return {"mmnsim_version": version, "git_commit": git_commit(), "code_hash": code_hash(),
+    return {"mmnsim_version": version, "git_commit": git_commit(), "code_hash": code_hash(cfg),
             "config_hash": config_hash(cfg)}  # fmt: skip
 
 
@@ -132,7 +171,7 @@ def up_to_date(outdir: Path, cfg: DictConfig) -> bool:
         row = pl.read_parquet(path, columns=["config_hash", "code_hash"]).row(0, named=True)
     except Exception:  # noqa: BLE001 - unreadable or from an older version: run again
         return False
-    return row == {"config_hash": config_hash(cfg), "code_hash": code_hash()}
+    return row == {"config_hash": config_hash(cfg), "code_hash": code_hash(cfg)}
 
 
 def write_failure(outdir: Path, cfg: DictConfig, exc: BaseException) -> Path:

@@ -16,6 +16,7 @@ directory without a summary (a job that failed) is listed, not silently dropped.
 """
 
 import argparse
+import contextlib
 import difflib
 import json
 import re
@@ -53,10 +54,26 @@ def run_dirs(roots: list[Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def load(roots: str | Path | Sequence[str | Path]) -> tuple[pl.DataFrame, list[str], list[Path]]:
+def unreadable(path: Path) -> str | None:
+    """Why the parquet file or failed.json at ``path`` cannot be read (one line), or None if it can."""
+    try:
+        if path.suffix == ".json":
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict) or not isinstance(record.get("error"), str):
+                return "no 'error' entry"
+        else:
+            pl.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - truncated, garbage or unreadable: the report goes on without it
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return None
+
+
+def load(roots: str | Path | Sequence[str | Path],
+         problems: list[tuple[Path, str]] | None = None) -> tuple[pl.DataFrame, list[str], list[Path]]:  # fmt: skip
     """All runs as one frame, the override keys that tell them apart, and the directories that failed.
     ``roots``: one directory or several, as strings or paths. For the table the command prints (seeds
-    averaged), ``table``."""
+    averaged), ``table``. A summary that cannot be read is left out and, with ``problems``, appended to it
+    as (path, reason)."""
     roots = [Path(r) for r in ([roots] if isinstance(roots, str | Path) else roots)]
     frames, failed, keys = [], [], []
     for d in run_dirs(roots):
@@ -64,7 +81,12 @@ def load(roots: str | Path | Sequence[str | Path]) -> tuple[pl.DataFrame, list[s
         if not summary.is_file():
             failed.append(d)
             continue
-        frame = pl.read_parquet(summary).with_columns(pl.lit(str(d)).alias("run_dir"))
+        try:
+            frame = pl.read_parquet(summary).with_columns(pl.lit(str(d)).alias("run_dir"))
+        except Exception as exc:  # noqa: BLE001 - truncated or garbage: listed, the others reported
+            if problems is not None:
+                problems.append((summary, (str(exc).strip().splitlines() or [type(exc).__name__])[0]))
+            continue
         overrides = _overrides(d)
         for key, value in overrides.items():
             if key not in frame.columns:
@@ -73,7 +95,11 @@ def load(roots: str | Path | Sequence[str | Path]) -> tuple[pl.DataFrame, list[s
                 keys.append(key)
         frames.append(frame)
     if not frames:
-        raise ReportError(f"no summary.parquet under {', '.join(map(str, roots))}")
+        where = ", ".join(map(str, roots))
+        if problems:
+            raise ReportError(f"no readable summary.parquet under {where} ({len(problems)} unreadable, the first "
+                              f"{problems[0][0]}: {problems[0][1]})")  # fmt: skip
+        raise ReportError(f"no summary.parquet under {where}")
     runs = pl.concat(frames, how="diagonal_relaxed")
     varying = [k for k in keys if k in runs.columns and runs[k].n_unique() > 1]
     return runs, varying, failed
@@ -292,7 +318,7 @@ def plot_timeseries(runs: pl.DataFrame, y: str, hue: str | Sequence[str] | None,
     labelled = set()
     for row in runs.iter_rows(named=True):
         path = Path(row["run_dir"]) / TIMESERIES
-        if not path.is_file():
+        if not path.is_file() or unreadable(path):  # main() lists the unreadable ones
             continue
         ts = pl.read_parquet(path)
         num, _, den = y.partition("/")
@@ -377,11 +403,22 @@ def check_options(runs: pl.DataFrame, by: list[str], metrics: list[str], baselin
 
 
 def write_results(runs: pl.DataFrame, out_dir: Path) -> None:
-    """results.parquet and results.csv (lists and nested values as text), under temporary names first."""
+    """results.parquet and results.csv (lists and nested values as text), under temporary names first;
+    an OSError (read-only, full, not a directory) leaves no temporary file behind."""
     for name, write in (("results.parquet", runs.write_parquet), ("results.csv", runs.write_csv)):
         tmp = out_dir / f".{name}.tmp"
-        write(tmp)
-        tmp.replace(out_dir / name)
+        try:
+            write(tmp)
+            tmp.replace(out_dir / name)
+        except OSError:
+            with contextlib.suppress(OSError):  # a read-only directory holds no temporary file either
+                tmp.unlink(missing_ok=True)
+            raise
+
+
+def _unwritten(what: str, where: Path, exc: OSError) -> str:
+    reason = exc.strerror or str(exc).splitlines()[0]
+    return f"mmnsim-report: could not write {what} in {where} ({reason}); --out DIR writes them elsewhere"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -393,12 +430,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", nargs=2, metavar=("X", "Y"), help="write Y against X as a PNG")
     parser.add_argument("--timeseries", metavar="Y", help="write Y per tick (a column, or a/b) as a PNG")
     parser.add_argument("--hue", help="comma-separated keys: each combination of their values is one colour")
-    parser.add_argument("--out", type=Path, help="where plots go (default: the first directory)")
+    parser.add_argument("--out", type=Path, help="where results.parquet/csv and plots go (default: the first dir)")
     parser.add_argument(
         "--explain", metavar="NAME", help="what a metric means (unit, type, kernel counter); all: every one"
     )
     parser.add_argument("--metrics-doc", action="store_true", help="print docs/metrics.md (the built-in metrics)")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        print(f"mmnsim-report: --out {args.out}: not a directory", file=sys.stderr)
+        sys.exit(2)
+    unwritten = []  # one line each: what could not be written, and why
     try:
         if args.explain or args.metrics_doc:
             print(_explain(args.explain) if args.explain else metrics_markdown(installed_catalogue(builtin_only=True)),
@@ -406,12 +447,17 @@ def main(argv: list[str] | None = None) -> None:
             return
         if not args.dirs:
             parser.error("give one or more directories (or --explain NAME)")
-        runs, varying, failed = load(args.dirs)
+        problems: list[tuple[Path, str]] = []
+        runs, varying, failed = load(args.dirs, problems)
         by = args.by.split(",") if args.by else [k for k in varying if k != "seed"]
         metrics = args.metrics.split(",") if args.metrics else [m for m in DEFAULT_METRICS if m in runs.columns]
         check_options(runs, by, metrics, args.baseline, args.plot, args.timeseries, args.hue)
         out = args.out or args.dirs[0]
-        write_results(runs, args.dirs[0])
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_results(runs, out)
+        except OSError as exc:  # a read-only sweep directory still gets its table
+            unwritten.append(_unwritten("results.parquet, results.csv", out, exc))
         if args.baseline:
             print(markdown_compare(compare(runs, by, metrics, args.baseline), args.baseline, metrics))
         else:
@@ -423,18 +469,40 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{len(failed)} runs failed or did not finish (no summary.parquet):")
             for d in failed:
                 record = d / FAILED
-                error = json.loads(record.read_text())["error"] if record.is_file() else "did not finish"
+                reason = unreadable(record) if record.is_file() else None
+                if reason:
+                    problems.append((record, reason))
+                    error = "failed (failed.json unreadable)"
+                else:
+                    error = json.loads(record.read_text())["error"] if record.is_file() else "did not finish"
                 overrides = " ".join(f"{k}={v}" for k, v in _overrides(d).items() if k in by)
                 print(f"  {d} ({overrides}): {error}")
-        if args.plot:
-            x, y = args.plot
-            print(f"plot: {plot(runs, x, y, args.hue, out / plot_name(y, x, args.hue))}")
         if args.timeseries:
-            target = out / plot_name(args.timeseries, None, args.hue)
-            print(f"plot: {plot_timeseries(runs, args.timeseries, args.hue, target)}")
+            for d in runs["run_dir"].to_list():
+                path = Path(d) / "timeseries.parquet"
+                reason = unreadable(path) if path.is_file() else None
+                if reason:
+                    problems.append((path, reason))
+        if problems:
+            print(f"{len(problems)} files unreadable, left out:")
+            for path, reason in problems:
+                print(f"  {path}: {reason}")
+        try:
+            if args.plot:
+                x, y = args.plot
+                print(f"plot: {plot(runs, x, y, args.hue, out / plot_name(y, x, args.hue))}")
+            if args.timeseries:
+                target = out / plot_name(args.timeseries, None, args.hue)
+                print(f"plot: {plot_timeseries(runs, args.timeseries, args.hue, target)}")
+        except OSError as exc:
+            unwritten.append(_unwritten("the plot", out, exc))
     except (ReportError, MetricError) as exc:
         print(f"mmnsim-report: {exc}", file=sys.stderr)
         sys.exit(2)
+    for line in unwritten:
+        print(line, file=sys.stderr)
+    if unwritten and (args.plot or args.timeseries):
+        sys.exit(1)  # a plot asked for was not written
 
 
 def _explain(name: str) -> str:

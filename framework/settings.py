@@ -7,17 +7,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from . import memory
 from .components import Component
 from .config import ConfigError, require, typed
 from .costs import Costs
 from .discovery import KIND_DIRS, Registry
-from .host import MIB_PAGES, OOM, HostConfig
+from .host import MAX_MIB, MIB_PAGES, OOM, HostConfig
 from .kernelconf import TODAY, KernelConfig
 from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
+MAX_VCPUS = 4096  # KVM_MAX_VCPUS on x86 with CONFIG_MAXSMP (arch/x86/include/asm/kvm_host.h)
+MAX_TENANTS = 4096  # guest.count: each guest is built (and checked here) one by one
 TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine",
              "report", "sensitivity", "kernel")  # fmt: skip
 # ("report" and "sensitivity" are read by mmnsim-experiment, not by the simulation.)
@@ -35,9 +39,8 @@ class GuestConfig:
     madvise_hugepage: bool  # the VMM madvises guest RAM MADV_HUGEPAGE (QEMU's ram_block_add does)
 
     def __post_init__(self) -> None:
-        require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
-        require(self.vcpus >= 1, f"vcpus must be >= 1, got {self.vcpus}")
-        require(self.count >= 1, f"count must be >= 1, got {self.count}")
+        _check_size(self.memory_mib, self.vcpus)
+        require(1 <= self.count <= MAX_TENANTS, f"count must be in [1, {MAX_TENANTS}], got {self.count}")
         _check_oom_score_adj(self.oom_score_adj)
 
 
@@ -72,8 +75,7 @@ class ProcessConfig:
     madvise_hugepage: bool = False  # its memory is MADV_HUGEPAGE (a guest: QEMU madvises guest RAM)
 
     def __post_init__(self) -> None:
-        require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
-        require(self.vcpus >= 1, f"vcpus must be >= 1, got {self.vcpus}")
+        _check_size(self.memory_mib, self.vcpus)
         _check_oom_score_adj(self.oom_score_adj)
 
 
@@ -86,10 +88,13 @@ class EngineConfig:
     timeseries: bool
     allow_violations: bool = False  # exit 0 even if an invariant was violated (the mmnsim command)
     race_window: float = 0.0  # chance that a secondary fault sleeps while the host invalidates; 0: never
+    max_memory_gib: float | None = None  # the memory guard's limit; null: what the machine has (MemAvailable)
 
     def __post_init__(self) -> None:
         require(self.accesses_per_tick >= 1, f"accesses_per_tick must be >= 1, got {self.accesses_per_tick}")
         require(0 <= self.race_window <= 1, f"race_window must be in [0, 1], got {self.race_window}")
+        require(self.max_memory_gib is None or self.max_memory_gib > 0,
+                f"max_memory_gib must be > 0 or null, got {self.max_memory_gib}")  # fmt: skip
 
 
 @dataclass
@@ -129,6 +134,14 @@ class Settings:
 
 def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     """Check ``cfg`` and return it typed; raise ConfigError naming the key at fault."""
+    try:
+        return _load_settings(cfg, registry)
+    except OmegaConfBaseException as exc:  # an interpolation that does not resolve (``seed=${nosuch:x}``)
+        key = getattr(exc, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from None
+
+
+def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     top = {k: v for k, v in cfg.items() if k != "hydra"}
     unknown = [k for k in top if k not in TOP_LEVEL]
     if unknown:
@@ -156,6 +169,8 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         # QEMU madvises guest RAM MADV_HUGEPAGE (ram_block_add -> qemu_madvise(QEMU_MADV_HUGEPAGE)).
         tenants.append(TenantSpec(f"guest{i}", pages, [main, *devices], guest.oom_score_adj, guest.thp,
                                   guest.madvise_hugepage))  # fmt: skip
+    if not isinstance(top.get("processes") or [], ListConfig | list):
+        raise ConfigError(f"processes: expected a list of processes, got {top.get('processes')!r}")
     for i, node in enumerate(top.get("processes") or []):
         key = f"processes[{i}]"
         proc = typed(node, ProcessConfig, key)
@@ -179,7 +194,16 @@ def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
             f"hold only {have // MIB_PAGES} MiB and host.oom=fail; shrink the guests, add RAM or swap, or let "
             "the OOM killer act (host.oom=kill)"
         )
-    return Settings(seed, host, engine, costs, tenants, policies, kernel)
+    settings = Settings(seed, host, engine, costs, tenants, policies, kernel)
+    memory.check(settings)  # before anything is allocated: stop rather than swap or fail mid-build
+    return settings
+
+
+def _check_size(memory_mib: int, vcpus: int) -> None:
+    require(memory_mib > 0, f"memory_mib must be > 0, got {memory_mib}")
+    require(memory_mib <= MAX_MIB, f"memory_mib must be <= {MAX_MIB} (page numbers are int32), got {memory_mib}")
+    require(vcpus >= 1, f"vcpus must be >= 1, got {vcpus}")
+    require(vcpus <= MAX_VCPUS, f"vcpus must be <= {MAX_VCPUS} (KVM_MAX_VCPUS), got {vcpus}")
 
 
 def _check_oom_score_adj(adj: int) -> None:

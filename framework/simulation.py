@@ -59,6 +59,7 @@ from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, RACE_RATE, SEC_NOFAULT, SecondaryMMU
 from .settings import load_settings
 from .share import break_cow
+from .timeseries import TimeSeries
 from .workload import PAGE_DTYPE, WorkloadStream, pages_inside
 
 log = logging.getLogger("mmnsim")
@@ -207,7 +208,7 @@ class Simulation:
         self.violations = np.zeros(len(invariants.KINDS), dtype=np.int64)
         self.violation_messages: list[str] = []
         self.pinned_peak = 0
-        self.timeseries: list[dict[str, float]] = []
+        self._timeseries = TimeSeries()  # bounded: every k-th tick once full, the last always
         self._charge_to: Tenant | None = None
         for sec in self.secondaries:  # last: a registration pins, may reclaim, and may even OOM-kill
             sec.attach()
@@ -347,7 +348,7 @@ class Simulation:
             self.check_invariants()
         self.pinned_peak = max(self.pinned_peak, self.host.pinned_pages())
         if self.engine.timeseries:
-            self.timeseries.append(self._sample())
+            self._timeseries.add(self.tick, self._sample())
         self.tick += 1
 
     def run_client(
@@ -643,6 +644,12 @@ class Simulation:
             raise MetricError(f"{who} reports the metric {name!r}, which it does not declare: "
                               f"{where_to_declare(plugin)}")  # fmt: skip
         cat.coerce(name, value, who, "")  # a count must be whole
+
+    @property
+    def timeseries(self) -> list[dict[str, float]]:
+        """The time series' rows so far: every tick up to ``timeseries.MAX_ROWS``, then evenly spaced
+        ticks and the last (``framework/timeseries.py``)."""
+        return self._timeseries.to_list()
 
     def timeseries_rows(self) -> list[dict[str, float]]:
         return self.timeseries

@@ -98,6 +98,9 @@ def _sample(st, ring, table, out):
 class Zipf(Workload):
     name = "zipf"
     Config = ZipfConfig
+    # The alias table (uint64) it keeps; building it also takes 16 B a page of scratch (order, scaled, work),
+    # freed before the host's tables are allocated (simulation.py builds workloads first).
+    memory_per_page = 8
 
     def __init__(self, cfg, npages, rng):
         super().__init__(cfg, npages, rng)
