@@ -343,7 +343,7 @@ def plot_timeseries(runs: pl.DataFrame, y: str, hue: str | Sequence[str] | None,
 def _check_timeseries(runs: pl.DataFrame, y: str) -> None:
     """The columns of ``y`` (``a`` or ``a/b``) exist in the runs' time series (read from the first one's schema)."""
     paths = (
-        [p for d in runs["run_dir"].to_list() if (p := Path(d) / TIMESERIES).is_file()]
+        [p for d in runs["run_dir"].to_list() if (p := Path(d) / TIMESERIES).is_file() and not unreadable(p)]
         if "run_dir" in runs.columns
         else []
     )
