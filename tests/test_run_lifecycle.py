@@ -269,21 +269,34 @@ def test_a_full_disk_in_a_run_and_a_sweep_gives_one_line(tmp_path, full_disk, mo
 
 # The crash test: kill a sweep at random moments, resume it, and get an uninterrupted sweep's results.
 
-CRASH = ("guest.memory_mib=16", "host.memory_mib=12", "workload.accesses=4000000", "engine.accesses_per_tick=65536")
+CRASH = ("guest.memory_mib=16", "host.memory_mib=12", "workload.accesses=12000000", "engine.accesses_per_tick=65536")
 CRASH_JOBS = [("seed=0", "secondary.mode=notifier"), ("seed=1", "secondary.mode=notifier"),
               ("seed=0", "secondary.mode=pin"), ("seed=1", "secondary.mode=pin")]  # fmt: skip
+
+
+def _jobs_started(sweep: Path, since: float) -> int:
+    return sum(p.stat().st_mtime >= since for p in sweep.glob("*/.hydra/config.yaml"))
 
 
 def _kill_at_random(tmp_path: Path, rng: random.Random) -> None:
     exe = Path(sys.executable).with_name("mmnsim")
     args = ["-m", *CRASH, "seed=0,1", "secondary.mode=notifier,pin", "hydra.sweep.dir=sweep", "hydra.launcher.n_jobs=2"]
+    since = time.time() - 0.01
     sweep = subprocess.Popen([str(exe), *args], cwd=tmp_path, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        time.sleep(rng.uniform(1, 9))
+        # A random moment: once a random number of jobs has started (0: still starting up), a little later.
+        started, deadline = rng.randint(0, 4), time.monotonic() + 120
+        while _jobs_started(tmp_path / "sweep", since) < started and sweep.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 1.0))
         workers = sorted(_children(sweep.pid))
         victim = sweep.pid if not workers or rng.random() < 0.5 else rng.choice(workers)
         os.kill(victim, signal.SIGKILL)
+        if victim != sweep.pid:  # a worker: then, a moment later, the sweep (joblib would go on with the rest)
+            time.sleep(rng.uniform(0, 0.5))
+            os.kill(sweep.pid, signal.SIGKILL)
         sweep.wait(timeout=30)
     finally:
         deadline = time.monotonic() + 10
@@ -295,9 +308,8 @@ def _kill_at_random(tmp_path: Path, rng: random.Random) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_a_sweep_killed_at_random_moments_and_resumed_has_an_uninterrupted_sweeps_results(tmp_path):
-    rng = random.Random(17)
-    for _ in range(3):
-        _kill_at_random(tmp_path, rng)
+    for seed in (1, 13, 12):  # kills: a worker while starting, then once 2 and 3 of the 4 jobs have started
+        _kill_at_random(tmp_path, random.Random(seed))
     resumed = cli("-m", *CRASH, "seed=0,1", "secondary.mode=notifier,pin", "hydra.sweep.dir=sweep",
                   "hydra.launcher.n_jobs=2", cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
