@@ -6,6 +6,7 @@ line naming the key and what is accepted, with exit status 2, before any job run
 """
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -67,7 +68,8 @@ def _app(cfg: DictConfig) -> None:
     if multirun:
         exit_with_parent()
         if up_to_date(outdir, cfg):
-            (outdir / FAILED).unlink(missing_ok=True)  # an earlier sweep's failure of this job, since redone
+            with contextlib.suppress(OSError):  # an earlier sweep's failure of this job, since redone
+                (outdir / FAILED).unlink(missing_ok=True)
             print(f"up to date (same config and code), not run again: {outdir}")
             return
     bar = None if multirun else ProgressBar()  # parallel jobs would draw over each other
