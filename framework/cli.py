@@ -5,9 +5,13 @@ it (``load_settings``), so that a misspelled key, an unknown plugin or a bad val
 line naming the key and what is accepted, with exit status 2, before any job runs or writes a file.
 """
 
+import atexit
+import contextlib
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,21 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import ConfigError
 from .discovery import Registry, plugin_manager
 from .notifier import PluginError
-from .output import FAILED, summary_text, up_to_date, write_failure, write_results
+from .output import (
+    FAILED,
+    SUMMARY,
+    check_writable,
+    clear_results,
+    disk_error,
+    summary_text,
+    up_to_date,
+    write_failure,
+    write_results,
+)
 from .progress import ProgressBar
 from .settings import load_settings
 from .simulation import InvariantViolation, Simulation
+from .sweeplock import LOCK, SWEEP_PID, SweepBusy, SweepLock, exit_with_parent
 from .traces import TraceError
 
 CONFIG_MODULE = "mmnsim.conf"
@@ -72,17 +87,28 @@ def _app(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     outdir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    if multirun and up_to_date(outdir, cfg):
-        print(f"up to date (same config and code), not run again: {outdir}")
-        return
+    logging.raiseExceptions = False  # a log file on a full disk: no traceback per log line
+    if multirun:
+        exit_with_parent()
+        if up_to_date(outdir, cfg):
+            with contextlib.suppress(OSError):  # an earlier sweep's failure of this job, since redone
+                (outdir / FAILED).unlink(missing_ok=True)
+            print(f"up to date (same config and code), not run again: {outdir}")
+            return
     bar = None if multirun else ProgressBar()  # parallel jobs would draw over each other
     try:
+        clear_results(outdir)  # an earlier run's results must not pass for this one's
         sim = Simulation(cfg)
         metrics = sim.run(progress=bar, teardown=True)
+        write_results(outdir, cfg, metrics, sim.timeseries_rows())
     except Exception as exc:
         if multirun:  # the other jobs go on; this one leaves failed.json, and FailedJobs fails the sweep
-            log.error("job failed: %s (%s)", exc, write_failure(outdir, cfg, exc))
+            _record_failure(outdir, cfg, exc)
             return
+        if isinstance(exc, OSError):
+            log.error("%s", disk_error(exc))
+            print(f"mmnsim: {disk_error(exc)}", file=sys.stderr)
+            sys.exit(1)
         if not isinstance(exc, ConfigError | PluginError | InvariantViolation | TraceError):
             raise
         log.error("%s", exc)
@@ -91,7 +117,6 @@ def _app(cfg: DictConfig) -> None:
     finally:
         if bar is not None:
             bar.close()
-    write_results(outdir, cfg, metrics, sim.timeseries_rows())
     for message in sim.violation_messages[:5]:
         log.warning("invariant violated: %s", message)
     print(summary_text(metrics))
@@ -106,27 +131,90 @@ def _app(cfg: DictConfig) -> None:
             sys.exit(EXIT_VIOLATIONS)
 
 
+def _record_failure(outdir: Path, cfg: DictConfig, exc: Exception) -> None:
+    """Leave failed.json for a job that raised; if even that cannot be written (a full disk), say so in one
+    line: FailedJobs counts the job as failed because it has no summary."""
+    error = disk_error(exc) if isinstance(exc, OSError) else str(exc)
+    try:
+        log.error("job failed: %s (%s)", error, write_failure(outdir, cfg, exc))
+    except OSError as again:
+        log.error("job failed: %s; and %s", error, disk_error(again))
+        print(f"mmnsim: job {outdir} failed: {error}", file=sys.stderr)
+
+
+class SweepDir(Callback):
+    """Before any job: a run's output directory can be written, and a sweep's directory is this sweep's
+    alone (``SweepLock``, held to the end of the sweep); if not, one line and exit status 2. Workers of
+    the sweep learn its pid, to exit when it is gone (``exit_with_parent``)."""
+
+    lock: SweepLock | None = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_writable(Path(config.hydra.run.dir))
+        except OSError as exc:
+            print(f"mmnsim: {disk_error(exc)}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.lock = SweepLock(Path(config.hydra.sweep.dir))
+        try:
+            self.lock.acquire()
+        except SweepBusy as exc:
+            print(f"mmnsim: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as exc:
+            print(f"mmnsim: {disk_error(exc)}", file=sys.stderr)
+            sys.exit(2)
+        atexit.register(self.lock.release)  # when a callback after this one exits, or on an error
+        os.environ[SWEEP_PID] = str(os.getpid())
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
 class FailedJobs(Callback):
-    """At the end of a multirun, name the jobs that failed, with their errors, and exit with status 1; the
-    other jobs' results are complete, and ``mmnsim-report`` reads them (and lists the failures)."""
+    """At the end of a multirun, name this sweep's jobs that failed, with their errors, and exit with status
+    1; the other jobs' results are complete, and ``mmnsim-report`` reads them (and lists the failures).
+    This sweep's jobs are those whose ``.hydra/config.yaml`` was written since the sweep started: a
+    ``failed.json`` left in the directory by an earlier sweep does not count."""
+
+    since_ns: int = 0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:  # the file system's clock, as for the jobs' files
+            self.since_ns = (Path(config.hydra.sweep.dir) / LOCK).stat().st_mtime_ns
+        except OSError:
+            self.since_ns = time.time_ns()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        failed = sorted(sweep.rglob(FAILED))
-        started = _mtime(sweep / "multirun.yaml") if (sweep / "multirun.yaml").exists() else 0.0
-        violated = sorted(p for p in sweep.rglob(VIOLATIONS)  # of this sweep's jobs, not an earlier sweep's
-                          if _mtime(p.parent / ".hydra" / "config.yaml") >= started)  # fmt: skip
+        jobs = sorted(
+            p.parent.parent for p in sweep.rglob(".hydra/config.yaml") if p.stat().st_mtime_ns >= self.since_ns
+        )
+        errors = {}
+        violated = []
+        for job in jobs:
+            if (job / VIOLATIONS).is_file():
+                violated.append(job / VIOLATIONS)
+            if (job / FAILED).is_file():
+                try:
+                    errors[job] = json.loads((job / FAILED).read_text())["error"]
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    errors[job] = f"failed.json unreadable ({exc})"
+            elif not (job / SUMMARY).is_file():
+                errors[job] = "no results and no failed.json (see the job's log)"
         for path in violated:  # listed first: a failed job, below, sets the exit status
             first = path.read_text().partition("\n")[0]
             print(f"mmnsim: invariant violated in {path.parent}: {first}", file=sys.stderr)
-        if not failed:
+        if not errors:
             if violated:
                 sys.exit(EXIT_VIOLATIONS)
             return
-        total = len(list(sweep.rglob(".hydra/config.yaml")))
-        print(f"mmnsim: {len(failed)} of {total} jobs failed; the others' results are in {sweep}:", file=sys.stderr)
-        for path in failed:
-            print(f"  {path.parent}: {json.loads(path.read_text())['error']}", file=sys.stderr)
+        print(f"mmnsim: {len(errors)} of {len(jobs)} jobs failed; the others' results are in {sweep}:", file=sys.stderr)
+        for job, error in errors.items():
+            print(f"  {job}: {error}", file=sys.stderr)
         sys.exit(1)
 
 

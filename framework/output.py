@@ -6,13 +6,22 @@
 * ``timeseries.parquet``: one row per tick, cumulative counters and gauges.
 * ``failed.json``, instead, for a job that raised: the error, its traceback and the provenance.
 
-Each is written to a temporary name and renamed into place, so a crashed or interrupted run leaves no
-half-written file. A job whose ``summary.parquet`` has the same ``config_hash`` and ``code_hash`` is up
-to date (``up_to_date``): a sweep started again in the same directory skips it.
+The three are one unit. Before a run, ``clear_results`` removes what an earlier run left in the directory
+(another config's results, or a run killed midway); each file is written to a temporary name and renamed
+into place, the summary last, so a crashed or interrupted run leaves no half-written file and no summary
+without its time series. A job is up to date (``up_to_date``) when its summary and time series are both
+there, readable, and carry the job's ``config_hash`` and ``code_hash``: a sweep started again in the same
+directory skips it.
+
+A write that fails (a full disk, a read-only or missing directory, a path that is a file) raises
+``OSError`` with the path and errno; ``disk_error`` says it in one line.
 """
 
+import contextlib
+import errno
 import hashlib
 import importlib
+import io
 import json
 import os
 import subprocess
@@ -163,25 +172,59 @@ def provenance(cfg: DictConfig) -> dict[str, str]:
 
 
 def up_to_date(outdir: Path, cfg: DictConfig) -> bool:
-    """Whether ``outdir`` already holds this config's results from this code."""
-    path = outdir / SUMMARY
-    if not path.is_file():
-        return False
+    """Whether ``outdir`` already holds this config's complete results from this code: the summary, and the
+    time series when the config records one, both readable and both stamped with this config and code."""
+    want = {"config_hash": config_hash(cfg), "code_hash": code_hash(cfg)}
+    names = [SUMMARY, TIMESERIES] if cfg.engine.timeseries else [SUMMARY]
+    for name in names:
+        try:
+            stamps = pl.read_parquet(outdir / name, columns=list(want)).unique().rows(named=True)
+        except Exception:  # noqa: BLE001 - missing, unreadable or from an older version: run again
+            return False
+        if stamps != [want]:
+            return False
+    return True
+
+
+def clear_results(outdir: Path) -> None:
+    """Remove what an earlier run left in ``outdir`` (its results, its failure, temporary files of a run
+    killed midway), the summary first: a run interrupted from here on leaves no results that look whole."""
+    if not outdir.is_dir():
+        return
+    for name in (SUMMARY, TIMESERIES, FAILED):
+        (outdir / name).unlink(missing_ok=True)
+        (outdir / f".{name}.tmp").unlink(missing_ok=True)
+
+
+def disk_error(exc: OSError) -> str:
+    """An OSError from writing results, in one line: the path, the error and its errno name."""
+    code = errno.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or str(exc)
+    return f"cannot write {exc.filename or 'results'}: {reason}{f' ({code})' if code else ''}"
+
+
+def make_dir(path: Path) -> None:
+    """``mkdir -p``, where a file in the way is "Not a directory" (ENOTDIR), as for a file on the path."""
     try:
-        row = pl.read_parquet(path, columns=["config_hash", "code_hash"]).row(0, named=True)
-    except Exception:  # noqa: BLE001 - unreadable or from an older version: run again
-        return False
-    return row == {"config_hash": config_hash(cfg), "code_hash": code_hash(cfg)}
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+
+
+def check_writable(outdir: Path) -> None:
+    """Create ``outdir`` and a file in it, or raise OSError naming the path (before a run, not after)."""
+    make_dir(outdir)
+    probe = outdir / f".mmnsim-probe-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
 
 
 def write_failure(outdir: Path, cfg: DictConfig, exc: BaseException) -> Path:
     """Record a job that raised, in place of its results."""
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / FAILED
-    tmp = path.with_name(f".{path.name}.tmp")
     record = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(), **provenance(cfg)}
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    _write_bytes(json.dumps(record, indent=2).encode(), path)
     return path
 
 
@@ -191,20 +234,38 @@ def summary_frame(cfg: DictConfig, metrics: dict[str, float]) -> pl.DataFrame:
 
 
 def write_atomic(frame: pl.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` whole or not at all. Polars encodes into memory and Python writes the
+    file, so a full disk is an OSError naming the path and ENOSPC, not polars' "Invalid thrift" error."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    _write_bytes(buffer.getbuffer(), path)
+
+
+def _write_bytes(data: bytes | memoryview, path: Path) -> None:
+    """Write to a temporary name and rename into place; on an error, remove the temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the file the user knows, not its temp
 
 
 def write_results(outdir: Path, cfg: DictConfig, metrics: dict[str, float], rows: list[dict]) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / FAILED).unlink(missing_ok=True)  # an earlier attempt's failure
+    (outdir / SUMMARY).unlink(missing_ok=True)  # the summary is last, and only beside its own time series
     summary = summary_frame(cfg, metrics)
     timeseries = pl.DataFrame(rows) if rows else None
     if timeseries is not None:
         prov = provenance(cfg)
         timeseries = timeseries.with_columns(pl.lit(v).alias(k) for k, v in prov.items())
         write_atomic(timeseries, outdir / TIMESERIES)
+    else:
+        (outdir / TIMESERIES).unlink(missing_ok=True)
     write_atomic(summary, outdir / SUMMARY)
 
 

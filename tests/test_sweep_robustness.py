@@ -47,7 +47,7 @@ def test_results_from_other_code_are_not_up_to_date(tmp_path, monkeypatch):
     from mmnsim import output
 
     cfg = config("seed=3")
-    output.write_results(tmp_path, cfg, {"accesses": 1}, [])
+    output.write_results(tmp_path, cfg, {"accesses": 1}, [{"tick": 0, "accesses": 1}])
     assert output.up_to_date(tmp_path, cfg) and not output.up_to_date(tmp_path, config("seed=4"))
     monkeypatch.setattr(output, "code_hash", lambda cfg: "another version")
     assert not output.up_to_date(tmp_path, cfg)
