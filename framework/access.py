@@ -235,6 +235,23 @@ def huge_fault(ctr, pte, pflags, mm_base, fkey, fref, pb, bits, lists, node, nod
 
 
 @kernel(inline=True)
+def _retry(ks, ctr, sstate, p):
+    """mmu_invalidate_retry_gfn (mmu_interval_read_retry for an interval subscriber): _AGAIN, counting a
+    retry, if an invalidation in progress covers page ``p`` (any, for an MMU that retries VM-wide, as KVM
+    did before 6.3) or the sequence moved since the fault began; _ASK - LIVELOCK after MAX_RETRIES; else _OK."""
+    busy = sstate[IN_PROGRESS] != 0 and (
+        (sstate[MODE] & SEC_RETRY_WHOLE_VM) != 0 or (sstate[INV_LO] <= p and p < sstate[INV_HI]))  # fmt: skip
+    if not busy and sstate[SEQ] == ks[K_SEQ]:
+        return _OK
+    ctr[C.FAULT_RETRIES] += 1
+    ks[K_RETRIES] += 1
+    if ks[K_RETRIES] > MAX_RETRIES:
+        return _ASK - LIVELOCK
+    ks[K_SEQ] = sstate[SEQ]
+    return _AGAIN
+
+
+@kernel(inline=True)
 def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
           pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, key, p, write, nid, exact):  # fmt: skip
     """The slow path of one access: a fault, through the secondary (``spte.size > 0``) or the CPU.
@@ -350,17 +367,9 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
         ks[K_WFRAME] = pte[key]
         ks[K_VICTIM] = key
         return _ASK - RACE_WINDOW
-    # mmu_invalidate_retry_gfn: retry if an invalidation in progress covers this page (any, for an MMU that
-    # retries VM-wide, as KVM did before 6.3) or the sequence moved since the fault began.
-    busy = sstate[IN_PROGRESS] != 0 and (
-        (sstate[MODE] & SEC_RETRY_WHOLE_VM) != 0 or (sstate[INV_LO] <= p and p < sstate[INV_HI]))  # fmt: skip
-    if busy or sstate[SEQ] != ks[K_SEQ]:
-        ctr[C.FAULT_RETRIES] += 1
-        ks[K_RETRIES] += 1
-        if ks[K_RETRIES] > MAX_RETRIES:
-            return _ASK - LIVELOCK
-        ks[K_SEQ] = sstate[SEQ]
-        return _AGAIN
+    retry = _retry(ks, ctr, sstate, p)
+    if retry != _OK:
+        return retry
     # Install the translation, for the whole 2 MiB if the primary maps a THP and the MMU maps huge pages
     # (KVM's host-mapping-level rule); in pin mode take a long-term pin on each frame (once per entry).
     lo, hi = p, p + 1
@@ -417,15 +426,9 @@ def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p
     whatever the primary table maps now: an MMU whose sequence did not move while the host invalidated
     the page installs a stale entry, as it would in the kernel."""
     ks[K_WINDOW] = 0
-    busy = sstate[IN_PROGRESS] != 0 and (
-        (sstate[MODE] & SEC_RETRY_WHOLE_VM) != 0 or (sstate[INV_LO] <= p and p < sstate[INV_HI]))  # fmt: skip
-    if busy or sstate[SEQ] != ks[K_SEQ]:
-        ctr[C.FAULT_RETRIES] += 1
-        ks[K_RETRIES] += 1
-        if ks[K_RETRIES] > MAX_RETRIES:
-            return _ASK - LIVELOCK
-        ks[K_SEQ] = sstate[SEQ]
-        return _AGAIN
+    retry = _retry(ks, ctr, sstate, p)
+    if retry != _OK:
+        return retry
     f = ks[K_WFRAME]
     spte[p] = f
     sflags[p] = S_WRITABLE if pflags[key] & P_WRITE and fkey[f] >= 0 else 0
