@@ -15,7 +15,7 @@ from .costs import walk_refs
 from .discovery import PluginConfSearchPath
 from .hookspecs import hookimpl, hookspec
 from .host import Watermarks
-from .metrics import Metric
+from .metrics import REGISTRATION_METRICS, Metric
 from .migrate import migrate
 from .mm import MM
 from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
@@ -42,6 +42,7 @@ Plugins.instance().register(PluginConfSearchPath)
 OmegaConf.register_new_resolver("mmnsim_data", data_path, replace=True)
 
 __all__ = [
+    "REGISTRATION_METRICS",
     "MM",
     "Metric",
     "ConfigError",

@@ -212,6 +212,14 @@ OTHERS = (
 )  # fmt: skip
 
 FRAMEWORK = (*COUNTERS, *OTHERS)
+
+# Declared by every device that registers (pins) its region up front: rdma, gpu, vfio (``populate``).
+REGISTRATION_METRICS = (
+    _m("registered_pages", "pages", int, "pages pinned at registration (pin mode: userptr, ibv_reg_mr, "
+       "VFIO_IOMMU_MAP_DMA)"),
+    _m("registration_failures", "registrations", int, "registrations that failed whole (RLIMIT_MEMLOCK, or a "
+       "page that could not be faulted in): every pin taken is released"),
+)  # fmt: skip
 WHERE_FRAMEWORK = (
     "framework/metrics.py, in COUNTERS if it is a counter of mmnsim.counters, else in OTHERS "
     "(then `mmnsim-report --metrics-doc > docs/metrics.md`)"

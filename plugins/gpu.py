@@ -36,7 +36,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import Event, Metric, NotifierRange, SecondaryConfig, SecondaryMMU, device_region, hookimpl, require
+from mmnsim import (
+    REGISTRATION_METRICS,
+    Event,
+    Metric,
+    NotifierRange,
+    SecondaryConfig,
+    SecondaryMMU,
+    device_region,
+    hookimpl,
+    require,
+)
 from mmnsim.pagebits import P_DEVICE, S_ACCESSED
 
 
@@ -82,10 +92,7 @@ class GPU(SecondaryMMU):
     Config = GPUConfig
     declared_metrics = (
         Metric("fault_batches", "batches", int, "GPU fault batches serviced (fault_batch faults each)"),
-        Metric("registered_pages", "pages", int, "pages pinned at registration (pin mode: userptr, ibv_reg_mr, "
-               "VFIO_IOMMU_MAP_DMA)"),
-        Metric("registration_failures", "registrations", int, "registrations that failed whole (RLIMIT_MEMLOCK, or "
-               "a page that could not be faulted in): every pin taken is released"),
+        *REGISTRATION_METRICS,
         Metric("prefetched_pages", "pages", int, "pages a GPU fault mapped around the faulting one (the "
                "driver's fault block)"),
         Metric("queue_quiesces", "quiesces", int, "process queue quiesces by invalidations with XNACK off "

@@ -29,7 +29,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import Metric, NotifierRange, SecondaryConfig, SecondaryMMU, device_region, hookimpl, require
+from mmnsim import (
+    REGISTRATION_METRICS,
+    Metric,
+    NotifierRange,
+    SecondaryConfig,
+    SecondaryMMU,
+    device_region,
+    hookimpl,
+    require,
+)
 
 UMR_ALIGN_PAGES = 8  # MLX5_UMR_MTT_NUM_ENTRIES_ALIGNMENT: MLX5_UMR_FLEX_ALIGNMENT (64 B) / sizeof(mlx5_mtt)
 MIB_PAGES = 256
@@ -57,19 +66,7 @@ class RDMA(SecondaryMMU):
     interval = True
     Config = RDMAConfig
     declared_metrics = (
-        Metric(
-            "registered_pages",
-            "pages",
-            int,
-            "pages pinned at registration (pin mode: userptr, ibv_reg_mr, VFIO_IOMMU_MAP_DMA)",
-        ),
-        Metric(
-            "registration_failures",
-            "registrations",
-            int,
-            "registrations that failed whole (RLIMIT_MEMLOCK, or "
-            "a page that could not be faulted in): every pin taken is released",
-        ),
+        *REGISTRATION_METRICS,
         Metric(
             "umrs",
             "UMRs",

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import Metric, Mode, SecondaryConfig, SecondaryMMU, device_region, hookimpl, require
+from mmnsim import REGISTRATION_METRICS, Metric, Mode, SecondaryConfig, SecondaryMMU, device_region, hookimpl, require
 
 log = logging.getLogger("mmnsim")
 
@@ -68,19 +68,7 @@ class VFIO(SecondaryMMU):
     huge = True  # iommu_map uses the largest page size the chunk allows
     Config = VFIOConfig
     declared_metrics = (
-        Metric(
-            "registered_pages",
-            "pages",
-            int,
-            "pages pinned at registration (pin mode: userptr, ibv_reg_mr, VFIO_IOMMU_MAP_DMA)",
-        ),
-        Metric(
-            "registration_failures",
-            "registrations",
-            int,
-            "registrations that failed whole (RLIMIT_MEMLOCK, or "
-            "a page that could not be faulted in): every pin taken is released",
-        ),
+        *REGISTRATION_METRICS,
         Metric(
             "iommu_map_calls",
             "calls",
