@@ -440,16 +440,16 @@ def _host_story(sim: "Simulation", what: int, a: int, b: int) -> str:
 
 
 def verify_young(sim: "Simulation", subscriber, op: str, start: np.ndarray, end: np.ndarray, truth: np.ndarray,
-                 answer: np.ndarray) -> None:  # fmt: skip
+                 answer: np.ndarray, kept: np.ndarray | None) -> None:  # fmt: skip
     """Judge a secondary MMU's young op over ranges [start, end): its ``answer`` against ``truth``, whether
     the framework's access kernel saw an access through its entries there since they were last cleared
     (the shadow accessed array, out of the plugin's reach); and, for ``clear_young``/``clear_flush_young``,
-    its postcondition: the plugin's own accessed bits in the ranges read clear after the call. A mismatch
-    is an ``accessed`` violation naming the plugin and the op."""
+    its postcondition: the plugin's own accessed bits in the ranges read clear after the call (``kept``,
+    per range whether they do not, from ``SecondaryMMU.consume_shadow``; None for ``test_young``). A
+    mismatch is an ``accessed`` violation naming the plugin and the op."""
     wrong = answer & ~truth if op == "clear_young" else truth != answer  # clear_young may err toward old
-    kept = np.zeros(0, dtype=np.bool_)
-    if op != "test_young":
-        kept = subscriber.harvest_accessed(start, end, clear=False)  # must read clear now
+    if kept is None:
+        kept = np.zeros(0, dtype=np.bool_)
     if not wrong.any() and not kept.any():
         return
     report = Report()

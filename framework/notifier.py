@@ -10,10 +10,9 @@ raises, or refuses what it may not refuse, is reported as a ``PluginError`` nami
 
 import logging
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pluggy
@@ -24,6 +23,7 @@ from .invariants import verify_young
 from .pagetable import MM_HAS_NOTIFIERS
 
 log = logging.getLogger("mmnsim")
+_NO_TABLE = np.zeros(0)
 
 
 class Event(IntEnum):
@@ -60,6 +60,14 @@ def plugin_error(who: str, hook: str, exc: BaseException) -> PluginError:
         return PluginError(f"{who} wrote to host state in {hook} through a read-only view ({exc}): plugins change "
                            "host state only through the mm operations, which raise the notifiers")  # fmt: skip
     return PluginError(f"{who} raised in {hook}: {exc!r}")
+
+
+class _Impl(NamedTuple):
+    name: str  # the subscriber's name in the chain
+    function: Any
+    argnames: tuple[str, ...]
+    plugin: object
+    label: str  # who runs, for culprit attribution: "secondary MMU 'kvm' in invalidate_range_start"
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,6 +136,7 @@ class NotifierChain:
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(NotifierOps)
         self.invalidate_seq = 0  # odd while an invalidation runs (mmu_notifier_subscriptions.invalidate_seq)
+        self._by_op: dict[str, tuple[_Impl, ...]] = {}  # each op's implementations, newest first (see _impls)
 
     # -- subscription (mmu_notifier_register / mmu_notifier_unregister) --
 
@@ -142,11 +151,13 @@ class NotifierChain:
                 "subscribers implement invalidate, whole-mm ones invalidate_range_start/_end"
             )
         self._pm.register(subscriber, name=unique_name(self._pm, _label(subscriber)))
+        self._by_op.clear()
         self.mm.set_flag(MM_HAS_NOTIFIERS, True)
 
     def unsubscribe(self, subscriber: object) -> None:
         if self._pm.is_registered(subscriber):
             self._pm.unregister(subscriber)
+        self._by_op.clear()
         self.mm.set_flag(MM_HAS_NOTIFIERS, bool(self.subscribers()))
 
     def subscribers(self) -> list[object]:
@@ -158,9 +169,17 @@ class NotifierChain:
 
     # -- delivery --
 
-    def _impls(self, op: str) -> Iterator[tuple[str, Any, tuple[str, ...], object]]:
-        for impl in reversed(getattr(self._pm.hook, op).get_hookimpls()):
-            yield impl.plugin_name, impl.function, impl.argnames, impl.plugin
+    def _impls(self, op: str) -> tuple["_Impl", ...]:
+        """The subscribers implementing ``op``, newest first; kept per op until the chain changes (these
+        calls are on reclaim's path: one per op per batch)."""
+        impls = self._by_op.get(op)
+        if impls is None:
+            impls = self._by_op[op] = tuple(
+                _Impl(i.plugin_name, i.function, tuple(i.argnames), i.plugin,
+                      f"secondary MMU '{i.plugin_name}' in {op}")
+                for i in reversed(getattr(self._pm.hook, op).get_hookimpls())
+            )  # fmt: skip
+        return impls
 
     def call(self, op: str, stop_on_refusal: bool = False, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call ``op`` on every subscriber implementing it; return (subscriber name, result) pairs.
@@ -168,20 +187,26 @@ class NotifierChain:
         ``invalidate`` goes to each interval subscriber with ``ranges`` clipped to its region, if any
         overlap. ``stop_on_refusal``: stop after the first subscriber that returns False."""
         results = []
-        for name, fn, argnames, plugin in self._impls(op):
+        impls = self._impls(op)
+        if not impls:
+            return results
+        running = self.mm.sim.actors.running  # the culprit stack (actors.acting, inlined: a hot path)
+        for name, fn, argnames, plugin, label in impls:
             args = kwargs
             if op == "invalidate":
                 clipped = _clip(kwargs["ranges"], plugin.region)
                 if clipped is None:
                     continue
                 args = {**kwargs, "ranges": clipped}
-            with self.mm.sim.actors.acting(f"secondary MMU '{name}' in {op}"):
-                try:
-                    result = fn(*[args[a] for a in argnames])
-                except PluginError:
-                    raise
-                except Exception as exc:
-                    raise plugin_error(f"secondary MMU '{name}'", op, exc) from exc
+            running.append(label)
+            try:
+                result = fn(*[args[a] for a in argnames])
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise plugin_error(f"secondary MMU '{name}'", op, exc) from exc
+            finally:
+                running.pop()
             results.append((name, result))
             if stop_on_refusal and result is False:
                 break
@@ -210,13 +235,13 @@ class NotifierChain:
                 f"({ranges.event.name}, {len(ranges)} ranges of mm '{self.mm.name}'): only "
                 "non-blockable ranges may be refused"
             )
-        ending = {name for name, _, _, _ in self._impls("invalidate_range_end")}
+        ending = {impl.name for impl in self._impls("invalidate_range_end")}
         if ending & set(refused):
             raise PluginError(
                 f"secondary MMU '{sorted(ending & set(refused))[0]}' refused invalidate_range_start but "
                 "implements invalidate_range_end: a subscriber that can refuse must not implement end"
             )
-        if not any(name in refused for name, _, _, _ in self._impls("invalidate")):
+        if not any(impl.name in refused for impl in self._impls("invalidate")):
             self.invalidate_range_end(ranges)  # the whole-mm subscribers did start: end them
         else:
             self.invalidate_seq += 1  # mn_itree_inv_end
@@ -253,12 +278,13 @@ class NotifierChain:
         op consumes the accesses: the shadow is cleared over the ranges."""
         sim = self.mm.sim
         verify = sim.engine.check_invariants
+        clearing = op != "test_young"
         truth = {}
-        for name, _, _, sub in self._impls(op):
-            if verify and getattr(sub, "spte", np.zeros(0)).size:
-                truth[name] = sub.shadow_young(start, end)
+        for impl in self._impls(op):
+            if verify and getattr(impl.plugin, "spte", _NO_TABLE).size:
+                truth[impl.name] = impl.plugin.shadow_young(start, end)
         young = np.zeros(start.size, dtype=bool)
-        args = {"mm": self.mm, "pages": start} if op == "test_young" else {"mm": self.mm, "start": start, "end": end}
+        args = {"mm": self.mm, "start": start, "end": end} if clearing else {"mm": self.mm, "pages": start}
         for name, res in self.call(op, **args):
             arr = np.asarray(res)
             if arr.shape != young.shape:
@@ -267,13 +293,12 @@ class NotifierChain:
                 )
             arr = arr.astype(bool, copy=False)
             sub = self._pm.get_plugin(name)
+            kept = sub.consume_shadow(start, end) if clearing and hasattr(sub, "consume_shadow") else None
             if name in truth:
                 # An MMU that says it cannot see its accesses (``young`` False: 2.6.27's EPT) may answer
                 # "old" for what it accessed, as clear_young may; answering "young" falsely is still a lie.
                 checked = op if getattr(sub, "young", True) else "clear_young"
-                verify_young(sim, sub, checked, start, end, truth[name], arr)
-            if op != "test_young" and hasattr(sub, "clear_shadow"):
-                sub.clear_shadow(start, end)
+                verify_young(sim, sub, checked, start, end, truth[name], arr, kept)
             young |= arr
         return young
 
@@ -281,7 +306,7 @@ class NotifierChain:
         """mmu_notifier_release: every subscriber drops the mm, then leaves the chain. Interval
         subscribers get an ``invalidate`` of the whole mm with event RELEASE (mn_itree_release)."""
         whole = NotifierRange(self.mm, np.array([0]), np.array([self.mm.npages]), Event.RELEASE)
-        if next(self._impls("invalidate"), None) is not None:
+        if self._impls("invalidate"):
             ctr = self.mm.sim.host.ctr
             ctr[INVALIDATIONS] += 1
             ctr[INVALIDATIONS_BY_EVENT + Event.RELEASE] += 1
@@ -291,6 +316,7 @@ class NotifierChain:
         self.call("release", mm=self.mm)
         for sub in list(self._pm.get_plugins()):
             self._pm.unregister(sub)
+        self._by_op.clear()
         self.mm.set_flag(MM_HAS_NOTIFIERS, False)
 
 

@@ -260,9 +260,7 @@ class SecondaryMMU(Component):
         young = np.zeros(start.size, dtype=np.bool_)
         if self.spte.size == 0:
             return young
-        _harvest(self.sflags, _int64(start), _int64(end), clear, young)
-        if clear:
-            self.clear_shadow(start, end)
+        _harvest(self.sflags, self._accessed, _int64(start), _int64(end), clear, young)
         return young
 
     def shadow_young(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -273,9 +271,14 @@ class SecondaryMMU(Component):
             _shadow_young(self._accessed, self.spte, _int64(start), _int64(end), young)
         return young
 
-    def clear_shadow(self, start: np.ndarray, end: np.ndarray) -> None:
+    def consume_shadow(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """After a clearing young op: clear the shadow over the ranges (the op consumed the accesses) and
+        return, per range, whether the plugin's own accessed bits still read set (the op's postcondition
+        is that they do not)."""
+        kept = np.zeros(start.size, dtype=np.bool_)
         if self.spte.size:
-            _shadow_clear(self._accessed, _int64(start), _int64(end))
+            _consume_shadow(self._accessed, self.sflags, _int64(start), _int64(end), kept)
+        return kept
 
     def mapped_pages(self) -> int:
         return int(np.count_nonzero(self.spte >= 0))
@@ -285,9 +288,15 @@ def _int64(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+# The young ops' ranges are reclaim's: one page each, far apart, so each loop prefetches ahead.
+
+
 @kernel
 def _shadow_young(shadow, spte, start, end, young):
     for r in range(start.size):
+        if r + AHEAD < start.size and start[r + AHEAD] < spte.size:
+            prefetch(shadow, U(start[r + AHEAD]))
+            prefetch(spte, U(start[r + AHEAD]))
         seen = False
         for p in range(start[r], end[r]):
             seen |= shadow[p] != 0 and spte[p] >= 0
@@ -295,10 +304,13 @@ def _shadow_young(shadow, spte, start, end, young):
 
 
 @kernel
-def _shadow_clear(shadow, start, end):
+def _consume_shadow(shadow, sflags, start, end, kept):
     for r in range(start.size):
+        still = False
         for p in range(start[r], end[r]):
             shadow[p] = 0
+            still |= (sflags[p] & S_ACCESSED) != 0
+        kept[r] = still
 
 
 @kernel
@@ -331,16 +343,19 @@ def _zap(spte, sflags, shadow, start, end, ft, ctr, zapped):
 
 
 @kernel
-def _harvest(sflags, start, end, clear, young):
+def _harvest(sflags, shadow, start, end, clear, young):
     for r in range(start.size):
         if r + AHEAD < start.size and start[r + AHEAD] < sflags.size:
             prefetch(sflags, U(start[r + AHEAD]))
+            if clear:
+                prefetch(shadow, U(start[r + AHEAD]))
         seen = False
         for p in range(start[r], end[r]):  # without a branch on the bit: young or not is a coin toss
             fl = sflags[p]
             seen |= (fl & S_ACCESSED) != 0
             if clear:
                 sflags[p] = fl & ~S_ACCESSED
+                shadow[p] = 0
         young[r] = seen
 
 
