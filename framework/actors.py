@@ -4,8 +4,8 @@
 secondary MMU's notifier op, an mm operation (``munmap of mm 'guest0'``). The hook-call wrappers and the
 mm operations push onto it (``acting``). Every PTE change made under an invalidation (``MM.invalidate``)
 records, for each page it covers, who made it (``record``); a check that finds a page, frame or entry
-wrong asks ``who_changed`` for the page's last recorded change. The cost is two int32 stores per page
-invalidated, in one compiled loop, and nothing on the access path.
+wrong asks ``who_changed`` for the page's last recorded change. The cost is one int64 store per page
+invalidated (who and when, packed), in one compiled loop, and nothing on the access path.
 """
 
 from collections.abc import Iterator
@@ -16,6 +16,8 @@ import numpy as np
 from .kernel import AHEAD, U, kernel, prefetch
 
 FRAMEWORK = "the framework"
+WHO_BITS = 24  # up to 16 million distinct actor labels; the tick takes the other 39 bits
+WHO_MASK = (1 << WHO_BITS) - 1
 
 
 class Actors:
@@ -23,8 +25,9 @@ class Actors:
         self.running: list[str] = []  # the stack; the notifier chain pushes and pops it directly
         self._labels: list[str] = []
         self._ids: dict[str, int] = {}
-        self.changed_by = np.full(keys, -1, dtype=np.int32)  # per page key: index into _labels, or -1
-        self.changed_at = np.zeros(keys, dtype=np.int32)  # per page key: the tick of that change
+        # Per page key: tick << WHO_BITS | index into _labels, or -1. One array, not two: reclaim's pages
+        # lie far apart, and each store is a cache miss.
+        self.changed = np.full(keys, -1, dtype=np.int64)
 
     @property
     def current(self) -> str:
@@ -50,20 +53,20 @@ class Actors:
         if i is None:
             i = self._ids[label] = len(self._labels)
             self._labels.append(label)
-        _record(self.changed_by, self.changed_at, base, start, end, i, tick)
+        _record(self.changed, base, start, end, (tick << WHO_BITS) | i)
 
     def who_changed(self, key: int) -> str | None:
         """Who last changed page ``key`` under an invalidation, and at which tick; None if nothing did."""
-        i = int(self.changed_by[key])
-        return None if i < 0 else f"{self._labels[i]} at tick {int(self.changed_at[key])}"
+        packed = int(self.changed[key])
+        if packed < 0:
+            return None
+        return f"{self._labels[packed & WHO_MASK]} at tick {packed >> WHO_BITS}"
 
 
 @kernel
-def _record(changed_by, changed_at, base, start, end, who, tick):
+def _record(changed, base, start, end, packed):
     for r in range(start.size):
         if r + AHEAD < start.size:  # reclaim's one-page ranges are far apart
-            prefetch(changed_by, U(base + start[r + AHEAD]))
-            prefetch(changed_at, U(base + start[r + AHEAD]))
+            prefetch(changed, U(base + start[r + AHEAD]))
         for k in range(base + start[r], base + end[r]):
-            changed_by[k] = who
-            changed_at[k] = tick
+            changed[k] = packed

@@ -19,7 +19,7 @@ from mmnsim.simulation import Client
 INTERNAL = {"Simulation": {"step", "run", "check_invariants", "report_violations", "timeseries_rows", "components",
                            "metrics", "fraction_done"},
             "MM": {"set_flag"}, "Host": {"ram"},
-            "SecondaryMMU": {"consume_shadow"}}  # fmt: skip
+            "SecondaryMMU": {"consume_shadow", "accessed_left"}}  # fmt: skip
 FOREIGN = "pluggy's marker for the project `mmnsim` (decorate hook implementations and specifications)"
 
 

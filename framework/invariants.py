@@ -26,7 +26,7 @@
 Every message names what was observed (the secondary MMU holding the entry, or the page or frame) and the
 culprit: the component and hook, or the mm operation, that made the change which broke the invariant. The
 framework records, for every page, the last mm operation that changed its PTE under an invalidation and
-who was running it (``Simulation.changed_by``); a secondary that was notified of that change and kept its
+who was running it (``Actors.who_changed``); a secondary that was notified of that change and kept its
 entry is the culprit of a stale entry, the operation is the culprit when nothing was told.
 
 A check counts each violating entry or page once per check, so a violation is counted again for every
@@ -445,7 +445,7 @@ def verify_young(sim: "Simulation", subscriber, op: str, start: np.ndarray, end:
     the framework's access kernel saw an access through its entries there since they were last cleared
     (the shadow accessed array, out of the plugin's reach); and, for ``clear_young``/``clear_flush_young``,
     its postcondition: the plugin's own accessed bits in the ranges read clear after the call (``kept``,
-    per range whether they do not, from ``SecondaryMMU.consume_shadow``; None for ``test_young``). A
+    per range whether they do not, from ``SecondaryMMU.accessed_left``; None for ``test_young``). A
     mismatch is an ``accessed`` violation naming the plugin and the op."""
     wrong = answer & ~truth if op == "clear_young" else truth != answer  # clear_young may err toward old
     if kept is None:

@@ -88,11 +88,23 @@ class NotifierRange:
             except ValueError:
                 accepted = ", ".join(e.name for e in Event)
                 raise ValueError(f"unknown notifier event {self.event!r}; accepted: {accepted}") from None
-        if self.start.shape != self.end.shape or (self.end <= self.start).any():
+        if self.start.shape != self.end.shape or not self.nonempty():
             raise ValueError("a notifier range batch needs start and end arrays of one shape, each end > its start")
 
     def __len__(self) -> int:
         return int(self.start.size)
+
+    def nonempty(self) -> bool:
+        """Every range holds a page (a one-range batch, as a race window's, without a numpy reduction)."""
+        if self.start.size == 1:
+            return bool(self.end[0] > self.start[0])
+        return bool((self.end > self.start).all())
+
+    def span(self) -> tuple[int, int]:
+        """The lowest start and the highest end of the batch."""
+        if self.start.size == 1:
+            return int(self.start[0]), int(self.end[0])
+        return int(self.start.min()), int(self.end.max())
 
     def pages(self) -> np.ndarray:
         """Every page of every range, concatenated in range order."""
@@ -275,14 +287,15 @@ class NotifierChain:
         With invariant checks on, each answer is compared with what the framework's access kernel saw
         through the subscriber's entries before the call (its shadow accessed array), and after a clearing
         op the subscriber's own accessed bits must read clear (``invariants.verify_young``). A clearing
-        op consumes the accesses: the shadow is cleared over the ranges."""
+        op consumes the accesses: the shadow is cleared over the ranges (only the checks read it)."""
         sim = self.mm.sim
         verify = sim.engine.check_invariants
         clearing = op != "test_young"
         truth = {}
         for impl in self._impls(op):
             if verify and getattr(impl.plugin, "spte", _NO_TABLE).size:
-                truth[impl.name] = impl.plugin.shadow_young(start, end)
+                sub = impl.plugin  # the truth, taken before the op (which consumes the accesses) can touch it
+                truth[impl.name] = sub.consume_shadow(start, end) if clearing else sub.shadow_young(start, end)
         young = np.zeros(start.size, dtype=bool)
         args = {"mm": self.mm, "start": start, "end": end} if clearing else {"mm": self.mm, "pages": start}
         for name, res in self.call(op, **args):
@@ -293,8 +306,8 @@ class NotifierChain:
                 )
             arr = arr.astype(bool, copy=False)
             sub = self._pm.get_plugin(name)
-            kept = sub.consume_shadow(start, end) if clearing and hasattr(sub, "consume_shadow") else None
             if name in truth:
+                kept = sub.accessed_left(start, end) if clearing else None
                 # An MMU that says it cannot see its accesses (``young`` False: 2.6.27's EPT) may answer
                 # "old" for what it accessed, as clear_young may; answering "young" falsely is still a lie.
                 checked = op if getattr(sub, "young", True) else "clear_young"

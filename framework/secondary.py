@@ -223,7 +223,7 @@ class SecondaryMMU(Component):
     def begin_invalidate(self, ranges: NotifierRange | None = None) -> None:
         """kvm_mmu_invalidate_begin + kvm_mmu_invalidate_range_add: raise in_progress and add ``ranges``
         (None: the whole mm) to the range the fault path must not install into until ``end_invalidate``."""
-        lo, hi = (0, self.mm.npages) if ranges is None else (int(ranges.start.min()), int(ranges.end.max()))
+        lo, hi = (0, self.mm.npages) if ranges is None else ranges.span()
         if self.state[IN_PROGRESS] == 0:
             self.state[INV_LO], self.state[INV_HI] = lo, hi
         else:
@@ -250,8 +250,8 @@ class SecondaryMMU(Component):
         if self.spte.size == 0:  # no table of its own (shares_cpu_tables)
             return zapped
         host = self.sim.host
-        _zap(self.spte, self.sflags, self._accessed, _int64(start), _int64(end), host._ft, host.ctr, zapped)
-        self.metrics["pages_zapped"] += float(zapped.sum())
+        total = _zap(self.spte, self.sflags, self._accessed, _int64(start), _int64(end), host._ft, host.ctr, zapped)
+        self.metrics["pages_zapped"] += total
         return zapped
 
     def harvest_accessed(self, start: np.ndarray, end: np.ndarray, clear: bool) -> np.ndarray:
@@ -266,18 +266,25 @@ class SecondaryMMU(Component):
     def shadow_young(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """Whether the access kernel saw an access through a present entry in each range since the shadow
         was last cleared: the truth the young ops are judged by."""
-        young = np.zeros(start.size, dtype=np.bool_)
-        if self.spte.size:
-            _shadow_young(self._accessed, self.spte, _int64(start), _int64(end), young)
-        return young
+        return self._read_shadow(start, end, consume=False)
 
     def consume_shadow(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-        """After a clearing young op: clear the shadow over the ranges (the op consumed the accesses) and
-        return, per range, whether the plugin's own accessed bits still read set (the op's postcondition
-        is that they do not)."""
+        """``shadow_young``, clearing the shadow over the ranges: the notifier chain calls it just before a
+        clearing young op, which consumes the accesses (nothing accesses memory during the op)."""
+        return self._read_shadow(start, end, consume=True)
+
+    def _read_shadow(self, start: np.ndarray, end: np.ndarray, consume: bool) -> np.ndarray:
+        young = np.zeros(start.size, dtype=np.bool_)
+        if self.spte.size:
+            _shadow_young(self._accessed, self.spte, _int64(start), _int64(end), consume, young)
+        return young
+
+    def accessed_left(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """After a clearing young op: per range, whether the plugin's own accessed bits still read set
+        (the op's postcondition is that none does)."""
         kept = np.zeros(start.size, dtype=np.bool_)
         if self.spte.size:
-            _consume_shadow(self._accessed, self.sflags, _int64(start), _int64(end), kept)
+            _any_accessed(self.sflags, _int64(start), _int64(end), kept)
         return kept
 
     def mapped_pages(self) -> int:
@@ -292,7 +299,7 @@ def _int64(a: np.ndarray) -> np.ndarray:
 
 
 @kernel
-def _shadow_young(shadow, spte, start, end, young):
+def _shadow_young(shadow, spte, start, end, consume, young):
     for r in range(start.size):
         if r + AHEAD < start.size and start[r + AHEAD] < spte.size:
             prefetch(shadow, U(start[r + AHEAD]))
@@ -300,15 +307,16 @@ def _shadow_young(shadow, spte, start, end, young):
         seen = False
         for p in range(start[r], end[r]):
             seen |= shadow[p] != 0 and spte[p] >= 0
+            if consume:
+                shadow[p] = 0
         young[r] = seen
 
 
 @kernel
-def _consume_shadow(shadow, sflags, start, end, kept):
-    for r in range(start.size):
+def _any_accessed(sflags, start, end, kept):
+    for r in range(start.size):  # the op just read these bits: they are in cache
         still = False
         for p in range(start[r], end[r]):
-            shadow[p] = 0
             still |= (sflags[p] & S_ACCESSED) != 0
         kept[r] = still
 
@@ -316,6 +324,7 @@ def _consume_shadow(shadow, sflags, start, end, kept):
 @kernel
 def _zap(spte, sflags, shadow, start, end, ft, ctr, zapped):
     fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
+    total = 0
     for r in range(start.size):
         if r + AHEAD < start.size and start[r + AHEAD] < spte.size:  # reclaim's ranges are pages far apart
             prefetch(spte, U(start[r + AHEAD]))
@@ -340,6 +349,8 @@ def _zap(spte, sflags, shadow, start, end, ft, ctr, zapped):
             shadow[p] = 0
             count += 1
         zapped[r] = count
+        total += count
+    return total
 
 
 @kernel
