@@ -264,8 +264,8 @@ class SecondaryMMU(Component):
         return young
 
     def shadow_young(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-        """Whether the access kernel saw an access through a present entry in each range since the shadow
-        was last cleared: the truth the young ops are judged by."""
+        """Whether the access kernel saw an access through an entry in each range since the shadow was
+        last cleared (installing or zapping an entry clears it): the truth the young ops are judged by."""
         return self._read_shadow(start, end, consume=False)
 
     def consume_shadow(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -276,7 +276,7 @@ class SecondaryMMU(Component):
     def _read_shadow(self, start: np.ndarray, end: np.ndarray, consume: bool) -> np.ndarray:
         young = np.zeros(start.size, dtype=np.bool_)
         if self.spte.size:
-            _shadow_young(self._accessed, self.spte, _int64(start), _int64(end), consume, young)
+            _shadow_young(self._accessed, _int64(start), _int64(end), consume, young)
         return young
 
     def accessed_left(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -299,14 +299,13 @@ def _int64(a: np.ndarray) -> np.ndarray:
 
 
 @kernel
-def _shadow_young(shadow, spte, start, end, consume, young):
+def _shadow_young(shadow, start, end, consume, young):
     for r in range(start.size):
-        if r + AHEAD < start.size and start[r + AHEAD] < spte.size:
+        if r + AHEAD < start.size and start[r + AHEAD] < shadow.size:
             prefetch(shadow, U(start[r + AHEAD]))
-            prefetch(spte, U(start[r + AHEAD]))
         seen = False
         for p in range(start[r], end[r]):
-            seen |= shadow[p] != 0 and spte[p] >= 0
+            seen |= shadow[p] != 0
             if consume:
                 shadow[p] = 0
         young[r] = seen
