@@ -238,8 +238,8 @@ def _check_thp(pte, pflags, mm_base, counts, examples):
 def _forbidden(pfl, sfl):
     """Whether an entry with bits ``sfl`` grants more than a PTE with flags ``pfl`` (the shared-frame case
     aside): writable where the VMA is read-only, or present where the PTE is PROT_NONE or unreadable."""
-    no_access = (pfl & P_PROTNONE) != 0 or (pfl & (P_VMA | P_READ)) != (P_VMA | P_READ)
-    return no_access or ((sfl & S_WRITABLE) != 0 and (pfl & P_WRITE) == 0)
+    no_access = ((pfl & P_PROTNONE) != 0) | ((pfl & (P_VMA | P_READ)) != (P_VMA | P_READ))
+    return no_access | (((sfl & S_WRITABLE) != 0) & ((pfl & P_WRITE) == 0))  # no branch: the loop vectorizes
 
 
 @kernel
