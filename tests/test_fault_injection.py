@@ -31,7 +31,10 @@ LABEL = "faulty[guest0]"
     ],
 )
 def test_a_broken_secondary_mmu_is_caught_by_the_invariant_it_breaks(fault, mode, kinds, words):
-    sim = simulation("secondary=faulty", f"secondary.fault={fault}", f"secondary.mode={mode}")
+    # Race windows fifty times as often as by default: these runs are small, and no_seq_bump shows only there.
+    sim = simulation(
+        "secondary=faulty", f"secondary.fault={fault}", f"secondary.mode={mode}", "engine.race_window=0.01"
+    )
     m = sim.run(teardown=True)
     found = {k for k in KINDS if m[f"{k}_violations"]}
     if not kinds:
@@ -46,7 +49,7 @@ def test_a_broken_secondary_mmu_is_caught_by_the_invariant_it_breaks(fault, mode
 
 @pytest.mark.parametrize("fault", ["none", "no_set_seq"])
 def test_an_interval_subscriber_that_never_sets_its_sequence_is_caught_in_race_windows(fault):
-    sim = simulation("secondary=faulty_odp", f"secondary.fault={fault}")
+    sim = simulation("secondary=faulty_odp", f"secondary.fault={fault}", "engine.race_window=0.01")
     m = sim.run()
     assert m["race_windows"] > 0
     if fault == "none":
