@@ -1,6 +1,7 @@
 """mmnsim: a simulator of the Linux kernel's mmu_notifier mechanism.
 
 The public API for plugins is what this module exports, plus the array layouts in ``mmnsim.pagebits``.
+Built-in plugins import nothing else (a test checks it), so what they need is exported here.
 """
 
 from pathlib import Path
@@ -8,13 +9,15 @@ from pathlib import Path
 from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf
 
-from . import _numba_cache  # noqa: F401  (first: it sets numba's cache directory before any kernel exists)
+from . import _numba_cache, pcg64  # noqa: F401  (_numba_cache first: it sets numba's cache directory)
+from .compaction import compact
 from .components import HostPolicy, Mode, NoConfig, SecondaryConfig
 from .config import ConfigError, require
 from .costs import walk_refs
 from .discovery import PluginConfSearchPath
 from .hookspecs import hookimpl, hookspec
 from .host import Watermarks
+from .kernel import AHEAD, U, kernel, prefetch
 from .metrics import REGISTRATION_METRICS, Metric
 from .migrate import migrate
 from .mm import MM
@@ -23,6 +26,10 @@ from .reclaim import referenced, scan_frames, swap_out
 from .secondary import SecondaryMMU, device_region
 from .share import is_shared, merge_pages, mergeable, sharing
 from .simulation import Simulation, Tenant
+from .thp import collapse as collapse_huge_page
+from .thp import split as split_huge_pages
+from .traces import FORMATS as TRACE_FORMATS
+from .traces import Collapser, Densifier, TraceError, probe, read_trace
 from .workload import Workload, WorkloadConfig
 
 __version__ = "0.1.0"
@@ -42,7 +49,21 @@ Plugins.instance().register(PluginConfSearchPath)
 OmegaConf.register_new_resolver("mmnsim_data", data_path, replace=True)
 
 __all__ = [
+    "AHEAD",
     "REGISTRATION_METRICS",
+    "TRACE_FORMATS",
+    "U",
+    "Collapser",
+    "Densifier",
+    "TraceError",
+    "collapse_huge_page",
+    "compact",
+    "kernel",
+    "pcg64",
+    "prefetch",
+    "probe",
+    "read_trace",
+    "split_huge_pages",
     "MM",
     "Metric",
     "ConfigError",

@@ -11,7 +11,6 @@ import inspect
 from collections.abc import Callable
 
 import mmnsim
-from mmnsim import thp
 from mmnsim.host import Host
 from mmnsim.simulation import Client
 
@@ -21,6 +20,20 @@ INTERNAL = {"Simulation": {"step", "run", "check_invariants", "report_violations
             "MM": {"set_flag"}, "Host": {"ram"},
             "SecondaryMMU": {"consume_shadow", "accessed_left"}}  # fmt: skip
 FOREIGN = "pluggy's marker for the project `mmnsim` (decorate hook implementations and specifications)"
+# Exports without a docstring of their own (values, foreign objects), described here.
+DESCRIBED = {
+    "hookimpl": FOREIGN,
+    "hookspec": FOREIGN,
+    "AHEAD": "Iterations between a `prefetch` and the load it prepares in a compiled loop: a DRAM latency's worth "
+    "of a small loop's work (16).",
+    "U": "`numpy.uint64`: an index cast with `U(i)` skips numba's negative-index wrap-around, which costs more than "
+    "a random load in a hot loop; only for an `i` known to be >= 0.",
+    "REGISTRATION_METRICS": "The metrics of a device registration (declared once for rdma, gpu and vfio): list "
+    "them in a plugin's `declared_metrics`.",
+    "TRACE_FORMATS": "The trace formats `read_trace` reads (`mmnsim-trace info` tells a file's).",
+    "prefetch": "`prefetch(array, index)`, inside a `kernel`: ask the CPU to start loading `array[index]` into its "
+    "caches (a hint: never faults, no result), for a loop whose random loads are known some iterations ahead.",
+}
 
 
 def _members(cls: type) -> list[tuple[str, object]]:
@@ -72,16 +85,16 @@ def markdown() -> str:
     ]
     for name in sorted(mmnsim.__all__, key=str.lower):
         obj = getattr(mmnsim, name)
-        if not getattr(obj, "__module__", "mmnsim").startswith("mmnsim"):
-            lines += [f"### `mmnsim.{name}`", "", FOREIGN, ""]
+        if name in DESCRIBED:
+            lines += [f"### `mmnsim.{name}`", "", DESCRIBED[name], ""]
+        elif inspect.ismodule(obj):
+            lines += [f"### `mmnsim.{name}` (module)", "", inspect.cleandoc(obj.__doc__ or "").split("\n\n")[0], ""]
         else:
             lines += _class("mmnsim.", obj) if isinstance(obj, type) else _entry(f"mmnsim.{name}", obj)
     sections: list[tuple[str, list[tuple[str, Callable | type]]]] = [
         ("A client (`tenant.clients`, `secondary.client`)", [("", Client)]),
         ("The host's figures (`sim.host`)", [("", Host)]),
-        ("Transparent huge pages (`mmnsim.thp`)", [("mmnsim.thp.split", thp.split),
-                                                   ("mmnsim.thp.collapse", thp.collapse)]),
-    ]  # fmt: skip
+    ]
     for title, items in sections:
         lines += [f"## {title}", ""]
         for name, obj in items:

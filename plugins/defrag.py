@@ -1,7 +1,7 @@
 """Defragmentation: background compaction (kcompactd, proactive compaction) and khugepaged.
 
 Compaction: each tick, on every node with fewer than ``free_blocks_target`` whole free pageblocks, up to
-``compact_blocks_per_tick`` pageblocks are emptied (``mmnsim.compaction``): their pages migrate, through
+``compact_blocks_per_tick`` pageblocks are emptied (``mmnsim.compact``): their pages migrate, through
 CLEAR invalidations, into the holes of partly used pageblocks. A pageblock holding a pinned page cannot
 be emptied: a compaction failure. (Direct compaction at fault time is the framework's: a THP fault in an
 MADV_HUGEPAGE region compacts one pageblock before falling back, see ``host.thp``.)
@@ -23,10 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import HostPolicy, Metric, hookimpl, require
-from mmnsim.compaction import compact
+from mmnsim import HostPolicy, Metric, collapse_huge_page, compact, hookimpl, require
 from mmnsim.pagebits import HUGE_PAGES, P_DEVICE, P_HUGE, P_VMA_RW, P_YOUNG, PTE_NONE
-from mmnsim.thp import collapse
 
 
 @dataclass
@@ -146,7 +144,7 @@ class Defrag(HostPolicy):
                 return
         present = mm.pte[first : first + HUGE_PAGES] >= 0
         node = sim.host.node_of(int(mm.pte[first + int(np.argmax(present))]))
-        if sim.host.free_blocks(node) == 0 or not collapse(sim, mm, first, node):
+        if sim.host.free_blocks(node) == 0 or not collapse_huge_page(sim, mm, first, node):
             self.metrics["thp_collapse_failed_alloc"] += 1
             return
         sim.charge(int(present.sum()) * self.cfg.copy_page_ns)

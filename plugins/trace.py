@@ -1,4 +1,4 @@
-"""Trace replay: the accesses of a recorded program, from a file in any format ``mmnsim.traces`` reads.
+"""Trace replay: the accesses of a recorded program, from a file in any format ``mmnsim.read_trace`` reads.
 
 The trace's page numbers are mapped into the client's address space: ``page = (trace page - offset) x
 scale``, or with ``fit: true`` the trace's own page range is stretched or squeezed onto the whole mm (this
@@ -18,8 +18,19 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from mmnsim import ConfigError, Workload, WorkloadConfig, hookimpl, require
-from mmnsim.traces import FORMATS, Collapser, Densifier, TraceError, probe, read_trace
+from mmnsim import (
+    TRACE_FORMATS,
+    Collapser,
+    ConfigError,
+    Densifier,
+    TraceError,
+    Workload,
+    WorkloadConfig,
+    hookimpl,
+    probe,
+    read_trace,
+    require,
+)
 
 
 class Remap(StrEnum):
@@ -30,7 +41,7 @@ class Remap(StrEnum):
 @dataclass
 class TraceConfig(WorkloadConfig):
     path: str
-    format: str  # auto (from the file name) or one of mmnsim.traces.FORMATS
+    format: str  # auto (from the file name) or one of mmnsim.TRACE_FORMATS
     keep_instructions: bool  # lackey: replay instruction fetches too
     collapse: bool  # merge consecutive accesses to one page into one
     remap: Remap
@@ -41,7 +52,7 @@ class TraceConfig(WorkloadConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.format in ("auto", *FORMATS), f"format must be auto or one of {', '.join(FORMATS)}")
+        require(self.format in ("auto", *TRACE_FORMATS), f"format must be auto or one of {', '.join(TRACE_FORMATS)}")
         require(self.scale > 0, f"scale must be > 0, got {self.scale}")
         require(not (self.loop and self.accesses == 0), "accesses must be > 0 when loop is true")
         try:  # before any job starts: a missing or unreadable trace is a config error

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from mmnsim import Workload, WorkloadConfig, hookimpl, pcg64, require
-from mmnsim.kernel import AHEAD, U, kernel, prefetch
+from mmnsim import AHEAD, U, Workload, WorkloadConfig, hookimpl, kernel, pcg64, prefetch, require
 
 
 @dataclass

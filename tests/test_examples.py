@@ -141,8 +141,8 @@ def test_the_api_reference_is_generated_from_the_docstrings():
 def test_the_guide_lists_every_operation_with_its_event():
     text = GUIDE.read_text()
     ops = ["mm.munmap", "mm.madvise_dontneed", "mm.discard", "mm.mprotect", "mm.exit", "mm.invalidate",
-           "swap_out", "scan_frames", "referenced", "sim.migrate", "merge_pages", "mmnsim.thp.split",
-           "mmnsim.thp.collapse", "secondary.invalidate_self"]  # fmt: skip
+           "swap_out", "scan_frames", "referenced", "sim.migrate", "merge_pages", "split_huge_pages",
+           "collapse_huge_page", "compact", "secondary.invalidate_self"]  # fmt: skip
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     for op in ops:
         assert any(row.startswith(f"| `{op}(") for row in rows), f"docs/plugins.md: no row for {op}"
