@@ -309,11 +309,11 @@ def _span(spec: dict, base: float, outcomes: list[Outcome]) -> str:
     kind = f"{spec['metric']} ratio" if "case" not in spec else spec["metric"]
     values = _values(base, outcomes)
     if unmoved(base, outcomes):
-        return f"headline {kind} {fmt(base)} at every point"
+        return f"headline {kind} {fmt(base, 4)} at every point"
     finite = [v for v in values if math.isfinite(v)]
-    span = f"headline {kind} {fmt(base)} at the defaults"
+    span = f"headline {kind} {fmt(base, 4)} at the defaults"
     if finite:
-        span += f", {fmt(min(finite))} to {fmt(max(finite))} over the design"
+        span += f", {fmt(min(finite), 4)} to {fmt(max(finite), 4)} over the design"
     if odd := len(values) - len(finite):
         span += f", infinite or undefined at {odd} of {len(values)} points (a denominator of 0)"
     return span
@@ -372,12 +372,12 @@ def section(h: dict, base: float, outcomes: list[Outcome]) -> str:
         verdict(h, base, outcomes),
         "",
     ]
-    if unmoved(base, outcomes):
-        lines += [f"Costs varied, none of which moves it: {', '.join(f'`{o.key}`' for o in outcomes)}.", ""]
-        return "\n".join(lines) + "\n"
     if any(not _finite(o.at_low, o.at_high) for o in outcomes) or not _finite(base):
         lines += ["`inf`: the denominator is 0 at that point (the compared case did none of it), so the ratio is "
                   "infinite, above any threshold; `undefined (0/0)`: both are 0.", ""]  # fmt: skip
+    if unmoved(base, outcomes):
+        lines += [f"Costs varied, none of which moves it: {', '.join(f'`{o.key}`' for o in outcomes)}.", ""]
+        return "\n".join(lines) + "\n"
     lines += [
         "| cost | default | low | high | headline at low | headline at high | swing | claim holds |",
         "|---|---|---|---|---|---|---|---|",

@@ -123,6 +123,7 @@ def test_a_headline_no_cost_moves_says_so_and_lists_the_costs():
     # a headline infinite everywhere is unmoved too
     everywhere = [Outcome("costs.access_ns", 70, 140, 80, math.inf, math.inf)]
     assert "no cost in its range moves it" in verdict(h | {"claim": "above"}, math.inf, everywhere)
+    assert "the ratio is infinite" in section(h | {"claim": "above"}, math.inf, everywhere)
 
 
 def test_a_link_moves_every_copy_of_the_cost_and_a_list_key_writes_the_whole_list(tmp_path: Path):
