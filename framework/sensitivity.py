@@ -373,8 +373,8 @@ def section(h: dict, base: float, outcomes: list[Outcome]) -> str:
         "",
     ]
     if any(not _finite(o.at_low, o.at_high) for o in outcomes) or not _finite(base):
-        lines += ["`inf`: the denominator is 0 at that point (the compared case did none of it), so the ratio is "
-                  "infinite, above any threshold; `undefined (0/0)`: both are 0.", ""]  # fmt: skip
+        lines += ["`inf`: the denominator's mean is 0 at that point (e.g. the compared case completed none), so the "
+                  "ratio is infinite: above any threshold, below none; `undefined (0/0)`: both are 0.", ""]  # fmt: skip
     if unmoved(base, outcomes):
         lines += [f"Costs varied, none of which moves it: {', '.join(f'`{o.key}`' for o in outcomes)}.", ""]
         return "\n".join(lines) + "\n"

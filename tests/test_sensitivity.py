@@ -140,3 +140,21 @@ def test_a_link_moves_every_copy_of_the_cost_and_a_list_key_writes_the_whole_lis
     assert body["guest"] == {"devices": [{"secondary": {"name": "vfio", "memlock_mib": None}, "accesses_per_tick": 40}]}
     other = yaml.safe_load((tmp_path / "sensitivity_point" / f"{names[1]}.yaml").read_text())
     assert "processes" not in other and other["costs"] == {"access_ns": 70}  # not a linked cost
+
+
+def test_every_experiment_has_headlines_whose_settings_exist_in_its_config():
+    from omegaconf import OmegaConf
+
+    from mmnsim.experiment import _spec, experiment_names
+    from mmnsim.sources import compose_checked
+
+    for name in experiment_names():
+        spec = _spec(name).get("sensitivity")
+        assert spec and spec["headlines"], f"{name}: no sensitivity section"
+        cfg = compose_checked([f"+experiment={name}", *spec.get("overrides", [])])
+        for case in cases(spec):
+            for key in case:
+                assert OmegaConf.select(cfg, key, default="missing") != "missing", f"{name}: {key} is not a setting"
+        for targets in (spec.get("link") or {}).values():
+            for target in targets:
+                assert OmegaConf.select(cfg, target) is not None, f"{name}: link target {target} is not in the config"
