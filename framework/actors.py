@@ -4,8 +4,9 @@
 secondary MMU's notifier op, an mm operation (``munmap of mm 'guest0'``). The hook-call wrappers and the
 mm operations push onto it (``acting``). Every PTE change made under an invalidation (``MM.invalidate``)
 records, for each page it covers, who made it (``record``); a check that finds a page, frame or entry
-wrong asks ``who_changed`` for the page's last recorded change. The cost is one int64 store per page
-invalidated (who and when, packed), in one compiled loop, and nothing on the access path.
+wrong asks ``who_changed`` for the page's last recorded change. Each change is an event (who, at which
+tick) in a log, one per invalidation batch; each page keeps the int32 index of its last event: one store
+per page invalidated, in one compiled loop, 4 bytes per page, and nothing on the access path.
 """
 
 from collections.abc import Iterator
@@ -16,8 +17,6 @@ import numpy as np
 from .kernel import AHEAD, U, kernel, prefetch
 
 FRAMEWORK = "the framework"
-WHO_BITS = 24  # up to 16 million distinct actor labels; the tick takes the other 39 bits
-WHO_MASK = (1 << WHO_BITS) - 1
 
 
 class Actors:
@@ -25,9 +24,10 @@ class Actors:
         self.running: list[str] = []  # the stack; the notifier chain pushes and pops it directly
         self._labels: list[str] = []
         self._ids: dict[str, int] = {}
-        # Per page key: tick << WHO_BITS | index into _labels, or -1. One array, not two: reclaim's pages
-        # lie far apart, and each store is a cache miss.
-        self.changed = np.full(keys, -1, dtype=np.int64)
+        self.changed = np.full(keys, -1, dtype=np.int32)  # per page key: its last event, or -1
+        self._events = np.zeros((256, 2), dtype=np.int64)  # per event: (index into _labels, tick); grows
+        self._nevents = 0
+        self._last = (-1, -1)  # the last event's (label, tick)
 
     @property
     def current(self) -> str:
@@ -53,20 +53,28 @@ class Actors:
         if i is None:
             i = self._ids[label] = len(self._labels)
             self._labels.append(label)
-        _record(self.changed, base, start, end, (tick << WHO_BITS) | i)
+        if (i, tick) != self._last:  # a new event (the same actor within a tick keeps its event)
+            n = self._nevents
+            if n == len(self._events):
+                self._events = np.concatenate([self._events, np.zeros_like(self._events)])
+            self._events[n] = i, tick
+            self._nevents = n + 1
+            self._last = (i, tick)
+        _record(self.changed, base, start, end, self._nevents - 1)
 
     def who_changed(self, key: int) -> str | None:
         """Who last changed page ``key`` under an invalidation, and at which tick; None if nothing did."""
-        packed = int(self.changed[key])
-        if packed < 0:
+        event = int(self.changed[key])
+        if event < 0:
             return None
-        return f"{self._labels[packed & WHO_MASK]} at tick {packed >> WHO_BITS}"
+        who, tick = (int(x) for x in self._events[event])
+        return f"{self._labels[who]} at tick {tick}"
 
 
 @kernel
-def _record(changed, base, start, end, packed):
+def _record(changed, base, start, end, event):
     for r in range(start.size):
         if r + AHEAD < start.size:  # reclaim's one-page ranges are far apart
             prefetch(changed, U(base + start[r + AHEAD]))
         for k in range(base + start[r], base + end[r]):
-            changed[k] = packed
+            changed[k] = event
