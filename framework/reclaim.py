@@ -118,7 +118,7 @@ def _by_mm(sim: "Simulation", keys: np.ndarray):
     """Split global page keys by owning mm: yields (mm, selector into keys, page numbers in the mm)."""
     if keys.size == 0:
         return
-    if len(sim.mms) == 1 and (keys[0] if keys.size == 1 else keys.min()) >= 0:
+    if len(sim.mms) == 1 and keys.min() >= 0:
         yield sim.mms[0], slice(None), keys - sim.mms[0].base
         return
     valid = keys >= 0

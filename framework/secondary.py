@@ -284,7 +284,7 @@ class SecondaryMMU(Component):
         (the op's postcondition is that none does)."""
         kept = np.zeros(start.size, dtype=np.bool_)
         if self.spte.size:
-            _any_accessed(self.sflags, _int64(start), _int64(end), kept)
+            _harvest(self.sflags, self._accessed, _int64(start), _int64(end), False, kept)  # reads, not the plugin's
         return kept
 
     def mapped_pages(self) -> int:
@@ -309,15 +309,6 @@ def _shadow_young(shadow, start, end, consume, young):
             if consume:
                 shadow[p] = 0
         young[r] = seen
-
-
-@kernel
-def _any_accessed(sflags, start, end, kept):
-    for r in range(start.size):  # the op just read these bits: they are in cache
-        still = False
-        for p in range(start[r], end[r]):
-            still |= (sflags[p] & S_ACCESSED) != 0
-        kept[r] = still
 
 
 @kernel

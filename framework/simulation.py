@@ -440,11 +440,10 @@ class Simulation:
         if frame < 0 or self.host._ft.pin[frame] > 0 or self.host._ft.key[frame] != key:
             return  # nothing to reclaim: a shared (KSM) or pinned frame stays
         charge_to, self._charge_to = self._charge_to, None  # kswapd runs on its own CPU
-        self.actors.running.append("kswapd (reclaim in a fault's race window)")  # actors.acting, inlined
         try:
-            swap_out(self, np.array([frame]))
+            with self.actors.acting("kswapd (reclaim in a fault's race window)"):
+                swap_out(self, np.array([frame]))
         finally:
-            self.actors.running.pop()
             self._charge_to = charge_to
 
     def _migrate_to_ram(self, key: int, node: int, ks: np.ndarray) -> None:
