@@ -195,9 +195,12 @@ OTHERS = (
     _m("ticks", "ticks", int, "ticks the run lasted"),
     _m("oom_victims", "text", str, "the OOM killer's kills: victim, simulated time, tick, badness, and whether the "
        "reaper got its memory; empty if none"),
-    _m("sim_time_ns", "ns", float, "simulated time: per tick, the slowest client's time (docs/time.md)"),
-    _m("sim_time_ns_per_access", "ns/access", float, "simulated time per completed access (sim_time_ns / "
-       "accesses): compares runs that completed different amounts of work (docs/time.md)"),
+    _m("sim_time_ns", "ns", float, "simulated wall-clock time of the run: per tick, the slowest client's time, "
+       "its CPUs working in parallel (docs/time.md)"),
+    _m("sim_time_ns_per_access", "ns/access", float, "sim_time_ns / accesses: simulated wall-clock time per "
+       "completed access, every CPU's accesses counted (a 4-vCPU guest completes about 4 in this time, so one "
+       "vCPU's access takes about 4 times as long); compares runs that completed different amounts of work "
+       "(docs/time.md)"),
     _m("host_cpu_ns", "ns", float, "host work outside the clients' time: kswapd, policies' scans, KSM "
        "(docs/time.md)"),
     _m("guest_stall_ns", "ns", float, "the clients' time not spent on their own accesses: faults, flush IPIs, "
@@ -206,12 +209,18 @@ OTHERS = (
     _m("thp_coverage", "fraction", float, "share of guest pages (all tenants' without a guest) mapped by a THP at "
        "the end"),
     _m("remote_access_fraction", "fraction", float, "remote_accesses / accesses"),
-    _m("effective_access_ns", "ns/access", float, "memory access time per completed access, by NUMA distance "
-       "(access_ns x distance / 10); excludes faults and translation (docs/time.md)"),
-    _m("wall_seconds", "s", float, "wall-clock time the run took (not simulated)"),
+    _m("effective_access_ns", "ns/access", float, "memory access time of one completed access on the CPU that "
+       "makes it (not divided among CPUs, unlike sim_time_ns_per_access), by NUMA distance (access_ns x distance "
+       "/ 10); excludes faults, translation and stalls (docs/time.md)"),
+    _m("wall_seconds", "s", float, "wall-clock time the run took on this machine (not simulated), numba's "
+       "compilation included"),
+    _m("compile_seconds", "s", float, "of wall_seconds, the time numba spent compiling kernels (the first run "
+       "after installing or editing mmnsim; 0 once they are cached); the speed mmnsim prints excludes it"),
 )  # fmt: skip
 
 FRAMEWORK = (*COUNTERS, *OTHERS)
+TIMESERIES_ONLY = ("tick", "resident_pages", "secondary_mapped_pages")  # sampled per tick, no summary column
+PER_KIND_ONLY = ("huge_mapped_fraction",)  # a summary column only as <kind>.huge_mapped_fraction
 
 # Declared by every device that registers (pins) its region up front: rdma, gpu, vfio (``populate``).
 REGISTRATION_METRICS = (
@@ -323,6 +332,23 @@ def catalogue(declarations: Iterable[tuple[str, Metric]] = ()) -> Catalogue:
     return Catalogue(metrics, by)
 
 
+def summary_metrics(secondaries: Iterable[type], others: Iterable[object] = ()) -> dict[str, Metric]:
+    """Every metric column of the summary of a run whose secondary MMUs are of the classes ``secondaries``
+    and whose other components (policies, workloads) and hook-only plugin modules are ``others``: the
+    framework's metrics, each secondary kind's ``<kind>.<metric>`` (the framework's per-kind metrics and
+    the ones its class declares), and what the others declare. A run writes each of them, 0 when nothing
+    happened (``mmnsim.output.summary_frame``), so every run of one configuration has the same columns."""
+    out = {m.name: m for m in FRAMEWORK if m.name not in TIMESERIES_ONLY + PER_KIND_ONLY}
+    per_kind = [m for m in FRAMEWORK if m.per_secondary]
+    for cls in secondaries:
+        declared = tuple(getattr(cls, "declared_metrics", ()) or ())
+        out.update({m.name: m for m in declared})
+        out.update({f"{cls.name}.{m.name}": m for m in (*per_kind, *declared)})
+    for plugin in others:
+        out.update({m.name: m for m in getattr(plugin, "declared_metrics", ()) or ()})
+    return out
+
+
 def installed_catalogue(extra: Iterable[object] = (), builtin_only: bool = False) -> Catalogue:
     """The catalogue of everything this installation finds: built-in and installed plugins (and ``extra``
     plugin modules), every component class they register; ``builtin_only``: the built-in ones alone."""
@@ -348,7 +374,11 @@ def markdown(cat: Catalogue) -> str:
         "`mmnsim-report --metrics-doc > docs/metrics.md`; `mmnsim-report --explain NAME` prints one entry (for",
         "installed plugins too). Type `int` is a count (an integer column). Metrics marked *per kind* are also",
         "reported per secondary MMU kind, as `<kind>.<metric>` (`kvm.tlb_flushes`), as is every metric a",
-        "secondary MMU plugin declares. How the times are built: [time.md](time.md).",
+        "secondary MMU plugin declares. A run's summary has every metric its configuration declares (0 when",
+        "nothing happened); when a sweep ends, its summaries share one schema, a metric of another configuration",
+        "(another secondary MMU kind, a policy the run does not have) being null. How the times are built:",
+        "[time.md](time.md): `sim_time_ns_per_access` is divided among a client's CPUs, `effective_access_ns`",
+        "is per access of one CPU.",
         "",
     ]
     sections = [("Framework: event counters", [m.name for m in COUNTERS]),

@@ -1,8 +1,10 @@
 """What a run leaves in its output directory, and where it came from.
 
-* ``summary.parquet``: one row, the run's flattened config (``host.memory_mib``, ...), every metric, and
-  its provenance (``mmnsim_version``, ``git_commit``, ``code_hash``, ``config_hash``; ``seed`` is in the
-  config).
+* ``summary.parquet``: one row, the run's flattened config (``host.memory_mib``, ...), every metric its
+  configuration declares (``declared_metrics``: 0 when nothing happened, so every run of a configuration
+  has the same columns), and its provenance (``mmnsim_version``, ``git_commit``, ``code_hash``,
+  ``config_hash``, ``settings_hash``; ``seed`` is in the config). At the end of a sweep, its summaries
+  (and time series) are given one schema (``unify_schemas``), so that a glob reads them as one table.
 * ``timeseries.parquet``: one row per tick, cumulative counters and gauges.
 * ``failed.json``, instead, for a job that raised: the error, its traceback and the provenance.
 
@@ -34,6 +36,8 @@ from typing import Any
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
+from .metrics import Metric, summary_metrics
+
 SUMMARY = "summary.parquet"
 TIMESERIES = "timeseries.parquet"
 FAILED = "failed.json"
@@ -44,8 +48,9 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     sections (which say how to tabulate the sweep, not how to simulate) or the costs' ``sources`` (their
     ranges and citations: documentation, so not summary columns, and a corrected citation leaves the
     ``config_hash`` and so the results up to date)."""
+    if "hydra" in cfg:  # not resolved: a sweep's own config has no job number for hydra.sweep.subdir
+        cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("hydra", None)
     data.pop("report", None)
     data.pop("sensitivity", None)
     return _without_sources(data)
@@ -62,6 +67,13 @@ def _without_sources(data: Any) -> Any:
 def config_hash(cfg: DictConfig) -> str:
     text = json.dumps(run_config(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def settings_hash(cfg: DictConfig) -> str:
+    """``config_hash`` without the seed: equal for the seed replicates of one setting, which
+    ``mmnsim-report`` averages, and different for runs that must not be averaged together."""
+    data = {k: v for k, v in run_config(cfg).items() if k != "seed"}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -168,7 +180,7 @@ def provenance(cfg: DictConfig) -> dict[str, str]:
     except metadata.PackageNotFoundError:
         version = "unknown"
     return {"mmnsim_version": version, "git_commit": git_commit(), "code_hash": code_hash(cfg),
-            "config_hash": config_hash(cfg)}  # fmt: skip
+            "config_hash": config_hash(cfg), "settings_hash": settings_hash(cfg)}  # fmt: skip
 
 
 def up_to_date(outdir: Path, cfg: DictConfig) -> bool:
@@ -228,9 +240,56 @@ def write_failure(outdir: Path, cfg: DictConfig, exc: BaseException) -> Path:
     return path
 
 
+def declared_metrics(cfg: DictConfig) -> dict[str, Metric]:
+    """The metric columns of this config's summary (``mmnsim.metrics.summary_metrics``): the framework's,
+    and those of the components it selects and of the hook-only plugins, as the installed plugins declare
+    them."""
+    from .discovery import Registry, plugin_manager
+
+    pm = plugin_manager()
+    registry = Registry.from_plugins(pm)
+    classes = {(kind, name): registry.classes.get(kind, {}).get(name) for kind, name in selected_components(cfg)}
+    secondaries = [cls for (kind, _), cls in classes.items() if cls is not None and kind == "secondary"]
+    others = [cls for (kind, _), cls in classes.items() if cls is not None and kind != "secondary"]
+    return summary_metrics(secondaries, [*others, *pm.get_plugins()])
+
+
 def summary_frame(cfg: DictConfig, metrics: dict[str, float]) -> pl.DataFrame:
-    row = {**flatten(run_config(cfg)), **metrics, **provenance(cfg)}
+    """The summary's one row: the flattened config, every metric the config declares (0, or "" for text,
+    where nothing was reported: the same columns for every run of a configuration) and the provenance."""
+    zeros = {name: m.type() for name, m in declared_metrics(cfg).items() if name not in metrics}
+    row = {**flatten(run_config(cfg)), **metrics, **zeros, **provenance(cfg)}
     return pl.DataFrame([row])
+
+
+def unify_schemas(paths: list[Path]) -> int:
+    """Give the parquet files ``paths`` (a sweep's summaries, or its time series) one schema, as polars'
+    multi-file read (``pl.read_parquet("sweep/*/summary.parquet")``), ``scan_parquet`` and DuckDB need:
+    the same columns, in one order, of one type. A column a file lacks (another configuration's setting
+    or component's metric) is added as null; a setting given as an integer in one run and a float in
+    another becomes the common type. Files that cannot be read are left alone. Returns how many were
+    rewritten (atomically: ``write_atomic``)."""
+    schemas = {}
+    for path in paths:
+        try:
+            schemas[path] = pl.read_parquet_schema(path)
+        except Exception:  # noqa: BLE001 - truncated or garbage: mmnsim-report lists it
+            continue
+    if len(schemas) < 2:
+        return 0
+    target = pl.concat([pl.DataFrame(schema=s) for s in schemas.values()], how="diagonal_relaxed").schema
+    rewritten = 0
+    for path, schema in schemas.items():
+        if list(schema.items()) == list(target.items()):
+            continue
+        frame = pl.read_parquet(path)
+        frame = frame.select(
+            pl.col(name).cast(dtype) if name in schema else pl.lit(None, dtype=dtype).alias(name)
+            for name, dtype in target.items()
+        )
+        write_atomic(frame, path)
+        rewritten += 1
+    return rewritten
 
 
 def write_atomic(frame: pl.DataFrame, path: Path) -> None:
@@ -272,10 +331,13 @@ def write_results(outdir: Path, cfg: DictConfig, metrics: dict[str, float], rows
 def summary_text(metrics: dict[str, float]) -> str:
     """A few lines a person reads after a run."""
     m = metrics
+    compiling = m.get("compile_seconds", 0.0)
+    running = m["wall_seconds"] - compiling  # numba's compilation left out of the speed
+    wall = f"wall {m['wall_seconds']:.2f} s" + (f", {compiling:.1f} s of it compiling" if compiling >= 0.05 else "")
+    speed = f" ({m['accesses'] / running / 1e6:.1f} M accesses/s)" if running >= 0.001 else ""
     lines = [
         f"accesses {m['accesses']:,} completed, {m['accesses_failed']:,} failed, in {m['ticks']} ticks; "
-        f"simulated {m['sim_time_ns'] / 1e9:.3f} s, "
-        f"wall {m['wall_seconds']:.2f} s ({m['accesses'] / max(m['wall_seconds'], 1e-9) / 1e6:.1f} M accesses/s)",
+        f"simulated {m['sim_time_ns'] / 1e9:.3f} s, {wall}{speed}",
         f"faults: secondary {m['secondary_faults']:,} (retries {m['fault_retries']:,}), "
         f"minor {m['minor_faults']:,}, major {m['major_faults']:,}; guest stall {100 * m['stall_fraction']:.1f}%",
         f"pinned pages: now {m['pinned_pages']:,}, peak {m['pinned_pages_peak']:,}; swap out {m['swap_outs']:,}, "
