@@ -35,9 +35,11 @@ from .output import FAILED, TIMESERIES
 
 PROVENANCE = ("mmnsim_version", "git_commit", "code_hash", "config_hash")
 DEFAULT_METRICS = (
-    "accesses", "accesses_failed", "secondary_faults", "major_faults", "swap_outs", "oom_events",
-    "pinned_pages_peak", "invalidations", "tlb_flushes", "flush_cost_ns", "stall_fraction", "invariant_violations",
+    "accesses", "accesses_failed", "sim_time_ns", "sim_time_ns_per_access", "secondary_faults", "major_faults",
+    "swap_outs", "oom_events", "pinned_pages_peak", "invalidations", "tlb_flushes", "flush_cost_ns",
+    "stall_fraction", "invariant_violations",
 )  # fmt: skip
+NOT_SETTINGS = (*PROVENANCE, "settings_hash", "run_dir", "seed")  # summary columns that are not run settings
 
 
 class ReportError(ValueError):
@@ -113,7 +115,29 @@ def table(roots: str | Path | Sequence[str | Path], by: Sequence[str] | None = N
     runs, varying, _ = load(roots)
     by = list(by) if by is not None else [k for k in varying if k != "seed"]
     metrics = list(metrics) if metrics is not None else [m for m in DEFAULT_METRICS if m in runs.columns]
-    return summarize(runs, by, metrics)
+    _check_columns(runs, by, "--by")
+    return summarize(runs, by + hidden_differences(runs, by), metrics)
+
+
+def hidden_differences(runs: pl.DataFrame, by: list[str]) -> list[str]:
+    """Columns not in ``by`` in which runs of one group differ, other than the seed (whose replicates a group
+    averages): ``code_hash`` (runs of other code) and settings (config keys). A group must not average
+    them: ``table`` and the command split by these columns too, and say so. Settings are told apart by
+    each run's ``settings_hash`` (its config without the seed); the columns named are the config keys,
+    the columns that are neither metrics nor provenance."""
+
+    def varies(column: str) -> bool:
+        counts = runs.group_by(by).agg(pl.col(column).n_unique()) if by else runs.select(pl.col(column).n_unique())
+        return counts[column].max() > 1
+
+    extra = [c for c in ("code_hash",) if c in runs.columns and c not in by and varies(c)]
+    if "settings_hash" in runs.columns and runs["settings_hash"].null_count() == 0 and not varies("settings_hash"):
+        return extra
+    settings = [c for c in runs.columns if c not in (*by, *NOT_SETTINGS) and _catalogue().get(c) is None]
+    named = [c for c in settings if varies(c)]
+    if not named and "settings_hash" in runs.columns and varies("settings_hash"):
+        named = ["settings_hash"]  # differences no column shows (a hash collision aside, cannot happen)
+    return extra + named
 
 
 def _overrides(run: Path) -> dict[str, str]:
@@ -158,36 +182,71 @@ def compare(runs: pl.DataFrame, by: list[str], metrics: list[str], baseline: str
     return joined.select(order)
 
 
-def _cell(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def _decimals(values) -> int:
+    """The decimals one column of numbers is printed with: none if every value is whole, else enough for
+    three significant digits of its smallest fractional value (at most 6), so that every cell of a column
+    has one format."""
+    numbers = [abs(float(v)) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    fractional = [v for v in numbers if not np.isnan(v) and not v.is_integer()]
+    if not fractional:
+        return 0
+    return int(min(max(2 - np.floor(np.log10(min(fractional))), 0), 6))
+
+
+def _cell(v, decimals: int | None = None) -> str:
+    """A cell: a number with thousands separators and ``decimals`` (None: as many as it needs for itself)."""
+    if _missing(v):
         return ""
     if isinstance(v, bool):
         return str(v).lower()
-    if isinstance(v, float) and not v.is_integer():
-        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.0f}"
-    if isinstance(v, float):
-        v = int(v)
-    return f"{v:,}" if isinstance(v, int) else str(v)
+    if isinstance(v, int | float):
+        return f"{v:,.{_decimals([v]) if decimals is None else decimals}f}"
+    return str(v)
 
 
-def _value(row: dict, m: str) -> str:
-    """``mean ± sd`` (the spread only when the replicates differ)."""
+def _value(row: dict, m: str, decimals: int | None = None) -> str:
+    """``mean ± sd`` (the spread only when the replicates differ), both with the column's decimals."""
     sd = row.get(f"{m}_sd")
-    spread = f" ± {_cell(sd)}" if sd is not None and not np.isnan(sd) and sd > 0 else ""
-    return _cell(row[m]) + spread
+    if sd is None or np.isnan(sd) or sd <= 0:
+        return _cell(row[m], decimals)
+    shown = _cell(sd, decimals)
+    if decimals is not None and float(shown.replace(",", "")) == 0:  # a spread the column's format rounds away
+        shown = f"<{10.0**-decimals:.{decimals}f}"
+    return f"{_cell(row[m], decimals)} ± {shown}"
 
 
 def markdown(table: pl.DataFrame, metrics: list[str] | None = None) -> str:
-    """A markdown table, one row per group. With ``metrics`` (columns of a ``summarize`` table), each
-    metric is one column of ``mean ± sd``; without, every column as it is."""
+    """A markdown table, one row per group, the numbers of each column in one format. With ``metrics``
+    (columns of a ``summarize`` table), each metric is one column of ``mean ± sd``; without, every column
+    as it is."""
     if metrics is None:
-        columns, rows = table.columns, [[_cell(v) for v in r] for r in table.iter_rows()]
+        digits = [_decimals(table[c].to_list()) for c in table.columns]
+        columns = table.columns
+        rows = [[_cell(v, d) for v, d in zip(r, digits, strict=True)] for r in table.iter_rows()]
     else:
         keys = [c for c in table.columns if c not in metrics and not c.endswith(("_sd", "_%"))]
         columns = [*keys, *metrics]
-        rows = [[_cell(r[k]) for k in keys] + [_value(r, m) for m in metrics] for r in table.iter_rows(named=True)]
+        digits = {c: _decimals(table[c].to_list()) for c in columns}
+        rows = [[_cell(r[k], digits[k]) for k in keys] + [_value(r, m, digits[m]) for m in metrics]
+                for r in table.iter_rows(named=True)]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def time_note(runs: pl.DataFrame, metrics: list[str]) -> str:
+    """The line under a table that shows simulated time: what sim_time_ns_per_access divides by."""
+    if "sim_time_ns_per_access" not in metrics and "sim_time_ns" not in metrics:
+        return ""
+    vcpus = runs["guest.vcpus"].unique().to_list() if "guest.vcpus" in runs.columns else []
+    n = str(vcpus[0]) if len(vcpus) == 1 else "N"
+    return (f"sim_time_ns: simulated wall-clock time; sim_time_ns_per_access: sim_time_ns per completed access, "
+            f"every CPU's accesses counted: a guest's {n} vCPUs complete about {n} accesses in that time, so one "
+            f"vCPU's access takes about {n} times as long (effective_access_ns is per access of one CPU; "
+            "docs/time.md)")  # fmt: skip
 
 
 def markdown_compare(table: pl.DataFrame, baseline: str, metrics: list[str]) -> str:
@@ -203,10 +262,11 @@ def markdown_compare(table: pl.DataFrame, baseline: str, metrics: list[str]) -> 
         lines = ["| metric | " + " | ".join(head) + " |", "|---|" + "---|" * len(rows)]
         for m in metrics:
             cells = []
+            digits = _decimals([r[m] for r in rows])  # one format for a metric's row
             for r in rows:
                 change = r.get(f"{m}_%")
                 pct = f" ({change:+.1f}%)" if str(r[key]) != value and change is not None else ""
-                cells.append(_value(r, m) + pct)
+                cells.append(_value(r, m, digits) + pct)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         title = ", ".join(f"{k}={v}" for k, v in zip(rest, names, strict=True))
         sections.append((f"**{title}**\n\n" if title else "") + "\n".join(lines))
@@ -397,6 +457,9 @@ def check_options(runs: pl.DataFrame, by: list[str], metrics: list[str], baselin
         _baseline(runs, baseline)
     if plot_xy:
         _check_columns(runs, list(plot_xy), "--plot")
+    if hue and not plot_xy and not timeseries:
+        raise ReportError(f"--hue {hue}: colours the lines of --plot or --timeseries, and does nothing without one "
+                          "of them (the table groups runs by --by)")  # fmt: skip
     _check_columns(runs, _keys(hue), "--hue")
     if timeseries:
         _check_timeseries(runs, timeseries)
@@ -452,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
         by = args.by.split(",") if args.by else [k for k in varying if k != "seed"]
         metrics = args.metrics.split(",") if args.metrics else [m for m in DEFAULT_METRICS if m in runs.columns]
         check_options(runs, by, metrics, args.baseline, args.plot, args.timeseries, args.hue)
+        split = hidden_differences(runs, by)
+        by += split
         out = args.out or args.dirs[0]
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -462,6 +527,9 @@ def main(argv: list[str] | None = None) -> None:
             print(markdown_compare(compare(runs, by, metrics, args.baseline), args.baseline, metrics))
         else:
             print(markdown(summarize(runs, by, metrics), metrics))
+        notes = [note for note in (time_note(runs, metrics), _split_note(split)) if note]
+        if notes:
+            print("\n" + "\n".join(notes))
         prov = runs.select(c for c in PROVENANCE if c in runs.columns and c != "config_hash").unique()
         print(f"\n{runs.height} runs; provenance: " + "; ".join(
             ", ".join(f"{k}={v}" for k, v in r.items()) for r in prov.iter_rows(named=True)))  # fmt: skip
@@ -503,6 +571,13 @@ def main(argv: list[str] | None = None) -> None:
         print(line, file=sys.stderr)
     if unwritten and (args.plot or args.timeseries):
         sys.exit(1)  # a plot asked for was not written
+
+
+def _split_note(split: list[str]) -> str:
+    if not split:
+        return ""
+    return (f"split by {', '.join(split)} too: runs of one group differed in them (runs of other code, or settings "
+            "--by does not name), and are not averaged together")  # fmt: skip
 
 
 def _explain(name: str) -> str:
