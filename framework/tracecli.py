@@ -34,7 +34,7 @@ def record(out: Path, command: list[str], keep_instructions: bool, collapse: boo
     densify, merge = Densifier(), Collapser()
     writes_total = 0
     try:
-        with os.fdopen(read_fd, "rb") as pipe, TraceWriter(out, detect_format(out)) as writer:
+        with os.fdopen(read_fd, "rb") as pipe, TraceWriter(out, detect_format(out, option="")) as writer:
             for chunk in read_stream(pipe, Path(f"lackey output of {command[0]}"), "lackey",
                                      keep_instructions=keep_instructions):  # fmt: skip
                 pages, writes = densify(chunk.pages), chunk.writes
@@ -54,8 +54,8 @@ def record(out: Path, command: list[str], keep_instructions: bool, collapse: boo
 def convert(src: Path, dst: Path, src_fmt: str, dst_fmt: str, keep_instructions: bool, collapse: bool,
             dense: bool) -> dict:  # fmt: skip
     densify, merge = Densifier(), Collapser()
-    with TraceWriter(dst, detect_format(dst, dst_fmt)) as writer:
-        for chunk in read_trace(src, src_fmt, keep_instructions=keep_instructions):
+    with TraceWriter(dst, detect_format(dst, dst_fmt, "--to")) as writer:
+        for chunk in read_trace(src, src_fmt, keep_instructions=keep_instructions, option="--from"):
             pages, writes = (densify(chunk.pages) if dense else chunk.pages), chunk.writes
             if collapse:
                 pages, writes = merge(pages, writes)
@@ -68,7 +68,7 @@ def info(path: Path, fmt: str) -> dict:
     has_writes = True
     lo, hi = None, None
     seen = Densifier()
-    for chunk in read_trace(path, fmt):
+    for chunk in read_trace(path, fmt, option="--format"):
         records += chunk.pages.size
         has_writes = has_writes and chunk.writes is not None
         writes += int(np.count_nonzero(chunk.writes)) if chunk.writes is not None else 0

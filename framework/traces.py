@@ -55,8 +55,9 @@ class TraceChunk:
     first: int  # index of the chunk's first record in the trace
 
 
-def detect_format(path: Path, fmt: str = "auto") -> str:
-    """The trace format named by ``fmt``, or guessed from the file name (before .gz/.zst)."""
+def detect_format(path: Path, fmt: str = "auto", option: str = "workload.format=") -> str:
+    """The trace format named by ``fmt``, or guessed from the file name (before .gz/.zst); ``option`` is how
+    the user names the format, for the message when the name does not tell it ("": only the name can)."""
     if fmt != "auto":
         if fmt not in FORMATS:
             raise TraceError(f"{path}: unknown trace format {fmt!r}; accepted: auto, {', '.join(FORMATS)}")
@@ -66,10 +67,9 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
         name = name.removesuffix(suffix)
     fmt = EXTENSIONS.get(Path(name).suffix)
     if fmt is None:
-        raise TraceError(
-            f"{path}: cannot tell the trace format from the name; give it as format= one of {', '.join(FORMATS)} "
-            f"(or name the file *{'/*'.join(EXTENSIONS)}, optionally .gz or .zst)"
-        )
+        names = f"name the file *{'/*'.join(EXTENSIONS)}, optionally .gz or .zst"
+        how = f"give it as {option} one of {', '.join(FORMATS)} ({names})" if option else names
+        raise TraceError(f"{path}: cannot tell the trace format from the name; {how}")
     return fmt
 
 
@@ -134,10 +134,10 @@ class _ZstdReader(io.RawIOBase):
 
 
 def read_trace(path: str | os.PathLike, fmt: str = "auto", chunk: int = CHUNK,
-               keep_instructions: bool = False) -> Iterator[TraceChunk]:  # fmt: skip
+               keep_instructions: bool = False, option: str = "workload.format=") -> Iterator[TraceChunk]:  # fmt: skip
     """The trace's records in chunks. Raises TraceError on a malformed or empty file."""
     path = Path(path)
-    fmt = detect_format(path, fmt)
+    fmt = detect_format(path, fmt, option)
     with open_binary(path) as f:
         yield from read_stream(f, path, fmt, chunk, keep_instructions)
 

@@ -103,10 +103,13 @@ class Trace(Workload):
             else:
                 at = _scale(pages, self.base, self.factor, self.npages, mapped)
             if at >= 0:
-                page = np.floor((float(pages[at]) - self.base) * self.factor)  # as _first_outside finds it
+                if shift:  # in Python's integers: a page past 2**53 stays exact
+                    page = int(pages[at]) - int(self.base)
+                else:  # as _first_outside finds it
+                    page = int(np.floor((float(pages[at]) - self.base) * self.factor))
                 raise TraceError(
                     f"{self.path}: record {first + at}: trace page {int(pages[at])} maps to page "
-                    f"{int(page)}, outside the {self.npages} pages of the mm; set workload.offset and "
+                    f"{page}, outside the {self.npages} pages of the mm; set workload.offset and "
                     "workload.scale, or workload.fit: true"
                 )
             yield mapped, writes
