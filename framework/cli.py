@@ -7,13 +7,13 @@ line naming the key and what is accepted, with exit status 2, before any job run
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra import compose, initialize_config_module
@@ -34,15 +34,28 @@ from .notifier import PluginError
 from .output import (
     FAILED,
     SUMMARY,
+    TIMESERIES,
     check_writable,
     clear_results,
     disk_error,
     summary_text,
+    unify_schemas,
     up_to_date,
     write_failure,
     write_results,
 )
-from .progress import ProgressBar
+from .progress import CompileNotice, JobOutcome, ProgressBar, SweepProgress, kernels_cached, write_job_status
+from .resultdir import (
+    REUSE,
+    VIOLATIONS,
+    DirTaken,
+    SweepIdentity,
+    claim_run_dir,
+    claim_sweep_dir,
+    job_dirs,
+    sweep_identity,
+    swept_keys,
+)
 from .settings import load_settings
 from .simulation import InvariantViolation, Simulation
 from .sweeplock import LOCK, SWEEP_PID, SweepBusy, SweepLock, exit_with_parent
@@ -50,7 +63,6 @@ from .traces import TraceError
 
 CONFIG_MODULE = "mmnsim.conf"
 EXIT_VIOLATIONS = 3  # a run (or a sweep's job) violated an invariant, without engine.allow_violations
-VIOLATIONS = "violations.txt"  # a job's violation messages, for the end of a multirun
 log = logging.getLogger("mmnsim")
 LIST_GROUPS = ("policies",)  # config groups whose value is a list of options
 MAX_KEY = 200  # longer keys are no key of mmnsim's (and Hydra would try to open a file of that name)
@@ -72,14 +84,46 @@ def quote_numbered_options(argv: list[str]) -> list[str]:
     return out
 
 
+class _Session:
+    """What this command is doing, for its callbacks and for the line Ctrl-C prints."""
+
+    reuse = False  # --reuse: another sweep's (or run's) results in the directory are removed first
+    kind = ""  # "run" or "sweep", once Hydra has started it
+    directory: Path | None = None
+    identity: SweepIdentity | None = None
+    state = ""  # the sweep directory was "new", is resumed ("resume"), or "reused"
+    progress: SweepProgress | None = None
+
+    @classmethod
+    def interrupted(cls) -> str:
+        """One line: what Ctrl-C interrupted, and what to run again."""
+        if cls.kind == "sweep":
+            done = len(cls.progress.outcomes) if cls.progress is not None else 0
+            jobs = cls.identity.jobs if cls.identity is not None else None
+            of = f" of {len(jobs)}" if jobs else ""
+            return (f"interrupted: the sweep into {cls.directory}, {done}{of} jobs finished; run the same command "
+                    "again to resume (the finished jobs are not run again)")  # fmt: skip
+        if cls.kind == "run":
+            return f"interrupted: the run into {cls.directory}, which wrote no results; run the same command again"
+        return "interrupted before any run started"
+
+
 def main() -> None:
-    sys.argv[1:] = quote_numbered_options(sys.argv[1:])
+    argv = quote_numbered_options(sys.argv[1:])
+    _Session.reuse = REUSE in argv
+    sys.argv[1:] = argv = [a for a in argv if a != REUSE]
     try:
-        check_overrides(sys.argv[1:])
+        check_overrides(argv)
     except ConfigError as exc:
         print(f"mmnsim: {exc}", file=sys.stderr)
         sys.exit(2)
-    _app()
+    try:
+        _app()
+    except KeyboardInterrupt:
+        if _Session.progress is not None:
+            _Session.progress.abandon()
+        print(f"mmnsim: {_Session.interrupted()}", file=sys.stderr)
+        sys.exit(130)
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
@@ -90,133 +134,222 @@ def _app(cfg: DictConfig) -> None:
     logging.raiseExceptions = False  # a log file on a full disk: no traceback per log line
     if multirun:
         exit_with_parent()
+        _quiet_console()  # the sweep prints a line per job; the job's log file holds the rest
+        job = {"num": int(hc.job.num), "overrides": [str(o) for o in hc.overrides.task]}
         if up_to_date(outdir, cfg):
             with contextlib.suppress(OSError):  # an earlier sweep's failure of this job, since redone
                 (outdir / FAILED).unlink(missing_ok=True)
-            print(f"up to date (same config and code), not run again: {outdir}")
+            log.info("up to date (same config and code), not run again: %s", outdir)
+            write_job_status(outdir, **job, status="up to date")
             return
     bar = None if multirun else ProgressBar()  # parallel jobs would draw over each other
+    notice = CompileNotice(log.info if multirun else bar.write)
+    compiled = [0.0, 0.0]  # numba's compile seconds when the run's clock started, and at its last tick
+
+    def progress(fraction: float) -> None:
+        compiled[1] = notice.seconds  # wall_seconds ends right after the last tick: the teardown is not in it
+        if bar is not None:
+            bar(fraction)
+
     try:
-        clear_results(outdir)  # an earlier run's results must not pass for this one's
-        sim = Simulation(cfg)
-        metrics = sim.run(progress=bar, teardown=True)
+        with notice:
+            clear_results(outdir)  # an earlier run's results must not pass for this one's
+            sim = Simulation(cfg)
+            compiled[:] = [notice.seconds, notice.seconds]
+            metrics = sim.run(progress=progress, teardown=True)
+        metrics["compile_seconds"] = compiled[1] - compiled[0]
         write_results(outdir, cfg, metrics, sim.timeseries_rows())
+    except KeyboardInterrupt:
+        if multirun:
+            os._exit(130)  # Ctrl-C reaches the sweep's process too, which says it in one line
+        raise  # main() says it in one line
     except Exception as exc:
-        if multirun:  # the other jobs go on; this one leaves failed.json, and FailedJobs fails the sweep
-            _record_failure(outdir, cfg, exc)
+        if multirun:  # the other jobs go on; this one leaves failed.json, and the sweep's end lists it
+            write_job_status(outdir, **job, status="failed", error=_record_failure(outdir, cfg, exc))
             return
         if isinstance(exc, OSError):
-            log.error("%s", disk_error(exc))
-            print(f"mmnsim: {disk_error(exc)}", file=sys.stderr)
-            sys.exit(1)
+            _fail(disk_error(exc), 1)
         if not isinstance(exc, ConfigError | PluginError | InvariantViolation | TraceError):
             raise
-        log.error("%s", exc)
-        print(f"mmnsim: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc), 2)
     finally:
         if bar is not None:
             bar.close()
     for message in sim.violation_messages[:5]:
         log.warning("invariant violated: %s", message)
-    print(summary_text(metrics))
-    print(f"results: {outdir}")
+    if multirun:  # the sweep's process prints the job's line
+        log.info("%s", summary_text(metrics))
+    else:
+        print(summary_text(metrics))
+        print(f"results: {outdir}")
     (outdir / VIOLATIONS).unlink(missing_ok=True)  # from an earlier run of this job
     # The results stay written; the unpinned strawman's violations are its point, not a failure.
-    if metrics["invariant_violations"] and not (sim.engine.allow_violations or sim.violations_expected):
+    violated = metrics["invariant_violations"] and not (sim.engine.allow_violations or sim.violations_expected)
+    if violated:
         (outdir / VIOLATIONS).write_text("\n".join(sim.violation_messages) + "\n")
-        if not multirun:
-            first = sim.violation_messages[0]
-            print(f"mmnsim: {metrics['invariant_violations']:,} invariant violations (first: {first}); "
-                  "engine.allow_violations=true accepts them", file=sys.stderr)  # fmt: skip
-            sys.exit(EXIT_VIOLATIONS)
+    if multirun:
+        write_job_status(outdir, **job, status="violations" if violated else "ok", seconds=metrics["wall_seconds"],
+                         compile_seconds=metrics["compile_seconds"], accesses=metrics["accesses"],
+                         violations=metrics["invariant_violations"],
+                         first=sim.violation_messages[0] if violated else "")  # fmt: skip
+    elif violated:
+        first = sim.violation_messages[0]
+        print(f"mmnsim: {metrics['invariant_violations']:,} invariant violations (first: {first}); "
+              "engine.allow_violations=true accepts them", file=sys.stderr)  # fmt: skip
+        sys.exit(EXIT_VIOLATIONS)
 
 
-def _record_failure(outdir: Path, cfg: DictConfig, exc: Exception) -> None:
-    """Leave failed.json for a job that raised; if even that cannot be written (a full disk), say so in one
-    line: FailedJobs counts the job as failed because it has no summary."""
-    error = disk_error(exc) if isinstance(exc, OSError) else str(exc)
+def _fail(message: str, status: int) -> NoReturn:
+    """A single run's error: once on the terminal (stderr), and in the run's log file."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    print(f"mmnsim: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _quiet_console() -> None:
+    """A sweep's job logs to its log file only: lines from parallel jobs would interleave on the terminal."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+
+
+def _record_failure(outdir: Path, cfg: DictConfig, exc: Exception) -> str:
+    """Leave failed.json for a job that raised, and return its error in one line; if even that cannot be
+    written (a full disk), say so in one line: the sweep counts the job as failed, having no summary."""
+    error = disk_error(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
     try:
         log.error("job failed: %s (%s)", error, write_failure(outdir, cfg, exc))
     except OSError as again:
         log.error("job failed: %s; and %s", error, disk_error(again))
         print(f"mmnsim: job {outdir} failed: {error}", file=sys.stderr)
+    return error
 
 
 class SweepDir(Callback):
-    """Before any job: a run's output directory can be written, and a sweep's directory is this sweep's
-    alone (``SweepLock``, held to the end of the sweep); if not, one line and exit status 2. Workers of
-    the sweep learn its pid, to exit when it is gone (``exit_with_parent``)."""
+    """Before any job: a run's or sweep's output directory can be written, nobody else is writing into it
+    (``SweepLock``, held to the end), and it holds no other run's or sweep's results (``mmnsim.resultdir``:
+    with ``--reuse`` they are removed); if not, one line and exit status 2. Workers of the sweep learn its
+    pid, to exit when it is gone (``exit_with_parent``)."""
 
     lock: SweepLock | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            check_writable(Path(config.hydra.run.dir))
-        except OSError as exc:
-            print(f"mmnsim: {disk_error(exc)}", file=sys.stderr)
-            sys.exit(2)
+        run_dir = Path(config.hydra.run.dir)
+        _Session.kind, _Session.directory = "run", run_dir
+        self._take(run_dir, "run")
+        _one_line_exit(lambda: claim_run_dir(run_dir, config, _Session.reuse))
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.lock = SweepLock(Path(config.hydra.sweep.dir))
-        try:
-            self.lock.acquire()
-        except SweepBusy as exc:
-            print(f"mmnsim: {exc}", file=sys.stderr)
-            sys.exit(2)
-        except OSError as exc:
-            print(f"mmnsim: {disk_error(exc)}", file=sys.stderr)
-            sys.exit(2)
-        atexit.register(self.lock.release)  # when a callback after this one exits, or on an error
+        sweep_dir = Path(config.hydra.sweep.dir)
+        _Session.kind, _Session.directory = "sweep", sweep_dir
+        self._take(sweep_dir, "sweep")
         os.environ[SWEEP_PID] = str(os.getpid())
+        _Session.identity = sweep_identity(config)
+        _Session.state = _one_line_exit(lambda: claim_sweep_dir(sweep_dir, _Session.identity, _Session.reuse))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.lock is not None:
             self.lock.release()
 
+    def _take(self, directory: Path, what: str) -> None:
+        """Create ``directory`` and lock it for this run or sweep, to its end (or exit)."""
+        self.lock = SweepLock(directory, what=what)
+        _one_line_exit(lambda: (check_writable(directory), self.lock.acquire()))
+        atexit.register(self.lock.release)  # when a callback after this one exits, or on an error
+
+
+def _one_line_exit(step: Callable[[], Any]) -> Any:
+    """``step()``; a directory in use, another's results or an unwritable path: one line, exit status 2."""
+    try:
+        return step()
+    except (SweepBusy, DirTaken) as exc:
+        print(f"mmnsim: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"mmnsim: {disk_error(exc)}", file=sys.stderr)
+    sys.exit(2)
+
 
 class FailedJobs(Callback):
-    """At the end of a multirun, name this sweep's jobs that failed, with their errors, and exit with status
-    1; the other jobs' results are complete, and ``mmnsim-report`` reads them (and lists the failures).
-    This sweep's jobs are those whose ``.hydra/config.yaml`` was written since the sweep started: a
-    ``failed.json`` left in the directory by an earlier sweep does not count."""
+    """A sweep you can watch, and its end: a line saying what the sweep does, a bar across its jobs on a
+    terminal and a line per finished job (``SweepProgress``); at the end, the summaries given one schema
+    (``unify_schemas``) and one closing line: how many jobs, failed, with invariant violations, and the
+    command for the table. Exit status 1 if a job failed (its ``failed.json`` says why; the other jobs'
+    results are complete), else 3 if one violated an invariant. This sweep's jobs are those Hydra started
+    since the sweep took its lock: a ``failed.json`` an earlier sweep left does not count."""
 
     since_ns: int = 0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
         try:  # the file system's clock, as for the jobs' files
-            self.since_ns = (Path(config.hydra.sweep.dir) / LOCK).stat().st_mtime_ns
+            self.since_ns = (sweep / LOCK).stat().st_mtime_ns
         except OSError:
             self.since_ns = time.time_ns()
+        identity = _Session.identity
+        jobs = identity.jobs if identity is not None else None
+        keys = swept_keys(jobs) if jobs else []
+        print(_sweep_header(config, sweep, jobs, keys), flush=True)
+        default = jobs and identity.subdir == "${hydra.job.num}"  # job i in sweep/i: no need to look for them
+        paths = [sweep / str(i) for i in range(len(jobs))] if default else None
+        _Session.progress = SweepProgress(sweep, jobs, self.since_ns, keys, paths)
+        _Session.progress.start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        jobs = sorted(
-            p.parent.parent for p in sweep.rglob(".hydra/config.yaml") if p.stat().st_mtime_ns >= self.since_ns
-        )
-        errors = {}
-        violated = []
-        for job in jobs:
-            if (job / VIOLATIONS).is_file():
-                violated.append(job / VIOLATIONS)
-            if (job / FAILED).is_file():
-                try:
-                    errors[job] = json.loads((job / FAILED).read_text())["error"]
-                except (OSError, ValueError, KeyError, TypeError) as exc:
-                    errors[job] = f"failed.json unreadable ({exc})"
-            elif not (job / SUMMARY).is_file():
-                errors[job] = "no results and no failed.json (see the job's log)"
-        for path in violated:  # listed first: a failed job, below, sets the exit status
-            first = path.read_text().partition("\n")[0]
-            print(f"mmnsim: invariant violated in {path.parent}: {first}", file=sys.stderr)
-        if not errors:
-            if violated:
-                sys.exit(EXIT_VIOLATIONS)
-            return
-        print(f"mmnsim: {len(errors)} of {len(jobs)} jobs failed; the others' results are in {sweep}:", file=sys.stderr)
-        for job, error in errors.items():
-            print(f"  {job}: {error}", file=sys.stderr)
-        sys.exit(1)
+        outcomes = _Session.progress.stop() if _Session.progress is not None else []
+        jobs = _Session.identity.jobs if _Session.identity is not None else None
+        for name in (SUMMARY, TIMESERIES):  # polars, DuckDB: a glob over the sweep reads as one table
+            unify_schemas([d / name for d in job_dirs(sweep) if (d / name).is_file()])
+        line, status = _closing_line(sweep, outcomes, len(jobs) if jobs else len(outcomes))
+        print(line, file=sys.stderr if status else sys.stdout, flush=True)
+        if status:
+            sys.exit(status)
+
+
+def _sweep_header(config: DictConfig, sweep: Path, jobs: list[list[str]] | None, keys: list[str]) -> str:
+    """The sweep's first line: how many jobs, over what, where, how many at a time; resumed; compiling."""
+    parts = [f"sweep: {len(jobs)} jobs" if jobs else "sweep", f"into {sweep}"]
+    if jobs and keys:
+        values = {k: list(dict.fromkeys(dict(o.partition("=")[::2] for o in job).get(k, "") for job in jobs))
+                  for k in keys}  # fmt: skip
+        parts.append("(" + " ".join(f"{k}={','.join(v)}" for k, v in values.items()) + ")")
+    n_jobs = config.hydra.launcher.get("n_jobs") if "launcher" in config.hydra else None
+    if isinstance(n_jobs, int) and n_jobs != 0 and jobs:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        parallel = n_jobs if n_jobs > 0 else max(cores + 1 + n_jobs, 1)  # joblib: -1 is every core
+        parts[-1] += f", {min(parallel, len(jobs))} at a time"
+    notes = []
+    if _Session.state == "resume" and job_dirs(sweep):
+        notes.append("resuming: jobs whose results are up to date are not run again")
+    if not kernels_cached():
+        notes.append("the first jobs compile the numba kernels (about half a minute)")
+    return " ".join(parts) + "".join(f"; {n}" for n in notes)
+
+
+def _closing_line(sweep: Path, outcomes: list[JobOutcome], total: int) -> tuple[str, int]:
+    """The sweep's last line, and its exit status: 1 if a job failed, 3 if one violated an invariant."""
+    count = {s: sum(o.status == s for o in outcomes) for s in ("ok", "up to date", "violations", "failed")}
+    count["failed"] += sum(o.status == "unfinished" for o in outcomes)
+    parts = [f"{count['ok']} ok"] if count["ok"] or len(outcomes) == count["ok"] else []
+    if count["up to date"]:
+        parts.append(f"{count['up to date']} up to date (not run again)")
+    if count["violations"]:
+        parts.append(f"{count['violations']} with invariant violations (violations.txt)")
+    if count["failed"]:
+        parts.append(f"{count['failed']} failed (failed.json)")
+    if total > len(outcomes):
+        parts.append(f"{total - len(outcomes)} not run")
+    status = 1 if count["failed"] or total > len(outcomes) else EXIT_VIOLATIONS if count["violations"] else 0
+    line = f"{total} jobs: {', '.join(parts)}; the table: mmnsim-report {sweep}"
+    return (f"mmnsim: {line}" if status else line), status
 
 
 def _mtime(path: Path) -> float:
@@ -305,6 +438,12 @@ def _explain(exc: HydraException, overrides: list[str]) -> str:
         base = compose("config", overrides=groups)
         node = OmegaConf.select(base, parent) if parent else base
         accepted = ", ".join(str(k) for k in node if k != "hydra") if isinstance(node, DictConfig) else ""
+        name = key.rpartition(".")[2]
+        if parent in LIST_GROUPS and name in loader.get_group_options(parent):  # an option not in the list
+            given = next((o for o in overrides if o.lstrip("+~").startswith(f"{key}.")), key)
+            chosen = [str(k) for k in node] if isinstance(node, DictConfig) else []
+            return (f"{given}: {name} is not in {parent} ({parent}=[{','.join(chosen)}]); add it to the list: "
+                    f"'{parent}=[{','.join([*chosen, name])}]'")  # fmt: skip
         return f"{key}: unknown key; accepted keys {'under ' + parent if parent else 'at top level'}: {accepted}"
     if "No match in the defaults list" in str(exc):  # a group the default config does not list
         key = str(exc).split("'")[1] if "'" in str(exc) else ""

@@ -32,8 +32,9 @@ class SweepBusy(Exception):
 class SweepLock:
     """The lock of one sweep directory: ``acquire`` it before the first job, ``release`` it after the last."""
 
-    def __init__(self, sweep_dir: Path) -> None:
+    def __init__(self, sweep_dir: Path, what: str = "sweep") -> None:
         self.path = Path(sweep_dir) / LOCK
+        self.what = what  # "sweep", or "run": a single run locks its directory too
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -47,9 +48,9 @@ class SweepLock:
                 holder = _holder(fd)
                 os.close(fd)
                 raise SweepBusy(
-                    f"{self.path.parent} is in use by another sweep (pid {holder.get('pid', '?')} on "
-                    f"{holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it to end, or use "
-                    "another hydra.sweep.dir"
+                    f"{self.path.parent} is in use by another {holder.get('what', 'sweep')} (pid "
+                    f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}); "
+                    f"wait for it to end, or use another hydra.{'run' if self.what == 'run' else 'sweep'}.dir"
                 ) from None
             except BaseException:
                 os.close(fd)
@@ -61,7 +62,8 @@ class SweepLock:
             if same:
                 break
             os.close(fd)  # its holder released it (and removed the file) while we opened it: try again
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "what": self.what}  # fmt: skip
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         self.fd = fd
@@ -78,6 +80,24 @@ class SweepLock:
             self.path.unlink(missing_ok=True)
         os.close(self.fd)  # drops the flock
         self.fd = None
+
+
+def holder_if_locked(path: Path) -> dict | None:
+    """Who holds the lock file ``path`` (its record) if a live process does; None if nobody does (no file, or
+    a stale one left by a process that died)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # drops the shared lock, if it was taken
+    return None
 
 
 def _holder(fd: int) -> dict:

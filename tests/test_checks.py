@@ -303,5 +303,6 @@ def test_a_run_with_violations_exits_3_unless_allowed(workdir):
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     sweep = cli("-m", *TINY, "secondary.fault=none,ignore_invalidate", "hydra.sweep.dir=sweep", cwd=workdir)
     assert sweep.returncode == 3, sweep.stderr[-2000:]
-    listed = [line for line in sweep.stderr.splitlines() if line.startswith("mmnsim: invariant violated in")]
+    listed = [line for line in sweep.stderr.splitlines() if "invariant violations (first: " in line]
     assert len(listed) == 1 and "faulty[guest0] maps page" in listed[0], sweep.stderr[-2000:]
+    assert listed[0].startswith("sweep/1: secondary.fault=ignore_invalidate: done in ")

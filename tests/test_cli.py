@@ -118,5 +118,5 @@ def test_progress_reaches_one_and_the_bar_draws_only_on_a_terminal():
         bar = ProgressBar(stream, interval=0.0)
         bar(0.5)
         bar.close()
-    assert "[###############...............]  50.0%" in tty.getvalue()
+    assert " 50.0% |" in tty.getvalue() and "left" in tty.getvalue()
     assert pipe.getvalue() == ""

@@ -15,8 +15,10 @@ def test_a_failing_job_leaves_the_others_readable_and_a_rerun_skips_what_is_up_t
     out = cli("-m", "secondary=faulty", "secondary.fault=none,raise_in_hook,young_all", *TINY, cwd=tmp_path)
     sweep = tmp_path / "sweep"
     assert out.returncode == 1, out.stderr
-    assert "mmnsim: 1 of 3 jobs failed; the others' results are in sweep" in out.stderr
-    assert "sweep/1: PluginError: secondary MMU 'faulty[guest0]' raised in invalidate_range_start" in out.stderr
+    assert "mmnsim: 3 jobs: 1 ok, 1 with invariant violations (violations.txt), 1 failed (failed.json); the table: " \
+           "mmnsim-report sweep" in out.stderr  # fmt: skip
+    assert "sweep/1: secondary.fault=raise_in_hook: failed: PluginError: secondary MMU 'faulty[guest0]' raised in " \
+           "invalidate_range_start" in out.stderr  # fmt: skip
     assert (sweep / "0" / "summary.parquet").is_file() and (sweep / "2" / "summary.parquet").is_file()
     assert not (sweep / "1" / "summary.parquet").exists()
     failure = json.loads((sweep / "1" / "failed.json").read_text())
@@ -29,17 +31,20 @@ def test_a_failing_job_leaves_the_others_readable_and_a_rerun_skips_what_is_up_t
     assert "1 runs failed or did not finish" in printed and "(secondary.fault=raise_in_hook): PluginError" in printed
     assert pl.read_parquet(sweep / "results.parquet").height == 2
 
-    # Started again, with the failing job's value changed: job 0 and 2 are up to date, job 1 runs.
+    # Started again: job 0 and 2 are up to date, job 1 (failed) runs again.
     before = {j: (sweep / j / "summary.parquet").stat().st_mtime_ns for j in ("0", "2")}
-    again = cli("-m", "secondary=faulty", "secondary.fault=none,ignore_invalidate,young_all", *TINY, cwd=tmp_path)
-    assert again.returncode == 3, again.stderr  # the sweep lists the jobs that violated invariants: 1 and 2
+    again = cli("-m", "secondary=faulty", "secondary.fault=none,raise_in_hook,young_all", *TINY, cwd=tmp_path)
+    assert again.returncode == 1, again.stderr
     assert again.stdout.count("up to date (same config and code), not run again") == 2
     assert {j: (sweep / j / "summary.parquet").stat().st_mtime_ns for j in ("0", "2")} == before
-    assert (sweep / "1" / "summary.parquet").is_file() and not (sweep / "1" / "failed.json").exists()
-    # A changed config is run again, even in a directory that has results.
-    third = cli("-m", "secondary=faulty", "secondary.fault=none", "seed=1", *TINY, cwd=tmp_path)
-    assert third.returncode == 0 and "up to date" not in third.stdout, third.stdout
+    assert "sweep/1: secondary.fault=raise_in_hook: failed: PluginError" in again.stderr
+    # Another sweep (the failing value changed) is run only with --reuse, which starts it afresh.
+    third = cli("-m", "--reuse", "secondary=faulty", "secondary.fault=none,ignore_invalidate", "seed=1", *TINY,
+                cwd=tmp_path)  # fmt: skip
+    assert third.returncode == 3 and "up to date" not in third.stdout, third.stdout
     assert pl.read_parquet(sweep / "0" / "summary.parquet")["seed"][0] == 1
+    assert (sweep / "1" / "summary.parquet").is_file() and not (sweep / "1" / "failed.json").exists()
+    assert not (sweep / "2").exists()
 
 
 def test_results_from_other_code_are_not_up_to_date(tmp_path, monkeypatch):
