@@ -242,7 +242,7 @@ class SweepProgress:
             self.printed.add(k)
         if self.bar is not None:
             failed = sum(o.status in ("failed", "unfinished") for o in self.outcomes.values())
-            self.bar.set_postfix_str(f"; running {self.running}, failed {failed}", refresh=True)
+            self.bar.set_postfix_str(f"running {self.running}, failed {failed}", refresh=True)  # after ", "
 
     def _print(self, outcome: JobOutcome) -> None:
         label = " ".join(o for o in outcome.overrides if o.partition("=")[0] in self.label_keys)
