@@ -29,7 +29,7 @@ from tqdm import tqdm
 from .resultdir import JOB_STATUS, job_dirs
 
 COMPILING = ("compiling the numba kernels: the first run after installing or editing mmnsim takes about half a "
-             "minute longer; later runs load them from the cache")  # fmt: skip
+             "minute longer (more on a busy machine); later runs load them from the cache")  # fmt: skip
 
 
 class ProgressBar:
