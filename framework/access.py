@@ -28,6 +28,7 @@ can see: CPU accesses and accesses through a secondary that reports accessed bit
 import numpy as np
 
 from . import counters as C
+from .fastpath import swap_out_pages
 from .frames import (
     FREE,
     KSWAPD_FUTILE,
@@ -90,16 +91,18 @@ from .secondary import (
 from .swapdev import REG_IO_SEED, REG_READ_ERRORS, SWAPPED, WRITE_FAILED, io_fails, swap_free, swap_out_frame
 
 # Kernel state (ks): where a batch stopped and the fault in flight.
-K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME, K_COMPACTED, K_WINDOW, K_WFRAME = range(11)
-KS_SIZE = 11  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
+(K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME, K_COMPACTED, K_WINDOW, K_WFRAME,
+ K_WRECLAIMS) = range(12)  # fmt: skip
+KS_SIZE = 12  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
 # (DIRECT_COMPACT: the faulting node). K_COMPACTED: this THP fault has had its direct compaction.
-# K_WINDOW: a secondary fault slept in a race window (RACE_WINDOW) after resolving frame K_WFRAME
+# K_WINDOW: a secondary fault slept in a race window (RACE_WINDOW) after resolving frame K_WFRAME.
+# K_WRECLAIMS: race windows whose reclaim the kernel ran itself, through the fast path (mmnsim.fastpath)
 
 # Statuses returned by run_accesses.
 (DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK, MIGRATE_TO_RAM, COW_BREAK, DIRECT_COMPACT,
- FAULT_AROUND, RACE_WINDOW) = range(10)  # fmt: skip
+ FAULT_AROUND, RACE_WINDOW, STALE_INSTALL) = range(11)  # fmt: skip
 STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock", "migrate_to_ram", "cow_break",
-                "direct_compact", "fault_around", "race_window")  # fmt: skip
+                "direct_compact", "fault_around", "race_window", "stale_install")  # fmt: skip
 
 # Internal results of resolving a fault; a status for Python is encoded as _ASK - status.
 _OK, _ERR, _FAIL = -1, -2, -3
@@ -268,7 +271,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
         ks[K_SEQ] = sstate[SEQ]
         ctr[C.SECONDARY_FAULTS] += 1
     if via_sec and ks[K_WINDOW]:
-        return _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p)
+        return _after_window(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, fkey, key, p)
     fl = pflags[key]
     if not fl & P_VMA or (write and not fl & P_WRITE) or (not write and not fl & P_READ):
         ctr[C.ACCESS_ERRORS] += 1
@@ -420,11 +423,12 @@ def _race(sstate, sreg):
 
 
 @kernel(inline=True)
-def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p):
+def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, fkey, key, p):
     """The fault resumes after its race window with the frame it resolved before sleeping: the retry rule
     decides (mmu_invalidate_retry_gfn / mmu_interval_read_retry); if it passes, that frame is installed,
     whatever the primary table maps now: an MMU whose sequence did not move while the host invalidated
-    the page installs a stale entry, as it would in the kernel."""
+    the page installs a stale entry, as it would in the kernel, and the kernel returns STALE_INSTALL so
+    that Python reports it at once (the access then proceeds through the stale entry)."""
     ks[K_WINDOW] = 0
     retry = _retry(ks, ctr, sstate, p)
     if retry != _OK:
@@ -435,6 +439,9 @@ def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p
     saccessed[p] = 0
     ks[K_SEQ] = -1
     ks[K_RETRIES] = 0
+    if pte[key] != f:  # the retry rule let a stale frame in: report it the moment it happens
+        ks[K_VICTIM] = p
+        return _ASK - STALE_INSTALL
     if sstate[FAULT_BLOCK] > 1:  # the driver maps the block around it
         ks[K_VICTIM] = p
         return _ASK - FAULT_AROUND
@@ -442,19 +449,19 @@ def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p
 
 
 @kernel
-def run_accesses(pages, writes, ks, pt, ft, sw, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact,
-                 check_owner):  # fmt: skip
-    """Run accesses ``pages[ks[K_I]:]`` of mm ``mm``; return DONE or what Python must do first.
-
-    ``spte``/``sflags``/``saccessed``/``sstate`` are the secondary MMU the accesses go through, or empty arrays for
-    CPU accesses. ``vcpu_node[v]`` is the node of accessor ``v``; the batch is split evenly among them.
-    ``check_owner``: check on every access through a secondary that its frame holds the page (a
-    dependent load per access; the invariant check finds every bad entry each tick without it).
-    """
-    return _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner,
-                pt.pte, pt.flags, pt.token, pt.mm_base, pt.mm_flags,
-                ft.key, ft.token, ft.pin, ft.ref, ft.pb, ft.bits, ft.lists, ft.node, ft.node_order, ft.distance,
-                ft.reg, ft.hints, sw.key, sw.token, sw.reg)  # fmt: skip
+def _window_reclaim(ks, key, base, subs, event, offset, spte, sflags, shadow, state, acc, changed, scratch, pte, pflags,
+                    fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr):  # fmt: skip
+    """``Simulation._race_window`` done in the kernel: kswapd reclaims the page the sleeping fault resolved, under
+    a CLEAR invalidation its mm's subscribers hear through the compiled path. A pinned or shared frame stays."""
+    ctr[C.RACE_WINDOWS] += 1
+    f = pte[key]
+    if f < 0 or fpin[f] > 0 or fkey[f] != key:
+        return
+    scratch[0] = f
+    scratch[1] = key - base
+    swap_out_pages(scratch[0:1], scratch[1:2], base, subs, offset, spte, sflags, shadow, state, acc, pte, pflags,
+                   fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, changed, event)  # fmt: skip
+    ks[K_WRECLAIMS] += 1
 
 
 @kernel(inline=True)
@@ -567,9 +574,23 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pf
 
 
 @kernel
-def _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner, pte, pflags,
-         ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, distance, reg, hints,
-         skey, stoken, sreg):  # fmt: skip
+def run_accesses(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner,
+                 window_subs, window_event, pool_offset, pool_spte, pool_sflags, pool_shadow, pool_state, pool_acc,
+                 changed, scratch, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists,
+                 node, node_order, distance, reg, hints, skey, stoken, sreg):  # fmt: skip
+    """Run accesses ``pages[ks[K_I]:]`` of mm ``mm``; return DONE or what Python must do first.
+
+    ``spte``/``sflags``/``saccessed``/``sstate`` are the secondary MMU the accesses go through, or empty arrays for
+    CPU accesses. ``vcpu_node[v]`` is the node of accessor ``v``; the batch is split evenly among them.
+    ``check_owner``: check on every access through a secondary that its frame holds the page (a dependent load per
+    access; the invariant check finds every bad entry each tick without it).
+
+    Race windows: when ``window_subs`` lists the mm's subscribers (every one served by the compiled path,
+    ``mmnsim.fastpath``), the kernel runs a window's reclaim itself, as kswapd would (``_window_reclaim``,
+    recording ``window_event`` as the pages' last change, counted in ``ks[K_WRECLAIMS]``); with it empty, a
+    window returns RACE_WINDOW and Python does it. The ``pool_*`` arrays are the run's secondary tables
+    (``mmnsim.sectables``); ``scratch`` is two int64 of room. The rest are the host's arrays, unpacked (numba
+    types a tuple of arrays field by field on every call: tens of microseconds)."""
     n = pages.size
     base = mm_base[mm]
     nv = vcpu_node.size
@@ -635,6 +656,12 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node,
             i += 1
             continue
         status = _ASK - st
+        if status == RACE_WINDOW and window_subs.size:  # the host runs while the fault sleeps: kswapd, here
+            _window_reclaim(ks, ks[K_VICTIM], base, window_subs, window_event, pool_offset, pool_spte, pool_sflags,
+                            pool_shadow, pool_state, pool_acc, changed, scratch, pte, pflags, fkey, ftoken, fpin,
+                            node, lists, pb, bits, skey, stoken, sreg, ctr)  # fmt: skip
+            status = DONE
+            continue  # the fault resumes: _after_window decides whether it retries
         break
     ks[K_I] = i
     ks[K_FRESH] = fresh

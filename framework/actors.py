@@ -48,6 +48,11 @@ class Actors:
 
     def record(self, base: int, start: np.ndarray, end: np.ndarray, what: str, tick: int) -> None:
         """The current actor changed the pages [start[i], end[i]) of the mm at key ``base``, by ``what``."""
+        _record(self.changed, base, start, end, self.event(what, tick))
+
+    def event(self, what: str, tick: int) -> int:
+        """The index of the event "the current actor, by ``what``, at ``tick``" in the log, for a compiled
+        kernel that records the pages it changes itself (``changed[key] = event``)."""
         label = f"{self.current} ({what})"
         i = self._ids.get(label)
         if i is None:
@@ -60,7 +65,7 @@ class Actors:
             self._events[n] = i, tick
             self._nevents = n + 1
             self._last = (i, tick)
-        _record(self.changed, base, start, end, self._nevents - 1)
+        return self._nevents - 1
 
     def who_changed(self, key: int) -> str | None:
         """Who last changed page ``key`` under an invalidation, and at which tick; None if nothing did."""

@@ -153,6 +153,12 @@ class Host:
         # and change it only through the operations, which raise the notifiers.
         self._pt, self._ft, self._sw = self.pt, self.ft, self.sw
         self.pt, self.ft, self.sw = (read_only_tables(t) for t in (self._pt, self._ft, self._sw))
+        pt, ft, sw = self._pt, self._ft, self._sw
+        # The writable arrays in the order the access kernel takes them (``access.run_accesses``): numba types a
+        # tuple of arrays field by field on every call, which costs more than passing the arrays.
+        self.flat = (pt.pte, pt.flags, pt.token, pt.mm_base, pt.mm_flags, ft.key, ft.token, ft.pin, ft.ref, ft.pb,
+                     ft.bits, ft.lists, ft.node, ft.node_order, ft.distance, ft.reg, ft.hints, sw.key, sw.token,
+                     sw.reg)  # fmt: skip
 
     @property
     def ram(self) -> np.ndarray:

@@ -241,6 +241,7 @@ class MM:
             if self.chain:
                 self.chain.invalidate_page(pages, event)
             change()
+            self.sim.actors.record(self.base, pages, pages + 1, f"{event.name} of mm '{self.name}'", self.sim.tick)
             return True
         return self.invalidate(single_pages(self, pages, event, owner=owner), change)
 

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import counters as C
+from .fastpath import INVALIDATE_OPS, swap_out_pages, young_frames
 from .frames import is_device_frame
+from .invariants import report_young
 from .kernel import AHEAD, U, kernel, prefetch
 from .notifier import Event
 from .pagebits import P_YOUNG
@@ -80,8 +82,12 @@ def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_you
     if op not in YOUNG_OPS:
         raise ValueError(f"unknown young op {op!r}; accepted: {', '.join(YOUNG_OPS)}")
     host = sim.host
-    keys = np.empty(frames.size, dtype=np.int64)
     young = np.empty(frames.size, dtype=bool)
+    table = sim.fast.young_table(op)
+    if table is not None:  # every subscriber's young op is the standard one: one compiled pass
+        _young_fast(sim, frames, op, table, young)
+        return young
+    keys = np.empty(frames.size, dtype=np.int64)
     _test_clear_young(host._ft.key, host._pt.flags, frames, keys, young)
     for mm, sel, pages in _by_mm(sim, keys):
         if mm.chain:
@@ -100,8 +106,13 @@ def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
     for mm, sel, pages in _by_mm(sim, keys):
         split(sim, mm, pages)  # reclaim handles 4 KiB pages: split any THP first
         mine = frames[sel]
-        if not mm.chain:
+        subs = None if sim.kernel.invalidate_page else sim.fast.subscribers(mm, INVALIDATE_OPS)
+        if subs is not None and subs.size:  # every subscriber's invalidation is the standard one: compiled
+            done += _swap_out_fast(sim, mm, mine, pages, subs)
+            continue
+        if not mm.chain:  # nobody to tell: the pages still record who reclaimed them
             done += swap_out_frames(host._pt, host._ft, host._sw, host.ctr, mine)
+            sim.actors.record(mm.base, pages, pages + 1, f"CLEAR of mm '{mm.name}'", sim.tick)
             continue
         count = 0
 
@@ -112,6 +123,35 @@ def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
         mm.invalidate_pages(pages, Event.CLEAR, write_out)  # start/end per page, or 2.6.27's invalidate_page
         done += count
     return done
+
+
+def _young_fast(sim: "Simulation", frames: np.ndarray, op: str, table: np.ndarray, young: np.ndarray) -> None:
+    host, tables = sim.host, sim.secondary_tables
+    nsec = max(len(sim.secondaries), 1)
+    wrong = np.zeros((nsec, 2), dtype=np.int64)
+    first = np.zeros((nsec, 2), dtype=np.int64)
+    young_frames(np.ascontiguousarray(frames, dtype=np.int64), young, host._ft.key, host._pt.flags, host._pt.mm_base,
+                 table, tables.offset, tables.sflags, tables.shadow, tables.acc, op == "clear_flush_young", wrong,
+                 first)  # fmt: skip
+    for j in np.unique(table[table >= 0]).tolist():
+        sec = sim.secondaries[j]
+        sec._settle_aging()
+        if wrong[j].any() and sim.engine.check_invariants:
+            report_young(sim, sec, op, int(wrong[j, 0]), int(first[j, 0]), int(wrong[j, 1]), int(first[j, 1]), 0, 0)
+
+
+def _swap_out_fast(sim: "Simulation", mm, frames: np.ndarray, pages: np.ndarray, subs: np.ndarray) -> int:
+    host, tables = sim.host, sim.secondary_tables
+    pt, ft, sw = host._pt, host._ft, host._sw
+    event = sim.actors.event(f"CLEAR of mm '{mm.name}'", sim.tick)
+    count = swap_out_pages(np.ascontiguousarray(frames, dtype=np.int64), pages, mm.base, subs, tables.offset,
+                           tables.spte, tables.sflags, tables.shadow, tables.state, tables.acc, pt.pte, pt.flags,
+                           ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits, sw.key, sw.token, sw.reg,
+                           host.ctr, sim.actors.changed, event)  # fmt: skip
+    mm.chain.invalidate_seq += 2  # the start and the end of the invalidation
+    for j in subs.tolist():
+        sim.secondaries[j]._settle_invalidation()
+    return count
 
 
 def _by_mm(sim: "Simulation", keys: np.ndarray):

@@ -33,9 +33,11 @@ from .access import (
     K_I,
     K_SKIP,
     K_VICTIM,
+    K_WRECLAIMS,
     LIVELOCK,
     MIGRATE_TO_RAM,
     RACE_WINDOW,
+    STALE_INSTALL,
     WAKE_KSWAPD,
     new_kernel_state,
     run_accesses,
@@ -46,6 +48,7 @@ from .components import Component, HostPolicy, Mode
 from .config import ConfigError
 from .costs import translation_ns, walk_refs
 from .discovery import Registry, plugin_manager
+from .fastpath import INVALIDATE_OPS, FastRoutes
 from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import OOM, Host
 from .metrics import FRAMEWORK, Catalogue, MetricError, catalogue, describe, plugin_declarations, where_to_declare
@@ -56,7 +59,8 @@ from .oom import OOMKiller
 from .pagebits import P_DEVICE, P_HUGE, S_HUGE
 from .pagetable import MM_HUGEPAGE
 from .reclaim import swap_out
-from .secondary import DEV_NODE, IN_PROGRESS, MODE, RACE_RATE, SEC_NOFAULT, SecondaryMMU
+from .secondary import DEV_NODE, IN_PROGRESS, MODE, RACE_RATE, SEC_NOFAULT, STATE_SIZE, SecondaryMMU
+from .sectables import SecondaryTables
 from .settings import load_settings
 from .share import break_cow
 from .timeseries import TimeSeries
@@ -65,6 +69,8 @@ from .workload import PAGE_DTYPE, WorkloadStream, pages_inside
 log = logging.getLogger("mmnsim")
 
 SWAP_CLUSTER_MAX = 32  # pages direct reclaim asks for at least (mm/vmscan.c)
+WINDOW_ACTOR = "kswapd (reclaim in a fault's race window)"
+_NO_SUBS = np.zeros(0, dtype=np.int64)
 
 
 # Kernel counters also reported per secondary MMU kind (as "<name>.<counter>").
@@ -168,7 +174,12 @@ class Simulation:
         device_pages = [c.device_pages for s in specs for c in s.clients if c.device_pages]
         self.host = Host(self.host_cfg, [s.pages for s in specs], device_pages, seed=self.seed)
         self.actors = Actors(self.host._pt.pte.size)  # who runs, and who last changed each page
+        self.fast = FastRoutes(self)  # which subscribers reclaim's compiled path serves (mmnsim.fastpath)
         device_nodes = iter(self.host.device_nodes)
+        self.secondary_tables = SecondaryTables(
+            [0 if c.secondary[0].shares_cpu_tables else s.pages for s in specs for c in s.clients if c.secondary],
+            STATE_SIZE,
+        )
         self.mms: list[MM] = []
         self.tenants: list[Tenant] = []
         self.clients: list[Client] = []
@@ -210,6 +221,7 @@ class Simulation:
         self.pinned_peak = 0
         self._timeseries = TimeSeries()  # bounded: every k-th tick once full, the last always
         self._charge_to: Tenant | None = None
+        self._scratch = np.zeros(2, dtype=np.int64)  # the access kernel's room for a race window's page
         for sec in self.secondaries:  # last: a registration pins, may reclaim, and may even OOM-kill
             sec.attach()
 
@@ -380,13 +392,19 @@ class Simulation:
         vcpu_node = client.vcpu_node if client is not None else np.zeros(1, dtype=np.int32)
         ks = new_kernel_state()
         before = host.ctr.copy()
+        tables = self.secondary_tables
+        window_subs, window_event = self._window_route(mm, sstate)
         self._charge_to = client
         try:
             while True:
                 status = run_accesses(
-                    pages, writes, ks, host._pt, host._ft, host._sw, host.ctr, mm.index,
-                    spte, sflags, saccessed, sstate, vcpu_node, self.exact_clock, self.engine.check_accesses,
+                    pages, writes, ks, host.ctr, mm.index, spte, sflags, saccessed, sstate, vcpu_node,
+                    self.exact_clock, self.engine.check_accesses, window_subs, window_event, tables.offset,
+                    tables.spte, tables.sflags, tables.shadow, tables.state, tables.acc, self.actors.changed,
+                    self._scratch, *host.flat,
                 )  # fmt: skip
+                if ks[K_WRECLAIMS]:
+                    self._settle_windows(mm, window_subs, ks)
                 if status == DONE:
                     break
                 if status == WAKE_KSWAPD:
@@ -418,6 +436,8 @@ class Simulation:
                         self._charge_to = charge_to
                 elif status == RACE_WINDOW:
                     self._race_window(int(ks[K_VICTIM]))
+                elif status == STALE_INSTALL:
+                    invariants.verify_install(self, secondary, int(ks[K_VICTIM]))
                 elif status == LIVELOCK:
                     raise PluginError(
                         f"secondary MMU '{secondary.label}' kept its fault path retrying: state[IN_PROGRESS] is "
@@ -430,6 +450,28 @@ class Simulation:
         if client is not None and account:
             self._account(client, host.ctr - before)
 
+    def _window_route(self, mm: MM, sstate: np.ndarray) -> tuple[np.ndarray, int]:
+        """The subscribers of ``mm`` the access kernel may reclaim for in a race window itself (every one served
+        by the compiled path), and the event it records; none (a window then returns to Python) otherwise."""
+        if not sstate[RACE_RATE] or self.exact_clock or self.kernel.invalidate_page:
+            return _NO_SUBS, -1
+        subs = self.fast.subscribers(mm, INVALIDATE_OPS)
+        if subs is None or not subs.size:
+            return _NO_SUBS, -1
+        with self.actors.acting(WINDOW_ACTOR):
+            return subs, self.actors.event(f"CLEAR of mm '{mm.name}'", self.tick)
+
+    def _settle_windows(self, mm: MM, subs: np.ndarray, ks: np.ndarray) -> None:
+        """Charge the race windows' reclaim the access kernel ran itself: kswapd's work, on its own CPU."""
+        charge_to, self._charge_to = self._charge_to, None
+        try:
+            for j in subs.tolist():
+                self.secondaries[j]._settle_invalidation()
+        finally:
+            self._charge_to = charge_to
+        mm.chain.invalidate_seq += 2 * int(ks[K_WRECLAIMS])  # each window's start and end
+        ks[K_WRECLAIMS] = 0
+
     def _race_window(self, key: int) -> None:
         """A secondary fault on page ``key`` sleeps before installing its entry, and the host runs: kswapd
         reclaims the page it just resolved (``swap_out``, under a CLEAR invalidation of the page), as
@@ -441,7 +483,7 @@ class Simulation:
             return  # nothing to reclaim: a shared (KSM) or pinned frame stays
         charge_to, self._charge_to = self._charge_to, None  # kswapd runs on its own CPU
         try:
-            with self.actors.acting("kswapd (reclaim in a fault's race window)"):
+            with self.actors.acting(WINDOW_ACTOR):
                 swap_out(self, np.array([frame]))
         finally:
             self._charge_to = charge_to
@@ -502,6 +544,8 @@ class Simulation:
                     raise
                 except Exception as exc:
                     raise plugin_error(who, name, exc) from exc
+            if name == "host_tick" and isinstance(impl.plugin, SecondaryMMU) and self.engine.check_invariants:
+                self._check_after(impl.plugin, f"after {who} in host_tick")  # entries its own code installed
             if res is not None:
                 results.append(res)
                 if firstresult:
@@ -538,6 +582,14 @@ class Simulation:
         client.elapsed_ns += client._pending_stall
         client.stall_ns += client._pending_stall
         client._pending_stall = 0.0
+
+    def _check_after(self, secondary: SecondaryMMU, heading: str) -> None:
+        """Check ``secondary``'s table now, the moment its plugin code returned (an entry it installed may be
+        gone by the end of the tick)."""
+        report = invariants.check_table(self, secondary)
+        if report:
+            report.messages = [f"{m} [{heading}]" for m in report.messages]
+            self.report_violations(report)
 
     def check_invariants(self) -> invariants.Report:
         report = invariants.check(self)

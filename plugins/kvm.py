@@ -106,12 +106,21 @@ class KVM(SecondaryMMU):
         self.sim.charge(flushes * self.cfg.remote_flush_ns)
         self.client.stall(flushes * self.cfg.flush_ipi_ns)
 
+    # Its invalidations and young ops are the standard ones, charged by charge_zap and charge_aging: the
+    # framework's compiled reclaim path may do them for it (mmnsim.fastpath).
+    fast_ops = frozenset({"invalidate_range_start", "invalidate_range_end", "clear_flush_young", "clear_young"})
+
     @hookimpl
     def invalidate_range_start(self, ranges: NotifierRange) -> None:
         self.begin_invalidate(ranges)
         zapped = self.zap(ranges.start, ranges.end)
-        self.sim.charge(float(zapped.sum()) * self.cfg.zap_page_ns)
-        self._flush_remote_tlbs(int(np.count_nonzero(zapped)))
+        self.charge_zap(int(zapped.sum()), int(np.count_nonzero(zapped)))
+
+    def charge_zap(self, pages: int, ranges: int) -> None:
+        """kvm_unmap_gfn_range zapped ``pages`` sptes under mmu_lock, in ``ranges`` ranges that held one; each
+        such range ends in kvm_flush_remote_tlbs."""
+        self.sim.charge(float(pages) * self.cfg.zap_page_ns)
+        self._flush_remote_tlbs(ranges)
 
     @hookimpl
     def invalidate_range_end(self, ranges: NotifierRange) -> None:
@@ -125,8 +134,7 @@ class KVM(SecondaryMMU):
         freed")."""
         self.bump_seq()
         zapped = self.zap(pages, pages + 1)
-        self.sim.charge(float(zapped.sum()) * self.cfg.zap_page_ns)
-        self._flush_remote_tlbs(int(np.count_nonzero(zapped)))
+        self.charge_zap(int(zapped.sum()), int(np.count_nonzero(zapped)))
 
     def _age(self, start: np.ndarray, end: np.ndarray, flush: bool) -> np.ndarray:
         if not self.young:
@@ -136,14 +144,18 @@ class KVM(SecondaryMMU):
             self.harvest_accessed(start, end, clear=True)  # no A bit in the EPT: the simulator's bits mean nothing
             return np.zeros(start.size, dtype=np.bool_)
         young = self.harvest_accessed(start, end, clear=True)
-        aged = float((end - start).sum())
-        self.metrics["young_pages_aged"] += aged
-        self.sim.charge(aged * self.cfg.age_page_ns)
+        self.charge_aging(int((end - start).sum()), int(np.count_nonzero(young)) if flush else 0)
+        return young
+
+    def charge_aging(self, pages: int, young_flushed: int) -> None:
+        """kvm_age_gfn test-and-cleared ``pages`` spte accessed bits; ``clear_flush_young`` found
+        ``young_flushed`` ranges young."""
+        self.metrics["young_pages_aged"] += float(pages)
+        self.sim.charge(float(pages) * self.cfg.age_page_ns)
         # Today x86 elides the flush (other architectures flush, flush_on_age); 2.6.27's
         # kvm_mmu_notifier_clear_flush_young flushed whenever kvm_age_hva found the page young.
-        if flush and (self.cfg.flush_on_age or self.sim.kernel.young_flush):
-            self._flush_remote_tlbs(int(np.count_nonzero(young)))
-        return young
+        if young_flushed and (self.cfg.flush_on_age or self.sim.kernel.young_flush):
+            self._flush_remote_tlbs(young_flushed)
 
     @hookimpl
     def clear_flush_young(self, mm, start: np.ndarray, end: np.ndarray) -> np.ndarray:
