@@ -92,11 +92,12 @@ from .swapdev import REG_IO_SEED, REG_READ_ERRORS, SWAPPED, WRITE_FAILED, io_fai
 
 # Kernel state (ks): where a batch stopped and the fault in flight.
 (K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME, K_COMPACTED, K_WINDOW, K_WFRAME,
- K_WRECLAIMS) = range(12)  # fmt: skip
-KS_SIZE = 12  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
+ K_WRECLAIMS, K_EXACT) = range(13)  # fmt: skip
+KS_SIZE = 13  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
 # (DIRECT_COMPACT: the faulting node). K_COMPACTED: this THP fault has had its direct compaction.
 # K_WINDOW: a secondary fault slept in a race window (RACE_WINDOW) after resolving frame K_WFRAME.
-# K_WRECLAIMS: race windows whose reclaim the kernel ran itself, through the fast path (mmnsim.fastpath)
+# K_WRECLAIMS: race windows whose reclaim the kernel ran itself, through the fast path (mmnsim.fastpath).
+# K_EXACT: the exact-CLOCK mode (a flag kept here: a call of more than 30 arguments cannot be inlined)
 
 # Statuses returned by run_accesses.
 (DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK, MIGRATE_TO_RAM, COW_BREAK, DIRECT_COMPACT,
@@ -160,10 +161,10 @@ def _fail_allocation(reg, ctr):
 
 @kernel(inline=True)
 def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
-              node_order, reg, skey, stoken, sreg, key, nid, exact):  # fmt: skip
+              node_order, reg, skey, stoken, sfree, sreg, key, nid):  # fmt: skip
     """A frame for ``key``, preferring node ``nid``; or _ASK - status for Python; or _FAIL."""
     nodes = node_order.shape[1]
-    if exact:
+    if ks[K_EXACT]:
         write_errors = 0
         while True:
             for j in range(nodes):
@@ -179,7 +180,9 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
                 ks[K_VICTIM] = v
                 return _ASK - EVICT_ONE
             ctr[C.PGSCAN] += 1
-            r = swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, v)
+            r = swap_out_frame(
+                pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, v
+            )
             if r == WRITE_FAILED and write_errors < fkey.size:  # the victim stays; the hand moves on
                 write_errors += 1
                 continue
@@ -256,7 +259,7 @@ def _retry(ks, ctr, sstate, p):
 
 @kernel(inline=True)
 def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
-          pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, key, p, write, nid, exact):  # fmt: skip
+          pb, bits, lists, node, node_order, reg, hints, skey, stoken, sfree, sreg, key, p, write, nid):  # fmt: skip
     """The slow path of one access: a fault, through the secondary (``spte.size > 0``) or the CPU.
 
     Resolves the page through the primary table (handle_mm_fault) and, for a secondary, installs the
@@ -264,6 +267,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
     _NEXT (it failed and is skipped) or _ASK - status.
     """
     via_sec = spte.size > 0
+    exact = ks[K_EXACT] != 0
     if via_sec and sstate[MODE] & SEC_NOFAULT:
         ctr[C.ACCESS_ERRORS] += 1  # no entry and no way to fault one in: the device access fails
         return _NEXT
@@ -325,7 +329,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
                 ctr[C.THP_FAULT_FALLBACK] += 1
     if cow or (e < 0 and not huge):
         f = _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
-                      node_order, reg, skey, stoken, sreg, key, nid, exact)  # fmt: skip
+                      node_order, reg, skey, stoken, sfree, sreg, key, nid)  # fmt: skip
         if f == _FAIL:
             ks[K_SEQ] = -1
             ks[K_RETRIES] = 0
@@ -351,7 +355,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
                 ks[K_RETRIES] = 0
                 return _NEXT
             ftoken[f] = stoken[slot]
-            swap_free(skey, stoken, sreg, slot)
+            swap_free(skey, stoken, sfree, sreg, slot)
             major = True
             ctr[C.MAJOR_FAULTS] += 1
             ctr[C.SWAP_INS] += 1
@@ -450,7 +454,7 @@ def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, fkey, k
 
 @kernel
 def _window_reclaim(ks, key, base, subs, event, offset, spte, sflags, shadow, state, acc, changed, scratch, pte, pflags,
-                    fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr):  # fmt: skip
+                    fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr):  # fmt: skip
     """``Simulation._race_window`` done in the kernel: kswapd reclaims the page the sleeping fault resolved, under
     a CLEAR invalidation its mm's subscribers hear through the compiled path. A pinned or shared frame stays."""
     ctr[C.RACE_WINDOWS] += 1
@@ -460,7 +464,8 @@ def _window_reclaim(ks, key, base, subs, event, offset, spte, sflags, shadow, st
     scratch[0] = f
     scratch[1] = key - base
     swap_out_pages(scratch[0:1], scratch[1:2], base, subs, offset, spte, sflags, shadow, state, acc, pte, pflags,
-                   fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, changed, event)  # fmt: skip
+                   fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, changed,
+                   event)  # fmt: skip
     ks[K_WRECLAIMS] += 1
 
 
@@ -577,7 +582,7 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pf
 def run_accesses(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner,
                  window_subs, window_event, pool_offset, pool_spte, pool_sflags, pool_shadow, pool_state, pool_acc,
                  changed, scratch, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists,
-                 node, node_order, distance, reg, hints, skey, stoken, sreg):  # fmt: skip
+                 node, node_order, distance, reg, hints, skey, stoken, sfree, sreg):  # fmt: skip
     """Run accesses ``pages[ks[K_I]:]`` of mm ``mm``; return DONE or what Python must do first.
 
     ``spte``/``sflags``/``saccessed``/``sstate`` are the secondary MMU the accesses go through, or empty arrays for
@@ -595,6 +600,7 @@ def run_accesses(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vc
     base = mm_base[mm]
     nv = vcpu_node.size
     via_sec = spte.size > 0
+    ks[K_EXACT] = exact
     visible = exact and (not via_sec or (sstate[MODE] & SEC_YOUNG) != 0)
     numa = node.shape[0] > 1
     # The counters live in locals, written back on the way out: a counter kept in ``ctr`` would be
@@ -646,8 +652,8 @@ def run_accesses(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vc
             continue
         # A miss: fault, then try the access again.
         st = _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken,
-                   fpin, fref, pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, base + pages[i],
-                   pages[i], writes[i], nid, exact)  # fmt: skip
+                   fpin, fref, pb, bits, lists, node, node_order, reg, hints, skey, stoken, sfree, sreg,
+                   base + pages[i], pages[i], writes[i], nid)  # fmt: skip
         if st == _AGAIN:
             fresh = visible and (fresh or ks[K_FRESH] != 0)
             ks[K_FRESH] = 0
@@ -659,7 +665,7 @@ def run_accesses(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vc
         if status == RACE_WINDOW and window_subs.size:  # the host runs while the fault sleeps: kswapd, here
             _window_reclaim(ks, ks[K_VICTIM], base, window_subs, window_event, pool_offset, pool_spte, pool_sflags,
                             pool_shadow, pool_state, pool_acc, changed, scratch, pte, pflags, fkey, ftoken, fpin,
-                            node, lists, pb, bits, skey, stoken, sreg, ctr)  # fmt: skip
+                            node, lists, pb, bits, skey, stoken, sfree, sreg, ctr)  # fmt: skip
             status = DONE
             continue  # the fault resumes: _after_window decides whether it retries
         break

@@ -131,7 +131,7 @@ def young_frames(frames, young, fkey, pflags, mm_base, subs, offset, sflags, sha
 
 @kernel
 def swap_out_pages(frames, pages, base, subs, offset, spte, sflags, shadow, state, acc, pte, pflags, fkey, ftoken,
-                   fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, changed, event):  # fmt: skip
+                   fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, changed, event):  # fmt: skip
     """``swap_out`` of ``frames`` (mapping ``pages`` of the mm at key ``base``) under one CLEAR invalidation of
     one-page ranges, delivered to the fast subscribers ``subs``: each raises its in-progress window over the
     batch's span and zaps every page's entry; the pages go to swap (until it fills) and record ``event`` as
@@ -175,7 +175,7 @@ def swap_out_pages(frames, pages, base, subs, offset, spte, sflags, shadow, stat
             prefetch(pflags, U(base + pages[r + AHEAD]))
             prefetch(changed, U(base + pages[r + AHEAD]))
         if not full:
-            got = swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr,
+            got = swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr,
                                  frames[r])  # fmt: skip
             full = got == SWAP_FULL
             count += got == SWAPPED

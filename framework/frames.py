@@ -155,7 +155,8 @@ def alloc_frame(node, lists, pb, bits, key, ref, n, k):
             f = (b << PAGEBLOCK_SHIFT) + w * 64 + trailing_zeros(word)
             break
     key[f] = k
-    ref[f] = 0
+    if ref[f]:  # (a store only where needed: the array stays untouched, no memory, outside exact CLOCK)
+        ref[f] = 0
     pb[b, PB_NFREE] -= 1
     if pb[b, PB_NFREE] == 0:
         _remove(node, lists, pb, b)
@@ -174,7 +175,8 @@ def alloc_pageblock(node, lists, pb, bits, key, ref, n, first_key):
     base = b << PAGEBLOCK_SHIFT
     for i in range(PAGEBLOCK_PAGES):
         key[base + i] = first_key + i
-        ref[base + i] = 0
+        if ref[base + i]:
+            ref[base + i] = 0
     bits[b, :] = 0
     pb[b, PB_NFREE] = 0
     node[n, NFREE] -= PAGEBLOCK_PAGES
@@ -191,7 +193,8 @@ def take_frame(node, lists, pb, bits, key, ref, f, k):
         _remove(node, lists, pb, b)
         _push(node, lists, pb, PARTIAL, b)
     key[f] = k
-    ref[f] = 0
+    if ref[f]:
+        ref[f] = 0
     pb[b, PB_NFREE] -= 1
     if pb[b, PB_NFREE] == 0:
         _remove(node, lists, pb, b)

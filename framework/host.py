@@ -158,7 +158,7 @@ class Host:
         # tuple of arrays field by field on every call, which costs more than passing the arrays.
         self.flat = (pt.pte, pt.flags, pt.token, pt.mm_base, pt.mm_flags, ft.key, ft.token, ft.pin, ft.ref, ft.pb,
                      ft.bits, ft.lists, ft.node, ft.node_order, ft.distance, ft.reg, ft.hints, sw.key, sw.token,
-                     sw.reg)  # fmt: skip
+                     sw.free, sw.reg)  # fmt: skip
 
     @property
     def ram(self) -> np.ndarray:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .frames import FREE, NFREE, ORPHAN, PAGEBLOCK_SHIFT, PB_NFREE, PB_SIZE, SHARED, WORDS
-from .kernel import U, kernel
+from .kernel import U, count_at_most, count_set, kernel
 from .pagebits import (
     HUGE_PAGES,
     P_HUGE,
@@ -115,7 +115,7 @@ def _rmap_sums_agree(pte, ptoken, fkey, ftoken, skey, stoken, salt):
         h = _triple_hash(fkey[f], f, ftoken[f], salt)
         by_owners += h if fkey[f] >= 0 else U(0)
     for s in range(nslots):
-        h = _triple_hash(skey[s], nframes + s, stoken[s], salt)
+        h = _triple_hash(skey[s] - 1, nframes + s, stoken[s], salt)  # a used slot holds its page's key + 1
         by_owners += h if skey[s] != SLOT_FREE else U(0)
     return not odd and by_pages == by_owners, present, swap_ptes
 
@@ -143,7 +143,7 @@ def _walk_pages(pte, ptoken, fkey, ftoken, skey, stoken, counts, examples):
         elif e != PTE_NONE:
             slot = -2 - e
             swap_ptes += 1
-            if slot >= nslots or skey[U(slot)] != key:
+            if slot >= nslots or skey[U(slot)] != key + 1:
                 _note(counts, examples, CONSERVATION, key, e, W_SLOT_OWNER)
             elif stoken[U(slot)] != ptoken[U(key)]:
                 _note(counts, examples, INTEGRITY, key, e, W_CONTENT_SLOT)
@@ -215,9 +215,13 @@ def _check_host(pt, ft, sw, expected_pins, any_shared, salt, counts, examples):
     if free + mapped + orphans + shared != nframes:
         _note(counts, examples, CONSERVATION, free, mapped + orphans + shared, W_TOTAL)
     used_slots = 0
-    for s in range(nslots):
-        used_slots += skey[s] != SLOT_FREE  # no branch: the loop vectorizes
-    if used_slots != sreg[REG_USED] or used_slots != swap_ptes:
+    free_wrong = 0
+    sfree = sw.free
+    for s in range(nslots):  # no branch: the loop vectorizes
+        used = skey[s] != SLOT_FREE
+        used_slots += used
+        free_wrong += used == (((sfree[s >> 6] >> U(s & 63)) & U(1)) != 0)  # the free bitmap says otherwise
+    if used_slots != sreg[REG_USED] or used_slots != swap_ptes or free_wrong:
         _note(counts, examples, CONSERVATION, used_slots, swap_ptes, W_SLOTS)
     _check_thp(pte, pt.flags, pt.mm_base, counts, examples)
 
@@ -307,9 +311,9 @@ class Report:
 def check(sim: "Simulation") -> Report:
     host = sim.host
     report = Report()
-    pinning = bool(host._ft.pin.any()) or any((s.sflags & S_PINNED).any() for s in sim.secondaries)
+    pinning = bool(host._ft.pin.any()) or any(count_set(s.sflags, S_PINNED) for s in sim.secondaries)
     expected_pins = np.zeros(host._ft.key.size if pinning else 0, dtype=np.int32)  # device memory too
-    shared = bool((host._ft.key <= SHARED).any())
+    shared = bool(count_at_most(host._ft.key, SHARED))
     for sec in sim.secondaries:
         _check_table(sim, sec, shared, expected_pins, report)
     counts = np.zeros(len(KINDS), dtype=np.int64)
@@ -327,7 +331,7 @@ def check_table(sim: "Simulation", sec) -> Report:
     moment a plugin's own code may have installed entries (after its ``host_tick``), rather than at the end
     of the tick, when an entry installed and dropped in between would be gone."""
     report = Report()
-    _check_table(sim, sec, bool((sim.host._ft.key <= SHARED).any()), np.zeros(0, dtype=np.int32), report)
+    _check_table(sim, sec, bool(count_at_most(sim.host._ft.key, SHARED)), np.zeros(0, dtype=np.int32), report)
     return report
 
 
@@ -493,7 +497,8 @@ def _host_story(sim: "Simulation", what: int, a: int, b: int) -> str:
         W_MAPPED: f"{a} frames are in use by a page but {b} PTEs are present",
         W_SHARERS: f"shared (KSM) frames count {a} sharers but {b} PTEs map them",
         W_TOTAL: f"{a} free frames and {b} in use do not add up to the {host._ft.key.size} frames",
-        W_SLOTS: f"{a} swap slots are in use but {b} PTEs are swap entries (or the device's count disagrees)",
+        W_SLOTS: f"{a} swap slots are in use but {b} PTEs are swap entries (or the device's count or its free-slot "
+        "bitmap disagrees)",
     }
     return (
         f"{stories.get(what, f'accounting mismatch ({a}, {b})')}. Culprit: the framework's frame accounting "

@@ -69,7 +69,7 @@ def _zap_key(pt, ft, sw, key):
         else:
             free_frame(ft.node, ft.lists, ft.pb, ft.bits, ft.key, ft.token, e)
     elif e != PTE_NONE:
-        swap_free(sw.key, sw.token, sw.reg, swap_slot(e))
+        swap_free(sw.key, sw.token, sw.free, sw.reg, swap_slot(e))
     pt.pte[key] = PTE_NONE
     pt.token[key] = 0
     pt.flags[key] &= ~_PTE_BITS

@@ -146,8 +146,8 @@ def _swap_out_fast(sim: "Simulation", mm, frames: np.ndarray, pages: np.ndarray,
     event = sim.actors.event(f"CLEAR of mm '{mm.name}'", sim.tick)
     count = swap_out_pages(np.ascontiguousarray(frames, dtype=np.int64), pages, mm.base, subs, tables.offset,
                            tables.spte, tables.sflags, tables.shadow, tables.state, tables.acc, pt.pte, pt.flags,
-                           ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits, sw.key, sw.token, sw.reg,
-                           host.ctr, sim.actors.changed, event)  # fmt: skip
+                           ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits, sw.key, sw.token, sw.free,
+                           sw.reg, host.ctr, sim.actors.changed, event)  # fmt: skip
     mm.chain.invalidate_seq += 2  # the start and the end of the invalidation
     for j in subs.tolist():
         sim.secondaries[j]._settle_invalidation()

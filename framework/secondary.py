@@ -44,7 +44,7 @@ from . import counters as C
 from .components import Component, Mode
 from .costs import walk_refs
 from .frames import ORPHAN, free_frame
-from .kernel import AHEAD, U, kernel, prefetch
+from .kernel import AHEAD, U, count_at_least, kernel, prefetch
 from .notifier import NotifierRange, PluginError
 from .pagebits import HUGE_PAGES, PTE_NONE, S_ACCESSED, S_HUGE, S_PINNED
 from .sectables import ACC_AGED, ACC_FLUSH_YOUNG, ACC_YOUNG, ACC_ZAP_RANGES, ACC_ZAPPED
@@ -333,7 +333,7 @@ class SecondaryMMU(Component):
         return kept
 
     def mapped_pages(self) -> int:
-        return int(np.count_nonzero(self.spte >= 0))
+        return int(count_at_least(self.spte, 0))
 
 
 def _int64(a: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ from .discovery import Registry, plugin_manager
 from .fastpath import INVALIDATE_OPS, FastRoutes
 from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import OOM, Host
+from .kernel import count_at_least, count_set
 from .metrics import FRAMEWORK, Catalogue, MetricError, catalogue, describe, plugin_declarations, where_to_declare
 from .migrate import migrate
 from .mm import MM
@@ -265,7 +266,7 @@ class Simulation:
         finally:
             secondary.state[MODE] = mode
             host.ctr[kept] = saved
-        return int(np.count_nonzero(secondary.spte[start:end] >= 0))
+        return int(count_at_least(secondary.spte[start:end], 0))
 
     def swap_in(self, mm: MM, pages: np.ndarray) -> int:
         """Fault the swapped-out ``pages`` of ``mm`` back in (do_swap_page), for the kernel itself rather
@@ -394,9 +395,13 @@ class Simulation:
         before = host.ctr.copy()
         tables = self.secondary_tables
         window_subs, window_event = self._window_route(mm, sstate)
+        generation = self.actors.generation
         self._charge_to = client
         try:
             while True:
+                if self.actors.generation != generation:  # the event log was compacted: its index moved
+                    window_subs, window_event = self._window_route(mm, sstate)
+                    generation = self.actors.generation
                 status = run_accesses(
                     pages, writes, ks, host.ctr, mm.index, spte, sflags, saccessed, sstate, vcpu_node,
                     self.exact_clock, self.engine.check_accesses, window_subs, window_event, tables.offset,
@@ -619,7 +624,7 @@ class Simulation:
         row["free_frames"] = self.host.free_frames()
         row["pinned_pages"] = self.host.pinned_pages()
         row["swap_used"] = self.host.swap_used()
-        row["resident_pages"] = int(sum(np.count_nonzero(mm.pte >= 0) for mm in self.mms))
+        row["resident_pages"] = int(sum(count_at_least(mm.pte, 0) for mm in self.mms))
         row["secondary_mapped_pages"] = sum(s.mapped_pages() for s in self.secondaries)
         return row
 
@@ -671,10 +676,10 @@ class Simulation:
         out["translation_ns_per_access"] = out["translation_ns"] / out["accesses"] if out["accesses"] else 0.0
         guests = [t.mm for t in self.tenants if t.secondary is not None] or [t.mm for t in self.tenants]
         pages = sum(mm.npages for mm in guests)
-        out["thp_coverage"] = sum(int(np.count_nonzero(mm.flags & P_HUGE)) for mm in guests) / pages
+        out["thp_coverage"] = sum(int(count_set(mm.flags, P_HUGE)) for mm in guests) / pages
         for sec in self.secondaries:
             mapped = sec.mapped_pages()
-            huge = int(np.count_nonzero(sec.sflags & S_HUGE))
+            huge = int(count_set(sec.sflags, S_HUGE))
             out[f"{sec.name}.huge_mapped_fraction"] = huge / mapped if mapped else 0.0
             accesses = out.get(f"{sec.name}.accesses", 0)  # none if its client never ran (killed first)
             out[f"{sec.name}.accesses_failed"] = out.get(f"{sec.name}.accesses_attempted", 0) - accesses
