@@ -32,6 +32,7 @@ from .fastpath import swap_out_pages
 from .frames import (
     FREE,
     KSWAPD_FUTILE,
+    MEMCG,
     NFREE,
     ORPHAN,
     PAGEBLOCK_SHIFT,
@@ -194,7 +195,7 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
             if node[n, NFREE] > node[n, WMARK_LOW]:
                 return alloc_frame(node, lists, pb, bits, fkey, fref, n, key)
         ks[K_LEVEL] = 1
-        if not reg[REG_FLAGS] & KSWAPD_FUTILE:
+        if not reg[REG_FLAGS] & (KSWAPD_FUTILE | MEMCG):  # a memory cgroup's limit has no kswapd
             return _ASK - WAKE_KSWAPD
     for j in range(nodes):
         n = node_order[nid, j]

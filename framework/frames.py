@@ -49,6 +49,7 @@ RECLAIM_FUTILE = 2  # direct reclaim reclaimed nothing this tick: fail allocatio
 OOM_FLAGS = KSWAPD_FUTILE | RECLAIM_FUTILE  # both are cleared at the start of every tick
 THP_ENABLED = 4  # transparent huge pages at fault time (host.thp: always or madvise)
 THP_MADVISE = 8  # ... only in an mm that asked for them (MM_HUGEPAGE; host.thp: madvise)
+MEMCG = 16  # the host is a memory cgroup's limit (host.memcg): no watermarks, no kswapd, direct reclaim only
 
 _ONE = np.uint64(1)
 

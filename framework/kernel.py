@@ -14,8 +14,11 @@ def kernel(fn=None, *, inline: bool = False):
     A kernel allocates nothing (numba refuses to compile one that does under this flag), and the arrays
     it takes belong to the simulation, which outlives every call: there is nothing to count.
     ``inline=True``: a small helper, inlined into each kernel that calls it.
+
+    Kernels release the GIL (``nogil``): the workload's next batch is drawn on another thread meanwhile
+    (``WorkloadStream.ahead``).
     """
-    options = {"cache": True, "_nrt": False}
+    options = {"cache": True, "_nrt": False, "nogil": True}
     if inline:
         options["inline"] = "always"
     return njit(**options) if fn is None else njit(**options)(fn)

@@ -166,8 +166,9 @@ OTHERS = (
        per_secondary=True),
     _m("tlb_flushes", "flushes", int, "TLB flushes secondary MMUs made after zapping (KVM: remote TLB flush "
        "requests; RDMA: translation-cache invalidations; GPU/IOMMU: TLB invalidations)",
-       kernel="KVM remote_tlb_flush", per_secondary=True),
-    _m("tlb_flush_ipis", "IPIs", int, "vCPU kicks the flushes sent (a flush reaches every vCPU)",
+       kernel="KVM remote_tlb_flush_requests", per_secondary=True),
+    _m("tlb_flush_ipis", "IPIs", int, "vCPU kicks the flushes sent: one per request to each vCPU in guest mode (a "
+       "vCPU whose thread is in the host serving a fault gets none; it flushes at its next entry)",
        per_secondary=True),
     _m("flush_cost_ns", "ns", float, "what the flushes cost, the flushing CPU's and the stalled clients' time "
        "together", per_secondary=True),

@@ -14,10 +14,13 @@ is counted as host CPU time, in parallel.
 """
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from . import counters as C
@@ -79,6 +82,14 @@ PER_SECONDARY = tuple(m.name for m in FRAMEWORK if m.per_secondary and m.name in
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
 _EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE; DEV_NODE = -1
+
+
+def _draw_ahead() -> bool:
+    """Whether to draw workload batches on a second thread (``WorkloadStream.ahead``): when a core is spare,
+    not in the jobs of a multirun, which fill the cores with jobs."""
+    if (os.cpu_count() or 1) < 2:
+        return False
+    return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 class InvariantViolation(RuntimeError):
@@ -168,7 +179,7 @@ class Simulation:
             rngs = [np.random.default_rng(s) for s in seed.spawn(len(spec.clients))] if len(spec.clients) > 1 else [
                 np.random.default_rng(seed)]  # fmt: skip
             streams.append([
-                WorkloadStream(c.workload[0](c.workload[1], c.region[1] - c.region[0], rng))
+                WorkloadStream(c.workload[0](c.workload[1], c.region[1] - c.region[0], rng), ahead=_draw_ahead())
                 for c, rng in zip(spec.clients, rngs, strict=True)
             ])  # fmt: skip
 
@@ -222,6 +233,12 @@ class Simulation:
         self.pinned_peak = 0
         self._timeseries = TimeSeries()  # bounded: every k-th tick once full, the last always
         self._charge_to: Tenant | None = None
+        # The client one of whose CPUs is in the host serving a fault (its thread in reclaim, or asleep on the
+        # fault's I/O), not in guest mode: a TLB-flush request reaches it at its next entry, with no IPI.
+        self.outside: Client | None = None
+        self.episode = 0  # the faults served so far (each with its own Python call): deferred_flushes counts them
+        self._flushed_in: dict[int, int] = {}
+        self._each_window = False  # settling race windows done in the kernel: each was a fault of its own
         self._scratch = np.zeros(2, dtype=np.int64)  # the access kernel's room for a race window's page
         for sec in self.secondaries:  # last: a registration pins, may reclaim, and may even OOM-kill
             sec.attach()
@@ -238,6 +255,17 @@ class Simulation:
     def use_exact_clock(self) -> None:
         """Make allocations evict one page at a time with the textbook CLOCK (see ``mmnsim.access``)."""
         self.exact_clock = True
+
+    def deferred_flushes(self, owner: object, requests: int) -> int:
+        """How many of ``requests`` TLB-flush requests ``owner``'s vCPU in the host (``outside``) performs: one
+        at its next entry for all that came while it served one fault (vcpu_enter_guest checks
+        KVM_REQ_TLB_FLUSH once)."""
+        if self._each_window:
+            return requests  # race windows settled together: each a fault of its own, one request each
+        if self._flushed_in.get(id(owner)) == self.episode:
+            return 0
+        self._flushed_in[id(owner)] = self.episode
+        return 1
 
     def charge(self, ns: float) -> None:
         """Account ``ns`` of host work: to the stalled client in direct reclaim, else to host CPU time."""
@@ -397,6 +425,7 @@ class Simulation:
         window_subs, window_event = self._window_route(mm, sstate)
         generation = self.actors.generation
         self._charge_to = client
+        outside, self.outside = self.outside, client
         try:
             while True:
                 if self.actors.generation != generation:  # the event log was compacted: its index moved
@@ -412,6 +441,7 @@ class Simulation:
                     self._settle_windows(mm, window_subs, ks)
                 if status == DONE:
                     break
+                self.episode += 1
                 if status == WAKE_KSWAPD:
                     self._wake_kswapd()
                 elif status == DIRECT_RECLAIM:
@@ -451,6 +481,7 @@ class Simulation:
                     )
         finally:
             self._charge_to = None
+            self.outside = outside
             host.ctr[C.ACCESSES_ATTEMPTED] += int(ks[K_I])  # every access up to where the kernel stopped
         if client is not None and account:
             self._account(client, host.ctr - before)
@@ -469,11 +500,13 @@ class Simulation:
     def _settle_windows(self, mm: MM, subs: np.ndarray, ks: np.ndarray) -> None:
         """Charge the race windows' reclaim the access kernel ran itself: kswapd's work, on its own CPU."""
         charge_to, self._charge_to = self._charge_to, None
+        self._each_window = True
         try:
             for j in subs.tolist():
                 self.secondaries[j]._settle_invalidation()
         finally:
             self._charge_to = charge_to
+            self._each_window = False
         mm.chain.invalidate_seq += 2 * int(ks[K_WRECLAIMS])  # each window's start and end
         ks[K_WRECLAIMS] = 0
 
@@ -522,11 +555,13 @@ class Simulation:
         """kswapd, run to completion: like kswapd_shrink_node, it asks for the high watermark's worth of
         pages (at least what brings every node back above high)."""
         self.host.ctr[C.KSWAPD_WAKEUPS] += 1
-        charge_to, self._charge_to = self._charge_to, None  # kswapd runs on its own CPU
+        charge_to, self._charge_to = self._charge_to, None  # kswapd runs on its own CPU, while the vCPUs run
+        outside, self.outside = self.outside, None
         try:
             freed = self._reclaim(max(self.host.pages_to_high(), self.host.high_watermarks()), direct=False)
         finally:
             self._charge_to = charge_to
+            self.outside = outside
         if freed == 0:
             self.host._ft.reg[REG_FLAGS] |= KSWAPD_FUTILE
 

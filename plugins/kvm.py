@@ -67,6 +67,22 @@ class KVM(SecondaryMMU):
     declared_metrics = (
         Metric("young_pages_aged", "pages", int, "spte accessed bits test-and-cleared for reclaim (aging)"),
         Metric("change_pte_applied", "pages", int, "sptes repointed by change_pte (kvm_change_spte_gfn)"),
+        Metric(
+            "remote_tlb_flush",
+            "flushes",
+            int,
+            "remote TLB-flush requests that sent an IPI to a vCPU in guest "
+            "mode (a request while every vCPU is in the host sends none)",
+            kernel="KVM remote_tlb_flush",
+        ),
+        Metric(
+            "vcpu_tlb_flushes",
+            "flushes",
+            int,
+            "TLB flushes the vCPUs performed: one per request each vCPU in "
+            "guest mode was kicked for, one per fault for a vCPU that missed requests while in the host",
+            kernel="KVM vCPU tlb_flush, summed",
+        ),
     )
 
     def __init__(self, sim, client, cfg: KVMConfig):
@@ -77,6 +93,8 @@ class KVM(SecondaryMMU):
         self.young = not (cfg.paging is Paging.ept and not sim.kernel.ept_accessed_bits)
         super().__init__(sim, client, cfg)
         self.guest_huge = client.tenant.guest_thp  # the guest kernel maps its memory with 2 MiB pages
+        for name in ("remote_tlb_flush", "vcpu_tlb_flushes"):
+            self.metrics[name] += 0  # reported when zero: a VM whose vCPUs never got an IPI
 
     def walk_refs(self, huge: bool) -> float:
         """Under EPT a two-dimensional walk: each guest level (4, or 3 with the guest's 2 MiB pages) and the
@@ -97,14 +115,28 @@ class KVM(SecondaryMMU):
         return self.guest_huge
 
     def _flush_remote_tlbs(self, flushes: int) -> None:
+        """kvm_flush_remote_tlbs, ``flushes`` times (virt/kvm/kvm_main.c): a KVM_REQ_TLB_FLUSH request to every
+        vCPU and an IPI to each one in guest mode (kvm_make_vcpus_request_mask: kvm_request_needs_ipi). A vCPU
+        whose thread is in the host serving a fault (``sim.outside``: in direct reclaim, or asleep on a swap-in
+        while kswapd reclaims) gets no IPI and takes one flush at its next entry for every request it missed
+        (vcpu_enter_guest: kvm_check_request(KVM_REQ_TLB_FLUSH)). ``remote_tlb_flush`` counts the requests that
+        sent an IPI (the requester's side, remote_flush_ns, is paid either way)."""
         if not flushes:
             return
         vcpus = self.client.vcpus
+        outside = self.sim.outside is self.client
+        kicked = vcpus - outside
         self.metrics["tlb_flushes"] += flushes
-        self.metrics["tlb_flush_ipis"] += flushes * vcpus
-        self.metrics["flush_cost_ns"] += flushes * (self.cfg.remote_flush_ns + vcpus * self.cfg.flush_ipi_ns)
+        self.metrics["tlb_flush_ipis"] += flushes * kicked
+        if kicked:
+            self.metrics["remote_tlb_flush"] += flushes
+        deferred = self.sim.deferred_flushes(self, flushes) if outside else 0
+        self.metrics["vcpu_tlb_flushes"] += flushes * kicked + deferred
+        self.metrics["flush_cost_ns"] += flushes * (self.cfg.remote_flush_ns + kicked * self.cfg.flush_ipi_ns)
         self.sim.charge(flushes * self.cfg.remote_flush_ns)
-        self.client.stall(flushes * self.cfg.flush_ipi_ns)
+        # Each kicked vCPU loses flush_ipi_ns per request: on average over the client's vCPUs, kicked / vcpus
+        # of it (the vCPU in the host pays its one flush inside the fault it is serving).
+        self.client.stall(flushes * self.cfg.flush_ipi_ns * (kicked / vcpus if outside else 1))
 
     # Its invalidations and young ops are the standard ones, charged by charge_zap and charge_aging: the
     # framework's compiled reclaim path may do them for it (mmnsim.fastpath).
