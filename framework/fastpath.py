@@ -27,7 +27,7 @@ import numpy as np
 from . import counters as C
 from .kernel import AHEAD, U, kernel, prefetch
 from .notifier import Event
-from .pagebits import P_YOUNG, S_ACCESSED
+from .pagebits import HUGE_PAGES, P_HUGE, P_YOUNG, S_ACCESSED
 from .secondary import IN_PROGRESS, INV_HI, INV_LO, SEQ, zap_range
 from .sectables import ACC_AGED, ACC_FLUSH_YOUNG, ACC_YOUNG, ACC_ZAP_RANGES, ACC_ZAPPED, SH_ACCESSED
 from .swapdev import SWAP_FULL, SWAPPED, swap_out_frame
@@ -84,12 +84,15 @@ def _never(ops: tuple[str, ...]) -> bool:
 
 @kernel
 def young_frames(frames, young, fkey, pflags, mm_base, subs, offset, sflags, shadow, acc, flush, wrong, first):
-    """``referenced`` over ``frames``: each page's PTE young bit, test-and-cleared (folio_referenced), ORed with
-    every fast subscriber's answer for the page (its entry's S_ACCESSED, test-and-cleared), which is judged
-    against the framework's shadow (consumed), as ``NotifierChain.young`` judges it: ``wrong[j, 0]`` counts
-    the pages subscriber ``j`` called young that nothing accessed, ``wrong[j, 1]`` (``clear_flush_young``
-    only: ``clear_young`` may err toward old) those it called old that were accessed; ``first[j]`` holds the
-    first page of each. ``flush``: the op is ``clear_flush_young``."""
+    """``referenced`` over ``frames``: each folio's PTE young bit, test-and-cleared (folio_referenced), ORed with
+    every fast subscriber's answer for the folio (its entries' S_ACCESSED, test-and-cleared), which is judged
+    against the framework's shadow (consumed), as ``NotifierChain.young`` judges it: ``wrong[j, 0]`` counts the
+    folios subscriber ``j`` called young that nothing accessed, ``wrong[j, 1]`` (``clear_flush_young`` only:
+    ``clear_young`` may err toward old) those it called old that were accessed; ``first[j]`` holds the first
+    page of each. A THP is one folio, one range of 512 pages (a frame of the THP just answered shares its
+    answer). ``flush``: the op is ``clear_flush_young``."""
+    last = -1
+    last_young = False
     for i in range(frames.size):
         if i + AHEAD < frames.size and fkey[frames[i + AHEAD]] >= 0:  # frames in order, their pages at random:
             ahead = fkey[frames[i + AHEAD]]  # the PTE and the first subscriber's entry of the page AHEAD on
@@ -102,20 +105,30 @@ def young_frames(frames, young, fkey, pflags, mm_base, subs, offset, sflags, sha
         if k < 0:
             young[i] = False
             continue
-        y = (pflags[k] & P_YOUNG) != 0
-        pflags[k] &= ~P_YOUNG
+        lo, n = k, 1
+        if pflags[k] & P_HUGE:  # a THP: one folio, one accessed bit for its 2 MiB
+            lo, n = k - (frames[i] & (HUGE_PAGES - 1)), HUGE_PAGES
+            if lo == last:
+                young[i] = last_young
+                continue
+            last = lo
+        y = False
+        for key in range(lo, lo + n):
+            y |= (pflags[key] & P_YOUNG) != 0
+            pflags[key] &= ~P_YOUNG
         m = np.searchsorted(mm_base, k, side="right") - 1
-        p = k - mm_base[m]
+        p = lo - mm_base[m]
         for s in range(subs.shape[1]):
             j = subs[m, s]
             if j < 0:
                 break
-            q = offset[j] + p
-            truth = (shadow[q] & SH_ACCESSED) != 0
-            shadow[q] &= ~SH_ACCESSED
-            answer = (sflags[q] & S_ACCESSED) != 0
-            sflags[q] &= ~S_ACCESSED
-            acc[j, ACC_AGED] += 1
+            truth = answer = False
+            for q in range(offset[j] + p, offset[j] + p + n):
+                truth |= (shadow[q] & SH_ACCESSED) != 0
+                shadow[q] &= ~SH_ACCESSED
+                answer |= (sflags[q] & S_ACCESSED) != 0
+                sflags[q] &= ~S_ACCESSED
+            acc[j, ACC_AGED] += n
             if answer:
                 acc[j, ACC_YOUNG] += 1
                 if flush:
@@ -127,6 +140,7 @@ def young_frames(frames, young, fkey, pflags, mm_base, subs, offset, sflags, sha
                 wrong[j, lie] += 1
             y |= answer
         young[i] = y
+        last_young = y
 
 
 @kernel

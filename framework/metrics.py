@@ -108,6 +108,10 @@ COUNTERS = (
     _m("thp_fault_alloc", "THPs", int, "transparent huge pages allocated at fault time", kernel="thp_fault_alloc"),
     _m("thp_split", "THPs", int, "THPs split back into 4 KiB mappings", kernel="thp_split_page"),
     _m("thp_collapse_alloc", "THPs", int, "THPs khugepaged built", kernel="thp_collapse_alloc"),
+    _m("thp_swpout", "THPs", int, "THPs reclaim found old as a whole and wrote to swap whole, into a free swap "
+       "cluster of 512 slots (their PMD split into swap entries, their pageblock freed)", kernel="thp_swpout"),
+    _m("thp_swpout_fallback", "THPs", int, "old THPs reclaim split to swap out as 4 KiB pages, no swap cluster "
+       "being free (each also counts in thp_split)", kernel="thp_swpout_fallback"),
     _m("compact_success", "pageblocks", int, "pageblocks compaction emptied"),
     _m("compact_fail", "pageblocks", int, "pageblocks compaction could not empty because a page in them is pinned"),
     _m("huge_accesses", "accesses", int, "completed accesses through a 2 MiB mapping (a THP's PMD, or a huge "

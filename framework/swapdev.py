@@ -22,7 +22,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from . import counters as C
 from .frames import free_frame
 from .kernel import AHEAD, U, kernel, prefetch
-from .pagebits import P_DIRTY, P_HUGE, P_PROTNONE, P_YOUNG, clear_mask, swap_entry
+from .pagebits import HUGE_PAGES, P_DIRTY, P_HUGE, P_PROTNONE, P_YOUNG, clear_mask, swap_entry
 
 SLOT_FREE = 0  # SwapTable.key of a free slot; a used one holds its page's key + 1 (zero-filled memory is free)
 # SwapTable.reg: the lowest summary word that may show a free slot, slots in use, I/O error thresholds
@@ -98,6 +98,52 @@ def swap_alloc(skey, stoken, sfree, sreg, key, token):
     stoken[c] = token
     sreg[REG_USED] += 1
     return c
+
+
+@kernel
+def swap_alloc_cluster(skey, sfree, sreg):
+    """The first slot of the lowest free swap cluster (512 free slots, aligned: SWAPFILE_CLUSTER), taken whole
+    for a THP; -1 if none is free. The caller fills the slots' keys and tokens (``swap_out_thp``)."""
+    summary = sreg[REG_SUMMARY]
+    words = HUGE_PAGES // 64
+    full = ~np.uint64(0)
+    for first in range(0, summary - summary % words, words):  # whole clusters only
+        free = True
+        for w in range(first, first + words):
+            free &= sfree[w] == full
+        if free:
+            for w in range(first, first + words):
+                sfree[w] = np.uint64(0)
+            for w in range(first, first + words):  # the summary's bits of those words
+                sfree[summary + (w >> 6)] &= ~(_ONE << np.uint64(w & 63))
+            sreg[REG_USED] += HUGE_PAGES
+            return first * 64
+    return -1
+
+
+@kernel
+def swap_out_thp(pte, pflags, fkey, ftoken, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, first_key, frame,
+                 slot):  # fmt: skip
+    """Write the THP at ``first_key`` (mapped by the pageblock at ``frame``) whole to the free swap cluster at
+    ``slot`` (``swap_alloc_cluster``), as shrink_folio_list does with a large folio add_to_swap placed in one
+    cluster (THP_SWPOUT): its PTEs become the cluster's swap entries in order and its pageblock is freed. One
+    I/O for the folio: if it fails, the pages stay resident and the cluster is freed. Returns SWAPPED or
+    WRITE_FAILED."""
+    if io_fails(sreg, REG_WRITE_ERRORS):
+        for i in range(HUGE_PAGES):
+            swap_free(skey, stoken, sfree, sreg, slot + i)
+        ctr[C.SWAP_WRITE_ERRORS] += 1
+        return WRITE_FAILED
+    for i in range(HUGE_PAGES):
+        key = first_key + i
+        skey[slot + i] = key + 1
+        stoken[slot + i] = ftoken[frame + i]
+        pte[key] = swap_entry(slot + i)
+        pflags[key] &= _UNMAP_CLEAR
+        free_frame(node, lists, pb, bits, fkey, ftoken, frame + i)
+    ctr[C.SWAP_OUTS] += HUGE_PAGES
+    ctr[C.THP_SWPOUT] += 1
+    return SWAPPED
 
 
 @kernel(inline=True)
