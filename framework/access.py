@@ -52,6 +52,7 @@ from .frames import (
     is_device_frame,
 )
 from .kernel import AHEAD, U, kernel, prefetch
+from .numafaults import migrate_in_fault, numa_target
 from .pagebits import (
     HUGE_PAGES,
     P_DEVICE,
@@ -102,9 +103,12 @@ KS_SIZE = 13  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRA
 
 # Statuses returned by run_accesses.
 (DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK, MIGRATE_TO_RAM, COW_BREAK, DIRECT_COMPACT,
- FAULT_AROUND, RACE_WINDOW, STALE_INSTALL) = range(11)  # fmt: skip
+ FAULT_AROUND, RACE_WINDOW, STALE_INSTALL, NUMA_MIGRATE, NUMA_HINT) = range(13)  # fmt: skip
 STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock", "migrate_to_ram", "cow_break",
-                "direct_compact", "fault_around", "race_window", "stale_install")  # fmt: skip
+                "direct_compact", "fault_around", "race_window", "stale_install", "numa_migrate",
+                "numa_hint")  # fmt: skip
+# NUMA_HINT is the kernel's own (``_miss`` hands a hinting fault to ``run_accesses``); NUMA_MIGRATE asks Python to
+# migrate the page at K_VICTIM to node K_FRAME (a THP, or an mm whose subscribers the compiled path cannot serve).
 
 # Internal results of resolving a fault; a status for Python is encoded as _ASK - status.
 _OK, _ERR, _FAIL = -1, -2, -3
@@ -260,7 +264,7 @@ def _retry(ks, ctr, sstate, p):
 
 @kernel(inline=True)
 def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
-          pb, bits, lists, node, node_order, reg, hints, skey, stoken, sfree, sreg, key, p, write, nid):  # fmt: skip
+          pb, bits, lists, node, node_order, reg, skey, stoken, sfree, sreg, key, p, write, nid):  # fmt: skip
     """The slow path of one access: a fault, through the secondary (``spte.size > 0``) or the CPU.
 
     Resolves the page through the primary table (handle_mm_fault) and, for a secondary, installs the
@@ -301,10 +305,8 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
             ctr[C.NUMA_HINT_FAULTS] += 1
             if pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == nid:
                 ctr[C.NUMA_HINT_FAULTS_LOCAL] += 1
-            if reg[REG_HINTS] < hints.shape[0]:  # every hinting fault, local too: the policy's cpupid filter
-                hints[reg[REG_HINTS], 0] = key
-                hints[reg[REG_HINTS], 1] = nid
-                reg[REG_HINTS] += 1
+            ks[K_VICTIM] = key  # the caller logs it and may migrate the page (do_numa_page), then retries
+            return _ASK - NUMA_HINT
         # A write to a shared (KSM) page copies it (do_wp_page); so does a long-term pin, even for reading
         # (gup_must_unshare). Python remaps the page to the copy inside an invalidation, since other
         # secondary entries may map the shared frame.
@@ -581,9 +583,10 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pf
 
 @kernel
 def run_accesses(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner,
-                 window_subs, window_event, pool_offset, pool_spte, pool_sflags, pool_shadow, pool_state, pool_acc,
-                 changed, scratch, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists,
-                 node, node_order, distance, reg, hints, skey, stoken, sfree, sreg):  # fmt: skip
+                 chain_subs, chain_fast, window_event, numa_last, numa_stats, numa_event, pool_offset, pool_spte,
+                 pool_sflags, pool_shadow, pool_state, pool_acc, changed, scratch, pte, pflags, ptoken, mm_base,
+                 mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, distance, reg, hints, skey,
+                 stoken, sfree, sreg):  # fmt: skip
     """Run accesses ``pages[ks[K_I]:]`` of mm ``mm``; return DONE or what Python must do first.
 
     ``spte``/``sflags``/``saccessed``/``sstate`` are the secondary MMU the accesses go through, or empty arrays for
@@ -591,10 +594,12 @@ def run_accesses(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vc
     ``check_owner``: check on every access through a secondary that its frame holds the page (a dependent load per
     access; the invariant check finds every bad entry each tick without it).
 
-    Race windows: when ``window_subs`` lists the mm's subscribers (every one served by the compiled path,
-    ``mmnsim.fastpath``), the kernel runs a window's reclaim itself, as kswapd would (``_window_reclaim``,
-    recording ``window_event`` as the pages' last change, counted in ``ks[K_WRECLAIMS]``); with it empty, a
-    window returns RACE_WINDOW and Python does it. The ``pool_*`` arrays are the run's secondary tables
+    ``chain_subs`` are the mm's subscribers and ``chain_fast`` whether the compiled path serves every one
+    (``mmnsim.fastpath``). Then the kernel runs a race window's reclaim itself, as kswapd would
+    (``_window_reclaim``, recording ``window_event`` as the pages' last change, counted in ``ks[K_WRECLAIMS]``),
+    and a hinting fault's migration (``mmnsim.numafaults``, when ``numa_last`` is not empty: a policy asked for
+    NUMA balancing; recording ``numa_event``); otherwise a window returns RACE_WINDOW and a migration
+    NUMA_MIGRATE, and Python does them. The ``pool_*`` arrays are the run's secondary tables
     (``mmnsim.sectables``); ``scratch`` is two int64 of room. The rest are the host's arrays, unpacked (numba
     types a tuple of arrays field by field on every call: tens of microseconds)."""
     n = pages.size
@@ -653,8 +658,8 @@ def run_accesses(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vc
             continue
         # A miss: fault, then try the access again.
         st = _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken,
-                   fpin, fref, pb, bits, lists, node, node_order, reg, hints, skey, stoken, sfree, sreg,
-                   base + pages[i], pages[i], writes[i], nid)  # fmt: skip
+                   fpin, fref, pb, bits, lists, node, node_order, reg, skey, stoken, sfree, sreg, base + pages[i],
+                   pages[i], writes[i], nid)  # fmt: skip
         if st == _AGAIN:
             fresh = visible and (fresh or ks[K_FRESH] != 0)
             ks[K_FRESH] = 0
@@ -663,12 +668,31 @@ def run_accesses(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vc
             i += 1
             continue
         status = _ASK - st
-        if status == RACE_WINDOW and window_subs.size:  # the host runs while the fault sleeps: kswapd, here
-            _window_reclaim(ks, ks[K_VICTIM], base, window_subs, window_event, pool_offset, pool_spte, pool_sflags,
+        if status == RACE_WINDOW and chain_fast and chain_subs.size:  # the host runs while the fault sleeps
+            _window_reclaim(ks, ks[K_VICTIM], base, chain_subs, window_event, pool_offset, pool_spte, pool_sflags,
                             pool_shadow, pool_state, pool_acc, changed, scratch, pte, pflags, fkey, ftoken, fpin,
                             node, lists, pb, bits, skey, stoken, sfree, sreg, ctr)  # fmt: skip
             status = DONE
             continue  # the fault resumes: _after_window decides whether it retries
+        if status == NUMA_HINT:
+            key = ks[K_VICTIM]
+            if reg[REG_HINTS] < hints.shape[0]:  # every hinting fault, local too, for any policy that looks
+                hints[reg[REG_HINTS], 0] = key
+                hints[reg[REG_HINTS], 1] = nid
+                reg[REG_HINTS] += 1
+            status = DONE
+            if numa_last.size:  # NUMA balancing decides in the fault, and migrates there
+                f = pte[key]
+                target = numa_target(numa_last, numa_stats, mm, key, pb[f >> PAGEBLOCK_SHIFT, PB_NODE], nid)
+                if target >= 0 and chain_fast and not pflags[key] & P_HUGE:
+                    migrate_in_fault(key, base, target, mm, chain_subs, pool_offset, pool_spte, pool_sflags,
+                                     pool_shadow, pool_state, pool_acc, pte, fkey, ftoken, fpin, fref, node, lists,
+                                     pb, bits, ctr, changed, numa_event, numa_stats, scratch)  # fmt: skip
+                elif target >= 0:
+                    ks[K_FRAME] = target
+                    status = NUMA_MIGRATE
+                    break
+            continue  # the access again: the protection is back (or the page moved), a secondary fault retries
         break
     ks[K_I] = i
     ks[K_FRESH] = fresh

@@ -144,19 +144,16 @@ def young_frames(frames, young, fkey, pflags, mm_base, subs, offset, sflags, sha
 
 
 @kernel
-def swap_out_pages(frames, pages, base, subs, offset, spte, sflags, shadow, state, acc, pte, pflags, fkey, ftoken,
-                   fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, changed, event):  # fmt: skip
-    """``swap_out`` of ``frames`` (mapping ``pages`` of the mm at key ``base``) under one CLEAR invalidation of
-    one-page ranges, delivered to the fast subscribers ``subs``: each raises its in-progress window over the
-    batch's span and zaps every page's entry; the pages go to swap (until it fills) and record ``event`` as
-    the last change; each subscriber's window closes with its sequence bumped. As the chain would, in the
-    order it would: every zap before the first PTE changes (a subscriber in notifier mode holds no pins, so
-    zapping frees no frame and the pages' order cannot matter). Returns the pages swapped out."""
+def invalidate_start(pages, subs, offset, spte, sflags, shadow, state, acc, fkey, ftoken, fpin, node, lists, pb, bits,
+                     ctr):  # fmt: skip
+    """invalidate_range_start of one-page ranges (CLEAR), delivered to the fast subscribers ``subs``: each raises
+    its in-progress window over the batch's span (kvm_mmu_invalidate_begin, kvm_mmu_invalidate_range_add) and
+    zaps every page's entry, counting them in ``acc``. The PTEs change after it, then ``invalidate_end``."""
     n = pages.size
     ctr[C.INVALIDATIONS] += n
     ctr[C.INVALIDATIONS_BY_EVENT + _CLEAR] += n
     if n == 0:
-        return 0
+        return
     lo = pages[0]
     hi = pages[0] + 1
     for r in range(n):
@@ -164,7 +161,7 @@ def swap_out_pages(frames, pages, base, subs, offset, spte, sflags, shadow, stat
         hi = max(hi, pages[r] + 1)
     for s in range(subs.size):
         j = subs[s]
-        if state[j, IN_PROGRESS] == 0:  # kvm_mmu_invalidate_begin + kvm_mmu_invalidate_range_add
+        if state[j, IN_PROGRESS] == 0:
             state[j, INV_LO] = lo
             state[j, INV_HI] = hi
         else:
@@ -181,6 +178,31 @@ def swap_out_pages(frames, pages, base, subs, offset, spte, sflags, shadow, stat
             c = zap_range(sp, sf, sh, pages[r], pages[r] + 1, fkey, ftoken, fpin, node, lists, pb, bits, ctr)
             acc[j, ACC_ZAPPED] += c
             acc[j, ACC_ZAP_RANGES] += c > 0
+
+
+@kernel
+def invalidate_end(subs, state):
+    """invalidate_range_end to the fast subscribers: kvm_mmu_invalidate_end, the sequence moves (a fault in flight
+    retries) and the in-progress window closes."""
+    for s in range(subs.size):
+        j = subs[s]
+        state[j, IN_PROGRESS] -= 1
+        state[j, SEQ] += 1
+
+
+@kernel
+def swap_out_pages(frames, pages, base, subs, offset, spte, sflags, shadow, state, acc, pte, pflags, fkey, ftoken,
+                   fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, changed, event):  # fmt: skip
+    """``swap_out`` of ``frames`` (mapping ``pages`` of the mm at key ``base``) under one CLEAR invalidation of
+    one-page ranges, delivered to the fast subscribers ``subs``; the pages go to swap (until it fills) and
+    record ``event`` as the last change. As the chain would, in the order it would: every zap before the first
+    PTE changes (a subscriber in notifier mode holds no pins, so zapping frees no frame and the pages' order
+    cannot matter). Returns the pages swapped out."""
+    if pages.size == 0:
+        return 0
+    invalidate_start(pages, subs, offset, spte, sflags, shadow, state, acc, fkey, ftoken, fpin, node, lists, pb, bits,
+                     ctr)  # fmt: skip
+    n = pages.size
     count = 0
     full = False
     for r in range(n):
@@ -194,8 +216,5 @@ def swap_out_pages(frames, pages, base, subs, offset, spte, sflags, shadow, stat
             full = got == SWAP_FULL
             count += got == SWAPPED
         changed[base + pages[r]] = event
-    for s in range(subs.size):  # kvm_mmu_invalidate_end: the sequence moves, faults in flight retry
-        j = subs[s]
-        state[j, IN_PROGRESS] -= 1
-        state[j, SEQ] += 1
+    invalidate_end(subs, state)
     return count

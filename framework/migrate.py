@@ -74,6 +74,12 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
     ft = host._ft
     host.ctr[C.MIGRATIONS_REFUSED] += _movable(host._pt.pte, ft.key, ft.pin, ft.pb, mm.base, pages, node, ok)
     pages = pages[ok]
+    # The target's room is checked before anything is unmapped (migrate_balanced_pgdat, numamigrate_isolate_folio
+    # for NUMA balancing; a full target fails the allocation): the pages beyond it are refused, untouched.
+    room = max(int(ft.node[node, NFREE]) - keep_free, 0)
+    if pages.size > room:
+        host.ctr[C.MIGRATIONS_REFUSED] += pages.size - room
+        pages = pages[:room]
     if pages.size == 0:
         return 0
     device = node in host.device_nodes

@@ -39,6 +39,7 @@ from .access import (
     K_WRECLAIMS,
     LIVELOCK,
     MIGRATE_TO_RAM,
+    NUMA_MIGRATE,
     RACE_WINDOW,
     STALE_INSTALL,
     WAKE_KSWAPD,
@@ -59,6 +60,7 @@ from .metrics import FRAMEWORK, Catalogue, MetricError, catalogue, describe, plu
 from .migrate import migrate
 from .mm import MM
 from .notifier import PluginError, plugin_error, plugin_label, unique_name
+from .numafaults import FAILED, MIGRATED, NUMA_ACTOR, STATS, NumaFaults
 from .oom import OOMKiller
 from .pagebits import P_DEVICE, P_HUGE, S_HUGE
 from .pagetable import MM_HUGEPAGE
@@ -75,6 +77,8 @@ log = logging.getLogger("mmnsim")
 SWAP_CLUSTER_MAX = 32  # pages direct reclaim asks for at least (mm/vmscan.c)
 WINDOW_ACTOR = "kswapd (reclaim in a fault's race window)"
 _NO_SUBS = np.zeros(0, dtype=np.int64)
+_NO_NUMA = np.zeros(0, dtype=np.int8)
+_NO_STATS = np.zeros((0, STATS), dtype=np.int64)
 
 
 # Kernel counters also reported per secondary MMU kind (as "<name>.<counter>").
@@ -187,6 +191,7 @@ class Simulation:
         self.host = Host(self.host_cfg, [s.pages for s in specs], device_pages, seed=self.seed)
         self.actors = Actors(self.host._pt.pte.size)  # who runs, and who last changed each page
         self.fast = FastRoutes(self)  # which subscribers reclaim's compiled path serves (mmnsim.fastpath)
+        self.numa: NumaFaults | None = None  # hinting faults handled in the fault, once a policy asks (numa_faults)
         device_nodes = iter(self.host.device_nodes)
         self.secondary_tables = SecondaryTables(
             [0 if c.secondary[0].shares_cpu_tables else s.pages for s in specs for c in s.clients if c.secondary],
@@ -422,23 +427,26 @@ class Simulation:
         ks = new_kernel_state()
         before = host.ctr.copy()
         tables = self.secondary_tables
-        window_subs, window_event = self._window_route(mm, sstate)
+        chain_subs, chain_fast, window_event, numa_event = self._chain_route(mm)
+        numa_last, numa_stats = (self.numa.last_nid, self.numa.stats) if self.numa else (_NO_NUMA, _NO_STATS)
         generation = self.actors.generation
         self._charge_to = client
         outside, self.outside = self.outside, client
         try:
             while True:
-                if self.actors.generation != generation:  # the event log was compacted: its index moved
-                    window_subs, window_event = self._window_route(mm, sstate)
+                if self.actors.generation != generation:  # the event log was compacted: its indices moved
+                    chain_subs, chain_fast, window_event, numa_event = self._chain_route(mm)
                     generation = self.actors.generation
                 status = run_accesses(
                     pages, writes, ks, host.ctr, mm.index, spte, sflags, saccessed, sstate, vcpu_node,
-                    self.exact_clock, self.engine.check_accesses, window_subs, window_event, tables.offset,
-                    tables.spte, tables.sflags, tables.shadow, tables.state, tables.acc, self.actors.changed,
-                    self._scratch, *host.flat,
+                    self.exact_clock, self.engine.check_accesses, chain_subs, chain_fast, window_event, numa_last,
+                    numa_stats, numa_event, tables.offset, tables.spte, tables.sflags, tables.shadow, tables.state,
+                    tables.acc, self.actors.changed, self._scratch, *host.flat,
                 )  # fmt: skip
                 if ks[K_WRECLAIMS]:
-                    self._settle_windows(mm, window_subs, ks)
+                    self._settle_windows(mm, chain_subs, ks)
+                if self.numa:
+                    self.numa.settle(client)
                 if status == DONE:
                     break
                 self.episode += 1
@@ -471,6 +479,8 @@ class Simulation:
                         self._charge_to = charge_to
                 elif status == RACE_WINDOW:
                     self._race_window(int(ks[K_VICTIM]))
+                elif status == NUMA_MIGRATE:
+                    self._numa_migrate(mm, int(ks[K_VICTIM]), int(ks[K_FRAME]))
                 elif status == STALE_INSTALL:
                     invariants.verify_install(self, secondary, int(ks[K_VICTIM]))
                 elif status == LIVELOCK:
@@ -486,16 +496,36 @@ class Simulation:
         if client is not None and account:
             self._account(client, host.ctr - before)
 
-    def _window_route(self, mm: MM, sstate: np.ndarray) -> tuple[np.ndarray, int]:
-        """The subscribers of ``mm`` the access kernel may reclaim for in a race window itself (every one served
-        by the compiled path), and the event it records; none (a window then returns to Python) otherwise."""
-        if not sstate[RACE_RATE] or self.exact_clock or self.kernel.invalidate_page:
-            return _NO_SUBS, -1
-        subs = self.fast.subscribers(mm, INVALIDATE_OPS)
-        if subs is None or not subs.size:
-            return _NO_SUBS, -1
+    def _chain_route(self, mm: MM) -> tuple[np.ndarray, bool, int, int]:
+        """What the access kernel needs to act on ``mm``'s notifier chain itself: its subscribers, whether the
+        compiled path serves every one (``mmnsim.fastpath``; then the kernel reclaims in a race window and
+        migrates in a NUMA hinting fault without returning to Python), and the events it then records."""
+        subs = None if self.kernel.invalidate_page else self.fast.subscribers(mm, INVALIDATE_OPS)
+        if subs is None:
+            return _NO_SUBS, False, -1, -1
         with self.actors.acting(WINDOW_ACTOR):
-            return subs, self.actors.event(f"CLEAR of mm '{mm.name}'", self.tick)
+            window = self.actors.event(f"CLEAR of mm '{mm.name}'", self.tick)
+        with self.actors.acting(NUMA_ACTOR):
+            numa = self.actors.event(f"CLEAR of mm '{mm.name}'", self.tick) if self.numa else -1
+        return subs, True, window, numa
+
+    def _numa_migrate(self, mm: MM, key: int, node: int) -> None:
+        """migrate_misplaced_folio in a hinting fault the kernel could not do itself: a THP (split first), or an
+        mm with a subscriber the compiled path does not serve."""
+        stats = self.numa.stats
+        refused = self.host.ctr[C.MIGRATIONS_REFUSED]
+        with self.actors.acting(NUMA_ACTOR):
+            moved = self.migrate(mm, np.array([key - mm.base]), node, keep_free=int(self.host.watermarks[node, 2]))
+        stats[mm.index, MIGRATED] += moved
+        stats[mm.index, FAILED] += int(self.host.ctr[C.MIGRATIONS_REFUSED] - refused)
+
+    def numa_faults(self, migrate_page_ns: float) -> NumaFaults:
+        """Have the access kernel handle NUMA hinting faults as the kernel does, in the fault: the two-stage
+        filter and the migration (``mmnsim.numafaults``); ``migrate_page_ns`` is what the faulting task pays a
+        page. For a NUMA balancing policy; returns the object whose ``stats`` it reads and keeps."""
+        if self.numa is None:
+            self.numa = NumaFaults(self, migrate_page_ns)
+        return self.numa
 
     def _settle_windows(self, mm: MM, subs: np.ndarray, ks: np.ndarray) -> None:
         """Charge the race windows' reclaim the access kernel ran itself: kswapd's work, on its own CPU."""
