@@ -1,15 +1,19 @@
 """The kernel being simulated (kernel=6.x or 2008), the walk model with page-walk caches and splintering, and
 the unsafe unpinned mode."""
 
+import argparse
+
 import numpy as np
 import polars as pl
 import pytest
 
 from conftest import cli, run, simulation
 from mmnsim import Event, hookimpl, swap_out, walk_refs
-from mmnsim.cli import quote_numbered_options
+from mmnsim.bench import _config as bench_config
+from mmnsim.cli import check_overrides, quote_numbered_options
 from mmnsim.costs import translation_ns
 from mmnsim.secondary import MODE, SEC_RETRY_WHOLE_VM, SEC_YOUNG
+from mmnsim.sources import compose_checked
 
 # -- translation --
 
@@ -168,6 +172,14 @@ def test_numbered_kernel_options_are_quoted_for_hydra():
     assert quote_numbered_options(["kernel=2008", "-m", "kernel=2008,6.x", "seed=1"]) == [
         "kernel='2008'", "-m", "kernel='2008','6.x'", "seed=1"]  # fmt: skip
     assert quote_numbered_options(["kernel='2008'"]) == ["kernel='2008'"]
+
+
+def test_every_command_taking_overrides_takes_numbered_kernels():
+    check_overrides(["kernel=2008"])  # mmnsim
+    check_overrides(["-m", "+experiment=swap", "kernel=2008"])  # mmnsim-experiment checks its overrides so
+    assert compose_checked(["kernel=2008"]).kernel.name == "2008"  # mmnsim-costs, --sensitivity
+    bench = argparse.Namespace(accesses=1, guest_mib=16, host_mib=16, seed=0, override=["kernel=2008"])
+    assert "kernel='2008'" in bench_config(bench)  # mmnsim-bench
 
 
 # -- the unsafe strawman --
