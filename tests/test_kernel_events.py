@@ -6,8 +6,8 @@ from test_notifier_semantics import booted
 
 from conftest import simulation
 from mmnsim import Event, NotifierRange, PluginError, hookimpl
-from mmnsim.pagebits import P_DEVICE
 from mmnsim.compaction import compact
+from mmnsim.pagebits import P_DEVICE
 from mmnsim.secondary import IN_PROGRESS, INV_HI, INV_LO, MODE, SEC_RETRY_WHOLE_VM
 
 
