@@ -49,7 +49,10 @@ What differs, each from the kernel source of its time:
   MADV_HUGEPAGE, and the guest's kernel has no THP either, ``guest.thp: false``, which a config may still
   set: a guest's own page size is its kernel's, and a 2008 guest could back memory with hugetlbfs).
 
-Disk swap (milliseconds per I/O) is a cost, set by ``conf/kernel/2008.yaml`` in ``costs``.
+Disk swap (milliseconds per I/O) is a cost, set by ``conf/kernel/2008.yaml`` in ``costs``, with
+``costs.swap_serial``: one disk serves one read at a time, so a client's swap-ins queue for it instead of
+being spread over its vCPUs (``mmnsim.simulation`` ``_account``); today's zram decompresses in the faulting
+CPU's own per-CPU stream (drivers/block/zram/zcomp.c, ``struct zcomp``'s ``__percpu`` streams) and does not.
 
 Between 6.1 and 6.x nothing else the model represents differs (interval notifiers, start/end
 invalidations, EPT accessed bits, the per-range fault retry, the OOM reaper, THP, compaction and NUMA

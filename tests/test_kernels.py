@@ -256,6 +256,20 @@ def test_the_2008_kernels_defaults_turn_off_what_it_did_not_have():
     assert swept
 
 
+def test_one_disk_serialises_a_guests_swap_ins_zram_spreads_them_over_its_vcpus():
+    tiny = ("kernel='2008'", "guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64",
+            "workload.accesses=20000")  # fmt: skip
+    sim, serial = run(*tiny)
+    assert sim.costs.swap_serial and sim.tenants[0].clients[0].vcpus == 4
+    _, spread = run(*tiny, "costs.swap_serial=false")
+    assert serial["major_faults"] == spread["major_faults"] > 0  # the same run: only its time differs
+    disk = serial["major_faults"] * sim.costs.swap_in_ns
+    assert serial["sim_time_ns"] >= disk  # the vCPUs queue for the one disk
+    assert spread["sim_time_ns"] < disk / 2  # spread over 4 vCPUs, as zram's are
+    assert serial["stall_fraction"] > spread["stall_fraction"]
+    assert not simulation().costs.swap_serial  # today's zram
+
+
 # -- the unsafe strawman --
 
 
