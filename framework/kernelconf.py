@@ -52,16 +52,17 @@ What differs, each from the kernel source of its time:
 Disk swap (milliseconds per I/O) is a cost, set by ``conf/kernel/2008.yaml`` in ``costs``, with
 ``costs.swap_serial``: one disk serves one read at a time, so a client's swap-ins queue for it instead of
 being spread over its vCPUs (``mmnsim.simulation`` ``_account``); today's zram decompresses in the faulting
-CPU's own per-CPU stream (drivers/block/zram/zcomp.c, ``struct zcomp``'s ``__percpu`` streams) and does not.
+CPU's own stream (drivers/block/zram/zcomp.h: ``struct zcomp`` holds a ``__percpu`` stream per CPU) and does
+not.
 
 Between 6.1 and 6.x nothing else the model represents differs (interval notifiers, start/end
 invalidations, EPT accessed bits, the per-range fault retry, the OOM reaper, THP, compaction and NUMA
-balancing with today's defaults are all older than 6.1). What changed there that the model does not
-represent: MGLRU (CONFIG_LRU_GEN, merged in 6.1, default on in some distributions: aging by page-table
-walks, mm/vmscan.c walk_mm, where the model ages through the classic LRU's rmap, folio_referenced);
-per-VMA NUMA scanning (6.4, vma_numab_state: only VMAs the task touched are scanned); batched TLB flushes
-in migrate_pages (6.4); multi-size THP (6.8); the removal of ``change_pte`` (6.9; ``examples/ksm`` keeps
-it as an option); lockless KVM aging (KVM_MMU_LOCKLESS_AGING, 2025).
+balancing with today's defaults are all older than 6.1). What changed between them that the model does
+not represent: batched TLB flushes in migrate_pages (6.3, "migrate_pages(): batch TLB flushing"); per-VMA
+NUMA scanning (6.4, commit fc137c0ddab2: only VMAs the task touched are scanned); multi-size THP (6.8);
+the removal of ``change_pte`` (6.9; ``examples/ksm`` keeps it as an option); lockless KVM aging
+(KVM_MMU_LOCKLESS_AGING, 2025). Neither kernel's MGLRU (CONFIG_LRU_GEN, merged in 6.1: aging by page-table
+walks, mm/vmscan.c walk_mm) is modelled: both age through the classic LRU's rmap (folio_referenced).
 """
 
 from dataclasses import dataclass
