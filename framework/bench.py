@@ -26,6 +26,8 @@ from pathlib import Path
 
 
 def _config(args: argparse.Namespace) -> list[str]:
+    from .cli import quote_numbered_options
+
     return [
         "secondary=kvm",
         "secondary.mode=notifier",
@@ -37,7 +39,7 @@ def _config(args: argparse.Namespace) -> list[str]:
         f"seed={args.seed}",
         "engine.check_invariants=true",
         "engine.timeseries=false",
-        *args.override,
+        *quote_numbered_options(args.override),  # kernel=6.1 as mmnsim takes it
     ]
 
 

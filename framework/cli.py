@@ -56,13 +56,14 @@ LIST_GROUPS = ("policies",)  # config groups whose value is a list of options
 MAX_KEY = 200  # longer keys are no key of mmnsim's (and Hydra would try to open a file of that name)
 
 
-# Config groups whose options are named by numbers (``kernel=2008``): Hydra reads a bare number as an int,
-# which it refuses as a group option, so the command line quotes them before Hydra parses it.
+# Config groups whose options are named by numbers (``kernel=2008``, ``kernel=6.1``): Hydra reads a bare
+# number as an int or a float, which it refuses as a group option, so every command that takes overrides
+# quotes them before Hydra parses them (``main``, ``check_overrides``, ``_compose``, mmnsim-bench).
 NUMBERED_GROUPS = ("kernel",)
 
 
 def quote_numbered_options(argv: list[str]) -> list[str]:
-    """``kernel=2008`` -> ``kernel='2008'``, ``kernel=2008,6.x`` -> ``kernel='2008','6.x'``; others as given."""
+    """``kernel=2008`` -> ``kernel='2008'``, ``kernel=6.1,6.x`` -> ``kernel='6.1','6.x'``; others as given."""
     out = []
     for arg in argv:
         key, eq, value = arg.partition("=")
@@ -225,7 +226,7 @@ def _mtime(path: Path) -> float:
 
 def check_overrides(argv: list[str]) -> None:
     """Compose and check the config for each value of each sweep; raise ConfigError if one is bad."""
-    args, _ = get_args_parser().parse_known_args(argv)
+    args, _ = get_args_parser().parse_known_args(quote_numbered_options(argv))
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
     ours = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
@@ -285,6 +286,7 @@ def _check_groups(overrides: list[str]) -> None:
 
 
 def _compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    overrides = quote_numbered_options(overrides)
     _check_groups(overrides)
     try:
         return compose("config", overrides=overrides, return_hydra_config=with_hydra)

@@ -149,6 +149,16 @@ def single_pages(mm: Any, pages: np.ndarray, event: Event, **kw: Any) -> Notifie
     return NotifierRange(mm, pages, pages + 1, event, **kw)
 
 
+def page_runs(mm: Any, pages: np.ndarray, event: Event, **kw: Any) -> NotifierRange:
+    """One range per run of consecutive pages (``pages`` sorted, without repeats), as a caller that walks
+    each contiguous virtual range once (migrate_vma_setup per range)."""
+    pages = np.asarray(pages, dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
+    starts = np.concatenate((pages[:1], pages[breaks]))
+    ends = np.concatenate((pages[breaks - 1], pages[-1:])) + 1
+    return NotifierRange(mm, starts, ends, event, **kw)
+
+
 class NotifierChain:
     """The subscribers of one mm and the delivery of ``NotifierOps`` to them."""
 

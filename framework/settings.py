@@ -15,8 +15,8 @@ from .components import Component
 from .config import ConfigError, require, typed
 from .costs import Costs
 from .discovery import KIND_DIRS, Registry
-from .host import MAX_MIB, MIB_PAGES, OOM, HostConfig
-from .kernelconf import TODAY, KernelConfig
+from .host import MAX_MIB, MIB_PAGES, OOM, THP, HostConfig
+from .kernelconf import TODAY, KernelConfig, missing_features
 from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
@@ -160,6 +160,13 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         name: _component("policy", name, node, f"policies.{name}", registry)
         for name, node in (top.get("policies") or {}).items()
     }
+    if host.thp is not THP.never:
+        _require_kernel(kernel, ("thp",), "host.thp", f"{host.thp.value!r}", "set host.thp=never")
+    _require_kernel(kernel, ("thp",) if guest.madvise_hugepage else (), "guest.madvise_hugepage", "MADV_HUGEPAGE",
+                    "set guest.madvise_hugepage=false")  # fmt: skip
+    for name, (cls, _) in policies.items():
+        _require_kernel(kernel, cls.kernel_features, f"policies.{name}", "this policy",
+                        "leave it out of policies")  # fmt: skip
 
     tenants = []
     pages = guest.memory_mib * MIB_PAGES
@@ -175,6 +182,8 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         key = f"processes[{i}]"
         proc = typed(node, ProcessConfig, key)
         _check_node(proc.node, host, f"{key}.node")
+        _require_kernel(kernel, ("thp",) if proc.madvise_hugepage else (), f"{key}.madvise_hugepage",
+                        "MADV_HUGEPAGE", f"set {key}.madvise_hugepage=false")  # fmt: skip
         pages = proc.memory_mib * MIB_PAGES
         wl = _workload(proc.workload, f"{key}.workload", registry)
         sec = _secondary(proc.secondary, registry, f"{key}.secondary") if proc.secondary else None
@@ -197,6 +206,15 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     settings = Settings(seed, host, engine, costs, tenants, policies, kernel)
     memory.check(settings)  # before anything is allocated: stop rather than swap or fail mid-build
     return settings
+
+
+def _require_kernel(kernel: KernelConfig, features: tuple[str, ...], key: str, what: str, fix: str) -> None:
+    """Stop a config that asks the simulated kernel for what it does not have (kernel=2008 has no THP,
+    compaction or NUMA balancing), naming the key, what is missing and since when."""
+    missing = missing_features(kernel, features)
+    if missing:
+        raise ConfigError(f"{key}: {what} needs {' and '.join(missing)}, which kernel={kernel.name} does not have; "
+                          f"{fix}, or choose a later kernel (kernel=6.1 or 6.x)")  # fmt: skip
 
 
 def _check_size(memory_mib: int, vcpus: int) -> None:

@@ -626,7 +626,8 @@ class Simulation:
         c = self.costs
         numa = self.host._ft.node.shape[0] > 1  # the kernel sums access distances only then
         access = c.access_ns * (d[C.ACCESS_DISTANCE] / 10 if numa else d[C.ACCESSES])
-        faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + d[C.MAJOR_FAULTS] * c.swap_in_ns
+        swap_in = d[C.MAJOR_FAULTS] * c.swap_in_ns
+        faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + swap_in
         sec = client.secondary
         if sec is not None:
             walk, tlb_huge = sec.walk_refs, sec.tlb_huge()
@@ -645,8 +646,15 @@ class Simulation:
             faults += sec.fault_cost_ns(int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]))
             for name in PER_SECONDARY:
                 sec.counts[name] += int(d[C.NAMES.index(name)])
-        client.elapsed_ns += (access + faults) / client.vcpus
-        client.stall_ns += faults / client.vcpus
+        spread = (access + faults) / client.vcpus
+        if c.swap_serial and swap_in > spread:
+            # One disk reads one page at a time: the vCPUs queue for it, and the batch takes at least the
+            # disk's busy time however many vCPUs share the rest (the bottleneck bound of a closed system).
+            client.elapsed_ns += swap_in
+            client.stall_ns += swap_in - access / client.vcpus
+        else:
+            client.elapsed_ns += spread
+            client.stall_ns += faults / client.vcpus
 
     def _settle_stalls(self, client: Client) -> None:
         client.elapsed_ns += client._pending_stall

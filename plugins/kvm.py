@@ -6,9 +6,10 @@ zaps every spte in the ranges and, for each range that zapped anything, flushes 
 (kvm_flush_remote_tlbs: one request and an IPI to every vCPU in guest mode). ``invalidate_range_end`` bumps
 mmu_invalidate_seq and lowers in_progress; the framework's fault path retries a fault whose page lies in
 the range being invalidated, or that began before the sequence moved, as mmu_invalidate_retry_gfn does.
-KVM filters no event type: every event zaps. Aging test-and-clears the spte accessed bits; x86 elides
-the TLB flush when aging (KVM_ELIDE_TLB_FLUSH_IF_YOUNG), other architectures flush each range found
-young (``flush_on_age``).
+KVM filters no event type: every event zaps. Aging test-and-clears the spte accessed bits. Since 6.13 x86
+elides the TLB flush when aging (KVM_ELIDE_TLB_FLUSH_IF_YOUNG) and other architectures flush each range found
+young (``flush_on_age``); 6.1 to 6.12 (``kernel=6.1``, ``kernel.young_flush``) flush on x86 too:
+kvm_mmu_notifier_clear_flush_young goes through kvm_handle_hva_range with ``flush_on_ret`` set.
 
 Pin mode is KVM before mmu notifiers (2.6.25): every page it maps stays pinned (get_user_pages) until the
 VM is destroyed, and it never subscribes, so reclaim, migration and compaction must leave those pages
@@ -51,7 +52,7 @@ class KVMConfig(SecondaryConfig):
     remote_flush_ns: float  # the requesting CPU's side of kvm_flush_remote_tlbs
     flush_ipi_ns: float  # what one vCPU loses to a flush request: kick, exit, flush, re-entry
     age_page_ns: float  # test-and-clear one spte accessed bit
-    flush_on_age: bool  # flush after aging found a range young (non-x86); x86 elides it
+    flush_on_age: bool  # flush after aging found a range young (non-x86); x86 elides it since 6.13
     paging: Paging  # ept (two-dimensional) or shadow paging
 
     def __post_init__(self) -> None:
@@ -184,8 +185,8 @@ class KVM(SecondaryMMU):
         ``young_flushed`` ranges young."""
         self.metrics["young_pages_aged"] += float(pages)
         self.sim.charge(float(pages) * self.cfg.age_page_ns)
-        # Today x86 elides the flush (other architectures flush, flush_on_age); 2.6.27's
-        # kvm_mmu_notifier_clear_flush_young flushed whenever kvm_age_hva found the page young.
+        # x86 elides the flush since 6.13 (other architectures flush, flush_on_age); until 6.12, and in
+        # 2.6.27, kvm_mmu_notifier_clear_flush_young flushed whenever aging found the range young.
         if young_flushed and (self.cfg.flush_on_age or self.sim.kernel.young_flush):
             self._flush_remote_tlbs(young_flushed)
 

@@ -81,6 +81,7 @@ class _Scan:
 class Numa(HostPolicy):
     name = "numa"
     Config = NumaConfig
+    kernel_features = ("numa_balancing",)  # automatic NUMA balancing came in 3.8
     declared_metrics = (
         Metric("numa_pages_migrated", "pages", int, "pages NUMA balancing migrated", kernel="numa_pages_migrated"),
         Metric("numa_migrate_ns", "ns", float, "time the faulting tasks spent migrating pages in their hinting faults"),
