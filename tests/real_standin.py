@@ -62,7 +62,20 @@ def tenant_vm(mib: int, dontneed_mib: int) -> None:
     os._exit(0)  # the VM's notifier goes with the mm (mmu_notifier_release): no further invalidations
 
 
+def light_mmnsim() -> None:
+    """Register an empty ``mmnsim`` package over the installed one's directory, so that importing
+    mmnsim.real.cleanup loads the twin's host modules without the simulator (numba, hydra: a second more per
+    stand-in run), as the guest process does (mmnsim.real.guest)."""
+    import importlib.util
+    import types
+
+    package = types.ModuleType("mmnsim")
+    package.__path__ = list(importlib.util.find_spec("mmnsim").submodule_search_locations)
+    sys.modules["mmnsim"] = package
+
+
 def standin_run(mode: str, run_id: str, pdeathsig: bool) -> None:
+    light_mmnsim()
     from mmnsim.real import cleanup
 
     with cleanup.RunResources(run_id, time_limit_s=2.0 if mode == "timeout" else 120.0) as run:

@@ -7,6 +7,7 @@ touch nothing not named like a run's (``mmnsim-real-<run id>-<pid>``).
 """
 
 import contextlib
+import ctypes
 import json
 import mmap
 import os
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from mmnsim.metrics import FRAMEWORK
-from mmnsim.real import HostError, cgroup, cleanup, counters, preflight, swapfile, tracing
+from mmnsim.real import cgroup, cleanup, counters, preflight, swapfile, tracing
+from mmnsim.real.errors import HostError
 
 MIB = 1 << 20
 PAGE = mmap.PAGESIZE
@@ -80,6 +82,13 @@ def finish(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """A tenant that did not finish (the test failed): kill it, before its cgroup goes."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 # --- no root needed -------------------------------------------------------------------------------------
 
 
@@ -124,6 +133,46 @@ def test_an_unobserved_source_leaves_its_metrics_absent_not_zero():
     found = counters.metrics(counters.Observation(trace=trace, vmstat={"pswpout": 5}))
     assert found["swap_outs"] == 5 and found["young_pages_aged"] == 0 and found["trace_lost_events"] == 0
     assert "invalidations" not in found and "swap_ins" not in found and "pgscan" not in found
+
+
+def test_the_docs_table_of_sources_is_current():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "real-host.md").read_text()
+    assert counters.markdown() in doc, (
+        "regenerate the table: python -c 'from mmnsim.real import counters; print(counters.markdown())'"
+    )
+
+
+def test_kvm_statistics_fill_their_metrics_by_the_names_this_kernel_uses():
+    """The names of KVM_GET_STATS_FD on Linux 6.18 (VM: remote_tlb_flush_requests, pages_4k/2m/1g; vCPU:
+    pf_fixed, tlb_flush), as mmnsim.real.guest Guest.stats() sums them; a name another KVM lacks: absent."""
+    stats = {"pf_fixed": 7, "pf_taken": 9, "remote_tlb_flush_requests": 5, "remote_tlb_flush": 0, "tlb_flush": 3,
+             "pages_4k": 30, "pages_2m": 10, "pages_1g": 0}  # fmt: skip
+    found = counters.metrics(counters.Observation(kvm=stats))
+    assert found == {"secondary_faults": 7, "tlb_flushes": 5, "vcpu_tlb_flushes": 3, "huge_mapped_fraction": 0.25,
+                     "secondary_mapped_pages": 40}  # fmt: skip
+    assert counters.metrics(counters.Observation(kvm={"pf_fixed": 1})) == {"secondary_faults": 1}
+    columns = counters.with_kind_columns(found)
+    assert "huge_mapped_fraction" not in columns and columns["kvm.huge_mapped_fraction"] == 0.25
+    assert columns["kvm.secondary_faults"] == columns["secondary_faults"] == 7
+
+
+def test_fault_counts_and_huge_pages_are_read_from_proc():
+    mine = counters.process_faults(os.getpid())
+    threads = counters.thread_faults(os.getpid())
+    assert os.getpid() in threads and sum(t.minor for t in threads.values()) <= mine.minor
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    if "[never]" in mode:
+        pytest.skip("THP is off on this machine")
+    mem = mmap.mmap(-1, 8 * MIB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    mem.madvise(mmap.MADV_HUGEPAGE)
+    for offset in range(0, 8 * MIB, PAGE):
+        mem[offset] = 1
+    start = ctypes.addressof(ctypes.c_char.from_buffer(mem))
+    huge = counters.anon_huge_bytes(os.getpid(), start, start + 8 * MIB)
+    assert huge % (2 * MIB) == 0 and huge <= 8 * MIB
+    if huge == 0:
+        pytest.skip("no THP could be allocated now")
+    assert counters.process_faults(os.getpid()).minor > mine.minor
 
 
 def test_the_format_parser_reads_a_header_page():
@@ -205,11 +254,12 @@ def test_a_cgroup_limit_really_limits_and_the_rest_goes_to_swap():
     """160 MiB touched under a 64 MiB limit with a swap file: the group never holds more than the limit, and
     at least the difference is swapped out (pswpout is the machine's; it can only be higher)."""
     name = cleanup.run_name("pytest-limit")
-    swap = swapfile.SwapFile.create(name, 192 * MIB)
-    group = cgroup.MemoryCgroup.create(name, 64 * MIB, swap_bytes=192 * MIB)
-    proc = None
-    try:
+    with contextlib.ExitStack() as undo:
+        undo.callback(swapfile.SwapFile.create(name, 192 * MIB).remove)
+        group = cgroup.MemoryCgroup.create(name, 64 * MIB, swap_bytes=192 * MIB)
+        undo.callback(group.remove)
         proc, ready = tenant("touch", "160")
+        undo.callback(stop, proc)
         group.add_process(ready["pid"])
         before = counters.read_vmstat()
         go_and_wait(proc)
@@ -217,12 +267,6 @@ def test_a_cgroup_limit_really_limits_and_the_rest_goes_to_swap():
         sample = group.sample()
         faults = counters.process_faults(ready["pid"])
         finish(proc)
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        group.remove()
-        swap.remove()
     over = (160 - 64) * MIB // PAGE
     assert sample.max_usage_bytes <= 64 * MIB
     assert sample.failcnt > 0
@@ -233,6 +277,26 @@ def test_a_cgroup_limit_really_limits_and_the_rest_goes_to_swap():
 
 
 @needs_host
+def test_the_cgroups_oom_killer_is_counted():
+    """No swap for the group (memsw = limit): a tenant touching twice its limit is OOM-killed by the group's own
+    OOM killer, and memory.oom_control counts it."""
+    with contextlib.ExitStack() as undo:
+        group = cgroup.MemoryCgroup.create(cleanup.run_name("pytest-oom"), 32 * MIB, swap_bytes=0)
+        undo.callback(group.remove)
+        if not group.has_swap_accounting:
+            pytest.skip("no swap accounting (memsw) here: the tenant could swap instead of being killed")
+        proc, ready = tenant("touch", "64")
+        undo.callback(stop, proc)
+        group.add_process(ready["pid"])
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        sample = group.sample()
+    assert sample.oom_kills == 1
+    assert counters.metrics(counters.Observation(memcg=sample))["oom_kills"] == 1
+
+
+@needs_host
 @needs_kvm
 def test_a_private_instance_sees_kvm_notifier_events_and_leaves_the_top_level_alone():
     """MADV_DONTNEED of half a 64 MiB memslot reaches KVM as one kvm_unmap_hva_range of 8192 pages, seen in the
@@ -240,20 +304,21 @@ def test_a_private_instance_sees_kvm_notifier_events_and_leaves_the_top_level_al
     name = cleanup.run_name("pytest-trace")
     with tracefs_root() as root:
         top = top_level_state(root)
-        inst = tracing.TraceInstance.create(root, name, buffer_kb=512)
-        try:
+        with contextlib.ExitStack() as undo:
+            inst = tracing.TraceInstance.create(root, name, buffer_kb=512)
+            undo.callback(inst.remove)
             assert not inst.missing, inst.missing
             assert sorted(inst.enabled_events()) == sorted(inst.events)
             reader = tracing.TraceReader(inst)
+            undo.callback(reader.close)
             reader.start()
             proc, ready = tenant("vm", "64", "32")
+            undo.callback(stop, proc)
             reader.add_run_process(ready["pid"])
             reader.watch(ready["start"], ready["end"])
             go_and_wait(proc)
             counts = reader.stop()
             finish(proc)
-        finally:
-            inst.remove()
         assert not inst.path.exists()
         assert top_level_state(root) == top
     unmap = "kvm:kvm_unmap_hva_range"
@@ -271,32 +336,25 @@ def test_reclaim_under_the_limit_reaches_kvm_one_page_at_a_time_and_the_counts_f
     at least 64 MiB, each page one kvm_unmap_hva_range of one page after kvm_age_hva looked at it, and
     mm_vmscan_lru_shrink_inactive's nr_reclaimed adds up to as much."""
     name = cleanup.run_name("pytest-reclaim")
-    swap = swapfile.SwapFile.create(name, 160 * MIB)
-    group = cgroup.MemoryCgroup.create(name, 32 * MIB, swap_bytes=160 * MIB)
-    proc = None
-    try:
-        with tracefs_root() as root:
-            inst = tracing.TraceInstance.create(root, name, buffer_kb=2048)
-            try:
-                reader = tracing.TraceReader(inst)
-                proc, ready = tenant("vm", "96", "0")
-                group.add_process(ready["pid"])
-                reader.add_run_process(ready["pid"])
-                reader.watch(ready["start"], ready["end"])
-                reader.start()
-                before = counters.read_vmstat()
-                go_and_wait(proc)
-                obs = counters.Observation(vmstat=counters.vmstat_delta(before, counters.read_vmstat()),
-                                           memcg=group.sample(), trace=reader.stop())  # fmt: skip
-                finish(proc)
-            finally:
-                inst.remove()
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        group.remove()
-        swap.remove()
+    with contextlib.ExitStack() as undo:
+        undo.callback(swapfile.SwapFile.create(name, 160 * MIB).remove)
+        group = cgroup.MemoryCgroup.create(name, 32 * MIB, swap_bytes=160 * MIB)
+        undo.callback(group.remove)
+        root = undo.enter_context(tracefs_root())
+        reader = tracing.TraceReader(tracing.TraceInstance.create(root, name, buffer_kb=2048))
+        undo.callback(reader.instance.remove)
+        undo.callback(reader.close)
+        proc, ready = tenant("vm", "96", "0")
+        undo.callback(stop, proc)
+        group.add_process(ready["pid"])
+        reader.add_run_process(ready["pid"])
+        reader.watch(ready["start"], ready["end"])
+        reader.start()
+        before = counters.read_vmstat()
+        go_and_wait(proc)
+        obs = counters.Observation(vmstat=counters.vmstat_delta(before, counters.read_vmstat()),
+                                   memcg=group.sample(), trace=reader.stop())  # fmt: skip
+        finish(proc)
     t, over = obs.trace, (96 - 32) * MIB // PAGE
     unmap, age, shrink = "kvm:kvm_unmap_hva_range", "kvm:kvm_age_hva", "vmscan:mm_vmscan_lru_shrink_inactive"
     assert t.lost_events == 0
@@ -337,7 +395,11 @@ def standin():
     for proc in started:
         if proc.poll() is None:
             proc.terminate()
-            proc.communicate(timeout=60)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # it did not clean up: killed, the next run's sweep does
+                proc.kill()
+                proc.communicate()
 
 
 def present(info: dict) -> list[str]:

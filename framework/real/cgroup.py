@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import HostError, mounts
+from . import mounts
+from .errors import HostError
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

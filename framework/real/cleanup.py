@@ -36,7 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import RUN_SIGNALS, cgroup, swapfile, tracing
+from . import cgroup, swapfile, tracing
+from .errors import HostError
 
 PREFIX = "mmnsim-real"
 STATE_DIR = Path("/var/tmp/mmnsim-real/runs")
@@ -46,6 +47,7 @@ SWAP_SUFFIX = ".swap"
 # The order resources are removed in, whatever order they were made in: a child holds the cgroup and its
 # swapped pages, a reader holds the instance, an instance lives on the mount.
 KINDS = ("child", "instance", "cgroup", "swapfile", "mount")
+RUN_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM})  # handled while a run runs
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -205,6 +207,13 @@ def kill_child(pid: int, start: int | None, timeout_s: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def block_run_signals() -> None:
+    """For a thread a run starts in its own process: leave the signals that stop the run to the main thread,
+    so that they interrupt what it waits on (the kernel gives a process's signal to any one thread that does
+    not block it, and Python runs its handlers in the main thread only when it gets there)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, RUN_SIGNALS)
+
+
 # --- the sweep ------------------------------------------------------------------------------------------
 
 
@@ -268,7 +277,7 @@ def _orphans(records: dict[str, Record], swap_dirs: tuple[Path, ...]) -> list[di
     if root is not None and (root / "instances").is_dir():
         found += [{"kind": "instance", "root": str(root), "name": i.name} for i in (root / "instances").iterdir()
                   if _orphan(i.name, records)]  # fmt: skip
-    with contextlib.suppress(cgroup.HostError):
+    with contextlib.suppress(HostError):
         found += [{"kind": "cgroup", "path": str(g)} for g in cgroup.memory_hierarchy_v1().iterdir()
                   if g.is_dir() and _orphan(g.name, records)]  # fmt: skip
     swaps = {a.path for a in swapfile.active_swaps()}

@@ -115,8 +115,9 @@ class Observation:
     vmstat: dict[str, int] | None = None  # vmstat_delta over the run
     memcg: CgroupSample | None = None  # the run's group, read when the replay ends, before the tenants exit
     trace: TraceCounts | None = None
-    kvm_vm: dict[str, int] | None = None  # the VM's KVM statistics at the end
-    kvm_vcpus: dict[str, int] | None = None  # the vCPUs' KVM statistics at the end, summed over vCPUs
+    # KVM's statistics when the replay ended (they count from the VM's creation, as the run's other counts
+    # do from its start): the VM's and the vCPUs' summed, by name, as mmnsim.real.guest Guest.stats() gives.
+    kvm: dict[str, int] | None = None
     guest_bytes: int | None = None  # the memslots' size
     guest_huge_bytes: int | None = None  # anon_huge_bytes over the memslots, at the end
 
@@ -144,11 +145,12 @@ def _traced(events: tuple[str, ...], fn: Callable[[TraceCounts], Value]) -> Call
     return lambda obs: None if obs.trace is None or not all(map(obs.trace.observed, events)) else fn(obs.trace)
 
 
-def _kvm(stats: str, fn: Callable[[dict[str, int]], Value]) -> Callable[[Observation], Value]:
+def _kvm(fn: Callable[[dict[str, int]], Value]) -> Callable[[Observation], Value]:
+    """A figure from KVM's statistics; absent if a statistic it needs is missing (another KVM version)."""
+
     def value(obs: Observation) -> Value:
-        found = getattr(obs, stats)
         try:
-            return None if found is None else fn(found)
+            return None if obs.kvm is None else fn(obs.kvm)
         except (KeyError, ZeroDivisionError):
             return None
 
@@ -225,7 +227,7 @@ SOURCES = (
         "KVM vCPU statistic pf_fixed, summed over vCPUs",
         "shadow-MMU faults that installed an spte; one fault maps up to 8 (prefetch: kvmmmu:kvm_mmu_set_spte "
         "counts entries); pf_taken also counts faults that retried or were emulated",
-        _kvm("kvm_vcpus", lambda s: s["pf_fixed"]),
+        _kvm(lambda s: s["pf_fixed"]),
     ),
     Source(
         "invalidations",
@@ -248,7 +250,7 @@ SOURCES = (
         "KVM VM statistic remote_tlb_flush_requests",
         "every kvm_flush_remote_tlbs call, the notifier's and the shadow MMU's own (zapped shadow pages, "
         "write protection); remote_tlb_flush counts those that sent requests",
-        _kvm("kvm_vm", lambda s: s["remote_tlb_flush_requests"]),
+        _kvm(lambda s: s["remote_tlb_flush_requests"]),
     ),
     Source(
         "pgscan",
@@ -289,7 +291,7 @@ SOURCES = (
     Source(
         "pins_acquired",
         "/proc/vmstat nr_foll_pin_acquired",
-        "machine-wide; KVM takes no long-term pins, and the pin mode's stand-in (mlock) is no FOLL_PIN",
+        "machine-wide; KVM takes none; the pin mode's io_uring stand-in does (pin_user_pages), its mlock fallback not",
         _vm("nr_foll_pin_acquired"),
     ),
     Source("pins_released", "/proc/vmstat nr_foll_pin_released", "machine-wide", _vm("nr_foll_pin_released")),
@@ -312,7 +314,7 @@ SOURCES = (
     Source(
         "swap_used",
         "memory.stat swap / page size (the run's cgroup)",
-        "the tenants' swap when the replay ended, swap cache included",
+        "swap space charged to the tenants when the replay ended",
         _memcg(lambda s: s.stat["swap"] // PAGE),
     ),
     Source(
@@ -337,13 +339,13 @@ SOURCES = (
         "huge_mapped_fraction",
         "KVM VM statistics pages_2m / (pages_4k + pages_2m + pages_1g)",
         "sptes by size when the replay ended",
-        _kvm("kvm_vm", lambda s: s["pages_2m"] / (s["pages_4k"] + s["pages_2m"] + s["pages_1g"])),
+        _kvm(lambda s: s["pages_2m"] / (s["pages_4k"] + s["pages_2m"] + s["pages_1g"])),
     ),
     Source(
         "secondary_mapped_pages",
         "KVM VM statistics pages_4k + pages_2m + pages_1g",
         "sptes present when read",
-        _kvm("kvm_vm", lambda s: s["pages_4k"] + s["pages_2m"] + s["pages_1g"]),
+        _kvm(lambda s: s["pages_4k"] + s["pages_2m"] + s["pages_1g"]),
     ),
     Source(
         "thp_coverage",
@@ -473,7 +475,7 @@ REAL_ONLY = (
     _real(
         "emulated_instructions",
         "instructions",
-        "guest instructions KVM emulated (0 when the guest runs natively)",
+        "guest instructions KVM emulated: a natively running guest's exits to the host alone (one `out` per chunk)",
         "trace kvm:kvm_emulate_insn",
     ),
     _real("vcpu_tlb_flushes", "flushes", "TLB flushes the vCPUs took on entry, summed", "KVM vCPU statistic tlb_flush"),
@@ -497,7 +499,7 @@ REAL_ONLY_VALUES: dict[str, Callable[[Observation], Value]] = {
     "pages_reclaimed": _traced((SHRINK,), lambda t: t.sum(SHRINK, "nr_reclaimed", reclaimers)),
     "spte_installs": _traced(("kvmmmu:kvm_mmu_set_spte",), lambda t: t.count("kvmmmu:kvm_mmu_set_spte", "run")),
     "emulated_instructions": _traced(("kvm:kvm_emulate_insn",), lambda t: t.count("kvm:kvm_emulate_insn", "run")),
-    "vcpu_tlb_flushes": _kvm("kvm_vcpus", lambda s: s["tlb_flush"]),
+    "vcpu_tlb_flushes": _kvm(lambda s: s["tlb_flush"]),
     "memcg_failcnt": _memcg(lambda s: s.failcnt),
     "memcg_max_usage_bytes": _memcg(lambda s: s.max_usage_bytes),
     "trace_lost_events": lambda o: None if o.trace is None else o.trace.lost_events,

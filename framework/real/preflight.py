@@ -9,7 +9,8 @@ the guest and a margin, too little disk for the swap file.
 import os
 from pathlib import Path
 
-from . import HostError, cgroup, swapfile, tracing
+from . import cgroup, swapfile, tracing
+from .errors import HostError
 
 MIB = 1 << 20
 DEFAULT_MARGIN_BYTES = 512 * MIB  # the harness, the trace buffers, and room for everyone else

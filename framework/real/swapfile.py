@@ -24,7 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import HostError, mounts
+from . import mounts
+from .errors import HostError
 
 DEFAULT_DIRECTORY = Path("/var/tmp/mmnsim-real")
 DEFAULT_PRIORITY = 10  # above the -2, -3, ... the kernel gives swap areas switched on without one
