@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,25 @@ def test_the_format_parser_reads_a_header_page():
     fields = tracing.parse_fields(text)
     assert (fields["commit"].offset, fields["commit"].size, fields["commit"].signed) == (8, 8, True)
     assert fields["data"].offset == 16
+
+
+def test_a_run_is_entered_in_the_main_thread_only(tmp_path):
+    """Off the main thread no signal handler (SIGTERM, the time limit) could be installed: refused, before
+    anything is swept or created."""
+    errors = []
+
+    def enter() -> None:
+        try:
+            with cleanup.RunResources("pytest-thread", time_limit_s=5, state_dir=tmp_path):
+                pass
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    assert errors and "main thread" in errors[0]
+    assert not list(tmp_path.iterdir())
 
 
 def test_preflight_needs_root(monkeypatch):

@@ -335,14 +335,16 @@ class RunResources:
         self._deferred: str | None = None
 
     def __enter__(self) -> "RunResources":
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("RunResources must be entered in the main thread: it handles SIGTERM, SIGHUP and "
+                               "the time limit's SIGALRM there")  # fmt: skip
         self.swept = sweep(self.state_dir, self.swap_dirs)
         self.record = Record.new(self.name, self.state_dir)
         self.record.save()
-        if threading.current_thread() is threading.main_thread():
-            for sig in RUN_SIGNALS:
-                self._handlers[sig] = signal.signal(sig, self._on_signal)
-            if self.time_limit_s:
-                signal.setitimer(signal.ITIMER_REAL, self.time_limit_s)
+        for sig in RUN_SIGNALS:
+            self._handlers[sig] = signal.signal(sig, self._on_signal)
+        if self.time_limit_s:
+            signal.setitimer(signal.ITIMER_REAL, self.time_limit_s)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -402,7 +404,7 @@ class RunResources:
         if self.record is None:
             return
         self._closing = True
-        if self._handlers:
+        if self.time_limit_s:
             signal.setitimer(signal.ITIMER_REAL, 0)
         failure: BaseException | None = None
         try:
@@ -419,7 +421,7 @@ class RunResources:
                 self.record.path.unlink(missing_ok=True)
         finally:
             for sig, handler in self._handlers.items():
-                signal.signal(sig, handler)
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: one not set from Python
             self._handlers = {}
             self.record = None
             self._closing = False
