@@ -145,6 +145,8 @@ class Simulation:
         self.registry = Registry.from_plugins(self.pm)
         classes = [cls for kind in self.registry.classes.values() for cls in kind.values()]
         self.catalogue: Catalogue = catalogue(plugin_declarations([*self.pm.get_plugins(), *classes]))
+        if cfg.get("backend", "sim") != "sim":  # the real twin is the mmnsim command's (mmnsim.real.run), not this
+            raise ConfigError(f"backend={cfg.get('backend')}: the simulator runs backend=sim only")
         settings = load_settings(cfg, self.registry)
         self.seed = settings.seed
         self.host_cfg = settings.host
