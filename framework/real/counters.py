@@ -6,11 +6,12 @@ statistics (read by the KVM module through KVM_GET_STATS_FD; passed in here as d
 own fault counts (``process_faults``, ``thread_faults``, ``rusage_faults``; fs/proc/array.c do_task_stat,
 charged by mm/memory.c mm_account_fault to the task that faulted, KVM's get_user_pages faults included).
 
-``SOURCES`` maps each mmnsim metric the twin can observe (same name, same meaning as the model's; see
-framework/metrics.py) to its source, with the caveats; ``UNOBSERVED`` names each metric it cannot
-observe and why: such a metric is **absent** from the twin's results, never 0. ``REAL_ONLY`` declares
-what only the twin reports (lost trace events, young-op calls, DAMON's share, ...). ``metrics(obs)``
-computes them all from one ``Observation``; a source not read leaves its metric absent.
+The metric registry (framework/metrics.py) names where the twin reads each metric (``REAL_SOURCES``: same
+name, same meaning as the model's, with the caveats), why it cannot observe the others (``REAL_UNOBSERVED``:
+such a metric is **absent** from the twin's results, never 0), and declares what only the twin reports
+(``REAL_ONLY``: lost trace events, young-op calls, DAMON's share, ...). This module computes them:
+``VALUES`` and ``REAL_ONLY_VALUES``, joined with the registry's words in ``SOURCES``; ``metrics(obs)`` computes
+them all from one ``Observation``; a source not read leaves its metric absent.
 
 Two facts of this kernel shape the choices (both checked on the project's machines, Linux 6.18):
 - /proc/vmstat counts reclaim under a cgroup limit in neither pgscan_* nor pgsteal_*
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..metrics import FRAMEWORK, Metric
+from ..metrics import FRAMEWORK, REAL_ONLY, REAL_SOURCES, REAL_UNOBSERVED
 from .cgroup import CgroupSample
 from .tracing import TraceCounts, damon, reclaimers
 
@@ -120,6 +121,8 @@ class Observation:
     kvm: dict[str, int] | None = None
     guest_bytes: int | None = None  # the memslots' size
     guest_huge_bytes: int | None = None  # anon_huge_bytes over the memslots, at the end
+    eager_releases: int | None = None  # the eager_release policy's round trips (None: no such policy)
+    harness_rss_bytes: int | None = None  # the tenant processes' memory before they joined the cgroup
 
 
 Value = int | float | None
@@ -178,8 +181,8 @@ def guest_invalidator(who: str) -> bool:
 
 @dataclass(frozen=True)
 class Source:
-    """Where the twin reads one metric: ``source`` as the metric registry names it, what differs from the
-    model's meaning in ``caveat``, and ``value`` computing it (None: not observed)."""
+    """Where the twin reads one metric: ``source`` and ``caveat`` as the metric registry names them
+    (mmnsim.metrics REAL_SOURCES), and ``value`` computing it (None: not observed)."""
 
     metric: str
     source: str
@@ -187,307 +190,61 @@ class Source:
     value: Callable[[Observation], Value]
 
 
-SOURCES = (
-    Source("accesses", "the guest's replay", "accesses in the chunks the guest completed", lambda o: o.accesses),
-    Source("accesses_attempted", "the guest's replay", "accesses the guest was given", lambda o: o.accesses_attempted),
-    Source(
-        "accesses_failed",
-        "the guest's replay",
-        "given minus completed: a guest killed (OOM) mid-run",
-        lambda o: None if o.accesses is None or o.accesses_attempted is None else o.accesses_attempted - o.accesses,
-    ),
-    Source("writes", "the guest's replay", "writes in the access list the guest completed", lambda o: o.writes),
-    Source(
-        "minor_faults",
-        "memory.stat pgfault - pgmajfault (the run's cgroup)",
-        "every fault of the tenants' tasks, KVM's get_user_pages faults for the guest included "
-        "(mm_account_fault), but also the harness code's own in the tenant processes and faults that failed",
-        _memcg(lambda s: s.stat["pgfault"] - s.stat["pgmajfault"]),
-    ),
-    Source(
-        "major_faults",
-        "memory.stat pgmajfault (the run's cgroup)",
-        "faults that read from swap (do_swap_page) or, rarely, read a file page from disk (filemap_fault)",
-        _memcg(lambda s: s.stat["pgmajfault"]),
-    ),
-    Source(
-        "swap_outs",
-        "/proc/vmstat pswpout",
-        "machine-wide: exact while nothing else on the machine swaps",
-        _vm("pswpout"),
-    ),
-    Source(
-        "swap_ins",
-        "/proc/vmstat pswpin",
-        "machine-wide; counts swap readahead's pages too (swapin_readahead), some never used",
-        _vm("pswpin"),
-    ),
-    Source(
-        "secondary_faults",
-        "KVM vCPU statistic pf_fixed, summed over vCPUs",
-        "shadow-MMU faults that installed an spte; one fault maps up to 8 (prefetch: kvmmmu:kvm_mmu_set_spte "
-        "counts entries); pf_taken also counts faults that retried or were emulated",
-        _kvm(lambda s: s["pf_fixed"]),
-    ),
-    Source(
-        "invalidations",
-        f"trace {UNMAP}: calls meeting the memslots",
-        "one per invalidate_range_start KVM received for guest RAM, by the run's threads or a kernel thread "
-        "(not another process's VM, not DAMON); a kernel thread's call for another VM at the same host "
-        "addresses would count too (the event names no VM); calls for the harness's own memory in the mm are "
-        "left out, which the model does not have",
-        _traced((UNMAP,), lambda t: t.calls_inside(UNMAP, guest_invalidator)),
-    ),
-    Source(
-        "young_pages_aged",
-        f"trace {AGE}: pages meeting the memslots, by reclaim",
-        "pages of clear_flush_young calls from reclaim (the run's threads in memcg direct reclaim, and kswapd);"
-        " DAMON's aging is apart (damon_young_calls)",
-        _traced((AGE,), lambda t: t.pages_inside(AGE, reclaimers)),
-    ),
-    Source(
-        "tlb_flushes",
-        "KVM VM statistic remote_tlb_flush_requests",
-        "every kvm_flush_remote_tlbs call, the notifier's and the shadow MMU's own (zapped shadow pages, "
-        "write protection); remote_tlb_flush counts those that sent requests",
-        _kvm(lambda s: s["remote_tlb_flush_requests"]),
-    ),
-    Source(
-        "pgscan",
-        f"trace {SHRINK}: nr_scanned by reclaim",
-        "pages isolated from the inactive lists, as the kernel's pgscan; v1 memory.stat has none and "
-        "/proc/vmstat leaves out reclaim under a cgroup limit",
-        _traced((SHRINK,), lambda t: t.sum(SHRINK, "nr_scanned", reclaimers)),
-    ),
-    Source(
-        "direct_reclaims",
-        f"trace {MEMCG_RECLAIM} + {DIRECT_RECLAIM} by the run's threads",
-        "calls of try_to_free_mem_cgroup_pages (or global direct reclaim): try_charge_memcg calls it up to "
-        "MAX_RECLAIM_RETRIES + 1 times for one charge, the model counts allocations",
-        _traced(
-            (MEMCG_RECLAIM, DIRECT_RECLAIM), lambda t: t.count(MEMCG_RECLAIM, "run") + t.count(DIRECT_RECLAIM, "run")
-        ),
-    ),
-    Source(
-        "kswapd_wakeups", "/proc/vmstat pageoutrun", "machine-wide; a cgroup limit wakes no kswapd", _vm("pageoutrun")
-    ),
-    Source("thp_fault_alloc", "/proc/vmstat thp_fault_alloc", "machine-wide", _vm("thp_fault_alloc")),
-    Source("thp_fault_fallback", "/proc/vmstat thp_fault_fallback", "machine-wide", _vm("thp_fault_fallback")),
-    Source(
-        "thp_split",
-        "/proc/vmstat thp_split_page",
-        "machine-wide; thp_split_pmd counts PMD splits that keep the page whole",
-        _vm("thp_split_page"),
-    ),
-    Source("thp_collapse_alloc", "/proc/vmstat thp_collapse_alloc", "machine-wide", _vm("thp_collapse_alloc")),
-    Source(
-        "compact_stall",
-        "/proc/vmstat compact_stall",
-        "machine-wide; direct compactions of any order",
-        _vm("compact_stall"),
-    ),
-    Source("pages_migrated", "/proc/vmstat pgmigrate_success", "machine-wide", _vm("pgmigrate_success")),
-    Source("migrations_refused", "/proc/vmstat pgmigrate_fail", "machine-wide", _vm("pgmigrate_fail")),
-    Source(
-        "pins_acquired",
-        "/proc/vmstat nr_foll_pin_acquired",
-        "machine-wide; KVM takes none; the pin mode's io_uring stand-in does (pin_user_pages), its mlock fallback not",
-        _vm("nr_foll_pin_acquired"),
-    ),
-    Source("pins_released", "/proc/vmstat nr_foll_pin_released", "machine-wide", _vm("nr_foll_pin_released")),
-    Source("cow_ksm", "/proc/vmstat cow_ksm", "machine-wide; present with CONFIG_KSM", _vm("cow_ksm")),
-    Source(
-        "numa_hint_faults",
-        "/proc/vmstat numa_hint_faults",
-        "machine-wide; present with NUMA balancing",
-        _vm("numa_hint_faults"),
-    ),
-    Source(
-        "numa_hint_faults_local", "/proc/vmstat numa_hint_faults_local", "machine-wide", _vm("numa_hint_faults_local")
-    ),
-    Source(
-        "oom_kills",
-        "memory.oom_control oom_kill (the run's cgroup)",
-        "the group's OOM kills only",
-        _memcg(lambda s: s.oom_kills),
-    ),
-    Source(
-        "swap_used",
-        "memory.stat swap / page size (the run's cgroup)",
-        "swap space charged to the tenants when the replay ended",
-        _memcg(lambda s: s.stat["swap"] // PAGE),
-    ),
-    Source(
-        "free_frames",
-        "(memory.limit_in_bytes - memory.usage_in_bytes) / page size",
-        "the limited host's room when the replay ended; usage counts page cache and kernel memory too",
-        _memcg(lambda s: max(0, s.limit_bytes - s.usage_bytes) // PAGE),
-    ),
-    Source(
-        "resident_pages",
-        "memory.stat rss / page size (the run's cgroup)",
-        "anonymous memory and swap cache of the tenants, THPs included",
-        _memcg(lambda s: s.stat["rss"] // PAGE),
-    ),
-    Source(
-        "pinned_pages",
-        "memory.stat unevictable / page size (the run's cgroup)",
-        "mlocked pages: the pin mode's stand-in",
-        _memcg(lambda s: s.stat["unevictable"] // PAGE),
-    ),
-    Source(
-        "huge_mapped_fraction",
-        "KVM VM statistics pages_2m / (pages_4k + pages_2m + pages_1g)",
-        "sptes by size when the replay ended",
-        _kvm(lambda s: s["pages_2m"] / (s["pages_4k"] + s["pages_2m"] + s["pages_1g"])),
-    ),
-    Source(
-        "secondary_mapped_pages",
-        "KVM VM statistics pages_4k + pages_2m + pages_1g",
-        "sptes present when read",
-        _kvm(lambda s: s["pages_4k"] + s["pages_2m"] + s["pages_1g"]),
-    ),
-    Source(
-        "thp_coverage",
-        "/proc/PID/smaps AnonHugePages over the memslots / their size",
-        "when the replay ended",
-        lambda o: _ratio(o.guest_huge_bytes, o.guest_bytes),
-    ),
-    Source(
-        "sim_time_ns",
-        "the replay's wall time",
-        "this machine's time: it is itself a guest, every exit costly",
-        lambda o: o.replay_ns,
-    ),
-    Source(
-        "sim_time_ns_per_access",
-        "the replay's wall time / accesses",
-        "as sim_time_ns",
-        lambda o: _ratio(o.replay_ns, o.accesses),
-    ),
-    Source(
-        "wall_seconds", "the run's wall time", "the whole run: setup, boot pass and teardown", lambda o: o.wall_seconds
-    ),
-)
-
-_MODEL_ONLY = "the model's own bookkeeping: nothing of the kernel's corresponds"
-_NO_TRUTH = "needs the ground truth of which frame holds which page, which only the model has"
-UNOBSERVED = {
-    "fault_retries": "KVM keeps no statistic of RET_PF_RETRY (kvm_mmu_page_fault retries silently)",
-    "alloc_failures": "a failed charge ends in the group's OOM killer or SIGBUS: no counter",
-    "oom_events": "cgroup v1 has no memory.events; out_of_memory() has no tracepoint (oom_kills is observed)",
-    "access_errors": "the guest's replay has no failing access: a fault it cannot take stops the run",
-    "isolation_violations": _NO_TRUTH,
-    "coherence_violations": _NO_TRUTH,
-    "stale_reads": _NO_TRUTH,
-    "stale_writes": _NO_TRUTH,
-    "foreign_writes": _NO_TRUTH,
-    "remote_accesses": "the frame behind each guest access is not observable",
-    "access_distance": "the frame behind each guest access is not observable",
-    "remote_access_fraction": "the frame behind each guest access is not observable",
-    "effective_access_ns": "a model figure (access_ns by NUMA distance)",
-    "pin_skipped": "reclaim counts no skipped pinned folios",
-    "compact_success": "the kernel's compact_success counts compaction runs, the model's pageblocks emptied",
-    "compact_fail": "the kernel's compact_fail counts compaction runs, the model's pageblocks a pin kept",
-    "huge_accesses": "the guest cannot tell which of its accesses went through a 2 MiB mapping",
-    "invalidations_refused": "only non-blockable invalidations (the OOM reaper) can be refused; no counter",
-    "swap_write_errors": "no counter of failed swap writes (a disk error is logged)",
-    "swap_read_errors": "no counter of failed swap reads",
-    **{
-        f"invalidations_{e}": "kvm:kvm_unmap_hva_range carries no mmu_notifier_event; no tracepoint does"
-        for e in (
-            "unmap",
-            "clear",
-            "protection_vma",
-            "protection_page",
-            "soft_dirty",
-            "release",
-            "migrate",
-            "exclusive",
-        )
-    },
-    "oom_reaper_refusals": "no counter (the reaper logs and retries)",
-    "oom_reaped_pages": "the oom:finish_task_reaping event reports the victim's RSS, not pages torn down per range",
-    "invalidate_page_calls": "the invalidate_page op was removed in 4.13; kernel=2008 only",
-    "race_windows": "a model parameter (engine.race_window), not an event",
-    "oom_ticks": _MODEL_ONLY,
-    "pages_zapped": "the shadow MMU has no per-spte zap tracepoint; pages_invalidated counts the pages KVM was told",
-    "tlb_flush_ipis": "KVM counts no kicks (vcpu_tlb_flushes counts flushes the vCPUs took)",
-    "flush_cost_ns": "a model cost",
-    "translation_ns": "a model cost (page walks)",
-    "translation_ns_per_access": "a model cost (page walks)",
-    "forced_pin": "kernel=2008 only",
-    "pinned_pages_peak": "sampled per tick in the model; the real run samples once",
-    "integrity_violations": _NO_TRUTH,
-    "pin_violations": _NO_TRUTH,
-    "conservation_violations": _NO_TRUTH,
-    "accessed_violations": _NO_TRUTH,
-    "permission_violations": _NO_TRUTH,
-    "invariant_violations": _NO_TRUTH,
-    "tick": _MODEL_ONLY,
-    "ticks": _MODEL_ONLY,
-    "oom_victims": "the OOM killer names its victims in the kernel log; oom_kills counts them",
-    "host_cpu_ns": "a model figure; the host's CPU time is not split by purpose",
-    "guest_stall_ns": "a model figure",
-    "stall_fraction": "a model figure",
-    "change_pte_applied": "change_pte was removed in 6.9; this kernel has no such callback",
-}
+def _pinned(obs: Observation) -> Value:
+    """mlocked pages (the cgroup's unevictable) plus long-term pins held (acquired less released)."""
+    if obs.memcg is None or obs.vmstat is None or "nr_foll_pin_acquired" not in obs.vmstat:
+        return None
+    pins = obs.vmstat["nr_foll_pin_acquired"] - obs.vmstat.get("nr_foll_pin_released", 0)
+    return obs.memcg.stat["unevictable"] // PAGE + max(0, pins)
 
 
-def _real(name: str, unit: str, meaning: str, source: str) -> Metric:
-    return Metric(name, unit, int, meaning, kernel=source)
-
-
-# Declarations for the twin's registry: figures only the real kernel gives, with their sources.
-REAL_ONLY = (
-    _real(
-        "pages_invalidated",
-        "pages",
-        "guest pages in the invalidations KVM received (notifier ranges met with the "
-        "memslots, by the run's threads and kernel threads)",
-        f"trace {UNMAP}",
+# How each metric the twin observes is computed; the registry (mmnsim.metrics) says where it comes from.
+VALUES: dict[str, Callable[[Observation], Value]] = {
+    "accesses": lambda o: o.accesses,
+    "accesses_attempted": lambda o: o.accesses_attempted,
+    "accesses_failed": lambda o: None if o.accesses is None or o.accesses_attempted is None
+    else o.accesses_attempted - o.accesses,
+    "writes": lambda o: o.writes,
+    "minor_faults": _memcg(lambda s: s.stat["pgfault"] - s.stat["pgmajfault"]),
+    "major_faults": _memcg(lambda s: s.stat["pgmajfault"]),
+    "swap_outs": _vm("pswpout"),
+    "swap_ins": _vm("pswpin"),
+    "secondary_faults": _kvm(lambda s: s["pf_fixed"]),
+    "invalidations": _traced((UNMAP,), lambda t: t.calls_inside(UNMAP, guest_invalidator)),
+    "young_pages_aged": _traced((AGE,), lambda t: t.pages_inside(AGE, reclaimers)),
+    "tlb_flushes": _kvm(lambda s: s["remote_tlb_flush_requests"]),
+    "pgscan": _traced((SHRINK,), lambda t: t.sum(SHRINK, "nr_scanned", reclaimers)),
+    "direct_reclaims": _traced(
+        (MEMCG_RECLAIM, DIRECT_RECLAIM), lambda t: t.count(MEMCG_RECLAIM, "run") + t.count(DIRECT_RECLAIM, "run")
     ),
-    _real("age_calls", "calls", "clear(_flush)_young calls on guest memory by reclaim", f"trace {AGE}"),
-    _real(
-        "test_age_calls",
-        "calls",
-        "test_young calls on guest memory, DAMON's left out (khugepaged's)",
-        f"trace {TEST_AGE}",
-    ),
-    _real(
-        "damon_young_calls",
-        "calls",
-        "DAMON's kdamond's young-op calls on guest memory (age and test-age)",
-        f"trace {AGE}, {TEST_AGE} by kdamond",
-    ),
-    _real(
-        "pages_reclaimed",
-        "pages",
-        "pages reclaim freed from the inactive lists (the kernel's pgsteal)",
-        f"trace {SHRINK} nr_reclaimed",
-    ),
-    _real(
-        "spte_installs",
-        "sptes",
-        "shadow-MMU entries installed by the run's vCPUs (prefetch included)",
-        "trace kvmmmu:kvm_mmu_set_spte",
-    ),
-    _real(
-        "emulated_instructions",
-        "instructions",
-        "guest instructions KVM emulated: a natively running guest's exits to the host alone (one `out` per chunk)",
-        "trace kvm:kvm_emulate_insn",
-    ),
-    _real("vcpu_tlb_flushes", "flushes", "TLB flushes the vCPUs took on entry, summed", "KVM vCPU statistic tlb_flush"),
-    _real("memcg_failcnt", "charges", "charges that hit the cgroup limit", "memory.failcnt"),
-    _real("memcg_max_usage_bytes", "bytes", "the cgroup's peak charge", "memory.max_usage_in_bytes"),
-    _real(
-        "trace_lost_events",
-        "events",
-        "trace events the ring buffer lost (overrun, dropped): counts from the trace are low by at most this much",
-        "per_cpu/cpuN/stats",
-    ),
-)
+    "kswapd_wakeups": _vm("pageoutrun"),
+    "thp_fault_alloc": _vm("thp_fault_alloc"),
+    "thp_fault_fallback": _vm("thp_fault_fallback"),
+    "thp_split": _vm("thp_split_page"),
+    "thp_collapse_alloc": _vm("thp_collapse_alloc"),
+    "compact_stall": _vm("compact_stall"),
+    "pages_migrated": _vm("pgmigrate_success"),
+    "migrations_refused": _vm("pgmigrate_fail"),
+    "pins_acquired": _vm("nr_foll_pin_acquired"),
+    "pins_released": _vm("nr_foll_pin_released"),
+    "cow_ksm": _vm("cow_ksm"),
+    "numa_hint_faults": _vm("numa_hint_faults"),
+    "numa_hint_faults_local": _vm("numa_hint_faults_local"),
+    "oom_kills": _memcg(lambda s: s.oom_kills),
+    "swap_used": _memcg(lambda s: s.stat["swap"] // PAGE),
+    "free_frames": _memcg(lambda s: max(0, s.limit_bytes - s.usage_bytes) // PAGE),
+    "resident_pages": _memcg(lambda s: s.stat["rss"] // PAGE),
+    "pinned_pages": _pinned,
+    "huge_mapped_fraction": _kvm(lambda s: s["pages_2m"] / (s["pages_4k"] + s["pages_2m"] + s["pages_1g"])),
+    "secondary_mapped_pages": _kvm(lambda s: s["pages_4k"] + s["pages_2m"] + s["pages_1g"]),
+    "thp_coverage": lambda o: _ratio(o.guest_huge_bytes, o.guest_bytes),
+    "sim_time_ns": lambda o: o.replay_ns,
+    "sim_time_ns_per_access": lambda o: _ratio(o.replay_ns, o.accesses),
+    "wall_seconds": lambda o: o.wall_seconds,
+    "eager_releases": lambda o: o.eager_releases,
+}  # fmt: skip
+SOURCES = tuple(Source(name, *REAL_SOURCES[name], value) for name, value in VALUES.items())
+UNOBSERVED = REAL_UNOBSERVED
 
 REAL_ONLY_VALUES: dict[str, Callable[[Observation], Value]] = {
     "pages_invalidated": _traced((UNMAP,), lambda t: t.pages_inside(UNMAP, guest_invalidator)),
@@ -502,6 +259,8 @@ REAL_ONLY_VALUES: dict[str, Callable[[Observation], Value]] = {
     "vcpu_tlb_flushes": _kvm(lambda s: s["tlb_flush"]),
     "memcg_failcnt": _memcg(lambda s: s.failcnt),
     "memcg_max_usage_bytes": _memcg(lambda s: s.max_usage_bytes),
+    "wall_ns_per_access": lambda o: _ratio(None if o.wall_seconds is None else o.wall_seconds * 1e9, o.accesses),
+    "harness_rss_bytes": lambda o: o.harness_rss_bytes,
     "trace_lost_events": lambda o: None if o.trace is None else o.trace.lost_events,
 }
 
