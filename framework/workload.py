@@ -134,7 +134,9 @@ class WorkloadStream:
         return np.concatenate(parts), np.concatenate(writes)
 
 
-def client_streams(seed: int, tenants: "Sequence[TenantSpec]") -> tuple[list[list[WorkloadStream]], np.random.Generator]:
+def client_streams(
+    seed: int, tenants: "Sequence[TenantSpec]"
+) -> tuple[list[list[WorkloadStream]], np.random.Generator]:
     """Every client's access stream, as a run of ``seed`` issues them, and the generator left for host
     policies. The one place streams are made: the simulator and the real twin (``backend=real``) both call
     it, so the two replay the identical access sequence.

@@ -8,9 +8,12 @@ until the parent's ``create`` request, so the parent can first move this process
 
 Requests and answers are pickled tuples over a Unix socket (multiprocessing.connection framing):
 
-    ("create", {memory_mib, vcpus, guest_thp, chunk_accesses})  -> {"ram_range", "ram_gpa", "vcpu_tids"}
+    ("create", {kind, memory_mib, vcpus, guest_thp, chunk_accesses})  -> {"ram_range", "ram_gpa", "vcpu_tids"}
+        kind "kvm": a KVM guest (mmnsim.real.machine); "process": plain memory the process touches itself
+        (mmnsim.real.plain: a tenant of ``processes``)
     ("run", {"counts": [per vCPU]})      -> seconds: vCPU v replays counts[v] entries of its buffer region
     ("madvise", {advice, first_page, pages})
+    ("mprotect", {protection, first_page, pages})
     ("pin", {"method"})                  -> (method used, note)
     ("unpin", {})
     ("stats", {})                        -> (VM statistics, [each vCPU's statistics]), as kvm.Stat by name
@@ -29,6 +32,7 @@ import traceback
 from multiprocessing.connection import Connection
 
 from .machine import GuestError, Machine, name_this_thread
+from .plain import PlainMemory
 
 PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
 EXPECTED_ERRORS = (OSError, GuestError, ValueError)  # reported in one line; anything else with its traceback
@@ -55,25 +59,34 @@ def rss_bytes(pid: int | str = "self") -> int:
 class _Server:
     def __init__(self, buffer_fd: int):
         self.buffer_fd = buffer_fd
-        self.machine: Machine | None = None
+        self.machine: Machine | PlainMemory | None = None
 
-    def _need_machine(self) -> Machine:
+    def _need_machine(self) -> Machine | PlainMemory:
         if self.machine is None:
             raise GuestError("no guest yet: send 'create' first")
         return self.machine
 
-    def create(self, memory_mib: int, vcpus: int, guest_thp: bool, chunk_accesses: int) -> dict:
+    def create(self, kind: str, memory_mib: int, vcpus: int, guest_thp: bool, chunk_accesses: int) -> dict:
         if self.machine is not None:
             raise GuestError("this process already has its guest")
-        self.machine = Machine(memory_mib, vcpus, guest_thp, self.buffer_fd, chunk_accesses)
-        machine = self.machine
-        return {"ram_range": machine.ram_range, "ram_gpa": machine.layout.ram_start, "vcpu_tids": machine.vcpu_tids}
+        if kind == "kvm":
+            self.machine = machine = Machine(memory_mib, vcpus, guest_thp, self.buffer_fd, chunk_accesses)
+            ram_gpa = machine.layout.ram_start
+        elif kind == "process":
+            self.machine = machine = PlainMemory(memory_mib, self.buffer_fd, chunk_accesses)
+            ram_gpa = 0
+        else:
+            raise ValueError(f"unknown kind {kind!r}; accepted: kvm, process")
+        return {"ram_range": machine.ram_range, "ram_gpa": ram_gpa, "vcpu_tids": machine.vcpu_tids}
 
     def run(self, counts: list[int]) -> float:
         return self._need_machine().run(counts)
 
     def madvise(self, advice: str, first_page: int, pages: int | None) -> None:
         self._need_machine().madvise(advice, first_page, pages)
+
+    def mprotect(self, protection: str, first_page: int, pages: int | None) -> None:
+        self._need_machine().mprotect(protection, first_page, pages)
 
     def pin(self, method: str) -> tuple[str, str]:
         return self._need_machine().pin(method)
@@ -103,7 +116,11 @@ def serve(conn: Connection, buffer_fd: int) -> None:
                 server.close()
                 conn.send(("ok", None))
                 return
-            handler = getattr(server, op, None) if op in ("create", "run", "madvise", "pin", "unpin", "stats") else None
+            handler = (
+                getattr(server, op, None)
+                if op in ("create", "run", "madvise", "mprotect", "pin", "unpin", "stats")
+                else None
+            )
             try:
                 if handler is None:
                     raise GuestError(f"unknown request {op!r}")

@@ -134,7 +134,7 @@ def _policies(policies: dict) -> None:
     if "swap" not in policies:
         raise ConfigError("policies: without swap the model never reclaims, but the kernel always does; the real "
                           "twin needs swap in policies (it is the kernel's own reclaim)")  # fmt: skip
-    for name, (_, cfg) in policies.items():
+    for name in policies:
         if name not in SUPPORTED_POLICIES:
             why = {
                 "numa": "NUMA balancing is machine-wide (kernel.numa_balancing sysctls), and this machine has "

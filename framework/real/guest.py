@@ -84,12 +84,15 @@ class Guest:
 
     ``guest_thp``: the guest maps its RAM with 2 MiB pages (else 4 KiB). ``chunk_accesses``: entries per vCPU
     per exit to the host (a multiple of 1024). ``timeout``: seconds to wait for any one answer from the child
-    (``start_timeout`` for its start). Not thread-safe: one thread drives a guest.
+    (``start_timeout`` for its start). ``kind="process"``: no KVM, the child touches its memory itself, one
+    thread (``mmnsim.real.plain``: a plain tenant; ``Process`` makes one). Not thread-safe: one thread drives
+    a guest. ``accesses_done`` and ``writes_done`` count what it completed, chunk by chunk (a batch cut short
+    by the child's death counts its completed chunks).
     """
 
     def __init__(self, memory_mib: int, vcpus: int = 1, guest_thp: bool = False, *, chunk_accesses: int = 1 << 20,
                  before_ram: Callable[[int], None] | None = None, timeout: float = 600.0,
-                 start_timeout: float = 60.0):  # fmt: skip
+                 start_timeout: float = 60.0, kind: str = "kvm"):  # fmt: skip
         if chunk_accesses < 1024 or chunk_accesses % 1024:
             raise ValueError(f"chunk_accesses must be a positive multiple of 1024, got {chunk_accesses}")
         if vcpus < 1:
@@ -98,6 +101,9 @@ class Guest:
         self.ram_pages = (memory_mib << 20) // PAGE_SIZE
         self.chunk_accesses = chunk_accesses
         self.timeout = timeout
+        self.kind = kind
+        self.accesses_done = self.writes_done = 0
+        self.chunk_exits = 0  # exits to the host the replay made (KVM: one emulated `out` per vCPU per chunk)
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._buffer: mmap.mmap | None = None
@@ -107,7 +113,8 @@ class Guest:
             self._start(start_timeout)
             if before_ram is not None:
                 before_ram(self.pid)
-            args = {"memory_mib": memory_mib, "vcpus": vcpus, "guest_thp": guest_thp, "chunk_accesses": chunk_accesses}
+            args = {"kind": kind, "memory_mib": memory_mib, "vcpus": vcpus, "guest_thp": guest_thp,
+                    "chunk_accesses": chunk_accesses}  # fmt: skip
             info = self._call("create", args)
             self.ram_range: tuple[int, int] = info["ram_range"]  # host virtual [start, end) of guest RAM
             self.ram_gpa: int = info["ram_gpa"]  # guest-physical address of guest page 0
@@ -210,6 +217,11 @@ class Guest:
                 first, count = position[v], counts[v]
                 program.encode(pages[first : first + count], writes[first : first + count], self._lists[v, :count])
             seconds += self._call("run", {"counts": counts.tolist()})
+            self.accesses_done += int(counts.sum())
+            self.chunk_exits += int(np.count_nonzero(counts))
+            self.writes_done += sum(
+                int(np.count_nonzero(writes[p : p + c])) for p, c in zip(position, counts, strict=True)
+            )
             position += counts
         return seconds
 
@@ -218,6 +230,11 @@ class Guest:
         in the guest process: ``hugepage``, ``nohugepage``, ``dontneed``, ``pageout``, ``cold``, ...
         (``mmnsim.real.hostmem.ADVICE``)."""
         self._call("madvise", {"advice": advice, "first_page": first_page, "pages": pages})
+
+    def mprotect(self, protection: str, first_page: int = 0, pages: int | None = None) -> None:
+        """``mprotect(2)`` of guest pages to ``none``, ``read`` or ``rw`` (``mmnsim.real.hostmem.PROTECTION``): the
+        pages stay, and KVM is told with one MMU_NOTIFY_PROTECTION_VMA invalidation per page-table range."""
+        self._call("mprotect", {"protection": protection, "first_page": first_page, "pages": pages})
 
     def pin(self, method: str = "auto") -> tuple[str, str]:
         """Pin all guest RAM (``mmnsim.real.pin``: io_uring's long-term pin, or mlock). Returns the method used
@@ -235,6 +252,8 @@ class Guest:
         """KVM's scalar statistics now, by name: the VM's (remote_tlb_flush, pages_4k, pages_2m, ...) and the
         vCPUs' (pf_fixed, pf_taken, exits, ...) summed over the vCPUs (a ``peak`` one: the largest)."""
         vm, vcpus = self.kvm_stats()
+        if not vcpus:  # a plain process: no KVM
+            return {}
         totals = {name: stat.value for name, stat in vm.items() if len(stat.values) == 1}
         for name, stat in vcpus[0].items():
             if len(stat.values) == 1:
@@ -297,3 +316,10 @@ class Guest:
 
     def __exit__(self, exc_type, *exc) -> None:
         self.close(timeout=30.0 if exc_type is None else 2.0)  # after an error (Ctrl-C too), do not wait long
+
+
+def Process(memory_mib: int, **options) -> Guest:  # noqa: N802 (a constructor by another name)
+    """A plain tenant (``processes``): a child process that touches ``memory_mib`` MiB of its own anonymous
+    memory with the access lists it is given, without KVM; the same API as ``Guest`` (``options``: as
+    Guest's keyword arguments). Its ``stats()`` is empty."""
+    return Guest(memory_mib, vcpus=1, guest_thp=False, kind="process", **options)

@@ -31,12 +31,15 @@ ADVICE = {
     "populate_write": 23,  # MADV_POPULATE_WRITE: fault in, writable
     "collapse": 25,  # MADV_COLLAPSE: collapse into THPs now
 }
+# mprotect(2) protections by name (include/uapi/asm-generic/mman-common.h)
+PROTECTION = {"none": 0, "read": mmap.PROT_READ, "rw": mmap.PROT_READ | mmap.PROT_WRITE}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = c_void_p
 _libc.mmap.argtypes = (c_void_p, c_size_t, c_int, c_int, c_int, c_long)
 _libc.munmap.argtypes = (c_void_p, c_size_t)
 _libc.madvise.argtypes = (c_void_p, c_size_t, c_int)
+_libc.mprotect.argtypes = (c_void_p, c_size_t, c_int)
 _libc.mlock.argtypes = (c_void_p, c_size_t)
 _libc.munlock.argtypes = (c_void_p, c_size_t)
 _MAP_FAILED = ctypes.c_void_p(-1).value
@@ -95,6 +98,15 @@ class Mapping:
             raise ValueError(f"unknown madvise advice {advice!r}; accepted: {', '.join(ADVICE)}")
         address, length = self._range(offset, length)
         _check(_libc.madvise(address, length, ADVICE[advice]), f"madvise(MADV_{advice.upper()}) of {length} bytes")
+
+    def mprotect(self, protection: str, offset: int = 0, length: int | None = None) -> None:
+        """``mprotect(2)`` to ``protection`` (a key of ``PROTECTION``) over ``[offset, offset + length)`` bytes.
+        Present pages stay (change_protection rewrites their PTEs), and every notifier subscriber is told with
+        MMU_NOTIFY_PROTECTION_VMA (mm/mprotect.c change_pmd_range)."""
+        if protection not in PROTECTION:
+            raise ValueError(f"unknown protection {protection!r}; accepted: {', '.join(PROTECTION)}")
+        address, length = self._range(offset, length)
+        _check(_libc.mprotect(address, length, PROTECTION[protection]), f"mprotect({protection}) of {length} bytes")
 
     def mlock(self, offset: int = 0, length: int | None = None) -> None:
         """``mlock(2)``: fault the range in and keep it on the unevictable LRU (not a pin: it still migrates)."""

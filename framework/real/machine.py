@@ -170,7 +170,37 @@ class _VcpuThread:
             raise GuestError(f"vcpu {self.vcpu.id} exited with {regs.rcx} of {count} accesses left")
 
 
-class Machine:
+class RamOps:
+    """What the parent may do to a tenant's RAM (``self.ram``, a Mapping) between replays: madvise, mprotect,
+    pin. Shared by the KVM guest (``Machine``) and a plain process's memory (``mmnsim.real.plain``)."""
+
+    ram: Mapping
+    _pin = None
+
+    def madvise(self, advice: str, first_page: int, pages: int | None) -> None:
+        """``madvise`` of guest pages ``[first_page, first_page + pages)`` (all from ``first_page`` when None)."""
+        length = None if pages is None else pages * PAGE_SIZE
+        self.ram.madvise(advice, first_page * PAGE_SIZE, length)
+
+    def mprotect(self, protection: str, first_page: int, pages: int | None) -> None:
+        """``mprotect`` of guest pages ``[first_page, first_page + pages)`` (all from ``first_page`` when None)."""
+        length = None if pages is None else pages * PAGE_SIZE
+        self.ram.mprotect(protection, first_page * PAGE_SIZE, length)
+
+    def pin(self, method: str) -> tuple[str, str]:
+        """Pin all of guest RAM (``mmnsim.real.pin``); returns the method used and a note (why it fell back)."""
+        if self._pin is not None:
+            raise GuestError(f"guest RAM is already pinned ({self._pin.method})")
+        self._pin, note = pin(self.ram, method)
+        return self._pin.method, note
+
+    def unpin(self) -> None:
+        pinned, self._pin = self._pin, None
+        if pinned is not None:
+            pinned.close()
+
+
+class Machine(RamOps):
     """The VM, its three memslots, the program and page tables, and ``vcpus`` vCPU threads.
 
     ``buffer_fd`` is the shared buffer of access lists, ``vcpus * chunk_accesses`` entries of 4 bytes:
@@ -263,23 +293,6 @@ class Machine:
             thread.submit(first, count)
         self._collect(len(busy))
         return time.perf_counter() - start
-
-    def madvise(self, advice: str, first_page: int, pages: int | None) -> None:
-        """``madvise`` of guest pages ``[first_page, first_page + pages)`` (all from ``first_page`` when None)."""
-        length = None if pages is None else pages * PAGE_SIZE
-        self.ram.madvise(advice, first_page * PAGE_SIZE, length)
-
-    def pin(self, method: str) -> tuple[str, str]:
-        """Pin all of guest RAM (``mmnsim.real.pin``); returns the method used and a note (why it fell back)."""
-        if self._pin is not None:
-            raise GuestError(f"guest RAM is already pinned ({self._pin.method})")
-        self._pin, note = pin(self.ram, method)
-        return self._pin.method, note
-
-    def unpin(self) -> None:
-        pinned, self._pin = self._pin, None
-        if pinned is not None:
-            pinned.close()
 
     def stats(self) -> tuple[dict[str, Stat], list[dict[str, Stat]]]:
         """KVM's statistics now: the VM's, and each vCPU's."""
