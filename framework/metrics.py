@@ -638,6 +638,13 @@ REAL_ONLY = (
     _real("memcg_failcnt", "charges", "charges that hit the cgroup limit", "memory.failcnt"),
     _real("memcg_max_usage_bytes", "bytes", "the cgroup's peak charge", "memory.max_usage_in_bytes"),
     _real(
+        "chunk_exits",
+        "exits",
+        "the guest's exits to the host during the replay: one per vCPU per chunk of real.chunk_accesses, each "
+        "one emulated `out` (emulated_instructions equals it when the replay runs natively)",
+        "the twin's own count (mmnsim.real.guest Guest.chunk_exits)",
+    ),
+    _real(
         "wall_ns_per_access",
         "ns/access",
         "the whole run's wall time per completed access: setup, boot pass, replay and teardown",

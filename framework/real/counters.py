@@ -123,6 +123,7 @@ class Observation:
     guest_huge_bytes: int | None = None  # anon_huge_bytes over the memslots, at the end
     eager_releases: int | None = None  # the eager_release policy's round trips (None: no such policy)
     harness_rss_bytes: int | None = None  # the tenant processes' memory before they joined the cgroup
+    chunk_exits: int | None = None  # the guest's exits to the host during the replay (one per vCPU per chunk)
 
 
 Value = int | float | None
@@ -261,6 +262,7 @@ REAL_ONLY_VALUES: dict[str, Callable[[Observation], Value]] = {
     "memcg_max_usage_bytes": _memcg(lambda s: s.max_usage_bytes),
     "wall_ns_per_access": lambda o: _ratio(None if o.wall_seconds is None else o.wall_seconds * 1e9, o.accesses),
     "harness_rss_bytes": lambda o: o.harness_rss_bytes,
+    "chunk_exits": lambda o: o.chunk_exits,
     "trace_lost_events": lambda o: None if o.trace is None else o.trace.lost_events,
 }
 
