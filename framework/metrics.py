@@ -404,9 +404,9 @@ REAL_SOURCES: dict[str, tuple[str, str]] = {
     ),
     "secondary_faults": (
         "KVM vCPU statistic pf_fixed, summed over vCPUs",
-        "shadow-MMU faults that installed an spte; one fault maps up to 8 (prefetch: "
-        "kvmmmu:kvm_mmu_set_spte counts entries); pf_taken also counts faults that retried or were "
-        "emulated",
+        "shadow-MMU faults that installed an spte, from the guest's creation on (its buffer's warm-up "
+        "subtracted); one fault maps up to 8 (prefetch: kvmmmu:kvm_mmu_set_spte counts entries); pf_taken also "
+        "counts faults that retried or were emulated",
     ),
     "invalidations": (
         "trace kvm:kvm_unmap_hva_range: calls meeting the memslots",
@@ -422,8 +422,8 @@ REAL_SOURCES: dict[str, tuple[str, str]] = {
     ),
     "tlb_flushes": (
         "KVM VM statistic remote_tlb_flush_requests",
-        "every kvm_flush_remote_tlbs call, the notifier's and the shadow MMU's own (zapped shadow "
-        "pages, write protection); remote_tlb_flush counts those that sent requests",
+        "every kvm_flush_remote_tlbs call from the guest's creation on, the notifier's and the shadow MMU's own "
+        "(zapped shadow pages, write protection); remote_tlb_flush counts those that sent requests",
     ),
     "pgscan": (
         "trace vmscan:mm_vmscan_lru_shrink_inactive: nr_scanned by reclaim",
@@ -511,11 +511,12 @@ REAL_SOURCES: dict[str, tuple[str, str]] = {
     ),
     "huge_mapped_fraction": (
         "KVM VM statistics pages_2m / (pages_4k + pages_2m + pages_1g)",
-        "sptes by size when the replay ended",
+        "guest RAM's sptes by size when the replay ended (the control and buffer slots' subtracted)",
     ),
     "secondary_mapped_pages": (
         "KVM VM statistics pages_4k + pages_2m + pages_1g",
-        "sptes present when read",
+        "guest RAM's sptes when the replay ended: the VM's count less the control and buffer slots' (read once "
+        "the guest was created)",
     ),
     "thp_coverage": (
         "/proc/PID/smaps AnonHugePages over the memslots / their size",

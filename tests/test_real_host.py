@@ -137,7 +137,7 @@ def test_an_unobserved_source_leaves_its_metrics_absent_not_zero():
 
 
 def test_the_docs_table_of_sources_is_current():
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "real-host.md").read_text()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "real.md").read_text()
     assert counters.markdown() in doc, (
         "regenerate the table: python -c 'from mmnsim.real import counters; print(counters.markdown())'"
     )
