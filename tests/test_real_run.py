@@ -22,10 +22,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import cli
+from conftest import cli, simulation
 from mmnsim.cli import check_overrides, quote_numbered_options
 from mmnsim.config import ConfigError
 from mmnsim.host import THP
+from mmnsim.metrics import catalogue
 from mmnsim.real import cgroup, cleanup, counters, swapfile, tracing
 from mmnsim.real.errors import HostError
 from mmnsim.real.guest import PAGEMAP_PRESENT, Guest, Process
@@ -146,6 +147,15 @@ def test_a_refusal_stops_a_sweep_before_any_job_with_status_2(workdir):
 
 def test_race_windows_and_model_costs_are_the_models_own_and_ignored():
     check_overrides(["backend=real", "engine.race_window=0.5", "costs.swap_in_ns=1", "secondary.paging=shadow"])
+
+
+def test_the_simulator_refuses_a_real_config_and_explain_names_the_real_source():
+    with pytest.raises(ConfigError, match="^backend=real: the simulator runs backend=sim only$"):
+        simulation("backend=real")
+    cat = catalogue()
+    assert "real twin (backend=real): /proc/vmstat pswpout; machine-wide" in cat.explain("swap_outs")
+    assert "real twin (backend=real): not observed" in cat.explain("fault_retries")
+    assert "declared by: the real twin (backend=real)" in cat.explain("pages_invalidated")
 
 
 def test_host_thp_becomes_the_madvise_that_gives_the_models_thp():

@@ -1,7 +1,14 @@
 """The real twin (``backend=real``): a mmnsim scenario run on this machine's kernel, with a real KVM guest.
 
-The simulator never imports this package (a test checks it): it is only the real backend's. One module per
-concern.
+The simulator never imports this package (a test checks it): it is only the real backend's; the command, the
+config check and mmnsim-bench import it inside a function, for backend=real. One module per concern
+(docs/real.md, with docs/real-guest.md and docs/real-host.md as appendices).
+
+The run and what it may run:
+
+- ``run``: one run: preflight, resources, tenants, the host as configured, the replay tick by tick, the counts.
+- ``config``: ``RealConfig`` (the ``real.*`` keys), and the refusals of what this machine cannot run.
+- ``machineinfo``: the machine's kernel, CPU, KVM module and paging, THP mode, cgroup version.
 
 The guest, created through the KVM ioctls from Python and replaying the simulation's own access list natively:
 
@@ -11,7 +18,8 @@ The guest, created through the KVM ioctls from Python and replaying the simulati
 - ``program``: the guest program that replays an access list natively at CPL3, and its list encoding.
 - ``machine``: the VM with its memslots and vCPU threads, in the guest process.
 - ``pin``: the long-term pin stand-in (io_uring fixed buffers; mlock as the fallback).
-- ``child``: the guest process's request loop.
+- ``plain``: a plain tenant's memory (``processes``), touched by its own process with numpy.
+- ``child``: the guest process's request loop (a KVM guest, or a plain tenant's memory).
 - ``guest``: ``Guest``, the parent's handle on a guest in its child process: the API a run calls.
 - ``replaybench``: how fast the guest replays accesses that do not fault.
 
