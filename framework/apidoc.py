@@ -17,8 +17,7 @@ from mmnsim.simulation import Client
 # Methods left out: the run's own machinery, not for plugins.
 INTERNAL = {"Simulation": {"step", "run", "check_invariants", "report_violations", "timeseries_rows", "components",
                            "metrics", "fraction_done"},
-            "MM": {"set_flag"}, "Host": {"ram"},
-            "SecondaryMMU": {"consume_shadow", "accessed_left"}}  # fmt: skip
+            "MM": {"set_flag"}, "Host": {"ram"}}  # fmt: skip
 FOREIGN = "pluggy's marker for the project `mmnsim` (decorate hook implementations and specifications)"
 # Exports without a docstring of their own (values, foreign objects), described here.
 DESCRIBED = {

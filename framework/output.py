@@ -254,11 +254,14 @@ def declared_metrics(cfg: DictConfig) -> dict[str, Metric]:
     return summary_metrics(secondaries, [*others, *pm.get_plugins()])
 
 
-def summary_frame(cfg: DictConfig, metrics: dict[str, float]) -> pl.DataFrame:
+def summary_frame(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any] | None = None) -> pl.DataFrame:
     """The summary's one row: the flattened config, every metric the config declares (0, or "" for text,
-    where nothing was reported: the same columns for every run of a configuration) and the provenance."""
-    zeros = {name: m.type() for name, m in declared_metrics(cfg).items() if name not in metrics}
-    row = {**flatten(run_config(cfg)), **metrics, **zeros, **provenance(cfg)}
+    where nothing was reported: the same columns for every run of a configuration) and the provenance;
+    ``extra``: more provenance (the real twin's machine.* columns). The real twin's run leaves a metric it
+    cannot observe null, never 0 (``mmnsim.metrics.REAL_UNOBSERVED``)."""
+    observed = cfg.get("backend", "sim") != "real"
+    zeros = {name: m.type() if observed else None for name, m in declared_metrics(cfg).items() if name not in metrics}
+    row = {**flatten(run_config(cfg)), **metrics, **zeros, **provenance(cfg), **(extra or {})}
     return pl.DataFrame([row])
 
 
@@ -313,11 +316,12 @@ def _write_bytes(data: bytes | memoryview, path: Path) -> None:
         raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the file the user knows, not its temp
 
 
-def write_results(outdir: Path, cfg: DictConfig, metrics: dict[str, float], rows: list[dict]) -> None:
+def write_results(outdir: Path, cfg: DictConfig, metrics: dict[str, float], rows: list[dict],
+                  extra: dict[str, Any] | None = None) -> None:  # fmt: skip
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / FAILED).unlink(missing_ok=True)  # an earlier attempt's failure
     (outdir / SUMMARY).unlink(missing_ok=True)  # the summary is last, and only beside its own time series
-    summary = summary_frame(cfg, metrics)
+    summary = summary_frame(cfg, metrics, extra)
     timeseries = pl.DataFrame(rows) if rows else None
     if timeseries is not None:
         prov = provenance(cfg)
