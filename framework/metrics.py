@@ -590,6 +590,7 @@ REAL_SOURCES: dict[str, tuple[str, str]] = {
     ),
 }
 REAL_UNOBSERVED: dict[str, str] = {
+    "compile_seconds": "the twin compiles nothing: numba's compile time is the simulator's own",
     "fault_retries": "KVM keeps no statistic of RET_PF_RETRY (kvm_mmu_page_fault retries silently)",
     "alloc_failures": "a failed charge ends in the group's OOM killer or SIGBUS: no counter",
     "oom_events": "cgroup v1 has no memory.events; out_of_memory() has no tracepoint (oom_kills is observed)",
