@@ -413,7 +413,7 @@ def markdown(cat: Catalogue) -> str:
 # --- the real twin (backend=real, docs/real.md) ----------------------------------------------------------
 # Where the real twin reads each metric it reports, under the model's name and meaning: (source, what differs).
 # mmnsim.real.counters computes them (this module never imports the twin); ``mmnsim-report --explain NAME``
-# prints the source. A metric the twin cannot observe is absent from its results, never 0: REAL_UNOBSERVED
+# prints the source. A metric the twin cannot observe is null in its results, never 0: REAL_UNOBSERVED
 # says why. REAL_ONLY declares what only the twin reports.
 REAL_TWIN = "the real twin (backend=real)"
 REAL_SOURCES: dict[str, tuple[str, str]] = {
@@ -730,5 +730,5 @@ def real_source(name: str) -> str:
         source, caveat = REAL_SOURCES[base]
         return f"\n  real twin (backend=real): {source}; {caveat}"
     if base in REAL_UNOBSERVED:
-        return f"\n  real twin (backend=real): not observed (absent from its results): {REAL_UNOBSERVED[base]}"
+        return f"\n  real twin (backend=real): not observed (null in its results): {REAL_UNOBSERVED[base]}"
     return ""

@@ -296,6 +296,6 @@ def markdown() -> str:
     lines = ["| metric | real source | caveat |", "|---|---|---|"]
     lines += [f"| `{s.metric}` | {s.source} | {s.caveat} |" for s in SOURCES]
     lines += [f"| `{m.name}` (twin only) | {m.kernel} | {m.meaning} |" for m in REAL_ONLY]
-    lines += ["", "Not observed (absent from the twin's results):", ""]
+    lines += ["", "Not observed (null in the twin's results):", ""]
     lines += [f"- `{name}`: {why}" for name, why in UNOBSERVED.items()]
     return "\n".join(lines)
