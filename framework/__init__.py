@@ -30,6 +30,7 @@ from .thp import collapse as collapse_huge_page
 from .thp import split as split_huge_pages
 from .traces import FORMATS as TRACE_FORMATS
 from .traces import Collapser, Densifier, TraceError, probe, read_trace
+from .workingset import Folios, MMCounters, lru_folios
 from .workload import Workload, WorkloadConfig
 
 __version__ = "0.1.0"
@@ -65,9 +66,11 @@ __all__ = [
     "read_trace",
     "split_huge_pages",
     "MM",
+    "MMCounters",
     "Metric",
     "ConfigError",
     "Event",
+    "Folios",
     "HostPolicy",
     "Mode",
     "NoConfig",
@@ -87,6 +90,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "is_shared",
+    "lru_folios",
     "merge_pages",
     "mergeable",
     "migrate",
