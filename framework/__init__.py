@@ -22,7 +22,7 @@ from .metrics import REGISTRATION_METRICS, Metric
 from .migrate import migrate
 from .mm import MM
 from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
-from .reclaim import folio_pages, referenced, scan_frames, swap_out
+from .reclaim import charge_reclaim, folio_pages, referenced, scan_frames, swap_out
 from .secondary import SecondaryMMU, device_region
 from .share import is_shared, merge_pages, mergeable, sharing
 from .simulation import Simulation, Tenant
@@ -84,6 +84,7 @@ __all__ = [
     "Workload",
     "WorkloadConfig",
     "data_path",
+    "charge_reclaim",
     "device_region",
     "expand_ranges",
     "folio_pages",

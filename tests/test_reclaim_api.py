@@ -1,12 +1,14 @@
-"""The API a reclaim policy builds on (docs/plugins.md, "A reclaim policy"): an mm's folios in the scan's order
-(``lru_folios``), each mm's counters and refaults (``mm.counters()``), and when ``host_tick`` and
-``collect_metrics`` run."""
+"""The API a reclaim policy builds on (docs/plugins.md, "A reclaim policy: proactive reclaim"): an mm's folios in
+the scan's order (``lru_folios``), a look at their young bits that clears nothing (``referenced`` with
+``test_young``), each mm's counters and refaults (``mm.counters()``), ``charge_reclaim``, and when ``host_tick``
+and ``collect_metrics`` run."""
 
 import numpy as np
 import pytest
 
 from conftest import run, simulation
-from mmnsim import HostPolicy, folio_pages, hookimpl, lru_folios, scan_frames, swap_out
+from mmnsim import HostPolicy, charge_reclaim, folio_pages, hookimpl, lru_folios, referenced, scan_frames, swap_out
+from mmnsim.pagebits import S_ACCESSED
 
 HOG = "processes=[{name: hog, memory_mib: 16, node: 0, workload: {name: uniform, accesses: 200000}}]"
 
@@ -49,6 +51,53 @@ def test_lru_folios_are_the_callers_own_copies():
     assert np.array_equal(lru_folios(sim, mm).frames, scan_order(sim, mm, 0))
 
 
+def test_test_young_looks_without_clearing_and_reclaim_then_sees_the_same():
+    sim = simulation("workload.accesses=0", "guest.memory_mib=8", "host.memory_mib=64")
+    sim.run()
+    mm, kvm = sim.mms[0], sim.secondaries[0]
+    frames = mm.pte[:200].astype(np.int64)
+    referenced(sim, frames, "clear_young")  # clears what the boot set
+    sim.run_client(mm, kvm, np.arange(100))  # hits through KVM: its accessed bits, not the PTE's
+    pte_bits, kvm_bits = mm.flags.copy(), kvm.sflags & S_ACCESSED
+    looked = referenced(sim, frames, "test_young")
+    assert looked[:100].all() and not looked[100:].any()
+    assert np.array_equal(mm.flags, pte_bits) and np.array_equal(kvm.sflags & S_ACCESSED, kvm_bits)  # untouched
+    assert np.array_equal(referenced(sim, frames, "test_young"), looked)
+    assert np.array_equal(referenced(sim, frames, "clear_young"), looked)  # what reclaim sees is unchanged
+    assert not referenced(sim, frames, "test_young").any()
+    assert sim.check_invariants().counts.sum() == 0
+
+
+def test_test_young_reads_the_pte_bit_of_a_process_and_a_thp_as_one():
+    sim, _ = run("host.thp=madvise", "host.memory_mib=128", HOG, "workload.accesses=0")  # THPs for the guest only
+    guest, hog = sim.mms
+    folios = lru_folios(sim, guest)
+    thp = folios.frames[folios.npages == 512][0]
+    every = np.arange(thp, thp + 512)
+    referenced(sim, every, "clear_young")
+    hog_frames = hog.pte[:64].astype(np.int64)
+    referenced(sim, hog_frames, "clear_young")
+    first = int(sim.host.ft.key[thp]) - guest.base
+    guest.access(np.array([first + 300]))  # the CPU touches one page of the THP: its PMD's accessed bit
+    hog.access(np.arange(10))
+    assert referenced(sim, every, "test_young").all()  # any frame of it answers for the whole
+    assert np.array_equal(referenced(sim, hog_frames, "test_young"), np.arange(64) < 10)
+
+
+@pytest.mark.parametrize("fault", ["none", "test_young_clears"])
+def test_a_test_young_that_clears_is_caught_when_a_policy_looks(fault):
+    sim = simulation("secondary=faulty", f"secondary.fault={fault}", "workload.accesses=0", "workload.boot=false",
+                     "guest.memory_mib=16", "host.memory_mib=64")  # fmt: skip
+    mm, kvm = sim.mms[0], sim.secondaries[0]
+    sim.run_client(mm, kvm, np.arange(64))
+    assert referenced(sim, mm.pte[:64].astype(np.int64), "test_young").all()
+    if fault == "none":
+        assert not sim.violation_messages
+    else:
+        assert sim.metrics()["accessed_violations"] >= 64
+        assert "Culprit: faulty[guest0] in test_young" in sim.violation_messages[0]
+
+
 def test_each_mms_faults_are_its_own_and_add_up_to_the_kernels():
     # Under pressure, a guest with a GPU (a fault maps 64 KiB around it: a populate inside the batch) and a process
     gpu = "guest.devices=[{secondary: {name: gpu, region_start_mib: 32, region_mib: 32}, workload: {name: uniform}}]"
@@ -70,6 +119,14 @@ def test_each_mms_faults_are_its_own_and_add_up_to_the_kernels():
     after = [mm.counters() for mm in sim.mms]
     assert after[0].refaults - before[0].refaults == 10 and after[1] == before[1]
     assert after[0].swapped == before[0].swapped - 10
+
+
+def test_charge_reclaim_charges_the_scan_and_the_writes_to_host_cpu_time():
+    sim = simulation("workload.accesses=0", "guest.memory_mib=8", "host.memory_mib=64")
+    before = sim.host_cpu_ns
+    ns = charge_reclaim(sim, 1000, 10)
+    assert ns == 1000 * sim.costs.reclaim_scan_ns + 10 * sim.costs.swap_out_ns > 0
+    assert sim.host_cpu_ns - before == ns
 
 
 class Recorder(HostPolicy):
