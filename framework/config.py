@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """A configuration value is wrong. The message names the key and what would be accepted."""
 
 
+class RunError(RuntimeError):
+    """A run could not finish for a reason outside its config (the real twin: a tenant process crashed, the
+    time limit passed). The message says it in one line; the command exits with status 1."""
+
+
 def require(ok: bool, message: str) -> None:
     """For ``__post_init__`` checks: raise ConfigError(message) unless ``ok``."""
     if not ok:

@@ -23,8 +23,11 @@ NO_SECONDARY = "none"
 MAX_VCPUS = 4096  # KVM_MAX_VCPUS on x86 with CONFIG_MAXSMP (arch/x86/include/asm/kvm_host.h)
 MAX_TENANTS = 4096  # guest.count: each guest is built (and checked here) one by one
 TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine",
-             "report", "sensitivity", "kernel")  # fmt: skip
+             "report", "sensitivity", "kernel", "backend", "real")  # fmt: skip
 # ("report" and "sensitivity" are read by mmnsim-experiment, not by the simulation.)
+# backend (conf/backend/): sim, the simulator, or real, the real twin on this machine's kernel (docs/real.md),
+# whose own settings are the "real" node.
+BACKENDS = ("sim", "real")
 
 
 @dataclass
@@ -130,6 +133,8 @@ class Settings:
     tenants: list[TenantSpec]
     policies: dict[str, tuple[type[Component], Any]] = field(default_factory=dict)
     kernel: KernelConfig = field(default_factory=lambda: TODAY)
+    backend: str = "sim"  # sim or real (conf/backend/)
+    real: Any = None  # backend=real: the twin's settings (mmnsim.real.config.RealConfig)
 
 
 def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
@@ -146,6 +151,12 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     unknown = [k for k in top if k not in TOP_LEVEL]
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key; accepted keys at top level: {', '.join(TOP_LEVEL)}")
+    backend = top.get("backend", "sim")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: unknown backend {backend!r}; accepted: sim (the simulator), real (the real twin "
+                          "on this machine's kernel: docs/real.md)")  # fmt: skip
+    if top.get("real") is not None and backend != "real":
+        raise ConfigError("real: the real twin's settings apply only with backend=real")
     seed = top.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
@@ -203,7 +214,12 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
             f"hold only {have // MIB_PAGES} MiB and host.oom=fail; shrink the guests, add RAM or swap, or let "
             "the OOM killer act (host.oom=kill)"
         )
-    settings = Settings(seed, host, engine, costs, tenants, policies, kernel)
+    settings = Settings(seed, host, engine, costs, tenants, policies, kernel, backend)
+    if backend == "real":  # what the machine cannot run, refused now; imported only for it (docs/real.md)
+        from .real.config import check as check_real
+
+        settings.real = check_real(settings, top)
+        return settings
     memory.check(settings)  # before anything is allocated: stop rather than swap or fail mid-build
     return settings
 

@@ -71,7 +71,7 @@ from .settings import load_settings
 from .share import break_cow
 from .timeseries import TimeSeries
 from .workingset import FaultCounts
-from .workload import PAGE_DTYPE, WorkloadStream, pages_inside
+from .workload import PAGE_DTYPE, WorkloadStream, client_streams, pages_inside
 
 log = logging.getLogger("mmnsim")
 
@@ -168,6 +168,8 @@ class Simulation:
         self.registry = Registry.from_plugins(self.pm)
         classes = [cls for kind in self.registry.classes.values() for cls in kind.values()]
         self.catalogue: Catalogue = catalogue(plugin_declarations([*self.pm.get_plugins(), *classes]))
+        if cfg.get("backend", "sim") != "sim":  # the real twin is the mmnsim command's (mmnsim.real.run), not this
+            raise ConfigError(f"backend={cfg.get('backend')}: the simulator runs backend=sim only")
         settings = load_settings(cfg, self.registry)
         self.seed = settings.seed
         self.host_cfg = settings.host
@@ -177,16 +179,7 @@ class Simulation:
         specs = settings.tenants
 
         # Workloads first: building their tables needs scratch memory, better taken before the host's.
-        seeds = np.random.SeedSequence(self.seed).spawn(len(specs) + 1)
-        self.rng = np.random.default_rng(seeds[-1])  # for host policies
-        streams = []
-        for spec, seed in zip(specs, seeds, strict=False):
-            rngs = [np.random.default_rng(s) for s in seed.spawn(len(spec.clients))] if len(spec.clients) > 1 else [
-                np.random.default_rng(seed)]  # fmt: skip
-            streams.append([
-                WorkloadStream(c.workload[0](c.workload[1], c.region[1] - c.region[0], rng), ahead=_draw_ahead())
-                for c, rng in zip(spec.clients, rngs, strict=True)
-            ])  # fmt: skip
+        streams, self.rng = client_streams(self.seed, specs, ahead=_draw_ahead())  # self.rng: for host policies
 
         device_pages = [c.device_pages for s in specs for c in s.clients if c.device_pages]
         self.host = Host(self.host_cfg, [s.pages for s in specs], device_pages, seed=self.seed)

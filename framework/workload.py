@@ -12,9 +12,10 @@ seed), so a run is determined by its config. Write flags, and zipf's draws, are 
 drawn in numba (``mmnsim.pcg64``): the same values numpy would give, faster.
 """
 
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from .components import Component
 from .config import require
 from .kernel import U, kernel
 from .pcg64 import random_below
+
+if TYPE_CHECKING:
+    from .settings import TenantSpec
 
 
 @dataclass
@@ -159,3 +163,28 @@ class WorkloadStream:
         if len(parts) == 1:
             return parts[0], writes[0]
         return np.concatenate(parts), np.concatenate(writes)
+
+
+def client_streams(
+    seed: int, tenants: "Sequence[TenantSpec]", ahead: bool = False
+) -> tuple[list[list[WorkloadStream]], np.random.Generator]:
+    """Every client's access stream, as a run of ``seed`` issues them, and the generator left for host
+    policies. The one place streams are made: the simulator and the real twin (``backend=real``) both call
+    it, so the two replay the identical access sequence.
+
+    The run's SeedSequence is spawned once per tenant and once more for the policies (the last child); a
+    tenant with several clients spawns its child again, one per client (its CPUs first, then its devices);
+    a tenant with one client uses its child directly. Each client's workload covers its region of the mm.
+    ``ahead``: the streams draw each next batch on a second thread (``WorkloadStream``)."""
+    seeds = np.random.SeedSequence(seed).spawn(len(tenants) + 1)
+    streams = []
+    for spec, tenant_seed in zip(tenants, seeds, strict=False):
+        if len(spec.clients) > 1:
+            rngs = [np.random.default_rng(s) for s in tenant_seed.spawn(len(spec.clients))]
+        else:
+            rngs = [np.random.default_rng(tenant_seed)]
+        streams.append([
+            WorkloadStream(c.workload[0](c.workload[1], c.region[1] - c.region[0], rng), ahead=ahead)
+            for c, rng in zip(spec.clients, rngs, strict=True)
+        ])  # fmt: skip
+    return streams, np.random.default_rng(seeds[-1])

@@ -68,22 +68,6 @@ class KVM(SecondaryMMU):
     declared_metrics = (
         Metric("young_pages_aged", "pages", int, "spte accessed bits test-and-cleared for reclaim (aging)"),
         Metric("change_pte_applied", "pages", int, "sptes repointed by change_pte (kvm_change_spte_gfn)"),
-        Metric(
-            "remote_tlb_flush",
-            "flushes",
-            int,
-            "remote TLB-flush requests that sent an IPI to a vCPU in guest "
-            "mode (a request while every vCPU is in the host sends none)",
-            kernel="KVM remote_tlb_flush",
-        ),
-        Metric(
-            "vcpu_tlb_flushes",
-            "flushes",
-            int,
-            "TLB flushes the vCPUs performed: one per request each vCPU in "
-            "guest mode was kicked for, one per fault for a vCPU that missed requests while in the host",
-            kernel="KVM vCPU tlb_flush, summed",
-        ),
     )
 
     def __init__(self, sim, client, cfg: KVMConfig):
