@@ -22,7 +22,7 @@ from .metrics import REGISTRATION_METRICS, Metric
 from .migrate import migrate
 from .mm import MM
 from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
-from .reclaim import folio_pages, referenced, scan_frames, swap_out
+from .reclaim import charge_reclaim, folio_pages, referenced, scan_frames, swap_out
 from .secondary import SecondaryMMU, device_region
 from .share import is_shared, merge_pages, mergeable, sharing
 from .simulation import Simulation, Tenant
@@ -30,6 +30,7 @@ from .thp import collapse as collapse_huge_page
 from .thp import split as split_huge_pages
 from .traces import FORMATS as TRACE_FORMATS
 from .traces import Collapser, Densifier, TraceError, probe, read_trace
+from .workingset import Folios, MMCounters, lru_folios
 from .workload import Workload, WorkloadConfig
 
 __version__ = "0.1.0"
@@ -65,9 +66,11 @@ __all__ = [
     "read_trace",
     "split_huge_pages",
     "MM",
+    "MMCounters",
     "Metric",
     "ConfigError",
     "Event",
+    "Folios",
     "HostPolicy",
     "Mode",
     "NoConfig",
@@ -81,12 +84,14 @@ __all__ = [
     "Workload",
     "WorkloadConfig",
     "data_path",
+    "charge_reclaim",
     "device_region",
     "expand_ranges",
     "folio_pages",
     "hookimpl",
     "hookspec",
     "is_shared",
+    "lru_folios",
     "merge_pages",
     "mergeable",
     "migrate",

@@ -175,7 +175,10 @@ class FrameworkHooks:
     def host_tick(self, sim):
         """Run this component's periodic work for the tick ``sim.tick`` (kswapd, NUMA scanning, ...).
 
-        Called at the start of every tick, before the clients' accesses.
+        Called at the start of every tick, before the clients' accesses (after the OOM reaper's attempt,
+        before the tick's invariant check): ``sim.tick`` counts from 0 and names the tick about to run,
+        ``sim.time_ns`` is the simulated time before it (0 at tick 0). A killed tenant (``tenant.killed``)
+        issues no more accesses; its mm is the OOM reaper's.
         """
 
     @hookspec(firstresult=True)
@@ -192,4 +195,6 @@ class FrameworkHooks:
         """Return a dict of this component's metrics (name -> number), added to the run's results.
 
         Each name is the framework's (``mmnsim.metrics.FRAMEWORK``) or declared in the component's
-        ``declared_metrics``; an undeclared one stops the run (``MetricError``)."""
+        ``declared_metrics``; an undeclared one stops the run (``MetricError``). Called for the results after
+        the last tick and before teardown (every mm still live, as the last tick left it); a run with
+        teardown calls it once more after every mm exited, keeping only the violation counts of that call."""

@@ -30,6 +30,7 @@ from .pagetable import MM_EXITED, MM_HUGEPAGE, read_only
 from .share import drop_share
 from .swapdev import swap_free
 from .thp import split, split_straddling
+from .workingset import MMCounters, mm_counters
 
 if TYPE_CHECKING:
     from .simulation import Simulation
@@ -105,6 +106,12 @@ class MM:
     def hugepage(self) -> bool:
         """Whether its memory is MADV_HUGEPAGE (a guest's: QEMU madvises guest RAM)."""
         return bool(self.sim.host.pt.mm_flags[self.index] & MM_HUGEPAGE)
+
+    def counters(self) -> MMCounters:
+        """Its counters now: resident, swapped and pinned pages, and the minor faults and refaults (major faults:
+        pages read back from swap) its accesses took so far; an ``mmnsim.MMCounters``. Per tenant:
+        ``tenant.mm.counters()``; per tick: the difference of two calls."""
+        return mm_counters(self.sim, self)
 
     def set_flag(self, bit: int, on: bool) -> None:
         flags = self.sim.host._pt.mm_flags

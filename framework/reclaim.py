@@ -2,7 +2,8 @@
 
 * ``scan_frames``: walk frames from a hand, collecting reclaim candidates (the LRU scan).
 * ``referenced``: were they used since last asked? The primary PTE's young bit, and every subscribed
-  secondary MMU's answer through ``clear_flush_young`` or ``clear_young`` (folio_referenced).
+  secondary MMU's answer through ``clear_flush_young`` or ``clear_young`` (folio_referenced); or, with
+  ``test_young``, the same question without clearing anything (as DAMON's access check asks it).
 * ``swap_out``: invalidate the secondaries (one range per page, event CLEAR, as try_to_unmap does per
   folio; under ``kernel=2008`` the ``invalidate_page`` op per page, as until 4.13), write the pages to swap
   and free their frames (shrink_folio_list + pageout).
@@ -12,6 +13,11 @@ accessed bit (its PMD's; a 2 MiB secondary entry's one), so it is aged as one 2 
 only when old as a whole: into a free swap cluster whole (THP_SWPOUT), or, when no cluster is free, split
 first and its pages swapped out one by one (THP_SWPOUT_FALLBACK). ``folio_pages`` says how many pages a
 candidate stands for.
+
+None of them charges time. The secondary MMUs charge their own work inside the notifier calls these raise (KVM
+its aging per page, its zaps and TLB flushes); reclaim's own CPU work (the scan, the rmap walk, the write to swap)
+is the policy's to charge, with ``charge_reclaim``. A refault's swap-in is charged by the framework to the
+client that faults.
 
 A policy combines them; the built-in ``swap`` policy is one such combination.
 """
@@ -25,7 +31,7 @@ from .fastpath import INVALIDATE_OPS, swap_out_pages, young_frames
 from .frames import PAGEBLOCK_SHIFT, is_device_frame
 from .invariants import report_young
 from .kernel import AHEAD, U, kernel, prefetch
-from .notifier import Event, NotifierRange
+from .notifier import Event, NotifierRange, expand_ranges, sum_per_range
 from .pagebits import HUGE_PAGES, P_HUGE, P_YOUNG, clear_mask
 from .swapdev import SWAPPED, swap_alloc_cluster, swap_out_frames, swap_out_thp
 from .thp import split
@@ -33,7 +39,7 @@ from .thp import split
 if TYPE_CHECKING:
     from .simulation import Simulation
 
-YOUNG_OPS = ("clear_flush_young", "clear_young")
+YOUNG_OPS = ("clear_flush_young", "clear_young", "test_young")
 
 
 @kernel
@@ -143,11 +149,19 @@ def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_you
     Clears what it reads (test-and-clear), as folio_referenced does, per folio: a THP has one accessed bit
     (its PMD's, and one per huge secondary entry: pmdp_clear_flush_young_notify asks the young op over its
     2 MiB), so a frame of a THP answers for the whole THP, once (frames of one THP, in order, share the answer).
+
+    ``op="test_young"`` looks without clearing, as DAMON's access check looks (mm/damon/vaddr.c
+    damon_young_pmd_entry: pte_young, or mmu_notifier_test_young): the PTE's young bit (a THP's: any of its
+    pages') or any subscriber's ``test_young``. The bits stay as they were, so reclaim's next answer is the
+    same as if nobody had looked: "used since reclaim (or a clearing ``referenced``) last asked". A free frame
+    answers False.
     """
     if op not in YOUNG_OPS:
         raise ValueError(f"unknown young op {op!r}; accepted: {', '.join(YOUNG_OPS)}")
     host = sim.host
     frames = np.ascontiguousarray(frames, dtype=np.int64)
+    if op == "test_young":
+        return _test_young(sim, frames)
     young = np.empty(frames.size, dtype=bool)
     table = sim.fast.young_table(op)
     if table is not None:  # every subscriber's young op is the standard one: one compiled pass
@@ -165,10 +179,38 @@ def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_you
     return young
 
 
+def _test_young(sim: "Simulation", frames: np.ndarray) -> np.ndarray:
+    """``referenced`` with ``test_young``: each frame's folio's young bits, read and left alone."""
+    young = np.zeros(frames.size, dtype=bool)
+    keys = sim.host._ft.key[frames].astype(np.int64)
+    for mm, sel, pages in _by_mm(sim, np.where(keys >= 0, keys, -1)):
+        huge = (mm.flags[pages] & P_HUGE) != 0
+        first = np.where(huge, pages - (frames[sel] & (HUGE_PAGES - 1)), pages)
+        end = first + np.where(huge, HUGE_PAGES, 1)
+        every = expand_ranges(first, end)  # a THP's every page: one accessed bit for the whole (its PMD's)
+        seen = (mm.flags[every] & P_YOUNG) != 0
+        if mm.chain:
+            seen |= mm.chain.young("test_young", every, every + 1)
+        young[sel] = sum_per_range(first, end, seen) > 0
+    return young
+
+
+def charge_reclaim(sim: "Simulation", scanned: int, swapped: int) -> float:
+    """Charge reclaim's own CPU work and return it in ns: ``scanned`` pages examined (``costs.reclaim_scan_ns``
+    each: the LRU scan, folio_referenced's rmap walk and young test) and ``swapped`` pages written to swap
+    (``costs.swap_out_ns`` each), through ``sim.charge`` (to the client stalled in direct reclaim, else host CPU
+    time). ``scan_frames``, ``referenced`` and ``swap_out`` charge nothing themselves; a secondary MMU charges its
+    own aging and invalidation work inside the calls they make."""
+    ns = scanned * sim.costs.reclaim_scan_ns + swapped * sim.costs.swap_out_ns
+    sim.charge(ns)
+    return ns
+
+
 def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
     """Unmap ``frames`` from every secondary and the primary table, write them to swap, free them.
 
-    Pinned or free frames are skipped. Returns the number of pages swapped out.
+    Pinned or free frames are skipped. Returns the number of pages swapped out. Charges nothing: the caller
+    charges the write (``charge_reclaim``); the secondaries charge their invalidations themselves.
     """
     host = sim.host
     frames = np.ascontiguousarray(frames, dtype=np.int64)

@@ -70,6 +70,7 @@ from .sectables import SecondaryTables
 from .settings import load_settings
 from .share import break_cow
 from .timeseries import TimeSeries
+from .workingset import FaultCounts
 from .workload import PAGE_DTYPE, WorkloadStream, client_streams, pages_inside
 
 log = logging.getLogger("mmnsim")
@@ -184,6 +185,7 @@ class Simulation:
         self.host = Host(self.host_cfg, [s.pages for s in specs], device_pages, seed=self.seed)
         self.actors = Actors(self.host._pt.pte.size)  # who runs, and who last changed each page
         self.fast = FastRoutes(self)  # which subscribers reclaim's compiled path serves (mmnsim.fastpath)
+        self._mm_faults = FaultCounts(len(specs))  # each mm's faults, for mm.counters() (mmnsim.workingset)
         self.numa: NumaFaults | None = None  # hinting faults handled in the fault, once a policy asks (numa_faults)
         device_nodes = iter(self.host.device_nodes)
         self.secondary_tables = SecondaryTables(
@@ -419,6 +421,7 @@ class Simulation:
         vcpu_node = client.vcpu_node if client is not None else np.zeros(1, dtype=np.int32)
         ks = new_kernel_state()
         before = host.ctr.copy()
+        faults = self._mm_faults.mark(host.ctr)
         tables = self.secondary_tables
         chain_subs, chain_fast, window_event, numa_event = self._chain_route(mm)
         numa_last, numa_stats = (self.numa.last_nid, self.numa.stats) if self.numa else (_NO_NUMA, _NO_STATS)
@@ -486,6 +489,7 @@ class Simulation:
             self._charge_to = None
             self.outside = outside
             host.ctr[C.ACCESSES_ATTEMPTED] += int(ks[K_I])  # every access up to where the kernel stopped
+            self._mm_faults.settle(mm.index, host.ctr, faults)  # this batch's faults are its mm's
         if client is not None and account:
             self._account(client, host.ctr - before)
 

@@ -12,6 +12,9 @@ Two modes:
   finds no free frame evicts exactly one page, chosen by the hand (see ``mmnsim.access``). Its fault
   counts equal the textbook algorithm's on any trace. Watermarks and kswapd play no part.
 
+Its own CPU work is charged with ``charge_reclaim``: ``costs.reclaim_scan_ns`` per frame looked at and
+``costs.swap_out_ns`` per page written (KVM charges its aging and zaps itself, inside the notifier calls).
+
 Simplification: one LRU for all nodes, no active/inactive split, no swap cache.
 """
 
@@ -20,7 +23,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from mmnsim import HostPolicy, folio_pages, hookimpl, referenced, require, scan_frames, swap_out
+from mmnsim import HostPolicy, charge_reclaim, folio_pages, hookimpl, referenced, require, scan_frames, swap_out
 
 
 class ReclaimMode(StrEnum):
@@ -59,7 +62,6 @@ class Swap(HostPolicy):
     def reclaim(self, sim, nr_pages: int, direct: bool) -> int | None:
         if self.cfg.mode is ReclaimMode.clock:
             return None
-        costs = sim.costs
         limit = int(self.cfg.passes * sim.host.nframes)
         freed = scanned = 0
         while freed < nr_pages and scanned < limit:
@@ -76,7 +78,7 @@ class Swap(HostPolicy):
             old = old[: int(np.searchsorted(np.cumsum(sizes), nr_pages - freed)) + 1]
             got = swap_out(sim, old)
             freed += got
-            sim.charge(looked * costs.reclaim_scan_ns + got * costs.swap_out_ns)
+            charge_reclaim(sim, looked, got)
             if got < old.size and sim.host.swap_used() == sim.host.sw.key.size:
                 break  # swap is full
         return freed
