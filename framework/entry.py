@@ -1,0 +1,107 @@
+"""What every console script (``mmnsim``, ``mmnsim-report``, ...) does with odd output and a user who leaves.
+
+* Output to a closed pipe (``mmnsim-report DIR | head -1``) ends the command quietly with exit status 1, as
+  Python's documentation advises (signal module, "Note on SIGPIPE"): stdout is pointed at /dev/null so that
+  the interpreter's own flush at exit raises nothing either.
+* Output in a locale that is not UTF-8: what its encoding lacks is printed escaped (``\\xfc``), not an error.
+* A command-line error (``ArgumentParser``, for every console script's own options) is one line naming the
+  option and what it accepts, exit status 2, instead of argparse's usage block.
+* Ctrl-C (SIGINT), and SIGTERM, are one line, ``PROG: interrupted (SIGINT)``, exit status 128 + the
+  signal's number (as a shell reports it), not a traceback; SIGTERM is raised as ``Terminated`` where the
+  command is, so that it unwinds as Ctrl-C does and removes its temporary files. What was written stays
+  whole: every output file is written under a temporary name and renamed into place.
+"""
+
+import argparse
+import contextlib
+import functools
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is (``on_sigterm``), so that it unwinds as Ctrl-C does."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def on_sigterm() -> None:
+    """From now on, SIGTERM raises ``Terminated`` in this process's main thread (from the main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def interrupted_signal(exc: BaseException) -> signal.Signals:
+    """The signal behind a KeyboardInterrupt (SIGINT) or a Terminated."""
+    return signal.Signals(exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def console_script(prog: str, sigterm: bool = True) -> Callable[[F], F]:
+    """Decorate a console script's ``main`` with the handling above (``sigterm=False``: leave SIGTERM's
+    handling to the command, as ``mmnsim`` does for its sweeps)."""
+
+    def wrap(main: F) -> F:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            printable_stdout()
+            previous = signal.getsignal(signal.SIGTERM)
+            if sigterm:
+                on_sigterm()
+            try:
+                result = main(*args, **kwargs)
+                sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+                return result
+            except BrokenPipeError:
+                quiet_stdout()
+                sys.exit(1)
+            except (KeyboardInterrupt, Terminated) as exc:
+                signum = interrupted_signal(exc)
+                print(f"{prog}: interrupted ({signum.name})", file=sys.stderr)
+                sys.exit(128 + signum)
+            finally:
+                if sigterm:  # called in a process that goes on (a test, a script): its handler back
+                    signal.signal(signal.SIGTERM, previous)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line: ``PROG: MESSAGE (PROG --help lists the options)``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: {message} ({self.prog} --help lists the options)", file=sys.stderr)
+        sys.exit(2)
+
+
+def printable_stdout() -> None:
+    """Under a locale whose encoding is not UTF-8 (``LANG=C`` without Python's UTF-8 mode, latin-1), text
+    the encoding lacks (a directory's name, ``±``) is printed escaped instead of raising."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+    if encoding != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        with contextlib.suppress(ValueError, OSError):
+            sys.stdout.reconfigure(errors="backslashreplace")
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null (after its reader went away), so that nothing more raises on it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (a test's capture): nothing to silence
+        pass
+    finally:
+        os.close(devnull)
