@@ -15,6 +15,7 @@
 import argparse
 import contextlib
 import functools
+import logging
 import os
 import signal
 import sys
@@ -56,6 +57,7 @@ def console_script(prog: str, sigterm: bool = True) -> Callable[[F], F]:
         @functools.wraps(main)
         def run(*args: Any, **kwargs: Any) -> Any:
             printable_stdout()
+            logging.raiseExceptions = False  # a log line to a closed pipe or a full disk: no traceback per line
             previous = signal.getsignal(signal.SIGTERM)
             if sigterm:
                 on_sigterm()
