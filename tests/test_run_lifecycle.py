@@ -225,7 +225,8 @@ def full_disk(monkeypatch):
         return real_write(self, file, *args, **kwargs)
 
     def open_full(file, mode="r", *args, **kwargs):
-        if "w" in mode:
+        results = (output.SUMMARY, output.TIMESERIES, output.FAILED)  # Hydra's own: tests/test_robust_files.py
+        if "w" in mode and Path(file).name.removeprefix(".").removesuffix(".tmp") in results:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
         return open(file, mode, *args, **kwargs)
 
