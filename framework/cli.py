@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -102,8 +103,9 @@ def _app(cfg: DictConfig) -> None:
             print(f"up to date (same config and code), not run again: {outdir}")
             return
     bar = None if multirun else ProgressBar()  # parallel jobs would draw over each other
+    sigterm = signal.getsignal(signal.SIGTERM)
     if not multirun:
-        on_sigterm()  # one line, as for Ctrl-C
+        on_sigterm()  # one line, as for Ctrl-C (run in the main thread: Hydra's run mode)
     try:
         clear_results(outdir)  # an earlier run's results must not pass for this one's
         sim = Simulation(cfg)
@@ -132,6 +134,8 @@ def _app(cfg: DictConfig) -> None:
     finally:
         if bar is not None:
             bar.close()
+        if not multirun:  # as it was, for a caller in the same process (a test, a script)
+            signal.signal(signal.SIGTERM, sigterm)
     for message in sim.violation_messages[:5]:
         log.warning("invariant violated: %s", message)
     print(summary_text(metrics))

@@ -310,7 +310,7 @@ def test_an_interrupted_single_run_is_one_line_and_leaves_no_results(tmp_path, s
             time.sleep(0.2)
         time.sleep(2)  # into the simulation
         run.send_signal(signum)
-        _, err = run.communicate(timeout=120)
+        _, err = run.communicate(timeout=600)  # a signal waits for the interpreter (a numba compile: minutes)
     finally:
         if run.poll() is None:
             run.kill()
