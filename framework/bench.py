@@ -25,10 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import quote_numbered_options
+from .config import ConfigError
+from .entry import ArgumentParser, console_script
+from .sources import compose_checked
+
 
 def _config(args: argparse.Namespace) -> list[str]:
-    from .cli import quote_numbered_options
-
     return [
         "secondary=kvm",
         "secondary.mode=notifier",
@@ -42,6 +45,9 @@ def _config(args: argparse.Namespace) -> list[str]:
         "engine.timeseries=false",
         *quote_numbered_options(args.override),  # kernel=6.1 as mmnsim takes it
     ]
+
+
+NUMA = ["host.numa_nodes=2", "guest.vcpus=4", "guest.vcpu_nodes=[0,1]"]  # the numa case's host and guest
 
 
 def _reset_peak_rss() -> None:
@@ -102,6 +108,17 @@ def _measure(overrides: list[str]) -> dict:
     }
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def _runs(args: argparse.Namespace, extra: list[str]) -> list[dict]:
     """``args.repeat`` measurements of the configured case, each in a fresh process, slowest first."""
     argv = ["--accesses", str(args.accesses), "--guest-mib", str(args.guest_mib), "--host-mib", str(args.host_mib),
@@ -110,8 +127,10 @@ def _runs(args: argparse.Namespace, extra: list[str]) -> list[dict]:
     for _ in range(args.repeat):
         out = subprocess.run([sys.executable, "-m", "mmnsim.bench", "--one", *argv, *args.override, *extra],
                              capture_output=True, text=True, check=False)  # fmt: skip
-        if out.returncode != 0:
-            sys.exit(f"mmnsim-bench: run failed:\n{out.stderr}")
+        if out.returncode != 0:  # its last line says why (the config was checked before)
+            last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+            print(f"mmnsim-bench: a measured run failed: {last}", file=sys.stderr)
+            sys.exit(1)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return sorted(runs, key=lambda r: r["accesses_per_second"])
 
@@ -196,25 +215,37 @@ def real_case(args: argparse.Namespace) -> None:
               f"exits {r['exits']}")  # fmt: skip
 
 
+@console_script("mmnsim-bench")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mmnsim-bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--accesses", type=int, default=40_000_000, help="zipf accesses after the boot pass")
-    parser.add_argument("--guest-mib", type=int, default=1536)
-    parser.add_argument("--host-mib", type=int, default=1024)
+    parser = ArgumentParser(prog="mmnsim-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--accesses", type=_positive, default=40_000_000, help="zipf accesses after the boot pass")
+    parser.add_argument("--guest-mib", type=_positive, default=1536)
+    parser.add_argument("--host-mib", type=_positive, default=1024)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=3, help="runs (fresh processes); the median is quoted")
+    parser.add_argument("--repeat", type=_positive, default=3, help="runs (fresh processes); the median is quoted")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--case", choices=["core", "trace", "devices", "numa", "defrag", "real"], default="core")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one run, here
     parser.add_argument("override", nargs="*", help="extra config overrides, e.g. policies.swap.mode=clock")
     args = parser.parse_args(argv)
     if args.case == "trace":
+        if args.override:
+            parser.error(f"--case trace replays the shipped trace as it is; it takes no overrides ({args.override[0]})")
         trace_case(args.repeat, args.json)
         return
     if args.case == "real":
         real_case(args)
         return
     overrides = _config(args)
+    if not args.one:  # every case's config checked as mmnsim checks it, before the first measured run
+        extras = {"devices": [["secondary=rdma"], ["secondary=gpu"]], "numa": [NUMA, [*NUMA, "policies=[swap,numa]"]],
+                  "defrag": [["host.thp=always", "policies=[swap,defrag]"]]}.get(args.case, [])  # fmt: skip
+        try:
+            for extra in [[], *extras]:
+                compose_checked([*overrides, *extra])
+        except ConfigError as exc:
+            print(f"mmnsim-bench: {exc}", file=sys.stderr)
+            sys.exit(2)
     if args.one:
         print(json.dumps(_measure(overrides)))
         return
@@ -231,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {kind:5s} {rate / 1e6:6.2f} M accesses/s ({rate / medians['kvm']:.2f} of kvm's)")
         return
     if args.case in ("numa", "defrag"):
-        base = ["host.numa_nodes=2", "guest.vcpus=4", "guest.vcpu_nodes=[0,1]"] if args.case == "numa" else []
+        base = NUMA if args.case == "numa" else []
         extra = ["policies=[swap,numa]"] if args.case == "numa" else ["host.thp=always", "policies=[swap,defrag]"]
         off = _runs(args, base)[args.repeat // 2]["accesses_per_second"]
         on = _runs(args, [*base, *extra])[args.repeat // 2]["accesses_per_second"]

@@ -26,22 +26,26 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from . import hydrafix
 from .config import ConfigError, RunError
-from .discovery import Registry, plugin_manager
+from .discovery import CONF_PATH_ENV, Registry, plugin_manager
+from .entry import Terminated, console_script, interrupted_signal
 from .notifier import PluginError
 from .output import (
     FAILED,
     SUMMARY,
     TIMESERIES,
+    NotAFile,
     check_writable,
     clear_results,
     disk_error,
     summary_text,
     unify_schemas,
     up_to_date,
+    write_bytes_atomic,
     write_failure,
     write_results,
 )
@@ -54,6 +58,7 @@ from .resultdir import (
     claim_run_dir,
     claim_sweep_dir,
     job_dirs,
+    job_overrides,
     sweep_identity,
     swept_keys,
 )
@@ -65,6 +70,7 @@ from .traces import TraceError
 CONFIG_MODULE = "mmnsim.conf"
 EXIT_VIOLATIONS = 3  # a run (or a sweep's job) violated an invariant, without engine.allow_violations
 log = logging.getLogger("mmnsim")
+hydrafix.install()  # Hydra's own files written whole, its errors in one line (in the sweep and its workers)
 LIST_GROUPS = ("policies",)  # config groups whose value is a list of options
 MAX_KEY = 200  # longer keys are no key of mmnsim's (and Hydra would try to open a file of that name)
 
@@ -87,7 +93,7 @@ def quote_numbered_options(argv: list[str]) -> list[str]:
 
 
 class _Session:
-    """What this command is doing, for its callbacks and for the line Ctrl-C prints."""
+    """What this command is doing, for its callbacks and for the line Ctrl-C or SIGTERM prints."""
 
     reuse = False  # --reuse: another sweep's (or run's) results in the directory are removed first
     kind = ""  # "run" or "sweep", once Hydra has started it
@@ -98,21 +104,28 @@ class _Session:
 
     @classmethod
     def interrupted(cls) -> str:
-        """One line: what Ctrl-C interrupted, and what to run again."""
+        """What Ctrl-C or SIGTERM interrupted, and what to run again (after ``mmnsim: interrupted (SIGINT): ``)."""
         if cls.kind == "sweep":
             done = len(cls.progress.outcomes) if cls.progress is not None else 0
             jobs = cls.identity.jobs if cls.identity is not None else None
             of = f" of {len(jobs)}" if jobs else ""
-            return (f"interrupted: the sweep into {cls.directory}, {done}{of} jobs finished; run the same command "
+            return (f"the sweep into {cls.directory}, {done}{of} jobs finished; run the same command "
                     "again to resume (the finished jobs are not run again)")  # fmt: skip
         if cls.kind == "run":
-            return f"interrupted: the run into {cls.directory}, which wrote no results; run the same command again"
-        return "interrupted before any run started"
+            return f"the run into {cls.directory}, which wrote no results; run the same command again"
+        return "before any run started"
+
+    @classmethod
+    def start(cls, reuse: bool) -> None:
+        """A new command (a caller may run several in one process)."""
+        cls.reuse, cls.kind, cls.directory, cls.identity, cls.state, cls.progress = reuse, "", None, None, "", None
 
 
+# Ctrl-C and SIGTERM: one line (entry.console_script), saying which run or sweep and what to run again.
+@console_script("mmnsim", interrupted=_Session.interrupted)
 def main() -> None:
     argv = quote_numbered_options(sys.argv[1:])
-    _Session.reuse = REUSE in argv
+    _Session.start(reuse=REUSE in argv)
     sys.argv[1:] = argv = [a for a in argv if a != REUSE]
     try:
         check_overrides(argv)
@@ -121,11 +134,10 @@ def main() -> None:
         sys.exit(2)
     try:
         _app()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         if _Session.progress is not None:
-            _Session.progress.abandon()
-        print(f"mmnsim: {_Session.interrupted()}", file=sys.stderr)
-        sys.exit(130)
+            _Session.progress.abandon()  # the bar wiped, no closing line: the interrupted line says it
+        raise
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
@@ -164,10 +176,13 @@ def _app(cfg: DictConfig) -> None:
             metrics = sim.run(progress=progress, teardown=True)
         metrics["compile_seconds"] = compiled[1] - compiled[0]
         write_results(outdir, cfg, metrics, sim.timeseries_rows())
-    except KeyboardInterrupt:
-        if multirun:
-            os._exit(130)  # Ctrl-C reaches the sweep's process too, which says it in one line
-        raise  # main() says it in one line
+    except (KeyboardInterrupt, Terminated) as exc:
+        if multirun and os.environ.get(SWEEP_PID) != str(os.getpid()):  # a worker process of the sweep
+            os._exit(128 + interrupted_signal(exc))  # Ctrl-C reaches the sweep's process too, which says it
+        if not multirun:  # none of its results kept (a time series without its summary): it wrote none
+            with contextlib.suppress(OSError):
+                clear_results(outdir)
+        raise  # main()'s console_script says it in one line
     except Exception as exc:
         if multirun:  # the other jobs go on; this one leaves failed.json, and the sweep's end lists it
             write_job_status(outdir, **job, status="failed", error=_record_failure(outdir, cfg, exc))
@@ -193,7 +208,7 @@ def _app(cfg: DictConfig) -> None:
     # The results stay written; the unpinned strawman's violations are its point, not a failure.
     violated = metrics["invariant_violations"] and not (sim.engine.allow_violations or sim.violations_expected)
     if violated:
-        (outdir / VIOLATIONS).write_text("\n".join(sim.violation_messages) + "\n")
+        write_bytes_atomic(("\n".join(sim.violation_messages) + "\n").encode(), outdir / VIOLATIONS)
     if multirun:
         write_job_status(outdir, **job, status="violations" if violated else "ok", seconds=metrics["wall_seconds"],
                          compile_seconds=metrics["compile_seconds"], accesses=metrics["accesses"],
@@ -276,7 +291,7 @@ class SweepDir(Callback):
         run_dir = Path(config.hydra.run.dir)
         _Session.kind, _Session.directory = "run", run_dir
         self._take(run_dir, "run")
-        _one_line_exit(lambda: claim_run_dir(run_dir, config, _Session.reuse))
+        _one_line_exit(lambda: claim_run_dir(run_dir, config, _Session.reuse), disk_status=1)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.lock is not None:
@@ -288,7 +303,8 @@ class SweepDir(Callback):
         self._take(sweep_dir, "sweep")
         os.environ[SWEEP_PID] = str(os.getpid())
         _Session.identity = sweep_identity(config)
-        _Session.state = _one_line_exit(lambda: claim_sweep_dir(sweep_dir, _Session.identity, _Session.reuse))
+        _Session.state = _one_line_exit(lambda: claim_sweep_dir(sweep_dir, _Session.identity, _Session.reuse),
+                                        disk_status=1)  # fmt: skip
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.lock is not None:
@@ -301,15 +317,18 @@ class SweepDir(Callback):
         atexit.register(self.lock.release)  # when a callback after this one exits, or on an error
 
 
-def _one_line_exit(step: Callable[[], Any]) -> Any:
-    """``step()``; a directory in use, another's results or an unwritable path: one line, exit status 2."""
+def _one_line_exit(step: Callable[[], Any], disk_status: int = 2) -> Any:
+    """``step()``; a directory in use, another's results or an unwritable path: one line, exit status 2. A
+    disk error in a step that writes (the sweep's record, ``--reuse`` removing results) exits with
+    ``disk_status``: 1, as for a full disk under Hydra's own files."""
     try:
         return step()
     except (SweepBusy, DirTaken) as exc:
         print(f"mmnsim: {exc}", file=sys.stderr)
+        sys.exit(2)
     except OSError as exc:
         print(f"mmnsim: {disk_error(exc)}", file=sys.stderr)
-    sys.exit(2)
+        sys.exit(2 if isinstance(exc, NotAFile) else disk_status)
 
 
 class FailedJobs(Callback):
@@ -392,52 +411,199 @@ def _mtime(path: Path) -> float:
 
 
 def check_overrides(argv: list[str]) -> None:
-    """Compose and check the config for each value of each sweep; raise ConfigError if one is bad."""
-    args, _ = get_args_parser().parse_known_args(quote_numbered_options(argv))
-    if args.help or args.hydra_help or args.info or args.shell_completion:
+    """Compose and check the config for each value of each sweep (the command line's and the config's
+    ``hydra.sweeper.params``), Hydra's flags and own keys, and that a sweep's jobs write to distinct
+    directories; raise ConfigError if one is bad."""
+    argv = quote_numbered_options(argv)
+    args = _parse_flags(argv)
+    _check_flags(args)
+    if args.hydra_help or args.shell_completion or ((args.help or args.info) and not args.overrides):
         return
     ours = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    try:
-        parsed = OverridesParser.create().parse_overrides(ours)
-        hydra_parsed = OverridesParser.create().parse_overrides([o for o in args.overrides if o not in ours])
-    except HydraException as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
-    # Hydra's own keys (launcher, sweep dir) are checked once, with the first job, so that a bad one is an
-    # input error here rather than Hydra's exit status 1 later; a sweep over them is left to Hydra.
-    hydra_first = [o.input_line for o in hydra_parsed if not o.is_sweep_override()]
-    first, alternatives = [], []
-    for i, o in enumerate(parsed):
-        if len(o.get_key_element()) > MAX_KEY:  # Hydra would look for a file of that name
-            raise ConfigError(f"{o.get_key_element()[:40]}...: unknown key ({len(o.get_key_element())} characters)")
-        if o.is_sweep_override() and not args.multirun:
-            raise ConfigError(_sweep_hint(o))
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            values = list(o.sweep_string_iterator())
-            first.append(f"{key}={values[0]}")
-            alternatives += [(i, f"{key}={v}") for v in values[1:]]
-        else:
-            first.append(o.input_line)
+    theirs = [o for o in args.overrides if o not in ours]
     registry = Registry.from_plugins(plugin_manager())
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        for i, alternative in [(None, None), *alternatives]:
-            if i is None:
-                load_settings(_compose([*first, *hydra_first], with_hydra=True), registry)
-                continue
-            load_settings(_compose([*first[:i], alternative, *first[i + 1 :]]), registry)
-        for job in _real_jobs(parsed):  # what the machine can run depends on the combination: every one
+    with _config_dir(args.config_dir), initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        try:
+            parsed = parser.parse_overrides(ours)
+            hydra_parsed = parser.parse_overrides(theirs)
+        except HydraException as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
+        # Hydra's own keys (launcher, sweep dir) are checked once, with the first job, so that a bad one is
+        # an input error here rather than Hydra's exit status 1 later; a sweep over them is left to Hydra.
+        hydra_first = [o.input_line for o in hydra_parsed if not o.is_sweep_override()]
+        lists = _value_lists(parsed, args.multirun)
+        first = [values[0] for values in lists.values()]
+        base = _compose([*first, *hydra_first], with_hydra=True)
+        load_settings(base, registry)
+        _check_hydra_keys(base)
+        _check_package(args, base)
+        if args.multirun:  # the sweep's own parameters (an experiment's), replaced by the command line's
+            params = [f"{k}={v}" for k, v in (base.hydra.sweeper.get("params") or {}).items()]
+            try:
+                from_config = _value_lists(parser.parse_overrides(params), True)
+            except HydraException as exc:
+                raise ConfigError(f"hydra.sweeper.params: {str(exc).splitlines()[0]}") from None
+            lists = {**from_config, **lists}
+            lists = {k: lists[k] for k in [*from_config, *(k for k in lists if k not in from_config)]}
+            first = [values[0] for values in lists.values()]
+        for i, values in enumerate(lists.values()):
+            for alternative in values[1:]:
+                load_settings(_compose([*first[:i], alternative, *first[i + 1 :]]), registry)
+        for job in _real_jobs(lists):  # what the machine can run depends on the combination: every one
             load_settings(_compose(job), registry)
+        if args.multirun:
+            _check_job_dirs(_sweep_config(args.overrides), hydra_first)
 
 
-def _real_jobs(parsed: list[Override]) -> list[list[str]]:
+def _real_jobs(lists: dict[str, list[str]]) -> list[list[str]]:
     """Every job of the sweep that runs the real twin (backend=real), as its overrides: the real twin refuses
     combinations (docs/real.md), so each is checked, not only each value."""
-    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
-               else [o.input_line] for o in parsed]  # fmt: skip
-    if not any(c.partition("=")[2] == "real" for o, cs in zip(parsed, choices, strict=True)
-               if o.get_key_element() == "backend" for c in cs):  # fmt: skip
+    if "backend=real" not in lists.get("backend", []):
         return []
-    return [list(job) for job in itertools.product(*choices) if "backend=real" in job]
+    return [list(job) for job in itertools.product(*lists.values()) if "backend=real" in job]
+
+
+def _parse_flags(argv: list[str]) -> Any:
+    """Hydra's command line parsed by Hydra's parser, whose errors (``--info nosuch``) are one line here."""
+    parser = get_args_parser()
+
+    def error(message: str) -> None:
+        raise ConfigError(message)
+
+    parser.error = error
+    return parser.parse_args(argv)
+
+
+def _check_package(args: Any, cfg: DictConfig) -> None:
+    """``--cfg KIND --package P``: P is a node of what ``--cfg KIND`` prints."""
+    package = args.package
+    if not args.cfg or package in (None, "_global_"):
+        return
+    in_hydra = package.split(".")[0] == "hydra"
+    if OmegaConf.select(cfg, package) is None or in_hydra != (args.cfg == "hydra") and args.cfg != "all":
+        raise ConfigError(f"--package {package}: no such node in the config --cfg {args.cfg} prints")
+
+
+def _check_flags(args: Any) -> None:
+    """Hydra's command-line flags, in the combinations Hydra accepts (it raises, with a traceback, on the rest)."""
+    flags = (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg), ("--info", args.info),
+             ("--shell-completion", args.shell_completion))  # fmt: skip
+    commands = [flag for flag, given in flags if given]
+    if len(commands) > 1:
+        raise ConfigError(f"{' and '.join(commands)}: give one of --run, --multirun (-m), --cfg, --info, "
+                          "--shell-completion")  # fmt: skip
+    if args.resolve and not (args.cfg or args.help):
+        raise ConfigError("--resolve works with --cfg (or --help) only")
+    if args.experimental_rerun is not None:
+        raise ConfigError("--experimental-rerun: mmnsim keeps no pickled job config; run again with the overrides in "
+                          "the job's .hydra/overrides.yaml")  # fmt: skip
+    if args.config_path is not None or args.config_name is not None:
+        raise ConfigError("--config-path/--config-name: mmnsim runs its own config; add a folder of config files "
+                          "with --config-dir DIR (DIR/experiment/NAME.yaml for +experiment=NAME)")  # fmt: skip
+    if args.config_dir is not None and not Path(args.config_dir).is_dir():
+        raise ConfigError(f"--config-dir {args.config_dir}: not a directory")
+    if args.hydra_help and args.overrides:
+        raise ConfigError("--hydra-help prints Hydra's own help; it takes no overrides")
+    if args.shell_completion and not any(o.startswith(("install=", "uninstall=", "query=")) for o in args.overrides):
+        raise ConfigError("--shell-completion needs install=SHELL, uninstall=SHELL or query=SHELL (e.g. install=bash)")
+
+
+@contextlib.contextmanager
+def _config_dir(folder: str | None):
+    """``--config-dir DIR`` on the search path of the checks too (Hydra adds it to the run's)."""
+    if folder is None:
+        yield
+        return
+    before = os.environ.get(CONF_PATH_ENV)
+    os.environ[CONF_PATH_ENV] = os.pathsep.join(filter(None, [str(Path(folder).resolve()), before]))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CONF_PATH_ENV, None)
+        else:
+            os.environ[CONF_PATH_ENV] = before
+
+
+def _value_lists(parsed: list[Override], multirun: bool) -> dict[str, list[str]]:
+    """Each key's values as overrides (``seed=0``, ``seed=1``), in order, as Hydra's basic sweeper lists
+    them: a sweep gives several, any other override one."""
+    lists: dict[str, list[str]] = {}
+    for o in parsed:
+        key = o.get_key_element()
+        if len(key) > MAX_KEY:  # Hydra would look for a file of that name
+            raise ConfigError(f"{key[:40]}...: unknown key ({len(key)} characters)")
+        if not o.is_sweep_override():
+            lists[key] = [o.input_line]
+            continue
+        if not multirun:
+            raise ConfigError(_sweep_hint(o))
+        if not o.is_discrete_sweep():
+            raise ConfigError(f"{o.input_line}: the basic sweeper runs a list of values (a,b, range(0,4), "
+                              "choice(a,b) or glob(*) for a config group), not an interval")  # fmt: skip
+        try:
+            values = list(o.sweep_string_iterator())
+        except HydraException as exc:
+            raise ConfigError(f"{o.input_line}: {str(exc).splitlines()[0]}") from None
+        if not values:
+            raise ConfigError(f"{o.input_line}: the sweep has no values; a sweep runs one job per value")
+        lists[key] = [f"{key}={v}" for v in values]
+    return lists
+
+
+def _check_hydra_keys(cfg: DictConfig) -> None:
+    """Hydra's own keys that compose but would fail the sweep: joblib's ``n_jobs=0``, the basic sweeper's
+    ``max_batch_size`` of 0 or less (an assertion in Hydra)."""
+    launcher = cfg.hydra.get("launcher") or {}
+    if "n_jobs" in launcher and launcher.n_jobs == 0:
+        raise ConfigError("hydra.launcher.n_jobs=0: the number of jobs run at once; accepted: 1, 2, ... or -1 for "
+                          "every core (-2 all but one, ...)")  # fmt: skip
+    batch = (cfg.hydra.get("sweeper") or {}).get("max_batch_size")
+    if batch is not None and batch <= 0:
+        raise ConfigError(f"hydra.sweeper.max_batch_size={batch}: jobs launched at a time; accepted: a positive "
+                          "number, or null for all")  # fmt: skip
+
+
+UNIQUE_SUBDIRS = ("${hydra.job.num}", "${hydra.job.id}")  # a job's number is its own
+
+
+def _sweep_config(overrides: list[str]) -> DictConfig:
+    """The config Hydra gives the sweeper of ``mmnsim -m OVERRIDES`` (composed as Hydra composes it)."""
+    try:
+        return GlobalHydra.instance().config_loader().load_configuration("config", overrides, RunMode.MULTIRUN)
+    except (HydraException, OmegaConfBaseException) as exc:
+        cause = str(exc.__cause__ or "").strip()
+        raise ConfigError((cause or str(exc)).splitlines()[0]) from None
+
+
+def _check_job_dirs(sweep_cfg: DictConfig, hydra_overrides: list[str]) -> None:
+    """Each job of the sweep gets its own directory: ``hydra.sweep.subdir`` resolved for every job (as
+    Hydra's launcher resolves it, with the job's number and overrides) gives distinct paths. The jobs are
+    those the sweep itself will run and record (``resultdir.job_overrides``, one expansion for both)."""
+    raw = OmegaConf.to_container(sweep_cfg.hydra.sweep, resolve=False).get("subdir")
+    jobs = job_overrides(sweep_cfg)
+    if raw in UNIQUE_SUBDIRS or jobs is None:  # None: another sweeper, which picks its jobs as it goes
+        return
+    seen: dict[str, tuple[int, list[str]]] = {}
+    for num, job in enumerate(jobs):
+        job_cfg = _compose([*job, *hydra_overrides], with_hydra=True)
+        with open_dict(job_cfg):
+            job_cfg.hydra.job.num = num
+            job_cfg.hydra.job.id = f"{job_cfg.hydra.job.name}_{num}"
+        HydraConfig.instance().set_config(job_cfg)  # for ${hydra:...} in the pattern
+        try:
+            subdir = os.path.normpath(str(OmegaConf.select(job_cfg, "hydra.sweep.subdir", throw_on_missing=True)))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"hydra.sweep.subdir={raw}: {str(exc).splitlines()[0]}") from None
+        if subdir in seen:
+            other, other_job = seen[subdir]
+            raise ConfigError(
+                f"hydra.sweep.subdir={raw}: jobs {other} ({' '.join(other_job)}) and {num} ({' '.join(job)}) would "
+                f"both write {sweep_cfg.hydra.sweep.dir}/{subdir}; each job needs its own directory (the default "
+                "${hydra.job.num}, or a pattern that tells every job apart)"
+            )
+        seen[subdir] = (num, list(job))
 
 
 def _sweep_hint(o: Override) -> str:

@@ -10,7 +10,7 @@ import dataclasses
 from enum import Enum
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
@@ -48,7 +48,7 @@ def typed(node: Any, schema: type[T], path: str) -> T:
         raise ConfigError(f"{path}.{missing[0]}: missing; {path} needs: {', '.join(fields)}")
     _check_raw_types(node, fields, path)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), _resolved(node))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
@@ -62,6 +62,16 @@ def typed(node: Any, schema: type[T], path: str) -> T:
 
 
 INT64_MAX = (1 << 63) - 1
+
+
+def _resolved(node: Any) -> Any:
+    """``node`` as plain data with its interpolations resolved where it sits in the whole config, as Hydra
+    resolves them: merged into the schema on its own, ``${host.memory_mib}`` would find no ``host``."""
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, dict):
+        return {k: _resolved(v) for k, v in node.items()}
+    return node
 
 
 def _check_raw_types(node: Any, fields: dict[str, dataclasses.Field], path: str) -> None:

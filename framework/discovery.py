@@ -19,6 +19,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 from .components import Component
 from .config import ConfigError
+from .entry import ArgumentParser, console_script
 from .hookspecs import PROJECT, FrameworkHooks
 
 BUILTIN_PACKAGE = "mmnsim.plugins"
@@ -176,12 +177,12 @@ def describe(pm: pluggy.PluginManager) -> list[dict[str, str]]:
     return sorted(rows, key=lambda r: (r["kind"], r["name"]))
 
 
+@console_script("mmnsim-plugins")
 def main(argv: list[str] | None = None) -> None:
     """``mmnsim-plugins``: list the plugins this installation finds."""
-    import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="mmnsim-plugins", description=main.__doc__.strip("`: "))
+    parser = ArgumentParser(prog="mmnsim-plugins", description="list the plugins this installation finds")
     parser.parse_args(argv)
     try:
         rows = describe(plugin_manager())

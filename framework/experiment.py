@@ -9,11 +9,14 @@ seed replicates, run with the joblib launcher, plus a ``report`` section saying 
 it. The runs go to ``multirun/experiment-NAME`` (replaced each time); ``table.md`` and the plots go to
 ``experiments/NAME/`` under the current directory (the repository root, normally), or ``--out``, and the
 table replaces the one between the markers in that folder's README.md.
+
+Before anything runs, every override (``--sensitivity`` ones included) is checked as ``mmnsim`` checks it,
+and the output folder must be writable (else one line, exit status 2). The experiment then holds its
+sweep directory's lock (``sweeplock``) from before it clears the directory to after its table is written,
+and hands it to the sweep it starts: a second ``mmnsim-experiment NAME`` (or any sweep into that
+directory) stops at once with the lock's message, and nothing another process holds is ever deleted.
 """
 
-import argparse
-import shutil
-import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -25,6 +28,8 @@ import yaml
 from . import sensitivity
 from .cli import check_overrides
 from .config import ConfigError
+from .entry import ArgumentParser, console_script
+from .output import NotAFile, check_writable, disk_error, write_bytes_atomic
 from .report import (
     ReportError,
     compare,
@@ -36,6 +41,7 @@ from .report import (
     summarize,
     write_results,
 )
+from .sweeplock import SweepBusy, holding
 
 
 def experiment_names() -> list[str]:
@@ -43,8 +49,9 @@ def experiment_names() -> list[str]:
                   if p.name.endswith(".yaml"))  # fmt: skip
 
 
+@console_script("mmnsim-experiment")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mmnsim-experiment", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="mmnsim-experiment", description=__doc__.splitlines()[0])
     parser.add_argument("name", help=f"one of: {', '.join(experiment_names())}; or all")
     parser.add_argument("--out", type=Path, help="where table.md and the plots go (default experiments/NAME)")
     parser.add_argument("--report-only", action="store_true", help="do not run; report the last runs")
@@ -62,18 +69,34 @@ def main(argv: list[str] | None = None) -> None:
         _input_error("--out needs one experiment, not all")
     if args.sensitivity and args.name == "all":  # the experiments that define a headline
         names = [n for n in names if _spec(n).get("sensitivity")]
-    if not args.report_only and not args.sensitivity:
+    if not args.report_only:
         for name in names:  # every job of every sweep checked before the first runs
+            spec_overrides = (_spec(name).get("sensitivity") or {}).get("overrides", []) if args.sensitivity else []
             try:
-                check_overrides(["-m", f"+experiment={name}", *args.overrides])
+                check_overrides(["-m", f"+experiment={name}", *spec_overrides, *args.overrides])
             except ConfigError as exc:
                 _input_error(f"{name}: {exc}")
+    for name in names:  # where the runs and the table go: writable before anything runs
+        folders = [args.out or Path("experiments") / name]
+        if not args.report_only:
+            folders.append(Path("multirun") / f"{'sensitivity' if args.sensitivity else 'experiment'}-{name}")
+        try:
+            for folder in folders:
+                check_writable(folder)
+        except OSError as exc:
+            _input_error(disk_error(exc))
     for name in names:
         out = args.out or Path("experiments") / name
-        if args.sensitivity:
-            run_sensitivity(name, out, args.report_only, args.overrides)
-        else:
-            run_experiment(name, out, args.report_only, args.overrides)
+        try:
+            if args.sensitivity:
+                run_sensitivity(name, out, args.report_only, args.overrides)
+            else:
+                run_experiment(name, out, args.report_only, args.overrides)
+        except (ReportError, ConfigError, SweepBusy) as exc:
+            _input_error(str(exc))
+        except OSError as exc:  # a full disk, or a folder made read-only since the check
+            print(f"mmnsim-experiment: {disk_error(exc)}", file=sys.stderr)
+            sys.exit(2 if isinstance(exc, NotAFile) else 1)
 
 
 def _spec(name: str) -> dict:
@@ -83,28 +106,24 @@ def _spec(name: str) -> dict:
 def run_sensitivity(name: str, out: Path, report_only: bool, overrides: list[str]) -> None:
     spec = _spec(name)
     if not spec.get("sensitivity"):
-        sys.exit(f"mmnsim-experiment: {name} has no sensitivity section in conf/experiment/{name}.yaml")
-    try:
-        sensitivity.run(name, spec["sensitivity"], out, report_only, overrides)
-    except (ReportError, ConfigError) as exc:
-        sys.exit(f"mmnsim-experiment: {exc}")
+        _input_error(f"{name} has no sensitivity section in conf/experiment/{name}.yaml")
+    sensitivity.run(name, spec["sensitivity"], out, report_only, overrides)
 
 
 def run_experiment(name: str, out: Path, report_only: bool, overrides: list[str]) -> None:
     spec = _spec(name)
     runs_dir = Path("multirun") / f"experiment-{name}"
-    if not report_only:
-        shutil.rmtree(runs_dir, ignore_errors=True)
-        exe = Path(sys.executable).with_name("mmnsim")
-        command = [str(exe), "-m", f"+experiment={name}", f"hydra.sweep.dir={runs_dir}", *overrides]
-        print("running:", " ".join(command[1:]), flush=True)
-        if subprocess.run(command).returncode != 0:
-            print(f"mmnsim-experiment: some runs of {name} failed; reporting the others", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    if report_only and not runs_dir.is_dir():
+        _input_error(f"nothing to report: no runs in {runs_dir} (run the experiment without --report-only first)")
+    with holding(runs_dir) as lock:
+        if not report_only:
+            lock.clear()  # the last runs: only this experiment, holding the lock, removes them
+            exe = Path(sys.executable).with_name("mmnsim")
+            command = [str(exe), "-m", f"+experiment={name}", f"hydra.sweep.dir={runs_dir}", *overrides]
+            print("running:", " ".join(command[1:]), flush=True)
+            if lock.run_sweep(command) != 0:
+                print(f"mmnsim-experiment: some runs of {name} failed; reporting the others", file=sys.stderr)
         report(runs_dir, out, spec.get("report", {}))
-    except ReportError as exc:
-        _input_error(str(exc))
 
 
 def _input_error(message: str) -> NoReturn:
@@ -125,7 +144,7 @@ def report(runs_dir: Path, out: Path, spec: dict) -> None:
     text += _oom_kills(runs, by)
     if failed:
         text += f"\n\n{len(failed)} runs failed: " + ", ".join(map(str, failed))
-    (out / "table.md").write_text(text + "\n")
+    write_bytes_atomic((text + "\n").encode(), out / "table.md")
     _update_readme(out / "README.md", text)
     print(text)
     for i, p in enumerate(spec.get("plots", [])):
@@ -160,11 +179,11 @@ def _update_readme(readme: Path, table: str) -> None:
     """Put the new table between the markers of the experiment's README.md, if it has them."""
     if not readme.is_file():
         return
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     head, begin, rest = text.partition(TABLE_BEGIN)
     _, end, tail = rest.partition(TABLE_END)
     if begin and end:
-        readme.write_text(f"{head}{TABLE_BEGIN}\n{table}\n{TABLE_END}{tail}")
+        write_bytes_atomic(f"{head}{TABLE_BEGIN}\n{table}\n{TABLE_END}{tail}".encode(), readme)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import importlib
 import io
 import json
 import os
+import stat
 import subprocess
 import traceback
 from functools import cache
@@ -183,6 +184,19 @@ def provenance(cfg: DictConfig) -> dict[str, str]:
             "config_hash": config_hash(cfg), "settings_hash": settings_hash(cfg)}  # fmt: skip
 
 
+def read_parquet(path: Path, **kwargs: Any) -> pl.DataFrame:
+    """``pl.read_parquet`` of a file Python opens: polars would encode the path's name as UTF-8, which under
+    a locale of another encoding is not the name on disk (a directory named with non-ASCII letters)."""
+    with open(path, "rb") as f:
+        return pl.read_parquet(f, **kwargs)
+
+
+def read_parquet_schema(path: Path) -> dict[str, pl.DataType]:
+    """``pl.read_parquet_schema`` of a file Python opens (see ``read_parquet``)."""
+    with open(path, "rb") as f:
+        return pl.read_parquet_schema(f)
+
+
 def up_to_date(outdir: Path, cfg: DictConfig) -> bool:
     """Whether ``outdir`` already holds this config's complete results from this code: the summary, and the
     time series when the config records one, both readable and both stamped with this config and code."""
@@ -190,7 +204,7 @@ def up_to_date(outdir: Path, cfg: DictConfig) -> bool:
     names = [SUMMARY, TIMESERIES] if cfg.engine.timeseries else [SUMMARY]
     for name in names:
         try:
-            stamps = pl.read_parquet(outdir / name, columns=list(want)).unique().rows(named=True)
+            stamps = read_parquet(outdir / name, columns=list(want)).unique().rows(named=True)
         except Exception:  # noqa: BLE001 - missing, unreadable or from an older version: run again
             return False
         if stamps != [want]:
@@ -204,14 +218,17 @@ def clear_results(outdir: Path) -> None:
     if not outdir.is_dir():
         return
     for name in (SUMMARY, TIMESERIES, FAILED):
-        (outdir / name).unlink(missing_ok=True)
-        (outdir / f".{name}.tmp").unlink(missing_ok=True)
+        for path in (outdir / name, outdir / f".{name}.tmp"):
+            if path.is_symlink() or path.is_file():  # a directory or a device node there is never removed
+                path.unlink(missing_ok=True)
 
 
 def disk_error(exc: OSError) -> str:
     """An OSError from writing results, in one line: the path, the error and its errno name."""
     code = errno.errorcode.get(exc.errno or 0, "")
     reason = exc.strerror or str(exc)
+    if isinstance(exc, NotAFile):
+        return f"cannot write {exc.filename}: {reason}"
     return f"cannot write {exc.filename or 'results'}: {reason}{f' ({code})' if code else ''}"
 
 
@@ -224,11 +241,17 @@ def make_dir(path: Path) -> None:
 
 
 def check_writable(outdir: Path) -> None:
-    """Create ``outdir`` and a file in it, or raise OSError naming the path (before a run, not after)."""
+    """Create ``outdir`` and write a page to a file in it (a full disk fails too), or raise OSError naming
+    ``outdir`` (before a run, not after)."""
     make_dir(outdir)
     probe = outdir / f".mmnsim-probe-{os.getpid()}"
-    probe.write_bytes(b"")
-    probe.unlink()
+    try:
+        probe.write_bytes(bytes(4096))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(outdir)) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def write_failure(outdir: Path, cfg: DictConfig, exc: BaseException) -> Path:
@@ -236,7 +259,7 @@ def write_failure(outdir: Path, cfg: DictConfig, exc: BaseException) -> Path:
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / FAILED
     record = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(), **provenance(cfg)}
-    _write_bytes(json.dumps(record, indent=2).encode(), path)
+    write_bytes_atomic(json.dumps(record, indent=2).encode(), path)
     return path
 
 
@@ -275,7 +298,7 @@ def unify_schemas(paths: list[Path]) -> int:
     schemas = {}
     for path in paths:
         try:
-            schemas[path] = pl.read_parquet_schema(path)
+            schemas[path] = read_parquet_schema(path)
         except Exception:  # noqa: BLE001 - truncated or garbage: mmnsim-report lists it
             continue
     if len(schemas) < 2:
@@ -285,7 +308,7 @@ def unify_schemas(paths: list[Path]) -> int:
     for path, schema in schemas.items():
         if list(schema.items()) == list(target.items()):
             continue
-        frame = pl.read_parquet(path)
+        frame = read_parquet(path)
         frame = frame.select(
             pl.col(name).cast(dtype) if name in schema else pl.lit(None, dtype=dtype).alias(name)
             for name, dtype in target.items()
@@ -300,11 +323,14 @@ def write_atomic(frame: pl.DataFrame, path: Path) -> None:
     file, so a full disk is an OSError naming the path and ENOSPC, not polars' "Invalid thrift" error."""
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
-    _write_bytes(buffer.getbuffer(), path)
+    write_bytes_atomic(buffer.getbuffer(), path)
 
 
-def _write_bytes(data: bytes | memoryview, path: Path) -> None:
-    """Write to a temporary name and rename into place; on an error, remove the temporary file."""
+def write_bytes_atomic(data: bytes | memoryview, path: Path) -> None:
+    """Write ``data`` to ``path`` whole or not at all: to a temporary name beside it, renamed into place; on
+    an error the temporary file is removed and the OSError names ``path``. What ``path`` must be:
+    ``output_path``."""
+    path = output_path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -314,6 +340,34 @@ def _write_bytes(data: bytes | memoryview, path: Path) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the file the user knows, not its temp
+
+
+class NotAFile(OSError):
+    """An output path names something that is not a regular file (a directory, a device node, a fifo, a
+    socket): writing there would replace it. An input error, not a disk error."""
+
+
+def output_path(path: str | os.PathLike) -> Path:
+    """Where a file written to ``path`` by rename goes: ``path``, or the file a symbolic link names. Raises
+    ``NotAFile`` if something other than a regular file is there, so that no rename ever replaces a
+    directory or a device node (``/dev/null``), and no write blocks on a fifo."""
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise NotAFile(errno.EEXIST, f"{kind} is there, not a regular file; give a file name", str(path))
+    return path
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
 
 
 def write_results(outdir: Path, cfg: DictConfig, metrics: dict[str, float], rows: list[dict],

@@ -102,10 +102,10 @@ def kernels_cached() -> bool:
 def write_job_status(outdir: Path, **fields: object) -> None:
     """A sweep's job says how it ended (``status``: ok, up to date, violations or failed, and details). If
     it cannot (a full disk), the sweep tells from the job's other files (``_outcome_from_files``)."""
-    from .output import _write_bytes
+    from .output import write_bytes_atomic
 
     with contextlib.suppress(OSError):
-        _write_bytes(json.dumps(fields).encode(), outdir / JOB_STATUS)
+        write_bytes_atomic(json.dumps(fields).encode(), outdir / JOB_STATUS)
 
 
 @dataclass

@@ -15,10 +15,10 @@ mean of each metric over the seed replicates, and its standard deviation when th
 directory without a summary (a job that failed) is listed, not silently dropped.
 """
 
-import argparse
-import contextlib
 import difflib
+import io
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -29,9 +29,10 @@ import numpy as np
 import polars as pl
 import yaml
 
+from .entry import ArgumentParser, console_script
 from .metrics import Catalogue, MetricError, catalogue, installed_catalogue
 from .metrics import markdown as metrics_markdown
-from .output import FAILED, TIMESERIES
+from .output import FAILED, TIMESERIES, read_parquet, read_parquet_schema, write_atomic, write_bytes_atomic
 
 PROVENANCE = ("mmnsim_version", "git_commit", "code_hash", "config_hash")
 DEFAULT_METRICS = (
@@ -47,24 +48,38 @@ class ReportError(ValueError):
 
 
 def run_dirs(roots: list[Path]) -> list[Path]:
-    """Every Hydra job directory under ``roots`` (one holding ``.hydra/config.yaml``)."""
-    found = []
+    """Every Hydra job directory under ``roots`` (one holding ``.hydra/config.yaml``), each once however it is
+    reached: a directory given twice, under another spelling, through a symbolic link, or as the child of
+    another root is one run (the first path that reaches it names it)."""
+    found: dict[tuple[int, int], Path] = {}
     for root in roots:
         if not root.is_dir():
             raise ReportError(f"{root}: not a directory")
-        found += [p.parent.parent for p in root.rglob(".hydra/config.yaml")]
-    return sorted(set(found))
+        for job in sorted(p.parent.parent for p in root.rglob(".hydra/config.yaml")):
+            st = job.stat()
+            found.setdefault((st.st_dev, st.st_ino), job)
+    return sorted(found.values())
+
+
+def shown_path(path: Path) -> str:
+    """A path as text for the results (polars holds UTF-8): its bytes read as UTF-8, whatever the locale."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
+def local_path(text: str) -> Path:
+    """The path a ``shown_path`` text names, in this process's file-system encoding."""
+    return Path(os.fsdecode(text.encode("utf-8")))
 
 
 def unreadable(path: Path) -> str | None:
     """Why the parquet file or failed.json at ``path`` cannot be read (one line), or None if it can."""
     try:
         if path.suffix == ".json":
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_bytes())
             if not isinstance(record, dict) or not isinstance(record.get("error"), str):
                 return "no 'error' entry"
         else:
-            pl.read_parquet(path)
+            read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - truncated, garbage or unreadable: the report goes on without it
         return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return None
@@ -84,12 +99,15 @@ def load(roots: str | Path | Sequence[str | Path],
             failed.append(d)
             continue
         try:
-            frame = pl.read_parquet(summary).with_columns(pl.lit(str(d)).alias("run_dir"))
+            frame = read_parquet(summary).with_columns(pl.lit(shown_path(d)).alias("run_dir"))
         except Exception as exc:  # noqa: BLE001 - truncated or garbage: listed, the others reported
             if problems is not None:
-                problems.append((summary, (str(exc).strip().splitlines() or [type(exc).__name__])[0]))
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                problems.append((summary, f"{reason} (the run is left out)"))
             continue
-        overrides = _overrides(d)
+        overrides, problem = _overrides_or_problem(d)
+        if problem is not None and problems is not None:  # the run counts: its config is in its summary
+            problems.append((problem[0], f"{problem[1]} (the run is counted; its overrides are not known)"))
         for key, value in overrides.items():
             if key not in frame.columns:
                 frame = frame.with_columns(pl.lit(value).alias(key))
@@ -141,16 +159,27 @@ def hidden_differences(runs: pl.DataFrame, by: list[str]) -> list[str]:
 
 
 def _overrides(run: Path) -> dict[str, str]:
+    """The overrides a run was started with (from its ``.hydra/overrides.yaml``); {} when unreadable."""
+    return _overrides_or_problem(run)[0]
+
+
+def _overrides_or_problem(run: Path) -> tuple[dict[str, str], tuple[Path, str] | None]:
     path = run / ".hydra" / "overrides.yaml"
     if not path.is_file():
-        return {}
+        return {}, None
+    try:
+        items = yaml.safe_load(path.read_bytes()) or []
+        if not isinstance(items, list):
+            raise ValueError(f"a list of overrides expected, got {type(items).__name__}")
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        return {}, (path, (str(exc).strip().splitlines() or [type(exc).__name__])[0])
     out = {}
-    for item in yaml.safe_load(path.read_text()) or []:
+    for item in items:
         key, _, value = str(item).partition("=")
         key = key.lstrip("+~")
         if not key.startswith("hydra"):
             out[key] = value
-    return out
+    return out, None
 
 
 def summarize(runs: pl.DataFrame, by: list[str], metrics: list[str]) -> pl.DataFrame:
@@ -330,6 +359,7 @@ def plot(runs: pl.DataFrame, x: str, y: str, hue: str | Sequence[str] | None, ou
 
     hues = _keys(hue)
     _check_columns(runs, [x, y, *hues], "--plot/--hue")
+    _check_numeric(runs, [y], "--plot", "the plot draws the mean of Y")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     groups = runs.partition_by(hues, as_dict=True, maintain_order=True) if hues else {("all",): runs}
     for i, (name, g) in enumerate(groups.items()):
@@ -346,12 +376,23 @@ def plot(runs: pl.DataFrame, x: str, y: str, hue: str | Sequence[str] | None, ou
     ax.set_ylabel(axis_label(y))
     ax.set_title(title or f"{y} by {x}")
     ax.grid(alpha=0.3)
-    if hues:
+    if hues and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
+
+
+def save_figure(fig, target: Path) -> None:
+    """Save a matplotlib figure whole or not at all (``output.write_bytes_atomic``), then close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=Path(target).suffix.lstrip(".") or "png", dpi=110)
+    finally:
+        plt.close(fig)
+    write_bytes_atomic(buffer.getbuffer(), Path(target))
 
 
 def plot_timeseries(runs: pl.DataFrame, y: str, hue: str | Sequence[str] | None, out: Path, title: str = "",
@@ -376,12 +417,14 @@ def plot_timeseries(runs: pl.DataFrame, y: str, hue: str | Sequence[str] | None,
     }
     fig, ax = plt.subplots(figsize=(7, 4.2))
     labelled = set()
+    num, _, den = y.partition("/")
     for row in runs.iter_rows(named=True):
-        path = Path(row["run_dir"]) / TIMESERIES
+        path = local_path(row["run_dir"]) / TIMESERIES
         if not path.is_file() or unreadable(path):  # main() lists the unreadable ones
             continue
-        ts = pl.read_parquet(path)
-        num, _, den = y.partition("/")
+        ts = read_parquet(path)
+        if not {num, den or num} <= set(ts.columns):  # main() lists the runs without the column
+            continue
         values = ts[num].diff() / ts[den].diff() if den else ts[num]
         key = (tuple(row[k] for k in hues), tuple(row[k] for k in styles))
         label = ", ".join(x for x in (_label(hues, key[0]), _label(styles, key[1])) if x) or None
@@ -392,26 +435,48 @@ def plot_timeseries(runs: pl.DataFrame, y: str, hue: str | Sequence[str] | None,
     ax.set_ylabel(axis_label(y))
     ax.set_title(title or f"{y} over time")
     ax.grid(alpha=0.3)
-    if hues or styles:
+    if (hues or styles) and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
+def _timeseries_files(runs: pl.DataFrame) -> list[Path]:
+    """The readable timeseries.parquet of each run that has one."""
+    if "run_dir" not in runs.columns:
+        return []
+    return [p for d in runs["run_dir"].to_list() if (p := local_path(d) / TIMESERIES).is_file() and not unreadable(p)]
+
+
+def timeseries_without(runs: pl.DataFrame, y: str) -> list[Path]:
+    """The runs' time series that lack a column of ``y`` (``a`` or ``a/b``): a metric some runs' plugins
+    or settings do not record. ``--timeseries`` plots the others and lists these."""
+    names = set(y.split("/"))
+    return [p for p in _timeseries_files(runs) if not names <= set(read_parquet_schema(p))]
+
+
 def _check_timeseries(runs: pl.DataFrame, y: str) -> None:
-    """The columns of ``y`` (``a`` or ``a/b``) exist in the runs' time series (read from the first one's schema)."""
-    paths = (
-        [p for d in runs["run_dir"].to_list() if (p := Path(d) / TIMESERIES).is_file() and not unreadable(p)]
-        if "run_dir" in runs.columns
-        else []
-    )
+    """The columns of ``y`` (``a`` or ``a/b``) exist in some run's time series (the others are left out)."""
+    paths = _timeseries_files(runs)
     if not paths:
         raise ReportError(f"--timeseries {y}: no run has a {TIMESERIES} (engine.timeseries=false?)")
-    columns = list(pl.read_parquet_schema(paths[0]))
-    for name in y.split("/"):
+    names = y.split("/")
+    having = next((p for p in paths if set(names) <= set(read_parquet_schema(p))), None)
+    columns = (
+        sorted({c for p in paths for c in read_parquet_schema(p)})
+        if having is None
+        else list(read_parquet_schema(having))
+    )
+    for name in names:
         _check_columns_in(columns, name, "--timeseries", "in the time series")
+    if having is None:
+        raise ReportError(f"--timeseries {y}: no run's time series has all of {', '.join(names)}")
+    schema = read_parquet_schema(having)
+    text = [name for name in names if not schema[name].is_numeric()]
+    if text:
+        raise ReportError(f"--timeseries {y}: {text[0]} is not a number (a {schema[text[0]]} column); the plot "
+                          "draws numbers")  # fmt: skip
 
 
 def _baseline(runs: pl.DataFrame, baseline: str) -> tuple[str, str]:
@@ -443,20 +508,25 @@ def _check_columns_in(columns: list[str], name: str, option: str, where: str) ->
     raise ReportError(f"{option + ': ' if option else ''}no column {name!r} {where}{hint}")
 
 
+def _check_numeric(frame: pl.DataFrame, names: list[str], option: str, why: str) -> None:
+    """Each of ``names`` is a column of numbers, else a ReportError saying which is not and why it must be."""
+    text = [m for m in names if not frame[m].dtype.is_numeric()]
+    if text:
+        raise ReportError(f"{option}: {text[0]} is not a number (a {frame[text[0]].dtype} column); {why}")
+
+
 def check_options(runs: pl.DataFrame, by: list[str], metrics: list[str], baseline: str | None = None,
                   plot_xy: Sequence[str] | None = None, timeseries: str | None = None,
                   hue: str | Sequence[str] | None = None) -> None:  # fmt: skip
     """Every column the options name exists, before any work is done (results written, tables, plots)."""
     _check_columns(runs, by, "--by")
     _check_columns(runs, metrics, "--metrics")
-    text = [m for m in metrics if not runs[m].dtype.is_numeric()]
-    if text:
-        raise ReportError(f"--metrics: {text[0]} is not a number (a {runs[text[0]].dtype} column); "
-                          "the table averages metrics")  # fmt: skip
+    _check_numeric(runs, metrics, "--metrics", "the table averages metrics")
     if baseline:
         _baseline(runs, baseline)
     if plot_xy:
         _check_columns(runs, list(plot_xy), "--plot")
+        _check_numeric(runs, list(plot_xy[1:]), "--plot", "the plot draws the mean of Y")
     if hue and not plot_xy and not timeseries:
         raise ReportError(f"--hue {hue}: colours the lines of --plot or --timeseries, and does nothing without one "
                           "of them (the table groups runs by --by)")  # fmt: skip
@@ -466,26 +536,24 @@ def check_options(runs: pl.DataFrame, by: list[str], metrics: list[str], baselin
 
 
 def write_results(runs: pl.DataFrame, out_dir: Path) -> None:
-    """results.parquet and results.csv (lists and nested values as text), under temporary names first;
-    an OSError (read-only, full, not a directory) leaves no temporary file behind."""
-    for name, write in (("results.parquet", runs.write_parquet), ("results.csv", runs.write_csv)):
-        tmp = out_dir / f".{name}.tmp"
-        try:
-            write(tmp)
-            tmp.replace(out_dir / name)
-        except OSError:
-            with contextlib.suppress(OSError):  # a read-only directory holds no temporary file either
-                tmp.unlink(missing_ok=True)
-            raise
+    """results.parquet and results.csv (lists and nested values as text), each whole or not at all
+    (``output.write_bytes_atomic``): an OSError (read-only, full, not a directory) leaves no file behind."""
+    write_atomic(runs, out_dir / "results.parquet")
+    buffer = io.BytesIO()
+    runs.write_csv(buffer)
+    write_bytes_atomic(buffer.getbuffer(), out_dir / "results.csv")
 
 
-def _unwritten(what: str, where: Path, exc: OSError) -> str:
-    reason = exc.strerror or str(exc).splitlines()[0]
-    return f"mmnsim-report: could not write {what} in {where} ({reason}); --out DIR writes them elsewhere"
+def _unwritten(unwritten: list[tuple[str, OSError]], where: Path) -> str:
+    """What could not be written in ``where``, and why, in one line."""
+    what = ", ".join(w for w, _ in unwritten)
+    reasons = ", ".join(dict.fromkeys(exc.strerror or str(exc).splitlines()[0] for _, exc in unwritten))
+    return f"mmnsim-report: could not write {what} in {where} ({reasons}); --out DIR writes them elsewhere"
 
 
+@console_script("mmnsim-report")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mmnsim-report", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="mmnsim-report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="*", type=Path, help="multirun (or run) directories")
     parser.add_argument("--by", help="comma-separated keys to group by (default: the overrides that vary)")
     parser.add_argument("--metrics", help=f"comma-separated metrics (default: {','.join(DEFAULT_METRICS)})")
@@ -502,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         print(f"mmnsim-report: --out {args.out}: not a directory", file=sys.stderr)
         sys.exit(2)
-    unwritten = []  # one line each: what could not be written, and why
+    unwritten: list[tuple[str, OSError]] = []  # what could not be written, and why: one line at the end
     try:
         if args.explain or args.metrics_doc:
             print(_explain(args.explain) if args.explain else metrics_markdown(installed_catalogue(builtin_only=True)),
@@ -522,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
             out.mkdir(parents=True, exist_ok=True)
             write_results(runs, out)
         except OSError as exc:  # a read-only sweep directory still gets its table
-            unwritten.append(_unwritten("results.parquet, results.csv", out, exc))
+            unwritten.append(("results.parquet, results.csv", exc))
         if args.baseline:
             print(markdown_compare(compare(runs, by, metrics, args.baseline), args.baseline, metrics))
         else:
@@ -542,17 +610,22 @@ def main(argv: list[str] | None = None) -> None:
                     problems.append((record, reason))
                     error = "failed (failed.json unreadable)"
                 else:
-                    error = json.loads(record.read_text())["error"] if record.is_file() else "did not finish"
+                    error = json.loads(record.read_bytes())["error"] if record.is_file() else "did not finish"
                 overrides = " ".join(f"{k}={v}" for k, v in _overrides(d).items() if k in by)
                 print(f"  {d} ({overrides}): {error}")
         if args.timeseries:
             for d in runs["run_dir"].to_list():
-                path = Path(d) / "timeseries.parquet"
+                path = local_path(d) / TIMESERIES
                 reason = unreadable(path) if path.is_file() else None
                 if reason:
-                    problems.append((path, reason))
+                    problems.append((path, f"{reason} (left out of the plot)"))
+            lacking = timeseries_without(runs, args.timeseries)
+            if lacking:
+                print(f"{len(lacking)} runs' time series have no {args.timeseries}, left out of the plot:")
+                for path in lacking:
+                    print(f"  {path}")
         if problems:
-            print(f"{len(problems)} files unreadable, left out:")
+            print(f"{len(problems)} files unreadable:")
             for path, reason in problems:
                 print(f"  {path}: {reason}")
         try:
@@ -563,12 +636,12 @@ def main(argv: list[str] | None = None) -> None:
                 target = out / plot_name(args.timeseries, None, args.hue)
                 print(f"plot: {plot_timeseries(runs, args.timeseries, args.hue, target)}")
         except OSError as exc:
-            unwritten.append(_unwritten("the plot", out, exc))
+            unwritten.append(("the plot", exc))
     except (ReportError, MetricError) as exc:
         print(f"mmnsim-report: {exc}", file=sys.stderr)
         sys.exit(2)
-    for line in unwritten:
-        print(line, file=sys.stderr)
+    if unwritten:
+        print(_unwritten(unwritten, out), file=sys.stderr)
     if unwritten and (args.plot or args.timeseries):
         sys.exit(1)  # a plot asked for was not written
 

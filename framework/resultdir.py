@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import polars as pl
 import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from .output import FAILED, SUMMARY, TIMESERIES, _write_bytes, code_hash, config_hash
+from .output import FAILED, SUMMARY, TIMESERIES, code_hash, config_hash, read_parquet, write_bytes_atomic
 from .sweeplock import LOCK, holder_if_locked
 
 RECORD = ".mmnsim-sweep.json"
@@ -127,7 +126,7 @@ def write_record(sweep_dir: Path, identity: SweepIdentity, started: str | None =
     record = {"jobs": identity.jobs, "overrides": identity.overrides, "subdir": identity.subdir,
               "code_hash": identity.code_hash, "started": started or time.strftime("%Y-%m-%d %H:%M:%S"),
               "host": socket.gethostname(), "pid": os.getpid(), "mmnsim_version": version}  # fmt: skip
-    _write_bytes(json.dumps(record, indent=1).encode(), sweep_dir / RECORD)
+    write_bytes_atomic(json.dumps(record, indent=1).encode(), sweep_dir / RECORD)
 
 
 def _walk(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
@@ -243,7 +242,7 @@ def _stamps(run_dir: Path) -> list[dict]:
                 record = json.loads(path.read_text())
                 rows = [{"config_hash": record["config_hash"], "code_hash": record["code_hash"]}]
             else:
-                rows = pl.read_parquet(path, columns=["config_hash", "code_hash"]).unique().rows(named=True)
+                rows = read_parquet(path, columns=["config_hash", "code_hash"]).unique().rows(named=True)
         except Exception:  # noqa: BLE001 - unreadable, or from an older version
             rows = [{"config_hash": "?", "code_hash": "?"}]
         stamps += [r for r in rows if r not in stamps]

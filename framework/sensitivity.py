@@ -51,7 +51,6 @@ import copy
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -62,8 +61,10 @@ import yaml
 from omegaconf import OmegaConf
 
 from .discovery import CONF_PATH_ENV
-from .report import ReportError, load, write_results
+from .output import write_bytes_atomic
+from .report import ReportError, load, save_figure, write_results
 from .sources import compose_checked, costs_of, number
+from .sweeplock import SweepLock, holding
 
 POINT_GROUP = "sensitivity_point"
 README_BEGIN = "<!-- sensitivity: written by mmnsim-experiment --sensitivity -->"
@@ -190,34 +191,47 @@ def _write_points(points: list[Point], runs: list[dict], folder: Path, links: di
         for i, case in enumerate(runs):
             moved = {p.key: p.value, **{k: p.value for k in linked(p.key, links)}} if p.key else {}
             body = yaml.safe_dump(nest({**case, **moved}, base), default_flow_style=True, width=1000).strip()
-            (group / f"{p.name}c{i}.yaml").write_text(f"# @package _global_\n{body}\n")
+            write_bytes_atomic(f"# @package _global_\n{body}\n".encode(), group / f"{p.name}c{i}.yaml")
             names.append(f"{p.name}c{i}")
     return names
 
 
 def run(name: str, spec: dict, out: Path, report_only: bool, extra: list[str]) -> None:
     runs_dir = Path("multirun") / f"sensitivity-{name}"
+    if report_only and not (runs_dir / "runs").is_dir():
+        raise ReportError(f"nothing to report: no runs in {runs_dir / 'runs'} (run without --report-only first)")
     points, defaults = design(name, spec)
-    started = time.monotonic()
-    if not report_only:
-        shutil.rmtree(runs_dir, ignore_errors=True)
-        base = OmegaConf.to_container(compose_checked([f"+experiment={name}", *spec.get("overrides", [])]),
-                                      resolve=True)  # fmt: skip
-        names = _write_points(points, cases(spec), runs_dir / "design", spec.get("link"), base)
-        exe = Path(sys.executable).with_name("mmnsim")
-        # The experiment's own sweep is replaced: the design points carry the cases the headlines compare.
-        seeds = ",".join(map(str, spec.get("seeds", [0, 1])))
-        points_arg = f"+{POINT_GROUP}={','.join(names)}"
-        command = [str(exe), "-m", f"+experiment={name}", "hydra.sweeper.params=null", points_arg, f"seed={seeds}",
-                   *spec.get("overrides", []), f"hydra.sweep.dir={runs_dir / 'runs'}", *extra]  # fmt: skip
-        print("running:", *command[1:4], f"+{POINT_GROUP}=({len(names)} design points)", *command[5:], flush=True)
-        env = {**os.environ, CONF_PATH_ENV: str((runs_dir / "design").resolve())}
-        if subprocess.run(command, env=env).returncode != 0:
-            print(f"mmnsim-experiment: some sensitivity runs of {name} failed; reporting the others", file=sys.stderr)
     timing = runs_dir / "elapsed_seconds"  # kept for --report-only
-    if not report_only:
-        timing.write_text(f"{time.monotonic() - started:.1f}\n")
-    elapsed = float(timing.read_text()) if timing.is_file() else None
+    with holding(runs_dir / "runs") as lock:  # held from clearing the last runs to the report
+        if not report_only:
+            started = time.monotonic()
+            _run_design(name, spec, extra, runs_dir, points, lock)
+            write_bytes_atomic(f"{time.monotonic() - started:.1f}\n".encode(), timing)
+        elapsed = float(timing.read_text()) if timing.is_file() else None
+        _report(name, spec, out, runs_dir, points, defaults, elapsed)
+
+
+def _run_design(name: str, spec: dict, extra: list[str], runs_dir: Path, points: list[Point], lock: SweepLock) -> None:
+    """Replace the last runs and their design by this design's, as one Hydra multirun handed ``lock``."""
+    lock.clear()  # only this process, holding the lock, removes the last runs and their design
+    shutil.rmtree(runs_dir / "design", ignore_errors=True)
+    base = OmegaConf.to_container(compose_checked([f"+experiment={name}", *spec.get("overrides", [])]), resolve=True)
+    names = _write_points(points, cases(spec), runs_dir / "design", spec.get("link"), base)
+    exe = Path(sys.executable).with_name("mmnsim")
+    # The experiment's own sweep is replaced: the design points carry the cases the headlines compare.
+    seeds = ",".join(map(str, spec.get("seeds", [0, 1])))
+    points_arg = f"+{POINT_GROUP}={','.join(names)}"
+    command = [str(exe), "-m", f"+experiment={name}", "hydra.sweeper.params=null", points_arg, f"seed={seeds}",
+               *spec.get("overrides", []), f"hydra.sweep.dir={runs_dir / 'runs'}", *extra]  # fmt: skip
+    print("running:", *command[1:4], f"+{POINT_GROUP}=({len(names)} design points)", *command[5:], flush=True)
+    env = {**os.environ, CONF_PATH_ENV: str((runs_dir / "design").resolve())}
+    if lock.run_sweep(command, env) != 0:
+        print(f"mmnsim-experiment: some sensitivity runs of {name} failed; reporting the others", file=sys.stderr)
+
+
+def _report(name: str, spec: dict, out: Path, runs_dir: Path, points: list[Point], defaults: dict[str, float],
+            elapsed: float | None) -> None:  # fmt: skip
+    """sensitivity.md, tornado.png and the README's verdict, from the runs in ``runs_dir``."""
     runs, _, failed = load([runs_dir / "runs"])
     write_results(runs, runs_dir / "runs")
     out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +252,7 @@ def run(name: str, spec: dict, out: Path, report_only: bool, extra: list[str]) -
         (out / "tornado.png").unlink(missing_ok=True)
         text += "No tornado plot: no cost in its range moves a finite headline.\n\n"
     text += "".join(sections)
-    (out / "sensitivity.md").write_text(text)
+    write_bytes_atomic(text.encode(), out / "sensitivity.md")
     _update_readme(out / "README.md", " ".join(f"{v}" for v in verdicts))
     print(text)
     if plotted:
@@ -418,8 +432,7 @@ def tornado(spec: dict, base: float, outcomes: list[Outcome], target: Path, top:
     ax.set_title(f"Costs that move the answer most (defaults: {base:.3g})", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
+    save_figure(fig, target)
     return True
 
 
@@ -427,10 +440,9 @@ def _update_readme(readme: Path, line: str) -> None:
     """Put the verdict between the sensitivity markers of the experiment's README.md, if it has them."""
     if not readme.is_file():
         return
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     head, begin, rest = text.partition(README_BEGIN)
     _, end, tail = rest.partition(README_END)
     if begin and end:
-        readme.write_text(
-            f"{head}{README_BEGIN}\n{line} Details: [sensitivity.md](sensitivity.md).\n{README_END}{tail}"
-        )
+        new = f"{head}{README_BEGIN}\n{line} Details: [sensitivity.md](sensitivity.md).\n{README_END}{tail}"
+        write_bytes_atomic(new.encode(), readme)

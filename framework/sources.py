@@ -11,7 +11,6 @@ is a cost and must have an entry; other keys (``tlb_entries``, ``fault_batch``) 
 drops ``sources`` before checking a node, so the settings dataclasses never see it.
 """
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import SOURCES, ConfigError
+from .entry import ArgumentParser, console_script
 
 SKIP = ("hydra", "report", "sensitivity")  # top-level nodes that are not the simulated system
 
@@ -92,14 +92,14 @@ def compose_checked(overrides: list[str]) -> DictConfig:
     """The config ``mmnsim OVERRIDES`` would run, checked as mmnsim checks it; ConfigError if bad."""
     from hydra import initialize_config_module
 
-    from .cli import CONFIG_MODULE, _compose
+    from .cli import CONFIG_MODULE, _compose, quote_numbered_options
     from .discovery import Registry, plugin_manager
     from .settings import load_settings
 
     if any(o.lstrip("+~").startswith("hydra") for o in overrides):
         raise ConfigError("mmnsim-costs takes config overrides only, not hydra.* ones")
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        cfg = _compose(overrides)
+        cfg = _compose(quote_numbered_options(overrides))
     load_settings(cfg, Registry.from_plugins(plugin_manager()))
     return cfg
 
@@ -145,8 +145,9 @@ def doc() -> str:
     return "\n".join(parts) + "\n"
 
 
+@console_script("mmnsim-costs")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mmnsim-costs", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="mmnsim-costs", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--doc", action="store_true", help="print docs/costs.md (default, each secondary, policy)")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for mmnsim (e.g. secondary=rdma)")

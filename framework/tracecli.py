@@ -7,8 +7,10 @@
 ``record`` runs the program under ``valgrind --tool=lackey --trace-mem=yes``, reads the trace from a pipe
 as it is produced (the text never touches the disk), drops instruction fetches and merges consecutive
 accesses to one page (unless told not to), renumbers the program's virtual pages 0, 1, 2, ... in order of
-first touch, and writes the compact ``mmt`` format, zstd-compressed when the name ends in ``.zst``.
-Output files appear only when complete.
+first touch, and writes the compact ``mmt`` format, zstd-compressed when the name ends in ``.zst`` (gzip
+for ``.gz``). Output files appear only when complete, and only where nothing or a regular file is: a
+directory, a device node or a fifo is never replaced (one line, exit status 2); a full or read-only disk
+is one line naming the file, exit status 1, and no temporary file is left.
 """
 
 import argparse
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .entry import ArgumentParser, console_script
+from .output import NotAFile, disk_error
 from .traces import FORMATS, Collapser, Densifier, TraceError, TraceWriter, detect_format, read_stream, read_trace
 
 
@@ -79,8 +83,9 @@ def info(path: Path, fmt: str) -> dict:
             "write_fraction": writes / records if has_writes else None}  # fmt: skip
 
 
+@console_script("mmnsim-trace")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mmnsim-trace", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="mmnsim-trace", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record", help="record a program's page accesses with valgrind lackey")
     rec.add_argument("-o", "--output", type=Path, required=True, help="the trace to write (.mmt, .mmt.zst, ...)")
@@ -117,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     except TraceError as exc:
         print(f"mmnsim-trace: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # the output: not a regular file (an input error), or a full or read-only disk
+        print(f"mmnsim-trace: {disk_error(exc)}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, NotAFile) else 1)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Every reader yields ``TraceChunk``s of at most ``chunk`` records, so a trace lar
 in bounded memory. A malformed file raises ``TraceError`` naming the file and the record or line.
 """
 
+import contextlib
 import csv
 import gzip
 import io
@@ -32,9 +33,12 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
+from .output import NotAFile, output_path
+
 MMT_MAGIC = b"MMNSIMT1"
 MMT_WRITE = np.uint32(1 << 31)
 MMT_MAX_PAGE = (1 << 31) - 1
+MAX_PAGE = (1 << 64) - 1  # a page number is a uint64 in every format
 ORACLE = np.dtype([("time", "<u4"), ("page", "<u8"), ("size", "<u4"), ("next", "<i8")])
 FORMATS = ("mmt", "valpin", "oracle", "lackey", "csv")
 EXTENSIONS = {".mmt": "mmt", ".valpin": "valpin", ".oracleGeneral": "oracle", ".oracle": "oracle",
@@ -318,7 +322,7 @@ def _parse_lackey(buf, pages, writes, keep_instructions):
             addr = (addr << np.uint64(4)) | np.uint64(v)
             digits += 1
             j += 1
-        if digits == 0 or j == end:
+        if digits == 0 or digits > 16 or j == end:  # more than 16 hex digits: past 2^64, no address
             return count, start, lines - 1, start
         if kind == 73 and not keep_instructions:
             continue
@@ -331,6 +335,14 @@ def _parse_lackey(buf, pages, writes, keep_instructions):
 def _read_csv(f: BinaryIO, path: Path, chunk: int) -> Iterator[TraceChunk]:
     text = io.TextIOWrapper(f, encoding="utf-8", errors="replace", newline="")
     rows = csv.reader(text)
+    try:
+        yield from _csv_chunks(rows, path, chunk)
+    except csv.Error as exc:  # a field past csv.field_size_limit(), a NUL byte
+        raise TraceError(f"{path}: line {rows.line_num}: {exc}; a CSV trace holds a page number and an optional "
+                         "write flag per line") from None  # fmt: skip
+
+
+def _csv_chunks(rows, path: Path, chunk: int) -> Iterator[TraceChunk]:
     first_row = next(rows, None)
     if first_row is None:
         return
@@ -359,6 +371,9 @@ def _read_csv(f: BinaryIO, path: Path, chunk: int) -> Iterator[TraceChunk]:
         for k, row in enumerate(pending):
             try:
                 value = int(row[page_col])
+                if value > MAX_PAGE:
+                    raise TraceError(f"{path}: line {line + k}: page {_shorten(str(value))} is past the largest page "
+                                     "number a trace holds, 2^64-1")  # fmt: skip
                 if value < 0:
                     raise ValueError
                 pages[k] = value
@@ -367,10 +382,12 @@ def _read_csv(f: BinaryIO, path: Path, chunk: int) -> Iterator[TraceChunk]:
                     if flag not in ("0", "1", "true", "false", ""):
                         raise ValueError
                     writes[k] = flag in ("1", "true")
+            except TraceError:
+                raise
             except (ValueError, IndexError):
                 raise TraceError(
-                    f"{path}: line {line + k}: {','.join(row)!r} is not a page number (a non-negative integer) "
-                    "with an optional write flag (0 or 1)"
+                    f"{path}: line {line + k}: {_shorten(','.join(row))!r} is not a page number (a non-negative "
+                    "integer) with an optional write flag (0 or 1)"
                 ) from None
         yield TraceChunk(pages, writes, first)
         first += len(pending)
@@ -378,39 +395,63 @@ def _read_csv(f: BinaryIO, path: Path, chunk: int) -> Iterator[TraceChunk]:
         pending = []
 
 
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 # -- writing --
 
 
 class TraceWriter:
-    """Writes a trace in chunks to a temporary file, renamed into place only by ``close()``.
+    """Writes a trace in chunks to a temporary file beside ``path``, renamed into place only by ``close()``.
 
-    ``zstd=True`` compresses it. Used as a context manager, an exception discards the temporary file, so
-    no half-written trace is ever left under the final name.
+    A name ending in ``.zst`` is zstd-compressed and one ending in ``.gz`` gzip-compressed (``zstd=True``
+    forces zstd), so that readers, which detect the compression from the bytes, read what the name says.
+    ``path`` must name a regular file or nothing (``output.output_path``: a symbolic link writes its target;
+    a directory, a device node or a fifo raises ``NotAFile``, never replaced). Used as a context manager,
+    an exception discards the temporary file; so does a failed ``close()`` (a full disk): no half-written
+    trace is ever left, under the final name or the temporary one.
     """
 
     def __init__(self, path: str | os.PathLike, fmt: str, zstd: bool | None = None):
-        self.path = Path(path)
         self.fmt = fmt
         if fmt not in ("mmt", "valpin", "oracle", "csv"):
-            raise TraceError(f"{self.path}: cannot write format {fmt!r}; accepted: mmt, valpin, oracle, csv")
+            raise TraceError(f"{path}: cannot write format {fmt!r}; accepted: mmt, valpin, oracle, csv")
+        self.path = output_path(path)
         if not self.path.parent.is_dir():
             raise TraceError(f"{self.path}: cannot write: the folder {self.path.parent} does not exist")
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self._raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
-        zstd = self.path.suffix == ".zst" if zstd is None else zstd
-        if zstd:
-            import zstandard
-
-            self._out = zstandard.ZstdCompressor(level=19).stream_writer(self._raw)
-        else:
-            self._out = self._raw
+        try:
+            self._raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+        self._out: BinaryIO = self._raw
         self.records = 0
-        if fmt == "mmt":
-            self._out.write(MMT_MAGIC)
-        elif fmt == "csv":
-            self._out.write(b"page,write\n")
+        try:
+            if self.path.suffix == ".zst" if zstd is None else zstd:
+                import zstandard
+
+                self._out = zstandard.ZstdCompressor(level=19).stream_writer(self._raw)
+            elif self.path.suffix == ".gz":
+                self._out = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=6, mtime=0)
+            if fmt == "mmt":
+                self._out.write(MMT_MAGIC)
+            elif fmt == "csv":
+                self._out.write(b"page,write\n")
+        except OSError as exc:
+            self.abort()
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, pages: np.ndarray, writes: np.ndarray | None) -> None:
+        try:
+            self._write(pages, writes)
+        except OSError as exc:  # a full disk: name the file the user asked for, not its temporary name
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+
+    def _write(self, pages: np.ndarray, writes: np.ndarray | None) -> None:
         pages = np.asarray(pages, dtype=np.uint64)
         w = np.zeros(pages.size, dtype=bool) if writes is None else np.asarray(writes, dtype=bool)
         if self.fmt == "mmt":
@@ -429,17 +470,31 @@ class TraceWriter:
         self.records += pages.size
 
     def close(self) -> None:
-        self._out.close()
-        if not self._raw.closed:
-            self._raw.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
+        """Finish the file and rename it into place; on an error (a full disk at the last flush, the path
+        taken by a directory meanwhile) remove the temporary file and raise."""
         try:
             self._out.close()
-        finally:
             if not self._raw.closed:
                 self._raw.close()
+            output_path(self.path)  # still nothing, or a regular file, there
+            os.replace(self.tmp, self.path)
+        except NotAFile:
+            self.abort()
+            raise
+        except OSError as exc:
+            self.abort()
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Discard the temporary file (idempotent)."""
+        with contextlib.suppress(OSError, ValueError):  # closing a stream whose disk is full fails again
+            self._out.close()
+        with contextlib.suppress(OSError):
+            self._raw.close()
+        with contextlib.suppress(OSError):
             self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "TraceWriter":

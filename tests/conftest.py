@@ -1,5 +1,6 @@
 """Shared helpers: compose the real Hydra config with overrides and build or run a simulation."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -48,3 +49,40 @@ def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# A full or read-only disk: a small tmpfs mounted in the test's folder (root only; skipped elsewhere).
+PAGE = 4096
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs in the test's folder (``tmpfs(name, options)``), unmounted after the test."""
+    mounted = []
+
+    def mount(name: str, options: str = "size=256k") -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(fs: Path, free_pages: int = 0) -> None:
+    """Fill the file system, then free ``free_pages`` pages of it (a tmpfs allocates a page per 4 KiB)."""
+    fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while os.write(fd, b"x" * PAGE):
+            pass
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    os.ftruncate(fd, max(os.fstat(fd).st_size - free_pages * PAGE, 0))
+    os.close(fd)

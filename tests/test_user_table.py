@@ -273,13 +273,16 @@ def test_the_progress_bar_is_drawn_only_on_a_terminal():
     assert "%" in terminal.getvalue() and "left" in terminal.getvalue() and "a line" in terminal.getvalue()
 
 
-def _interrupt_when(process: subprocess.Popen, ready) -> tuple[str, str]:
-    deadline = time.monotonic() + 180
+def _interrupt_when(process: subprocess.Popen, ready, sigterm: bool = False) -> tuple[str, str]:
+    deadline = time.monotonic() + 600  # the first run compiles the kernels: minutes on a busy machine
     while not ready():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.1)
     time.sleep(1.5)
-    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: the whole foreground process group
+    if sigterm:
+        process.terminate()  # as kill(1), a service manager or a batch system does: the sweep's process only
+    else:
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: the whole foreground process group
     return process.communicate(timeout=120)
 
 
@@ -289,7 +292,7 @@ def test_ctrl_c_is_one_line_in_a_run_and_in_a_sweep_and_the_sweep_resumes(tmp_pa
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     out, err = _interrupt_when(run, lambda: (tmp_path / "run" / ".mmnsim.lock").exists())
     assert run.returncode == 130 and "Traceback" not in out + err, err
-    assert err.splitlines() == ["mmnsim: interrupted: the run into run, which wrote no results; run the same "
+    assert err.splitlines() == ["mmnsim: interrupted (SIGINT): the run into run, which wrote no results; run the same "
                                 "command again"], err  # fmt: skip
     args = ["-m", "guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64", "engine.accesses_per_tick=16384",
             "workload.accesses=2000000,20000000", "hydra.sweep.dir=sweep", "hydra.launcher.n_jobs=2"]  # fmt: skip
@@ -297,12 +300,25 @@ def test_ctrl_c_is_one_line_in_a_run_and_in_a_sweep_and_the_sweep_resumes(tmp_pa
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     out, err = _interrupt_when(sweep, lambda: (tmp_path / "sweep" / "0" / "summary.parquet").exists())
     assert sweep.returncode == 130 and "Traceback" not in out + err, err
-    assert err.splitlines() == ["mmnsim: interrupted: the sweep into sweep, 1 of 2 jobs finished; run the same "
-                                "command again to resume (the finished jobs are not run again)"], err  # fmt: skip
+    assert err.splitlines() == ["mmnsim: interrupted (SIGINT): the sweep into sweep, 1 of 2 jobs finished; run the "
+                                "same command again to resume (the finished jobs are not run again)"], err  # fmt: skip
     resumed = cli(*args, cwd=tmp_path)  # the same command resumes: job 0 is up to date, job 1 runs
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.count("up to date (same config and code), not run again") == 1, resumed.stdout
     assert len(list((tmp_path / "sweep").glob("*/summary.parquet"))) == 2
+
+
+def test_sigterm_to_a_sweep_is_its_one_line_and_leaves_the_directory_free(tmp_path):
+    args = ["-m", "guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64", "engine.accesses_per_tick=16384",
+            "workload.accesses=2000000,40000000", "hydra.sweep.dir=sweep", "hydra.launcher.n_jobs=2"]  # fmt: skip
+    sweep = subprocess.Popen([str(EXE), *args], cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    out, err = _interrupt_when(sweep, lambda: (tmp_path / "sweep" / "0" / "summary.parquet").exists(), sigterm=True)
+    assert sweep.returncode == 128 + signal.SIGTERM and "Traceback" not in out + err, err
+    assert err.splitlines() == ["mmnsim: interrupted (SIGTERM): the sweep into sweep, 1 of 2 jobs finished; run the "
+                                "same command again to resume (the finished jobs are not run again)"], err  # fmt: skip
+    assert not (tmp_path / "sweep" / ".mmnsim.lock").exists()  # released on the way out (atexit ran)
+    assert (tmp_path / "sweep" / "0" / "summary.parquet").is_file()  # the finished job's results kept
 
 
 # 5. The first compile says so, and the speed leaves it out.
