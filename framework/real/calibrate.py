@@ -41,6 +41,7 @@ file lists them. The profile sets KVM's costs too (``secondary.*``), so it is fo
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -84,7 +85,7 @@ class Plan:
     flushes: int = 20
     swap_mib: int = 64
     access_mib: int = 256
-    accesses: int = 2_000_000
+    accesses: int = 4_000_000
 
     def check(self) -> None:
         for name, low in (("repeats", 1), ("pages", 64), ("flushes", 1), ("swap_mib", 8), ("access_mib", 8),
@@ -107,10 +108,11 @@ class Measured:
     what: str
     key: str | None = None  # the profile key it sets, if any
     extra: dict = field(default_factory=dict)
+    quantile: float = QUANTILE  # the statistic of the samples taken as the value
 
     @property
     def value(self) -> float:
-        return float(np.quantile(self.samples, QUANTILE, method="lower"))
+        return float(np.quantile(self.samples, self.quantile, method="lower"))
 
     @property
     def low(self) -> float:
@@ -314,28 +316,45 @@ COMBOS = (("4K/4K", False, False), ("4K/2M", False, True), ("2M/4K", True, False
 
 
 def page_sizes(plan: Plan, progress) -> list[Measured]:
-    """The replay's time per access in each combination of guest and host page size (guest/host)."""
+    """The replay's time per access in each combination of guest and host page size (guest/host).
+
+    The four guests live at once and replay in turn, round after round, so that a round's four times were
+    taken under the same load: the other workers' memory traffic slows a replay as much as the time they
+    take from it. Each combination's ``excess`` samples are its time less 2M/2M's in the same round."""
     rng = np.random.default_rng(0)
     ram_pages = (plan.access_mib << 20) // PAGE
     pages = rng.integers(0, ram_pages, plan.accesses).astype(np.int32)
     writes = rng.random(plan.accesses) < 0.3
     small = rng.integers(0, 64, plan.accesses).astype(np.int32)  # 256 KiB: every translation and line cached
-    out = []
-    for name, guest_thp, host_thp in COMBOS:
-        with Guest(plan.access_mib, vcpus=1, guest_thp=guest_thp) as guest:
+    with contextlib.ExitStack() as stack:
+        guests = {}
+        for name, guest_thp, host_thp in COMBOS:
+            guest = stack.enter_context(Guest(plan.access_mib, vcpus=1, guest_thp=guest_thp))
             guest.madvise("hugepage" if host_thp else "nohugepage")
             guest.madvise("populate_write")  # host faults first; the guest's boot pass then faults KVM only
             _touch(guest, np.arange(ram_pages))
-            times = [guest.run(pages, writes) / plan.accesses * 1e9 for _ in range(plan.repeats)]
-            base = [guest.run(small, writes) / plan.accesses * 1e9 for _ in range(plan.repeats)]
+            guests[name] = guest
+        times: dict[str, list[float]] = {name: [] for name in guests}
+        cached: dict[str, list[float]] = {name: [] for name in guests}
+        for r in range(plan.repeats):
+            for name, guest in guests.items():
+                times[name].append(guest.run(pages, writes) / plan.accesses * 1e9)
+                cached[name].append(guest.run(small[: plan.accesses // 4], writes[: plan.accesses // 4])
+                                    / (plan.accesses // 4) * 1e9)  # fmt: skip
+            progress(f"access round {r + 1}/{plan.repeats}: "
+                     + ", ".join(f"{n} {t[-1]:.1f} ns" for n, t in times.items()))  # fmt: skip
+        out = []
+        for name, guest in guests.items():
             stats = guest.stats()
             huge = counters.anon_huge_bytes(guest.pid, *guest.ram_range) / (plan.access_mib << 20)
-        extra = {"thp_coverage": round(huge, 3), "pages_2m": stats.get("pages_2m", 0),
-                 "pages_4k": stats.get("pages_4k", 0), "cached_ns": min(base)}  # fmt: skip
-        out.append(Measured(f"access_{name}", times, f"replay of uniform random accesses over {plan.access_mib} MiB, "
-                            f"guest {name[:2]} pages on host {name[3:]} pages", extra=extra))  # fmt: skip
-        progress(f"access {name}: {min(times):.1f} ns ({min(base):.1f} ns over 256 KiB); host THP {huge:.0%}, "
-                 f"2 MiB sptes {extra['pages_2m']}")  # fmt: skip
+            excess = [a - b for a, b in zip(times[name], times["2M/2M"], strict=True)]
+            extra = {"excess_median": round(float(np.median(excess)), 1), "thp_coverage": round(huge, 3),
+                     "pages_2m": stats.get("pages_2m", 0), "pages_4k": stats.get("pages_4k", 0),
+                     "cached_ns": round(float(np.quantile(cached[name], QUANTILE, method="lower")), 1)}  # fmt: skip
+            what = f"replay of uniform random accesses over {plan.access_mib} MiB, guest {name[:2]} pages on host "
+            out.append(
+                Measured(f"access_{name}", times[name], f"{what}{name[3:]} pages", extra=extra | {"excess": excess})
+            )
     return out
 
 
@@ -359,32 +378,21 @@ def model_translation_ns(walk_ref_ns: float, tlb_entries: int, pwc_miss: float, 
 
 
 def fitted_access(measured: dict[str, Measured], defaults: dict, tlb_entries: int, footprint: int) -> list[Measured]:
-    """access_ns from the 2M/2M replay, walk_ref_ns from 4K/4K less 2M/2M over the model's extra walk
-    references under shadow paging (the repeats paired in order of size)."""
-    big, small = measured["access_2M/2M"], measured["access_4K/4K"]
+    """access_ns from the 2M/2M replay; walk_ref_ns from each round's 4K/4K time less its 2M/2M time, over the
+    model's extra walk references under shadow paging, whose median is taken (a difference of two loaded
+    times is as likely too low as too high)."""
+    big = measured["access_2M/2M"]
     per_ref = [model_translation_ns(1.0, tlb_entries, defaults["pwc_miss"], g, h, "shadow", footprint)
                for _, g, h in (COMBOS[0], COMBOS[3])]  # fmt: skip
     refs = per_ref[0] - per_ref[1]
-    # The i-th smallest 4K/4K repeat against the i-th smallest 2M/2M one: load inflates repeats, not pairs.
-    walk = [max(a - b, 0.0) / refs for a, b in zip(sorted(small.samples), sorted(big.samples), strict=True)]
-    base = [b - per_ref[1] * w for b, w in zip(sorted(big.samples), walk, strict=True)]
+    walk = [max(excess, 0.0) / refs for excess in measured["access_4K/4K"].extra["excess"]]  # a faster 4K/4K: 0
     return [
-        Measured(
-            "access",
-            base,
-            "replay of uniform random accesses over resident guest RAM of 2 MiB pages on "
-            "2 MiB sptes, less the model's translation (none: the TLB reaches it)",
-            key="costs.access_ns",
-        ),
-        Measured(
-            "walk_ref",
-            walk,
-            f"fitted: (4K/4K - 2M/2M) replay time per access over the model's extra walk "
-            f"references ({refs:.2f} per access: shadow paging, pwc_miss {defaults['pwc_miss']:g}, "
-            f"{tlb_entries} TLB entries)",
-            key="costs.walk_ref_ns",
-        ),  # fmt: skip
-    ]
+        Measured("access", big.samples, "replay of uniform random accesses over resident guest RAM of 2 MiB pages "
+                 "on 2 MiB sptes (the model's translation there: none, the TLB reaches it)", key="costs.access_ns"),
+        Measured("walk_ref", walk, f"fitted: the median over rounds of 4K/4K less 2M/2M replay time per access, "
+                 f"over the model's extra walk references ({refs:.2f} per access: shadow paging, pwc_miss "
+                 f"{defaults['pwc_miss']:g}, {tlb_entries} TLB entries)", key="costs.walk_ref_ns", quantile=0.5),
+    ]  # fmt: skip
 
 
 def cpuinfo_tlb_entries() -> int | None:
@@ -394,19 +402,19 @@ def cpuinfo_tlb_entries() -> int | None:
 
 
 def splintering_table(measured: dict[str, Measured], profile: dict, defaults: dict, footprint: int) -> str:
-    """Markdown: each combination's measured time per access and its excess over 2M/2M, beside the model's
-    translation cost with the default costs under EPT and under shadow paging, and with the profile's."""
-    rows = ["| guest/host | measured ns/access | excess over 2M/2M | model, default costs, EPT | "
+    """Markdown: each combination's measured time per access (lower quartile) and its excess over 2M/2M (the
+    median over rounds of the difference within a round), beside the model's translation cost per access
+    with the default costs under EPT and under shadow paging, and with the profile's under shadow paging."""
+    rows = ["| guest/host | measured ns/access | excess over 2M/2M (median) | model, default costs, EPT | "
             "model, default costs, shadow | model, profile costs, shadow | host THP | 2 MiB sptes |",
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    top = measured["access_2M/2M"].value
     for name, g, h in COMBOS:
         m = measured[f"access_{name}"]
         d = [model_translation_ns(defaults["walk_ref_ns"], defaults["tlb_entries"], defaults["pwc_miss"], g, h, p,
                                   footprint) for p in ("ept", "shadow")]  # fmt: skip
         p = model_translation_ns(profile["walk_ref_ns"], profile["tlb_entries"], profile["pwc_miss"], g, h,
                                  "shadow", footprint)  # fmt: skip
-        rows.append(f"| {name} | {m.value:.1f} | {m.value - top:+.1f} | {d[0]:.1f} | {d[1]:.1f} | {p:.1f} | "
+        rows.append(f"| {name} | {m.value:.1f} | {m.extra['excess_median']:+.1f} | {d[0]:.1f} | {d[1]:.1f} | {p:.1f} | "
                     f"{m.extra['thp_coverage']:.0%} | {m.extra['pages_2m']} |")  # fmt: skip
     return "\n".join(rows)
 
@@ -449,7 +457,7 @@ def profile_yaml(name: str, found: list[Measured], provenance: dict, table: str)
     lines += ["#", "# Also measured (ns; lower quartile, median, maximum over the repeats):"]
     for m in found:
         if not m.key:
-            extra = "".join(f", {k} {v:g}" for k, v in m.extra.items())
+            extra = "".join(f", {k} {v:g}" for k, v in m.extra.items() if not isinstance(v, list))
             lines.append(f"#   {m.name}: {m.value:,.1f} / {m.median:,.1f} / {m.high:,.1f}{extra} ({m.what})")
     lines += ["#", "# Guest and host page sizes (docs/costs.md, the splintering table):"]
     lines += [f"#   {row}" for row in table.splitlines()]
@@ -586,7 +594,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         plan.check()
         path = output_path(args.name, args.output, args.force)
-        guest_bytes = max(plan.access_mib, plan.repeats * plan.pages // 256 + 2) << 20
+        guest_bytes = max(len(COMBOS) * plan.access_mib, plan.repeats * plan.pages // 256 + 2) << 20
         preflight.check(guest_bytes, guest_bytes, 2 * plan.swap_mib << 20)
         load_before = os.getloadavg()
         with cleanup.RunResources(f"calibrate-{args.name}", time_limit_s=args.time_limit) as run:
