@@ -20,8 +20,9 @@ its memory cgroup and swap file (``mmnsim.real.cleanup.RunResources``: removed o
   in random order (each a major fault and a swap-out).
 - ``costs.access_ns``: a replay of uniformly random accesses (30 % writes) over a guest of 2 MiB pages on host
   THPs (2 MiB sptes), every page resident.
-- ``costs.walk_ref_ns``: fitted: the 4K/4K replay's time per access less 2M/2M's, divided by the model's extra
-  walk references (shadow paging, ``mmnsim.costs.translation_ns``).
+- ``costs.walk_ref_ns``: fitted: the 4K/4K replay's time per access less 2M/2M's in the same round (the four
+  page-size guests replay in turn), its median over the rounds, divided by the model's extra walk references
+  (shadow paging, ``mmnsim.costs.translation_ns``).
 - ``costs.tlb_entries``: /proc/cpuinfo ``TLB size`` (AMD), when present.
 - ``secondary.paging``: the machine's (``machineinfo.kvm_paging``): not a cost, but the model's walk follows it.
 
@@ -29,7 +30,7 @@ Also measured and printed, not profile keys: the guest's first touch and its ref
 (host and KVM fault together), MADV_DONTNEED per page in the guest and in a plain process, a KVM fault with
 the shadow MMU's prefetch (per fault, with its sptes per fault), and the replay's time per access in the
 four combinations of guest and host page size (4K/4K, 4K/2M, 2M/4K, 2M/2M) beside the model's translation
-cost (the splintering table of docs/costs.md).
+cost (the splintering table of docs/time.md).
 
 **Load.** The machine is shared: other work can only add time to a measurement, never remove it, so each
 cost is a low statistic of its repeats (each repeat already an average over many pages, or for the flush,
@@ -57,7 +58,6 @@ import numpy as np
 
 from ..config import ConfigError
 from . import cleanup, counters, machineinfo, preflight
-from .errors import HostError
 from .guest import Guest, Process
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -65,7 +65,7 @@ PAGE = 4096
 # The profile sets KVM's costs (secondary.*) too: the secondaries it may be used with (faulty is KVM with a bug;
 # none has no costs of its own). mmnsim.settings refuses it with any other.
 SECONDARIES = ["kvm", "faulty", "none"]
-# The statistic of a figure's repeats: their lower quartile (one of them: the second smallest of 5). Load on the
+# The statistic of a figure's repeats: their lower quartile (one of them: the second smallest of 7). Load on the
 # shared machine only adds time, so a low statistic; not the minimum, because a single repeat can come out far
 # below the others here (a KVM fault repeat measured 8 us against 24-32 us in four: this machine is itself a
 # guest, and its own hypervisor's state varies between repeats).
@@ -199,8 +199,8 @@ def kvm_faults(plan: Plan, progress) -> list[Measured]:
             kvm_only = _touch(guest, sparse)
             faults = _stat(guest, "pf_fixed") - before
             if faults != sparse_count:
-                raise HostError(f"a KVM refault of {sparse_count} pages took {faults} faults, not one each: "
-                                "the measurement of secondary.fault_ns assumes no prefetch")  # fmt: skip
+                raise RuntimeError(f"a KVM refault of {sparse_count} pages took {faults} faults, not one each: "
+                                   "the measurement of secondary.fault_ns assumes no prefetch")  # fmt: skip
             out["fault"].append((kvm_only - _touch(guest, sparse)) / sparse_count * 1e9)
             with_spte, without = [], []
             page = base + 1
@@ -605,9 +605,11 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"mmnsim-calibrate: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (cleanup.RunInterrupted): 128 + the signal
+        from .run import exit_status
+
         print(f"mmnsim-calibrate: stopped ({exc or 'Ctrl-C'}); everything it created was removed", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(exit_status(exc))
     except (cleanup.RunTimeout, OSError, RuntimeError) as exc:
         print(f"mmnsim-calibrate: {str(exc).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
