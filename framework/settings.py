@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import memory
 from .components import Component
-from .config import ConfigError, require, typed
+from .config import SOURCES, ConfigError, require, typed
 from .costs import Costs
 from .discovery import KIND_DIRS, Registry
 from .host import MAX_MIB, MIB_PAGES, OOM, THP, HostConfig
@@ -165,6 +165,7 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     costs = typed(top.get("costs"), Costs, "costs")
     guest = typed(top.get("guest"), GuestConfig, "guest")
     kernel = typed(top["kernel"], KernelConfig, "kernel") if top.get("kernel") is not None else TODAY
+    _check_profile(top.get("costs"), top.get("secondary"))
     secondary = _secondary(top.get("secondary"), registry)
     workload = _workload(top.get("workload"), "workload", registry)
     policies = {
@@ -277,6 +278,17 @@ def _check_node(node: int, host: HostConfig, key: str) -> None:
 def _component(kind: str, name: str, node: Any, key: str, registry: Registry) -> tuple[type[Component], Any]:
     cls = registry.get(kind, name, key)
     return cls, typed(node, cls.Config, key)
+
+
+def _check_profile(costs: Any, secondary: Any) -> None:
+    """A measured cost profile (``mmnsim-calibrate``, conf/costs/NAME.yaml) sets KVM's costs (``secondary.*``)
+    besides the host's: its ``sources.profile.secondaries`` names the secondaries it may be used with."""
+    profile = ((costs or {}).get(SOURCES) or {}).get("profile") or {}
+    allowed = list(profile.get("secondaries") or [])
+    name = (secondary or {}).get("name", "none")
+    if allowed and name not in allowed:
+        raise ConfigError(f"costs={profile.get('name')}: the profile sets {allowed[0]}'s measured costs "
+                          f"(secondary.*) too; use it with secondary={' or '.join(allowed)}, not {name}")  # fmt: skip
 
 
 def _secondary(node: Any, registry: Registry, key: str = "secondary") -> tuple[type[Component], Any] | None:

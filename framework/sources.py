@@ -125,8 +125,41 @@ being spread over its vCPUs, as zram's (decompressed on each faulting CPU) are (
 """
 
 
+MEASURED = """A profile measured on a machine by `mmnsim-calibrate` (framework/real/calibrate.py, docs/real.md) sets the
+costs it measured over the default profile (Hydra's defaults list) and says so in its sources; the other costs
+are the default's. Each measured cost is set beside the default and its sourced range; where a measured cost
+fell outside that range, the range was widened to it and its source says so (the defaults stay the default
+for bare-metal hosts with EPT). A profile's own range of a cost is the spread of its repeats. The widening
+changes no default, so no answer at the defaults; each experiment's sensitivity.md varies the costs over the
+wider ranges once it is re-run (`mmnsim-experiment NAME --sensitivity`).
+"""
+
+
+def profile_doc(name: str, default: list[Cost]) -> str:
+    """A measured profile's section: its provenance, and each measured cost beside the default's."""
+    cfg = compose_checked([f"costs={name}"])
+    info = OmegaConf.to_container(cfg.costs.sources).get("profile") or {}
+    base = {c.key: c for c in default}
+    rows = ["| cost | measured | its repeats | default | default's range | inside |", "|---|---|---|---|---|---|"]
+    for c in costs_of(cfg):
+        if not c.source.startswith("measured"):
+            continue
+        d = base[c.key]
+        inside = "**no**" if not d.low <= c.value <= d.high else "widened to it" if "widened" in d.source else "yes"
+        rows.append(f"| `{c.key}` | {number(c.value)} | {number(c.low)} - {number(c.high)} | {number(d.value)} | "
+                    f"{number(d.low)} - {number(d.high)} | {inside} |")  # fmt: skip
+    where = ", ".join(str(info[k]) for k in ("cpu", "kernel", "kvm_module", "kvm_paging") if k in info)
+    head = (
+        f"Measured {str(info.get('date', ''))[:10]} on {where} paging, THP {info.get('thp', '?')}, load "
+        f"{info.get('load', '?')}: `{info.get('command', '?')}`; {info.get('repeats', '')}, each cost the "
+        f"{info.get('statistic', '?')}. Use it with secondary={' or '.join(info.get('secondaries') or ['kvm'])}."
+    )
+    return head + "\n\n" + "\n".join(rows)
+
+
 def doc() -> str:
-    """docs/costs.md: the default config's costs, then each built-in secondary's and policy's own."""
+    """docs/costs.md: the default config's costs, then each built-in secondary's and policy's own, then each
+    measured profile's costs beside the default's."""
     default = costs_of(compose_checked([]))
     parts = [DOC_HEAD, "## The default run (`mmnsim`: host, KVM, the swap policy)\n", markdown(default)]
     old = [c for c in costs_of(compose_checked(["kernel=2008"])) if c not in default]
@@ -142,6 +175,10 @@ def doc() -> str:
         rows = [c for c in costs_of(compose_checked([f"policies=[{name}]"])) if c.key.startswith("policies.")]
         if rows:
             parts += [f"\n## policies=[{name}]\n", markdown(rows)]
+    profiles = [n for n in builtin_options("costs") if n != "default"]
+    if profiles:
+        parts += ["\n## Measured profiles\n", MEASURED.rstrip()]
+        parts += [f"\n### costs={name}\n\n{profile_doc(name, default)}" for name in profiles]
     return "\n".join(parts) + "\n"
 
 

@@ -36,7 +36,7 @@ def test_design_moves_every_cost_with_a_range_to_each_end():
     assert points[0] == Point("p00", None, None, "default")
     assert defaults["secondary.fault_ns"] == 1000 and "costs.walk_ref_ns" in defaults
     fault = [p for p in points if p.key == "secondary.fault_ns"]
-    assert [(p.end, p.value) for p in fault] == [("low", 500), ("high", 7000)]
+    assert [(p.end, p.value) for p in fault] == [("low", 500), ("high", 22000)]
     assert len(points) == 2 * len(defaults) + 1
 
 

@@ -22,6 +22,8 @@ The guest, created through the KVM ioctls from Python and replaying the simulati
 - ``child``: the guest process's request loop (a KVM guest, or a plain tenant's memory).
 - ``guest``: ``Guest``, the parent's handle on a guest in its child process: the API a run calls.
 - ``replaybench``: how fast the guest replays accesses that do not fault.
+- ``calibrate``: ``mmnsim-calibrate``, this machine's costs measured with the guest and a plain process, written
+  as a cost profile (conf/costs/NAME.yaml, ``costs=NAME``).
 
 The host side, which shapes and observes the machine for a run:
 

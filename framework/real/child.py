@@ -14,6 +14,7 @@ Requests and answers are pickled tuples over a Unix socket (multiprocessing.conn
     ("run", {"counts": [per vCPU]})      -> seconds: vCPU v replays counts[v] entries of its buffer region
     ("madvise", {advice, first_page, pages})
     ("mprotect", {protection, first_page, pages})
+    ("timed", {"op": "madvise" or "mprotect", "args": {...}})  -> seconds: that call, timed here (no round trip)
     ("pin", {"method"})                  -> (method used, note)
     ("unpin", {})
     ("stats", {})                        -> (VM statistics, [each vCPU's statistics]), as kvm.Stat by name
@@ -28,6 +29,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 
@@ -88,6 +90,16 @@ class _Server:
     def mprotect(self, protection: str, first_page: int, pages: int | None) -> None:
         self._need_machine().mprotect(protection, first_page, pages)
 
+    def timed(self, op: str, args: dict) -> float:
+        """One ``madvise`` or ``mprotect`` call, timed in this process: its duration without the socket's round
+        trip (``mmnsim.real.calibrate`` measures costs of a few microseconds with it)."""
+        if op not in ("madvise", "mprotect"):
+            raise ValueError(f"cannot time {op!r}; accepted: madvise, mprotect")
+        call = getattr(self._need_machine(), op)
+        start = time.perf_counter()
+        call(**args)
+        return time.perf_counter() - start
+
     def pin(self, method: str) -> tuple[str, str]:
         return self._need_machine().pin(method)
 
@@ -118,7 +130,7 @@ def serve(conn: Connection, buffer_fd: int) -> None:
                 return
             handler = (
                 getattr(server, op, None)
-                if op in ("create", "run", "madvise", "mprotect", "pin", "unpin", "stats")
+                if op in ("create", "run", "madvise", "mprotect", "timed", "pin", "unpin", "stats")
                 else None
             )
             try:
