@@ -24,7 +24,7 @@ class Actors:
         self.running: list[str] = []  # the stack; the notifier chain pushes and pops it directly
         self._labels: list[str] = []
         self._ids: dict[str, int] = {}
-        self.changed = np.full(keys, -1, dtype=np.int32)  # per page key: its last event, or -1
+        self._changed = np.full(keys, -1, dtype=np.int32)  # per page key: its last event, or -1
         self._events = np.zeros((256, 2), dtype=np.int64)  # per event: (index into _labels, tick); grows
         self._nevents = 0
         self._last = (-1, -1)  # the last event's (label, tick)
@@ -60,11 +60,11 @@ class Actors:
             self._events[n] = i, tick
             self._nevents = n + 1
             self._last = (i, tick)
-        _record(self.changed, base, start, end, self._nevents - 1)
+        _record(self._changed, base, start, end, self._nevents - 1)
 
     def who_changed(self, key: int) -> str | None:
         """Who last changed page ``key`` under an invalidation, and at which tick; None if nothing did."""
-        event = int(self.changed[key])
+        event = int(self._changed[key])
         if event < 0:
             return None
         who, tick = (int(x) for x in self._events[event])

@@ -126,7 +126,7 @@ def _app(cfg: DictConfig) -> None:
     if metrics["invariant_violations"] and not (sim.engine.allow_violations or sim.violations_expected):
         (outdir / VIOLATIONS).write_text("\n".join(sim.violation_messages) + "\n")
         if not multirun:
-            first = sim.violation_messages[0]
+            first = sim.violation_messages[0] if sim.violation_messages else "see the counters in the summary"
             print(f"mmnsim: {metrics['invariant_violations']:,} invariant violations (first: {first}); "
                   "engine.allow_violations=true accepts them", file=sys.stderr)  # fmt: skip
             sys.exit(EXIT_VIOLATIONS)

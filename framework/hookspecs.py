@@ -167,7 +167,10 @@ class FrameworkHooks:
     def host_tick(self, sim):
         """Run this component's periodic work for the tick ``sim.tick`` (kswapd, NUMA scanning, ...).
 
-        Called at the start of every tick, before the clients' accesses.
+        Called at the start of every tick, before the clients' accesses, in pluggy's order, the last
+        registered first (``Simulation.call_hook``): the secondary MMUs' first, the newest first; then the
+        policies', in the reverse of their order in ``policies``; then module-level implementations.
+        ``@hookimpl(tryfirst=True)`` (or ``trylast=True``) puts one before (after) all the others.
         """
 
     @hookspec(firstresult=True)

@@ -41,11 +41,16 @@ import numpy as np
 
 from .frames import FREE, NFREE, ORPHAN, PAGEBLOCK_SHIFT, PB_NFREE, PB_SIZE, SHARED, WORDS
 from .kernel import U, kernel
-from .pagebits import HUGE_PAGES, P_HUGE, P_PROTNONE, P_READ, P_VMA, P_WRITE, PTE_NONE, S_PINNED, S_WRITABLE
+from .pagebits import HUGE_PAGES, P_HUGE, P_PROTNONE, P_READ, P_VMA, P_WRITE, PTE_NONE, S_WRITABLE, SH_PINNED
 from .swapdev import REG_USED, SLOT_FREE
 
 if TYPE_CHECKING:
     from .simulation import Simulation
+
+
+class InvariantViolation(RuntimeError):
+    """Raised by a run with engine.stop_on_violation when an invariant breaks."""
+
 
 KINDS = ("coherence", "isolation", "integrity", "pin", "conservation", "accessed", "permission")
 COHERENCE, ISOLATION, INTEGRITY, PIN, CONSERVATION, ACCESSED, PERMISSION = range(len(KINDS))
@@ -53,7 +58,7 @@ COHERENCE, ISOLATION, INTEGRITY, PIN, CONSERVATION, ACCESSED, PERMISSION = range
 # What exactly a noted violation is (examples[kind, 2]), for its message.
 (W_STALE, W_FOREIGN, W_WRONG_OWNER, W_SLOT_OWNER, W_CONTENT_FRAME, W_CONTENT_SLOT, W_CONTENT_NONE, W_PIN_COUNT,
  W_PIN_FREE, W_ORPHAN, W_BAD_KEY, W_FREE_BITS, W_PB_NFREE, W_MAPPED, W_SHARERS, W_TOTAL, W_SLOTS, W_THP_PART,
- W_THP_FRAMES, W_PERM_WRITE, W_PERM_SHARED, W_PERM_NONE) = range(22)  # fmt: skip
+ W_THP_FRAMES, W_PERM_WRITE, W_PERM_SHARED, W_PERM_NONE, W_NO_FRAME) = range(23)  # fmt: skip
 
 
 @kernel
@@ -243,12 +248,15 @@ def _forbidden(pfl, sfl):
 
 
 @kernel
-def _check_secondary(pt, ft, mm, spte, sflags, any_shared, expected_pins, check_perm, counts, examples):
+def _check_secondary(pt, ft, mm, spte, sflags, shadow, any_shared, expected_pins, check_perm, counts, examples):
     """A secondary table against the primary: an entry whose frame is the PTE's is coherent (and, the
     host check having verified the rmap, isolated); only the rare other entry is looked up further.
     ``any_shared``: whether any frame is a shared (KSM) one; if none is, a coherent entry needs no look at
     its frame (a random load per entry, most of this check's time otherwise). ``check_perm``: also judge
-    each coherent entry's permissions against the PTE's (for a subscriber, which is told of changes)."""
+    each coherent entry's permissions against the PTE's (for a subscriber, which is told of changes).
+    Pins are counted by the framework's own record of each entry (``shadow``'s SH_PINNED), and a frame
+    number beyond the host's frames (the plugin's table is the plugin's to write) is an isolation violation,
+    never an index."""
     pte, pflags, mm_base, fkey = pt.pte, pt.flags, pt.mm_base, ft.key
     base = mm_base[mm]
     count_pins = expected_pins.size > 0
@@ -263,7 +271,10 @@ def _check_secondary(pt, ft, mm, spte, sflags, any_shared, expected_pins, check_
         f = spte[p]
         if f < 0:
             continue
-        if count_pins and sflags[p] & S_PINNED:
+        if f >= fkey.size:
+            _note(counts, examples, ISOLATION, p, f, W_NO_FRAME)
+            continue
+        if count_pins and shadow[p] & SH_PINNED:
             expected_pins[f] += 1
         if pte[base + p] == f:
             pfl = pflags[base + p]
@@ -296,15 +307,15 @@ class Report:
 def check(sim: "Simulation") -> Report:
     host = sim.host
     report = Report()
-    pinning = bool(host._ft.pin.any()) or any((s.sflags & S_PINNED).any() for s in sim.secondaries)
+    pinning = bool(host._ft.pin.any()) or any((s._accessed & SH_PINNED).any() for s in sim.secondaries)
     expected_pins = np.zeros(host._ft.key.size if pinning else 0, dtype=np.int32)  # device memory too
     shared = bool((host._ft.key <= SHARED).any())
     for sec in sim.secondaries:
         counts = np.zeros(len(KINDS), dtype=np.int64)
         examples = np.zeros((len(KINDS), 3), dtype=np.int64)
         subscribed = _subscribed(sec)
-        _check_secondary(host._pt, host._ft, sec.mm.index, sec.spte, sec.sflags, shared, expected_pins, subscribed,
-                         counts, examples)  # fmt: skip
+        _check_secondary(host._pt, host._ft, sec.mm.index, sec._spte, sec._sflags, sec._accessed, shared, expected_pins,
+                         subscribed, counts, examples)  # fmt: skip
         report.counts += counts
         for kind in np.flatnonzero(counts):
             page, frame, what = (int(x) for x in examples[kind])
@@ -326,7 +337,7 @@ def _subscribed(sec) -> bool:
 
 
 def _invalidate_hook(sec) -> str:
-    return "invalidate" if getattr(sec, "interval", False) else "invalidate_range_start"
+    return "invalidate" if getattr(sec, "_interval", False) else "invalidate_range_start"
 
 
 def _last_change(sim: "Simulation", key: int) -> str:
@@ -340,6 +351,9 @@ def _entry_story(sim: "Simulation", sec, page: int, frame: int, what: int, subsc
     pte = int(sim.host._pt.pte[key])
     change = _last_change(sim, key)
     told = f"{sec.label} was told ({_invalidate_hook(sec)}) and kept its entry"
+    if what == W_NO_FRAME:
+        return (f"{sec.label} maps page {page} to frame {frame}, which is no frame of the host (frames 0.."
+                f"{sim.host._ft.key.size - 1}). Culprit: {sec.label}, which wrote its table (spte) itself")  # fmt: skip
     if what in (W_STALE, W_FOREIGN):
         story = f"{sec.label} maps page {page} to frame {frame}, {_frame_story(sim, sec.mm, page, frame)}"
         story += f"; the PTE was {change}"
@@ -396,7 +410,7 @@ def _page(sim: "Simulation", key: int) -> str:
 def _host_story(sim: "Simulation", what: int, a: int, b: int) -> str:
     host = sim.host
     if what in (W_PIN_COUNT, W_PIN_FREE):
-        holders = [s.label for s in sim.secondaries if np.any((s.spte == a) & ((s.sflags & S_PINNED) != 0))]
+        holders = [s.label for s in sim.secondaries if np.any((s._spte == a) & ((s._accessed & SH_PINNED) != 0))]
         return (
             f"frame {a} has pin count {int(host._ft.pin[a])} and key {int(host._ft.key[a])}, but "
             f"{'entries of ' + ', '.join(holders) if holders else 'no secondary entry'} account for its pins. "
@@ -463,10 +477,10 @@ def verify_young(sim: "Simulation", subscriber, op: str, start: np.ndarray, end:
                      f"[{int(start[r])}, {int(end[r])}))")  # fmt: skip
     if hid.size and op != "clear_young":
         r = int(hid[0])
-        mapped = np.flatnonzero(subscriber.spte[start[r] : end[r]] >= 0)
+        mapped = np.flatnonzero(subscriber._spte[start[r] : end[r]] >= 0)
         page = int(start[r]) + (int(mapped[0]) if mapped.size else 0)
         parts.append(f"not young for {hid.size} ranges it accessed (first: page {page}, "
-                     f"frame {int(subscriber.spte[page])})")  # fmt: skip
+                     f"frame {int(subscriber._spte[page])})")  # fmt: skip
     if kept.size and kept.any():
         r = int(np.flatnonzero(kept)[0])
         parts.append(f"but left its accessed bits set in {int(kept.sum())} ranges (first: pages "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import counters as C
+from .arguments import OperationError, count_arg, mm_arg, pages_arg
 from .frames import NFREE, PAGEBLOCK_SHIFT, PB_NODE, alloc_frame, free_frame
 from .kernel import kernel
 from .notifier import Event
@@ -68,11 +69,18 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
     Returns the number moved; pinned pages and those the target had no room for are refused.
     """
     host = sim.host
-    pages = np.ascontiguousarray(pages, dtype=np.int64)
+    mm = mm_arg(sim, mm, "migrate")
+    pages = pages_arg(pages, mm.npages, "migrate")
+    node = sim.host._node(node, "migrate")
+    keep_free = count_arg(keep_free, "migrate", "keep_free")
+    if owner is not None and not any(owner is s for s in sim.secondaries):
+        raise OperationError(
+            f"migrate: owner must be None or one of sim.secondaries (the device asking), got {owner!r}"
+        )
     split(sim, mm, pages)  # pages move one by one: split any THP first
     ok = np.empty(pages.size, dtype=np.bool_)
     ft = host._ft
-    host.ctr[C.MIGRATIONS_REFUSED] += _movable(host._pt.pte, ft.key, ft.pin, ft.pb, mm.base, pages, node, ok)
+    host._ctr[C.MIGRATIONS_REFUSED] += _movable(host._pt.pte, ft.key, ft.pin, ft.pb, mm.base, pages, node, ok)
     pages = pages[ok]
     if pages.size == 0:
         return 0
@@ -83,8 +91,8 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
 
     def move() -> None:
         nonlocal moved
-        moved = _move(host._pt, host._ft, host.ctr, mm.base, pages, node, keep_free, device)
+        moved = _move(host._pt, host._ft, host._ctr, mm.base, pages, node, keep_free, device)
 
     # Per page, as try_to_migrate_one (and under kernel=2008, try_to_unmap_one's invalidate_page).
-    mm.invalidate_pages(pages, event, move, owner=owner if event is Event.MIGRATE else None)
+    mm._invalidate_pages(pages, event, move, owner=owner if event is Event.MIGRATE else None)
     return moved

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import counters as C
+from .arguments import OperationError, count_arg, frames_arg, page_arg
 from .frames import is_device_frame
 from .kernel import AHEAD, U, kernel, prefetch
 from .notifier import Event
@@ -53,10 +54,12 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
 
     Returns the frames, the new hand position and the number of frames looked at.
     """
-    out = np.empty(want, dtype=np.int64)
     ft = sim.host._ft
-    limit = min(limit, ft.key.size)  # one batch never holds a frame twice (its young answer would change)
-    found, hand, scanned = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host.ctr, hand, want, limit, out)
+    hand = page_arg(hand, ft.key.size, "scan_frames", "hand")  # the kernel starts at it unchecked
+    want = min(count_arg(want, "scan_frames", "want"), ft.key.size)
+    limit = min(count_arg(limit, "scan_frames", "limit"), ft.key.size)  # a batch never holds a frame twice
+    out = np.empty(want, dtype=np.int64)
+    found, hand, scanned = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host._ctr, hand, want, limit, out)
     return out[:found], int(hand), int(scanned)
 
 
@@ -78,8 +81,9 @@ def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_you
     Clears what it reads (test-and-clear), as folio_referenced does.
     """
     if op not in YOUNG_OPS:
-        raise ValueError(f"unknown young op {op!r}; accepted: {', '.join(YOUNG_OPS)}")
+        raise OperationError(f"referenced: unknown young op {op!r}; accepted: {', '.join(YOUNG_OPS)}")
     host = sim.host
+    frames = frames_arg(sim, frames, "referenced")
     keys = np.empty(frames.size, dtype=np.int64)
     young = np.empty(frames.size, dtype=bool)
     _test_clear_young(host._ft.key, host._pt.flags, frames, keys, young)
@@ -92,24 +96,28 @@ def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_you
 def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
     """Unmap ``frames`` from every secondary and the primary table, write them to swap, free them.
 
-    Pinned or free frames are skipped. Returns the number of pages swapped out.
+    Pinned, free, shared or device-private frames are skipped (device memory is on no LRU). Returns the
+    number of pages swapped out.
     """
     host = sim.host
+    frames = frames_arg(sim, frames, "swap_out")
+    if host.device_nodes:
+        frames = frames[host.nodes_of(frames) < host.nodes]
     keys = host._ft.key[frames].astype(np.int64)
     done = 0
     for mm, sel, pages in _by_mm(sim, keys):
         split(sim, mm, pages)  # reclaim handles 4 KiB pages: split any THP first
         mine = frames[sel]
         if not mm.chain:
-            done += swap_out_frames(host._pt, host._ft, host._sw, host.ctr, mine)
+            done += swap_out_frames(host._pt, host._ft, host._sw, host._ctr, mine)
             continue
         count = 0
 
         def write_out(mine=mine) -> None:
             nonlocal count
-            count = swap_out_frames(host._pt, host._ft, host._sw, host.ctr, mine)
+            count = swap_out_frames(host._pt, host._ft, host._sw, host._ctr, mine)
 
-        mm.invalidate_pages(pages, Event.CLEAR, write_out)  # start/end per page, or 2.6.27's invalidate_page
+        mm._invalidate_pages(pages, Event.CLEAR, write_out)  # start/end per page, or 2.6.27's invalidate_page
         done += count
     return done
 

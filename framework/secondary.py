@@ -4,9 +4,17 @@ The framework's access kernel reads and writes the table directly (a hit sets ``
 installs an entry, pinning its frame in pin mode); the plugin's Python runs per batch, in its notifier
 ops. The plugin owns ``spte``/``sflags`` (its own table) and may write them; it reads the host's state
 through read-only views and changes it only through the mm operations. Beside its table the framework
-keeps ``accessed``, a shadow of the accessed bits that only the access kernel sets (on an access that
+keeps ``accessed``, one byte per entry the plugin reads and cannot write (``SH_*`` bits of
+``mmnsim.pagebits``): a shadow of the accessed bits that only the access kernel sets (on an access that
 finds ``S_ACCESSED`` clear; the framework resets it when it installs or zaps an entry and when a young op
-clears), which the young-op check judges answers by: the plugin reads it, it cannot write it.
+clears), which the young-op check judges answers by, and whether the framework pinned the entry's frame,
+which the pin accounting and the unpinning trust rather than the plugin's ``S_PINNED``.
+
+Nothing the plugin can write is trusted as it stands. The framework works on its own array objects over
+the plugin's table and state (``_spte``, ``_sflags``, ``_state``: the same memory), so rebinding
+``self.spte`` or changing an array's dtype or shape in place changes nothing the framework reads; every
+frame number read from the table is bounds-checked before it indexes host memory; ``region``, ``young``,
+``interval`` and the device node are taken once, at construction.
 
 A plugin subclass sets ``name``, ``young`` and ``Config``, and implements the ``NotifierOps`` it needs
 with ``@hookimpl`` methods, usually built from ``zap`` and ``harvest_accessed``.
@@ -41,12 +49,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from . import counters as C
+from .arguments import OperationError, count_arg, int_scalar, page_arg, ranges_arrays
 from .components import Component, Mode
 from .costs import walk_refs
 from .frames import ORPHAN, free_frame
 from .kernel import AHEAD, U, kernel, prefetch
-from .notifier import NotifierRange, PluginError
-from .pagebits import HUGE_PAGES, PTE_NONE, S_ACCESSED, S_HUGE, S_PINNED
+from .notifier import NotifierRange, PluginError, component_label, guarded, ranges_of
+from .pagebits import HUGE_PAGES, PTE_NONE, S_ACCESSED, S_HUGE, SH_ACCESSED, SH_PINNED
+from .pagetable import read_only
 
 if TYPE_CHECKING:
     from .simulation import Client, Simulation
@@ -85,7 +95,9 @@ class SecondaryMMU(Component):
         self.client = client
         self.mm = client.mm
         self.cfg = cfg
-        self.region = client.region  # the pages [start, end) of the mm this device maps
+        self._region = tuple(client.region)  # ``region``: the pages [start, end) of the mm this device maps
+        # What the framework reads of the class at check time, as the class said it at construction.
+        self._young, self._interval = bool(self.young), bool(self.interval)
         # The mode it runs in: its configured one, except that before interval notifiers existed (kernel=2008)
         # an interval subscriber (RDMA ODP, GPU SVM) could only register by pinning (ib_umem_get, userptr).
         self.mode: Mode = cfg.mode
@@ -95,12 +107,13 @@ class SecondaryMMU(Component):
         entries = 0 if self.shares_cpu_tables else self.mm.npages
         self.spte = np.full(entries, PTE_NONE, dtype=np.int32)
         self.sflags = np.zeros(entries, dtype=np.uint8)
-        self._accessed = np.zeros(entries, dtype=np.uint8)  # the framework's shadow of S_ACCESSED
-        self.accessed = self._accessed.view()
-        self.accessed.flags.writeable = False  # the plugin's view: read-only
+        self._accessed = np.zeros(entries, dtype=np.uint8)  # the framework's own bits per entry (SH_*)
+        self.accessed = read_only(self._accessed)  # the plugin's view
         self.state = np.zeros(STATE_SIZE, dtype=np.int64)
+        # The framework's own array objects over the plugin's table and state (see the module's docstring).
+        self._spte, self._sflags, self._state = self.spte.view(), self.sflags.view(), self.state.view()
         self.state[DEV_NODE] = -1
-        self.state[REGION_LO], self.state[REGION_HI] = self.region
+        self.state[REGION_LO], self.state[REGION_HI] = self._region
         self.state[MODE] = (
             (SEC_PIN if self.pin_mode else 0)
             | (SEC_YOUNG if self.young else 0)
@@ -111,7 +124,7 @@ class SecondaryMMU(Component):
         self.metrics: dict[str, float] = defaultdict(float)  # this plugin's own metrics
         if forced:
             self.metrics["forced_pin"] = 1.0
-        self.counts: dict[str, float] = defaultdict(float)  # kernel counters of its client's accesses
+        self._counts: dict[str, float] = defaultdict(float)  # the framework's per-MMU counters of its accesses
 
     @classmethod
     def device_memory_pages(cls, cfg: Any) -> int:
@@ -119,9 +132,14 @@ class SecondaryMMU(Component):
         return 0
 
     @property
+    def region(self) -> tuple[int, int]:
+        """The pages [start, end) of the mm this device maps (``region_of``); read-only."""
+        return self._region
+
+    @property
     def device_node(self) -> int:
         """The node of this device's private memory, or -1."""
-        return int(self.state[DEV_NODE])
+        return int(self._state[DEV_NODE])
 
     def migrate_to_ram(self, pages: np.ndarray, node: int) -> None:
         """dev_pagemap_ops.migrate_to_ram: something other than this device touched these pages of its
@@ -172,27 +190,30 @@ class SecondaryMMU(Component):
     def populate(self, start: int, end: int) -> int:
         """Fault in and map pages [start, end) now, as get_user_pages does for a registration (pinning
         them in pin mode); returns the pages mapped. No client access is counted."""
-        return self.sim.populate(self, start, end)
+        return self.sim.populate(self, start, end)  # (checks the range)
 
     def set_fault_block(self, pages: int) -> None:
         """Make each device fault map the aligned block of ``pages`` (a power of two) around the faulting
         page, faulting in its neighbours too (a GPU driver's migration granularity); 1: the page alone."""
-        if pages < 1 or pages & (pages - 1):
-            raise PluginError(f"secondary MMU '{self.label}': a fault block must be a power of two, got {pages}")
-        self.state[FAULT_BLOCK] = pages
+        pages = count_arg(pages, "set_fault_block", "pages")
+        if pages < 1 or pages & (pages - 1) or pages > self.mm.npages:
+            raise OperationError(f"set_fault_block: a fault block must be a power of two in [1, {self.mm.npages}] "
+                                 f"(the mm's pages), got {pages}")  # fmt: skip
+        self._state[FAULT_BLOCK] = pages
 
     def fault_around(self, page: int) -> int:
         """Called by the framework after a device fault on ``page`` installed it, when a fault block is set:
         map the rest of the aligned block (within the region) as a populate would; returns the pages mapped.
         A plugin may extend it to charge its own costs."""
-        block = int(self.state[FAULT_BLOCK])
-        lo = max(page & ~(block - 1), int(self.state[REGION_LO]))
-        hi = min((page & ~(block - 1)) + block, int(self.state[REGION_HI]))
-        self.state[FAULT_BLOCK] = 1  # the block's own faults map one page each
+        page = page_arg(page, self.mm.npages, "fault_around", "page")
+        block = int(self._state[FAULT_BLOCK])
+        lo = max(page & ~(block - 1), self._region[0])
+        hi = min((page & ~(block - 1)) + block, self._region[1])
+        self._state[FAULT_BLOCK] = 1  # the block's own faults map one page each
         try:
-            return self.populate(lo, hi)
+            return self.populate(lo, hi) if lo < hi else 0
         finally:
-            self.state[FAULT_BLOCK] = block
+            self._state[FAULT_BLOCK] = block
 
     def teardown(self) -> None:
         """The device goes away: drop every entry (and pin), and leave the chain."""
@@ -204,63 +225,68 @@ class SecondaryMMU(Component):
 
         For policies that act on one device rather than on the mm (eager release).
         """
-        if self.interval:  # a sequence number of the mm's own (mn_itree_inv_start_range): unique, so a
+        ranges = ranges_of(ranges, self.mm, "invalidate_self")
+        running, who = self.sim.actors.running, component_label(self)  # its ops, called as the chain calls them
+        if self._interval:  # a sequence number of the mm's own (mn_itree_inv_start_range): unique, so a
             chain = self.mm.chain  # fault in flight retries (``state[SEQ] + 1`` could be a later cur_seq)
             chain.invalidate_seq += 1
-            self.invalidate(ranges, chain.invalidate_seq)
+            guarded(running, who, "invalidate", self.invalidate, ranges, chain.invalidate_seq)
             chain.invalidate_seq += 1
             return
         start = getattr(self, "invalidate_range_start", None)
         end = getattr(self, "invalidate_range_end", None)
         if start is None:
             raise PluginError(f"secondary MMU '{self.label}' implements no invalidate_range_start")
-        start(ranges)
+        guarded(running, who, "invalidate_range_start", start, ranges)
         if end is not None:
-            end(ranges)
+            guarded(running, who, "invalidate_range_end", end, ranges)
 
     # -- helpers for NotifierOps implementations --
 
     def begin_invalidate(self, ranges: NotifierRange | None = None) -> None:
         """kvm_mmu_invalidate_begin + kvm_mmu_invalidate_range_add: raise in_progress and add ``ranges``
         (None: the whole mm) to the range the fault path must not install into until ``end_invalidate``."""
-        lo, hi = (0, self.mm.npages) if ranges is None else ranges.span()
-        if self.state[IN_PROGRESS] == 0:
-            self.state[INV_LO], self.state[INV_HI] = lo, hi
+        lo, hi = (0, self.mm.npages) if ranges is None else ranges_of(ranges, self.mm, "begin_invalidate").span()
+        state = self._state
+        if state[IN_PROGRESS] == 0:
+            state[INV_LO], state[INV_HI] = lo, hi
         else:
-            self.state[INV_LO] = min(self.state[INV_LO], lo)
-            self.state[INV_HI] = max(self.state[INV_HI], hi)
-        self.state[IN_PROGRESS] += 1
+            state[INV_LO] = min(state[INV_LO], lo)
+            state[INV_HI] = max(state[INV_HI], hi)
+        state[IN_PROGRESS] += 1
 
     def end_invalidate(self) -> None:
-        self.state[IN_PROGRESS] -= 1
-        self.state[SEQ] += 1
+        self._state[IN_PROGRESS] -= 1
+        self._state[SEQ] += 1
 
     def bump_seq(self) -> None:
         """Move the sequence without an in-progress window (2.6.27's invalidate_page: mmu_notifier_seq++),
         so that a fault that resolved its page before the invalidation retries."""
-        self.state[SEQ] += 1
+        self._state[SEQ] += 1
 
     def set_seq(self, cur_seq: int) -> None:
         """mmu_interval_set_seq: faults that began before this invalidation will retry."""
-        self.state[SEQ] = cur_seq
+        self._state[SEQ] = int_scalar(cur_seq, "set_seq", "cur_seq")
 
     def zap(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """Drop the entries in each range, releasing their pins; return entries dropped per range."""
+        start, end = ranges_arrays(start, end, self.mm.npages, "zap")
         zapped = np.zeros(start.size, dtype=np.int64)
-        if self.spte.size == 0:  # no table of its own (shares_cpu_tables)
+        if self._spte.size == 0:  # no table of its own (shares_cpu_tables)
             return zapped
         host = self.sim.host
-        total = _zap(self.spte, self.sflags, self._accessed, _int64(start), _int64(end), host._ft, host.ctr, zapped)
+        total = _zap(self._spte, self._sflags, self._accessed, start, end, host._ft, host._ctr, zapped)
         self.metrics["pages_zapped"] += total
         return zapped
 
     def harvest_accessed(self, start: np.ndarray, end: np.ndarray, clear: bool) -> np.ndarray:
         """Whether any entry in each range has its accessed bit set; clear the bits if asked (and the
         framework's shadow with them: the accesses are consumed)."""
+        start, end = ranges_arrays(start, end, self.mm.npages, "harvest_accessed")
         young = np.zeros(start.size, dtype=np.bool_)
-        if self.spte.size == 0:
+        if self._spte.size == 0:
             return young
-        _harvest(self.sflags, self._accessed, _int64(start), _int64(end), clear, young)
+        _harvest(self._sflags, self._accessed, start, end, bool(clear), young)
         return young
 
     def shadow_young(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -274,21 +300,22 @@ class SecondaryMMU(Component):
         return self._read_shadow(start, end, consume=True)
 
     def _read_shadow(self, start: np.ndarray, end: np.ndarray, consume: bool) -> np.ndarray:
+        start, end = ranges_arrays(start, end, self.mm.npages, "shadow_young")
         young = np.zeros(start.size, dtype=np.bool_)
-        if self.spte.size:
-            _shadow_young(self._accessed, _int64(start), _int64(end), consume, young)
+        if self._spte.size:
+            _shadow_young(self._accessed, start, end, consume, young)
         return young
 
     def accessed_left(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """After a clearing young op: per range, whether the plugin's own accessed bits still read set
         (the op's postcondition is that none does)."""
         kept = np.zeros(start.size, dtype=np.bool_)
-        if self.spte.size:
-            _harvest(self.sflags, self._accessed, _int64(start), _int64(end), False, kept)  # reads, not the plugin's
+        if self._spte.size:
+            _harvest(self._sflags, self._accessed, _int64(start), _int64(end), False, kept)  # reads, not the plugin's
         return kept
 
     def mapped_pages(self) -> int:
-        return int(np.count_nonzero(self.spte >= 0))
+        return int(np.count_nonzero(self._spte >= 0))
 
 
 def _int64(a: np.ndarray) -> np.ndarray:
@@ -305,9 +332,9 @@ def _shadow_young(shadow, start, end, consume, young):
             prefetch(shadow, U(start[r + AHEAD]))
         seen = False
         for p in range(start[r], end[r]):
-            seen |= shadow[p] != 0
+            seen |= (shadow[p] & SH_ACCESSED) != 0
             if consume:
-                shadow[p] = 0
+                shadow[p] &= SH_PINNED
         young[r] = seen
 
 
@@ -329,10 +356,12 @@ def _zap(spte, sflags, shadow, start, end, ft, ctr, zapped):
             f = spte[p]
             if f < 0:
                 continue
-            if sflags[p] & S_PINNED:  # unpin_user_page: an orphan whose last pin goes is freed
+            # unpin_user_page, if the framework pinned it (not the plugin's S_PINNED, nor a frame number it
+            # rewrote out of range or to an unpinned frame: the pin check then names what is left pinned)
+            if shadow[p] & SH_PINNED and f < fpin.size and fpin[f] > 0:
                 fpin[f] -= 1
                 ctr[C.PINS_RELEASED] += 1
-                if fpin[f] == 0 and fkey[f] == ORPHAN:
+                if fpin[f] == 0 and fkey[f] == ORPHAN:  # an orphan whose last pin goes is freed
                     free_frame(node, lists, pb, bits, fkey, ftoken, f)
             spte[p] = PTE_NONE
             sflags[p] = 0
@@ -356,7 +385,7 @@ def _harvest(sflags, shadow, start, end, clear, young):
             seen |= (fl & S_ACCESSED) != 0
             if clear:
                 sflags[p] = fl & ~S_ACCESSED
-                shadow[p] = 0
+                shadow[p] &= SH_PINNED
         young[r] = seen
 
 

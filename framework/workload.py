@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .arguments import OperationError, access_pages
 from .components import Component
 from .config import require
-from .kernel import U, kernel
 from .pcg64 import random_below
 
 
@@ -42,15 +42,6 @@ class WorkloadConfig:
 
 _UNTIL_THE_END = 2**62
 PAGE_DTYPE = np.int32  # page numbers in access batches (an mm has fewer than 2**31 pages)
-
-
-@kernel
-def pages_inside(pages, npages):
-    """Whether every page of a batch is in [0, npages): one pass, where min() and max() make two."""
-    outside = False
-    for i in range(pages.size):
-        outside |= U(pages[i]) >= U(npages)  # a negative page turns huge: one test for both ends, no branch
-    return not outside
 
 
 class Workload(Component):
@@ -105,11 +96,14 @@ class WorkloadStream:
             k = min(n, self.left)
             got = self.workload.pages(k)
             pages, flags = got if isinstance(got, tuple) else (got, None)
-            pages = np.ascontiguousarray(pages, dtype=PAGE_DTYPE)
-            if pages.ndim != 1 or pages.size > k or not pages_inside(pages, self.workload.npages):
+            try:  # checked before any cast to int32: a page number too big for it must not wrap around
+                pages = access_pages(pages, self.workload.npages, "pages()", copy=False)
+            except OperationError as exc:
+                raise ValueError(f"workload {self.workload.name!r} returned pages outside [0, {self.workload.npages}) "
+                                 f"or not page numbers ({exc})") from None  # fmt: skip
+            if pages.size > k:
                 raise ValueError(
-                    f"workload {self.workload.name!r} returned pages outside [0, {self.workload.npages}) "
-                    f"or more than the {k} asked for"
+                    f"workload {self.workload.name!r} returned {pages.size} pages, more than the {k} asked for"
                 )
             if flags is None:
                 wf = self.workload.cfg.write_fraction
