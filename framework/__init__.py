@@ -23,7 +23,7 @@ from .metrics import REGISTRATION_METRICS, Metric
 from .migrate import migrate
 from .mm import MM
 from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
-from .reclaim import referenced, scan_frames, swap_out
+from .reclaim import folio_pages, referenced, scan_frames, swap_out
 from .secondary import FAULT_BLOCK, IN_PROGRESS, SEQ, SecondaryMMU, device_region
 from .share import is_shared, merge_pages, mergeable, sharing
 from .simulation import Simulation, Tenant
@@ -88,6 +88,7 @@ __all__ = [
     "data_path",
     "device_region",
     "expand_ranges",
+    "folio_pages",
     "hookimpl",
     "hookspec",
     "is_shared",

@@ -28,9 +28,11 @@ can see: CPU accesses and accesses through a secondary that reports accessed bit
 import numpy as np
 
 from . import counters as C
+from .fastpath import swap_out_pages
 from .frames import (
     FREE,
     KSWAPD_FUTILE,
+    MEMCG,
     NFREE,
     ORPHAN,
     PAGEBLOCK_SHIFT,
@@ -50,6 +52,7 @@ from .frames import (
     is_device_frame,
 )
 from .kernel import AHEAD, U, kernel, prefetch
+from .numafaults import migrate_in_fault, numa_target
 from .pagebits import (
     HUGE_PAGES,
     P_DEVICE,
@@ -92,16 +95,22 @@ from .secondary import (
 from .swapdev import REG_IO_SEED, REG_READ_ERRORS, SWAPPED, WRITE_FAILED, io_fails, swap_free, swap_out_frame
 
 # Kernel state (ks): where a batch stopped and the fault in flight.
-K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME, K_COMPACTED, K_WINDOW, K_WFRAME = range(11)
-KS_SIZE = 11  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
+(K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME, K_COMPACTED, K_WINDOW, K_WFRAME,
+ K_WRECLAIMS, K_EXACT) = range(13)  # fmt: skip
+KS_SIZE = 13  # K_SKIP: Python could not serve the access at K_I; skip it. K_FRAME: COW_BREAK's new frame
 # (DIRECT_COMPACT: the faulting node). K_COMPACTED: this THP fault has had its direct compaction.
-# K_WINDOW: a secondary fault slept in a race window (RACE_WINDOW) after resolving frame K_WFRAME
+# K_WINDOW: a secondary fault slept in a race window (RACE_WINDOW) after resolving frame K_WFRAME.
+# K_WRECLAIMS: race windows whose reclaim the kernel ran itself, through the fast path (mmnsim.fastpath).
+# K_EXACT: the exact-CLOCK mode (a flag kept here: a call of more than 30 arguments cannot be inlined)
 
 # Statuses returned by run_accesses.
 (DONE, WAKE_KSWAPD, DIRECT_RECLAIM, EVICT_ONE, LIVELOCK, MIGRATE_TO_RAM, COW_BREAK, DIRECT_COMPACT,
- FAULT_AROUND, RACE_WINDOW) = range(10)  # fmt: skip
+ FAULT_AROUND, RACE_WINDOW, STALE_INSTALL, NUMA_MIGRATE, NUMA_HINT) = range(13)  # fmt: skip
 STATUS_NAMES = ("done", "wake_kswapd", "direct_reclaim", "evict_one", "livelock", "migrate_to_ram", "cow_break",
-                "direct_compact", "fault_around", "race_window")  # fmt: skip
+                "direct_compact", "fault_around", "race_window", "stale_install", "numa_migrate",
+                "numa_hint")  # fmt: skip
+# NUMA_HINT is the kernel's own (``_miss`` hands a hinting fault to ``run_accesses``); NUMA_MIGRATE asks Python to
+# migrate the page at K_VICTIM to node K_FRAME (a THP, or an mm whose subscribers the compiled path cannot serve).
 
 # Internal results of resolving a fault; a status for Python is encoded as _ASK - status.
 _OK, _ERR, _FAIL = -1, -2, -3
@@ -159,10 +168,10 @@ def _fail_allocation(reg, ctr):
 
 @kernel(inline=True)
 def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
-              node_order, reg, skey, stoken, sreg, key, nid, exact):  # fmt: skip
+              node_order, reg, skey, stoken, sfree, sreg, key, nid):  # fmt: skip
     """A frame for ``key``, preferring node ``nid``; or _ASK - status for Python; or _FAIL."""
     nodes = node_order.shape[1]
-    if exact:
+    if ks[K_EXACT]:
         write_errors = 0
         while True:
             for j in range(nodes):
@@ -178,7 +187,9 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
                 ks[K_VICTIM] = v
                 return _ASK - EVICT_ONE
             ctr[C.PGSCAN] += 1
-            r = swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, v)
+            r = swap_out_frame(
+                pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, v
+            )
             if r == WRITE_FAILED and write_errors < fkey.size:  # the victim stays; the hand moves on
                 write_errors += 1
                 continue
@@ -190,7 +201,7 @@ def _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref,
             if node[n, NFREE] > node[n, WMARK_LOW]:
                 return alloc_frame(node, lists, pb, bits, fkey, fref, n, key)
         ks[K_LEVEL] = 1
-        if not reg[REG_FLAGS] & KSWAPD_FUTILE:
+        if not reg[REG_FLAGS] & (KSWAPD_FUTILE | MEMCG):  # a memory cgroup's limit has no kswapd
             return _ASK - WAKE_KSWAPD
     for j in range(nodes):
         n = node_order[nid, j]
@@ -255,7 +266,7 @@ def _retry(ks, ctr, sstate, p):
 
 @kernel(inline=True)
 def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
-          pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, key, p, write, nid, exact):  # fmt: skip
+          pb, bits, lists, node, node_order, reg, skey, stoken, sfree, sreg, key, p, write, nid):  # fmt: skip
     """The slow path of one access: a fault, through the secondary (``spte.size > 0``) or the CPU.
 
     Resolves the page through the primary table (handle_mm_fault) and, for a secondary, installs the
@@ -263,6 +274,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
     _NEXT (it failed and is skipped) or _ASK - status.
     """
     via_sec = spte.size > 0
+    exact = ks[K_EXACT] != 0
     if via_sec and sstate[MODE] & SEC_NOFAULT:
         ctr[C.ACCESS_ERRORS] += 1  # no entry and no way to fault one in: the device access fails
         return _NEXT
@@ -270,7 +282,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
         ks[K_SEQ] = sstate[SEQ]
         ctr[C.SECONDARY_FAULTS] += 1
     if via_sec and ks[K_WINDOW]:
-        return _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p)
+        return _after_window(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, fkey, key, p)
     fl = pflags[key]
     if not fl & P_VMA or (write and not fl & P_WRITE) or (not write and not fl & P_READ):
         ctr[C.ACCESS_ERRORS] += 1
@@ -295,10 +307,8 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
             ctr[C.NUMA_HINT_FAULTS] += 1
             if pb[e >> PAGEBLOCK_SHIFT, PB_NODE] == nid:
                 ctr[C.NUMA_HINT_FAULTS_LOCAL] += 1
-            if reg[REG_HINTS] < hints.shape[0]:  # every hinting fault, local too: the policy's cpupid filter
-                hints[reg[REG_HINTS], 0] = key
-                hints[reg[REG_HINTS], 1] = nid
-                reg[REG_HINTS] += 1
+            ks[K_VICTIM] = key  # the caller logs it and may migrate the page (do_numa_page), then retries
+            return _ASK - NUMA_HINT
         # A write to a shared (KSM) page copies it (do_wp_page); so does a long-term pin, even for reading
         # (gup_must_unshare). Python remaps the page to the copy inside an invalidation, since other
         # secondary entries may map the shared frame.
@@ -324,7 +334,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
                 ctr[C.THP_FAULT_FALLBACK] += 1
     if cow or (e < 0 and not huge):
         f = _allocate(ks, ctr, pte, pflags, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node,
-                      node_order, reg, skey, stoken, sreg, key, nid, exact)  # fmt: skip
+                      node_order, reg, skey, stoken, sfree, sreg, key, nid)  # fmt: skip
         if f == _FAIL:
             ks[K_SEQ] = -1
             ks[K_RETRIES] = 0
@@ -350,7 +360,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
                 ks[K_RETRIES] = 0
                 return _NEXT
             ftoken[f] = stoken[slot]
-            swap_free(skey, stoken, sreg, slot)
+            swap_free(skey, stoken, sfree, sreg, slot)
             major = True
             ctr[C.MAJOR_FAULTS] += 1
             ctr[C.SWAP_INS] += 1
@@ -424,11 +434,12 @@ def _race(sstate, sreg):
 
 
 @kernel(inline=True)
-def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p):
+def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, fkey, key, p):
     """The fault resumes after its race window with the frame it resolved before sleeping: the retry rule
     decides (mmu_invalidate_retry_gfn / mmu_interval_read_retry); if it passes, that frame is installed,
     whatever the primary table maps now: an MMU whose sequence did not move while the host invalidated
-    the page installs a stale entry, as it would in the kernel."""
+    the page installs a stale entry, as it would in the kernel, and the kernel returns STALE_INSTALL so
+    that Python reports it at once (the access then proceeds through the stale entry)."""
     ks[K_WINDOW] = 0
     retry = _retry(ks, ctr, sstate, p)
     if retry != _OK:
@@ -439,6 +450,9 @@ def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p
     saccessed[p] = 0
     ks[K_SEQ] = -1
     ks[K_RETRIES] = 0
+    if pte[key] != f:  # the retry rule let a stale frame in: report it the moment it happens
+        ks[K_VICTIM] = p
+        return _ASK - STALE_INSTALL
     if sstate[FAULT_BLOCK] > 1:  # the driver maps the block around it
         ks[K_VICTIM] = p
         return _ASK - FAULT_AROUND
@@ -446,19 +460,20 @@ def _after_window(ks, ctr, sstate, spte, sflags, saccessed, pflags, fkey, key, p
 
 
 @kernel
-def run_accesses(pages, writes, ks, pt, ft, sw, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact,
-                 check_owner):  # fmt: skip
-    """Run accesses ``pages[ks[K_I]:]`` of mm ``mm``; return DONE or what Python must do first.
-
-    ``spte``/``sflags``/``saccessed``/``sstate`` are the secondary MMU the accesses go through, or empty arrays for
-    CPU accesses. ``vcpu_node[v]`` is the node of accessor ``v``; the batch is split evenly among them.
-    ``check_owner``: check on every access through a secondary that its frame holds the page (a
-    dependent load per access; the invariant check finds every bad entry each tick without it).
-    """
-    return _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner,
-                pt.pte, pt.flags, pt.token, pt.mm_base, pt.mm_flags,
-                ft.key, ft.token, ft.pin, ft.ref, ft.pb, ft.bits, ft.lists, ft.node, ft.node_order, ft.distance,
-                ft.reg, ft.hints, sw.key, sw.token, sw.reg)  # fmt: skip
+def _window_reclaim(ks, key, base, subs, event, offset, spte, sflags, shadow, state, acc, changed, scratch, pte, pflags,
+                    fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr):  # fmt: skip
+    """``Simulation._race_window`` done in the kernel: kswapd reclaims the page the sleeping fault resolved, under
+    a CLEAR invalidation its mm's subscribers hear through the compiled path. A pinned or shared frame stays."""
+    ctr[C.RACE_WINDOWS] += 1
+    f = pte[key]
+    if f < 0 or fpin[f] > 0 or fkey[f] != key:
+        return
+    scratch[0] = f
+    scratch[1] = key - base
+    swap_out_pages(scratch[0:1], scratch[1:2], base, subs, offset, spte, sflags, shadow, state, acc, pte, pflags,
+                   fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, changed,
+                   event)  # fmt: skip
+    ks[K_WRECLAIMS] += 1
 
 
 @kernel(inline=True)
@@ -572,13 +587,31 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pf
 
 
 @kernel
-def _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner, pte, pflags,
-         ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, distance, reg, hints,
-         skey, stoken, sreg):  # fmt: skip
+def run_accesses(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node, exact, check_owner,
+                 chain_subs, chain_fast, window_event, numa_last, numa_stats, numa_event, pool_offset, pool_spte,
+                 pool_sflags, pool_shadow, pool_state, pool_acc, changed, scratch, pte, pflags, ptoken, mm_base,
+                 mm_flags, fkey, ftoken, fpin, fref, pb, bits, lists, node, node_order, distance, reg, hints, skey,
+                 stoken, sfree, sreg):  # fmt: skip
+    """Run accesses ``pages[ks[K_I]:]`` of mm ``mm``; return DONE or what Python must do first.
+
+    ``spte``/``sflags``/``saccessed``/``sstate`` are the secondary MMU the accesses go through, or empty arrays for
+    CPU accesses. ``vcpu_node[v]`` is the node of accessor ``v``; the batch is split evenly among them.
+    ``check_owner``: check on every access through a secondary that its frame holds the page (a dependent load per
+    access; the invariant check finds every bad entry each tick without it).
+
+    ``chain_subs`` are the mm's subscribers and ``chain_fast`` whether the compiled path serves every one
+    (``mmnsim.fastpath``). Then the kernel runs a race window's reclaim itself, as kswapd would
+    (``_window_reclaim``, recording ``window_event`` as the pages' last change, counted in ``ks[K_WRECLAIMS]``),
+    and a hinting fault's migration (``mmnsim.numafaults``, when ``numa_last`` is not empty: a policy asked for
+    NUMA balancing; recording ``numa_event``); otherwise a window returns RACE_WINDOW and a migration
+    NUMA_MIGRATE, and Python does them. The ``pool_*`` arrays are the run's secondary tables
+    (``mmnsim.sectables``); ``scratch`` is two int64 of room. The rest are the host's arrays, unpacked (numba
+    types a tuple of arrays field by field on every call: tens of microseconds)."""
     n = pages.size
     base = mm_base[mm]
     nv = vcpu_node.size
     via_sec = spte.size > 0
+    ks[K_EXACT] = exact
     visible = exact and (not via_sec or (sstate[MODE] & SEC_YOUNG) != 0)
     numa = node.shape[0] > 1
     # The counters live in locals, written back on the way out: a counter kept in ``ctr`` would be
@@ -630,8 +663,8 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node,
             continue
         # A miss: fault, then try the access again.
         st = _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken,
-                   fpin, fref, pb, bits, lists, node, node_order, reg, hints, skey, stoken, sreg, base + pages[i],
-                   pages[i], writes[i], nid, exact)  # fmt: skip
+                   fpin, fref, pb, bits, lists, node, node_order, reg, skey, stoken, sfree, sreg, base + pages[i],
+                   pages[i], writes[i], nid)  # fmt: skip
         if st == _AGAIN:
             fresh = visible and (fresh or ks[K_FRESH] != 0)
             ks[K_FRESH] = 0
@@ -640,6 +673,31 @@ def _run(pages, writes, ks, ctr, mm, spte, sflags, saccessed, sstate, vcpu_node,
             i += 1
             continue
         status = _ASK - st
+        if status == RACE_WINDOW and chain_fast and chain_subs.size:  # the host runs while the fault sleeps
+            _window_reclaim(ks, ks[K_VICTIM], base, chain_subs, window_event, pool_offset, pool_spte, pool_sflags,
+                            pool_shadow, pool_state, pool_acc, changed, scratch, pte, pflags, fkey, ftoken, fpin,
+                            node, lists, pb, bits, skey, stoken, sfree, sreg, ctr)  # fmt: skip
+            status = DONE
+            continue  # the fault resumes: _after_window decides whether it retries
+        if status == NUMA_HINT:
+            key = ks[K_VICTIM]
+            if reg[REG_HINTS] < hints.shape[0]:  # every hinting fault, local too, for any policy that looks
+                hints[reg[REG_HINTS], 0] = key
+                hints[reg[REG_HINTS], 1] = nid
+                reg[REG_HINTS] += 1
+            status = DONE
+            if numa_last.size:  # NUMA balancing decides in the fault, and migrates there
+                f = pte[key]
+                target = numa_target(numa_last, numa_stats, mm, key, pb[f >> PAGEBLOCK_SHIFT, PB_NODE], nid)
+                if target >= 0 and chain_fast and not pflags[key] & P_HUGE:
+                    migrate_in_fault(key, base, target, mm, chain_subs, pool_offset, pool_spte, pool_sflags,
+                                     pool_shadow, pool_state, pool_acc, pte, fkey, ftoken, fpin, fref, node, lists,
+                                     pb, bits, ctr, changed, numa_event, numa_stats, scratch)  # fmt: skip
+                elif target >= 0:
+                    ks[K_FRAME] = target
+                    status = NUMA_MIGRATE
+                    break
+            continue  # the access again: the protection is back (or the page moved), a secondary fault retries
         break
     ks[K_I] = i
     ks[K_FRESH] = fresh

@@ -18,7 +18,7 @@ from mmnsim.simulation import Client
 INTERNAL = {"Simulation": {"step", "run", "check_invariants", "report_violations", "timeseries_rows", "components",
                            "metrics", "fraction_done", "call_hook"},
             "MM": {"check_range"}, "Host": {"ram"},
-            "SecondaryMMU": {"consume_shadow", "accessed_left"}}  # fmt: skip
+            "SecondaryMMU": {"serves_fast"}}  # fmt: skip
 FOREIGN = "pluggy's marker for the project `mmnsim` (decorate hook implementations and specifications)"
 # Exports without a docstring of their own (values, foreign objects), described here.
 DESCRIBED = {

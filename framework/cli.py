@@ -7,6 +7,7 @@ line naming the key and what is accepted, with exit status 2, before any job run
 
 import atexit
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError
+from .config import ConfigError, RunError
 from .discovery import Registry, plugin_manager
 from .notifier import PluginError
 from .output import (
@@ -56,13 +57,14 @@ LIST_GROUPS = ("policies",)  # config groups whose value is a list of options
 MAX_KEY = 200  # longer keys are no key of mmnsim's (and Hydra would try to open a file of that name)
 
 
-# Config groups whose options are named by numbers (``kernel=2008``): Hydra reads a bare number as an int,
-# which it refuses as a group option, so the command line quotes them before Hydra parses it.
+# Config groups whose options are named by numbers (``kernel=2008``, ``kernel=6.1``): Hydra reads a bare
+# number as an int or a float, which it refuses as a group option, so every command that takes overrides
+# quotes them before Hydra parses them (``main``, ``check_overrides``, ``_compose``, mmnsim-bench).
 NUMBERED_GROUPS = ("kernel",)
 
 
 def quote_numbered_options(argv: list[str]) -> list[str]:
-    """``kernel=2008`` -> ``kernel='2008'``, ``kernel=2008,6.x`` -> ``kernel='2008','6.x'``; others as given."""
+    """``kernel=2008`` -> ``kernel='2008'``, ``kernel=6.1,6.x`` -> ``kernel='6.1','6.x'``; others as given."""
     out = []
     for arg in argv:
         key, eq, value = arg.partition("=")
@@ -98,6 +100,9 @@ def _app(cfg: DictConfig) -> None:
     bar = None if multirun else ProgressBar()  # parallel jobs would draw over each other
     try:
         clear_results(outdir)  # an earlier run's results must not pass for this one's
+        if cfg.get("backend") == "real":  # the real twin (docs/real.md): imported only when asked for
+            _run_real(cfg, outdir, hc, bar)
+            return
         sim = Simulation(cfg)
         metrics = sim.run(progress=bar, teardown=True)
         write_results(outdir, cfg, metrics, sim.timeseries_rows())
@@ -108,6 +113,10 @@ def _app(cfg: DictConfig) -> None:
         if isinstance(exc, OSError):
             log.error("%s", disk_error(exc))
             print(f"mmnsim: {disk_error(exc)}", file=sys.stderr)
+            sys.exit(1)
+        if isinstance(exc, RunError):  # the real twin could not finish: one line, status 1
+            log.error("%s", exc)
+            print(f"mmnsim: {exc}", file=sys.stderr)
             sys.exit(1)
         if not isinstance(exc, ConfigError | PluginError | InvariantViolation | TraceError):
             raise
@@ -130,6 +139,27 @@ def _app(cfg: DictConfig) -> None:
             print(f"mmnsim: {metrics['invariant_violations']:,} invariant violations (first: {first}); "
                   "engine.allow_violations=true accepts them", file=sys.stderr)  # fmt: skip
             sys.exit(EXIT_VIOLATIONS)
+
+
+def _run_real(cfg: DictConfig, outdir: Path, hc: Any, bar: ProgressBar | None) -> None:
+    """A backend=real job: the real twin's run (mmnsim.real.run), its results in the simulator's layout. Ctrl-C,
+    SIGTERM or SIGHUP: one line (everything the run created is removed by then), the signal's exit status."""
+    from .real import run as real  # the simulator never imports the twin
+
+    try:
+        result = real.run(cfg, real.run_id_of(hc.job.name, hc.job.get("num")), progress=bar)
+    except KeyboardInterrupt as exc:  # RunInterrupted (SIGTERM, SIGHUP) is one too
+        if bar is not None:
+            bar.close()
+        what = str(exc) or "stopped by SIGINT (Ctrl-C)"
+        log.error("%s; everything the run created was removed", what)
+        print(f"mmnsim: {what}; everything the run created was removed", file=sys.stderr)
+        sys.exit(real.exit_status(exc))
+    write_results(outdir, cfg, result.metrics, result.rows, extra=result.provenance)
+    if bar is not None:
+        bar.close()
+    print(real.summary_text(result.metrics))
+    print(f"results: {outdir}")
 
 
 def _record_failure(outdir: Path, cfg: DictConfig, exc: Exception) -> None:
@@ -225,7 +255,7 @@ def _mtime(path: Path) -> float:
 
 def check_overrides(argv: list[str]) -> None:
     """Compose and check the config for each value of each sweep; raise ConfigError if one is bad."""
-    args, _ = get_args_parser().parse_known_args(argv)
+    args, _ = get_args_parser().parse_known_args(quote_numbered_options(argv))
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
     ours = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
@@ -257,6 +287,19 @@ def check_overrides(argv: list[str]) -> None:
                 load_settings(_compose([*first, *hydra_first], with_hydra=True), registry)
                 continue
             load_settings(_compose([*first[:i], alternative, *first[i + 1 :]]), registry)
+        for job in _real_jobs(parsed):  # what the machine can run depends on the combination: every one
+            load_settings(_compose(job), registry)
+
+
+def _real_jobs(parsed: list[Override]) -> list[list[str]]:
+    """Every job of the sweep that runs the real twin (backend=real), as its overrides: the real twin refuses
+    combinations (docs/real.md), so each is checked, not only each value."""
+    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [o.input_line] for o in parsed]  # fmt: skip
+    if not any(c.partition("=")[2] == "real" for o, cs in zip(parsed, choices, strict=True)
+               if o.get_key_element() == "backend" for c in cs):  # fmt: skip
+        return []
+    return [list(job) for job in itertools.product(*choices) if "backend=real" in job]
 
 
 def _sweep_hint(o: Override) -> str:
@@ -285,6 +328,7 @@ def _check_groups(overrides: list[str]) -> None:
 
 
 def _compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    overrides = quote_numbered_options(overrides)
     _check_groups(overrides)
     try:
         return compose("config", overrides=overrides, return_hydra_config=with_hydra)

@@ -35,6 +35,9 @@ class HostPolicy(Component):
     """A host memory-management policy. Implement any of ``host_tick``, ``reclaim``, ``collect_metrics``."""
 
     kind = "policy"
+    # Kernel features it needs (keys of ``mmnsim.kernelconf.FEATURES``: "thp", "compaction",
+    # "numa_balancing"): under a kernel without one, a config naming the policy stops before any job.
+    kernel_features: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, sim: "Simulation", cfg: Any):
         self.sim = sim

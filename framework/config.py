@@ -32,6 +32,11 @@ def plugin_raised(who: str, method: str, exc: BaseException, key: str = "") -> C
     return ConfigError(f"{key + ': ' if key else ''}{who} raised in {method}: {exc!r}{where}")
 
 
+class RunError(RuntimeError):
+    """A run could not finish for a reason outside its config (the real twin: a tenant process crashed, the
+    time limit passed). The message says it in one line; the command exits with status 1."""
+
+
 def require(ok: bool, message: str) -> None:
     """For ``__post_init__`` checks: raise ConfigError(message) unless ``ok``."""
     if not ok:

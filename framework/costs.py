@@ -25,12 +25,15 @@ class Costs:
     walk_ref_ns: float  # one memory reference of a page walk after a TLB miss
     compact_page_ns: float  # migrating one page in direct compaction (unmap, copy 4 KiB, remap)
     pwc_miss: float  # share of a walk's non-leaf references the page-walk caches do not absorb
+    # The swap device serves one read at a time (a 2008 disk): a client's swap-ins queue for it rather than
+    # being spread over its vCPUs (Simulation._account). false: zram, decompressing on each faulting CPU.
+    swap_serial: bool
     # Where each figure comes from: {key: {range: [lo, hi], source: "..."}} (the agreed cost format).
     sources: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name == "sources":
+            if f.name in ("sources", "swap_serial"):
                 continue
             value = getattr(self, f.name)
             require(value >= 0, f"{f.name} must be >= 0 ns, got {value}")

@@ -70,6 +70,8 @@ NAMES = (
     "write_seq",  # content-token generator: bumped on every write
     "accesses_attempted",  # client accesses issued, completed or not (counted per batch, in Python)
     "oom_ticks",  # ticks in which oom_events grew
+    "thp_swpout",  # THPs reclaim wrote to swap whole, into a free swap cluster (THP_SWPOUT)
+    "thp_swpout_fallback",  # old THPs reclaim split to swap out as 4 KiB pages: no free cluster (THP_SWPOUT_FALLBACK)
 )
 
 (
@@ -130,6 +132,8 @@ NAMES = (
     WRITE_SEQ,
     ACCESSES_ATTEMPTED,
     OOM_TICKS,
+    THP_SWPOUT,
+    THP_SWPOUT_FALLBACK,
 ) = range(len(NAMES))
 
 

@@ -49,6 +49,7 @@ RECLAIM_FUTILE = 2  # direct reclaim reclaimed nothing this tick: fail allocatio
 OOM_FLAGS = KSWAPD_FUTILE | RECLAIM_FUTILE  # both are cleared at the start of every tick
 THP_ENABLED = 4  # transparent huge pages at fault time (host.thp: always or madvise)
 THP_MADVISE = 8  # ... only in an mm that asked for them (MM_HUGEPAGE; host.thp: madvise)
+MEMCG = 16  # the host is a memory cgroup's limit (host.memcg): no watermarks, no kswapd, direct reclaim only
 
 _ONE = np.uint64(1)
 
@@ -155,7 +156,8 @@ def alloc_frame(node, lists, pb, bits, key, ref, n, k):
             f = (b << PAGEBLOCK_SHIFT) + w * 64 + trailing_zeros(word)
             break
     key[f] = k
-    ref[f] = 0
+    if ref[f]:  # (a store only where needed: the array stays untouched, no memory, outside exact CLOCK)
+        ref[f] = 0
     pb[b, PB_NFREE] -= 1
     if pb[b, PB_NFREE] == 0:
         _remove(node, lists, pb, b)
@@ -174,7 +176,8 @@ def alloc_pageblock(node, lists, pb, bits, key, ref, n, first_key):
     base = b << PAGEBLOCK_SHIFT
     for i in range(PAGEBLOCK_PAGES):
         key[base + i] = first_key + i
-        ref[base + i] = 0
+        if ref[base + i]:
+            ref[base + i] = 0
     bits[b, :] = 0
     pb[b, PB_NFREE] = 0
     node[n, NFREE] -= PAGEBLOCK_PAGES
@@ -191,7 +194,8 @@ def take_frame(node, lists, pb, bits, key, ref, f, k):
         _remove(node, lists, pb, b)
         _push(node, lists, pb, PARTIAL, b)
     key[f] = k
-    ref[f] = 0
+    if ref[f]:
+        ref[f] = 0
     pb[b, PB_NFREE] -= 1
     if pb[b, PB_NFREE] == 0:
         _remove(node, lists, pb, b)

@@ -45,6 +45,10 @@ class NotifierOps:
         ``invalidate_range_end`` on every subscriber that implements it, so a subscriber that can
         refuse must not implement ``invalidate_range_end``. Refusing a blockable range is a bug the
         framework reports.
+
+        Postcondition, checked the moment the call returns: a subscriber that accepted (blockable or
+        not) maps no page of the ranges. An entry left, even one dropped later in the tick, is a
+        ``coherence`` violation naming the subscriber and this op.
         """
 
     @hookspec
@@ -71,7 +75,8 @@ class NotifierOps:
         EXCLUSIVE) may be skipped. At mm teardown it comes with event RELEASE over the whole mm.
 
         Return True (or None). False only when ``ranges.blockable`` is False and the subscriber would have
-        to sleep: the caller then gives up on the batch.
+        to sleep: the caller then gives up on the batch. As for ``invalidate_range_start``, a subscriber
+        that accepted maps no page of its (clipped) ranges when it returns: checked at the return.
         """
 
     @hookspec
@@ -107,6 +112,7 @@ class NotifierOps:
         cannot write; ``harvest_accessed`` reads the plugin's own bits, which agree with it unless the
         plugin sets them itself), and afterwards the plugin's accessed bits in the ranges must read clear
         (``harvest_accessed(..., clear=True)`` does both); a mismatch is an ``accessed`` violation.
+        The framework's record of those accesses is consumed by the call itself, never by the plugin.
         """
 
     @hookspec
@@ -123,7 +129,8 @@ class NotifierOps:
         """Whether each page in ``pages`` was accessed through this subscriber, without clearing.
 
         Returns a bool array, one element per page, checked as ``clear_flush_young``'s answer is.
-        Used by khugepaged-style scanners.
+        Used by khugepaged-style scanners and reclaim to look, not to age: the subscriber's accessed bits
+        must read after the call as before it (a change is an ``accessed`` violation at the call).
         """
 
     @hookspec
@@ -131,7 +138,8 @@ class NotifierOps:
         """The mm is being torn down (exit_mmap): drop every translation and pin of this mm now.
 
         Called once, before the primary page tables are freed; the subscriber is then removed from
-        the chain. After it returns, no client may access the mm's pages.
+        the chain. After it returns, no client may access the mm's pages: the subscriber holds no entry
+        (checked at the return).
         """
 
     @hookspec

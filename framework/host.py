@@ -3,6 +3,14 @@
 Watermarks follow mm/page_alloc.c: ``min_free_kbytes`` defaults to sqrt(16 x lowmem KiB) clamped to
 [128 KiB, 256 MiB], shared among nodes by size; ``low = min + d`` and ``high = min + 2d`` with
 ``d = max(min / 4, managed x watermark_scale_factor / 10000)``.
+
+``memcg: true`` makes ``memory_mib`` a memory cgroup's limit on the tenants instead (how most guests and
+containers are limited, and how the real twin runs): the machine has room, so there are no watermarks and no
+kswapd; a charge over the limit reclaims in the charging thread itself (mm/memcontrol.c try_charge_memcg ->
+try_to_free_mem_cgroup_pages, at least SWAP_CLUSTER_MAX pages: mm/vmscan.c), and the OOM killer is the
+cgroup's (mem_cgroup_out_of_memory). Simplified: one reclaim attempt before the OOM killer (the kernel retries
+MAX_RECLAIM_RETRIES times), no per-CPU charge batches (MEMCG_CHARGE_BATCH), and a THP fault takes a free
+pageblock or falls back without reclaiming for its 512 pages.
 """
 
 import math
@@ -17,6 +25,7 @@ from .arguments import OperationError, int_array, node_arg, page_arg, pages_arg
 from .config import ConfigError, require
 from .frames import (
     FREEBLK,
+    MEMCG,
     N_ON_LIST,
     NFREE,
     PAGE_SIZE,
@@ -67,6 +76,7 @@ class HostConfig:
     swap_write_error_rate: float  # fault injection: probability that a swap write fails
     swap_read_error_rate: float  # fault injection: probability that a swap read fails
     oom: OOM  # when reclaim cannot free memory: kill a tenant, or fail the allocation
+    memcg: bool = False  # memory_mib is a memory cgroup's limit on the tenants: no watermarks, direct reclaim only
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
@@ -136,8 +146,11 @@ class Host:
             if cfg.distance is not None
             else np.where(np.eye(self.nodes, dtype=bool), LOCAL_DISTANCE, REMOTE_DISTANCE)
         )
-        # [node, (min, low, high)], read-only: read them through watermark()
-        self.watermarks = read_only(_watermarks(self.node_frames, cfg.min_free_kbytes, cfg.watermark_scale_factor))
+        # Under a memory cgroup's limit there are no watermarks (the machine has room; the limit is what binds):
+        # a charge over the limit reclaims directly, in the charging thread (try_charge_memcg).
+        marks = (np.zeros((self.nodes, 3), dtype=np.int64) if cfg.memcg else
+                 _watermarks(self.node_frames, cfg.min_free_kbytes, cfg.watermark_scale_factor))  # fmt: skip
+        self.watermarks = read_only(marks)  # [node, (min, low, high)], read-only: read them through watermark()
         self.device_nodes = tuple(range(self.nodes, self.nodes + len(device_frames)))
         self.ft = new_frame_table(
             [*self.node_frames, *device_frames],
@@ -146,6 +159,8 @@ class Host:
         )
         if cfg.thp is not THP.never:
             self.ft.reg[REG_FLAGS] |= THP_ENABLED | (THP_MADVISE if cfg.thp is THP.madvise else 0)
+        if cfg.memcg:
+            self.ft.reg[REG_FLAGS] |= MEMCG
         self.sw = new_swap_table(cfg.swap_mib * MIB_PAGES, cfg.swap_write_error_rate, cfg.swap_read_error_rate, seed)
         self.pt = new_page_table(mm_pages)
         self._ctr = counters.new_counters()  # the framework's (kernels and operations count into it)
@@ -155,6 +170,12 @@ class Host:
         # and change it only through the operations, which raise the notifiers.
         self._pt, self._ft, self._sw = self.pt, self.ft, self.sw
         self.pt, self.ft, self.sw = (read_only_tables(t) for t in (self._pt, self._ft, self._sw))
+        pt, ft, sw = self._pt, self._ft, self._sw
+        # The writable arrays in the order the access kernel takes them (``access.run_accesses``): numba types a
+        # tuple of arrays field by field on every call, which costs more than passing the arrays.
+        self._flat = (pt.pte, pt.flags, pt.token, pt.mm_base, pt.mm_flags, ft.key, ft.token, ft.pin, ft.ref, ft.pb,
+                     ft.bits, ft.lists, ft.node, ft.node_order, ft.distance, ft.reg, ft.hints, sw.key, sw.token,
+                     sw.free, sw.reg)  # fmt: skip
 
     @property
     def ram(self) -> np.ndarray:

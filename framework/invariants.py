@@ -40,8 +40,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .frames import FREE, NFREE, ORPHAN, PAGEBLOCK_SHIFT, PB_NFREE, PB_SIZE, SHARED, WORDS
-from .kernel import U, kernel
-from .pagebits import HUGE_PAGES, P_HUGE, P_PROTNONE, P_READ, P_VMA, P_WRITE, PTE_NONE, S_WRITABLE, SH_PINNED
+from .kernel import U, count_at_most, count_set, kernel
+from .pagebits import (
+    HUGE_PAGES,
+    P_HUGE,
+    P_PROTNONE,
+    P_READ,
+    P_VMA,
+    P_WRITE,
+    PTE_NONE,
+    S_ACCESSED,
+    S_WRITABLE,
+    SH_PINNED,
+)
 from .swapdev import REG_USED, SLOT_FREE
 
 if TYPE_CHECKING:
@@ -109,7 +120,7 @@ def _rmap_sums_agree(pte, ptoken, fkey, ftoken, skey, stoken, salt):
         h = _triple_hash(fkey[f], f, ftoken[f], salt)
         by_owners += h if fkey[f] >= 0 else U(0)
     for s in range(nslots):
-        h = _triple_hash(skey[s], nframes + s, stoken[s], salt)
+        h = _triple_hash(skey[s] - 1, nframes + s, stoken[s], salt)  # a used slot holds its page's key + 1
         by_owners += h if skey[s] != SLOT_FREE else U(0)
     return not odd and by_pages == by_owners, present, swap_ptes
 
@@ -137,7 +148,7 @@ def _walk_pages(pte, ptoken, fkey, ftoken, skey, stoken, counts, examples):
         elif e != PTE_NONE:
             slot = -2 - e
             swap_ptes += 1
-            if slot >= nslots or skey[U(slot)] != key:
+            if slot >= nslots or skey[U(slot)] != key + 1:
                 _note(counts, examples, CONSERVATION, key, e, W_SLOT_OWNER)
             elif stoken[U(slot)] != ptoken[U(key)]:
                 _note(counts, examples, INTEGRITY, key, e, W_CONTENT_SLOT)
@@ -209,9 +220,13 @@ def _check_host(pt, ft, sw, expected_pins, any_shared, salt, counts, examples):
     if free + mapped + orphans + shared != nframes:
         _note(counts, examples, CONSERVATION, free, mapped + orphans + shared, W_TOTAL)
     used_slots = 0
-    for s in range(nslots):
-        used_slots += skey[s] != SLOT_FREE  # no branch: the loop vectorizes
-    if used_slots != sreg[REG_USED] or used_slots != swap_ptes:
+    free_wrong = 0
+    sfree = sw.free
+    for s in range(nslots):  # no branch: the loop vectorizes
+        used = skey[s] != SLOT_FREE
+        used_slots += used
+        free_wrong += used == (((sfree[s >> 6] >> U(s & 63)) & U(1)) != 0)  # the free bitmap says otherwise
+    if used_slots != sreg[REG_USED] or used_slots != swap_ptes or free_wrong:
         _note(counts, examples, CONSERVATION, used_slots, swap_ptes, W_SLOTS)
     _check_thp(pte, pt.flags, pt.mm_base, counts, examples)
 
@@ -307,21 +322,11 @@ class Report:
 def check(sim: "Simulation") -> Report:
     host = sim.host
     report = Report()
-    pinning = bool(host._ft.pin.any()) or any((s._accessed & SH_PINNED).any() for s in sim.secondaries)
+    pinning = bool(host._ft.pin.any()) or any(count_set(s._accessed, SH_PINNED) for s in sim.secondaries)
     expected_pins = np.zeros(host._ft.key.size if pinning else 0, dtype=np.int32)  # device memory too
-    shared = bool((host._ft.key <= SHARED).any())
+    shared = bool(count_at_most(host._ft.key, SHARED))
     for sec in sim.secondaries:
-        counts = np.zeros(len(KINDS), dtype=np.int64)
-        examples = np.zeros((len(KINDS), 3), dtype=np.int64)
-        subscribed = _subscribed(sec)
-        _check_secondary(host._pt, host._ft, sec.mm.index, sec._spte, sec._sflags, sec._accessed, shared, expected_pins,
-                         subscribed, counts, examples)  # fmt: skip
-        report.counts += counts
-        for kind in np.flatnonzero(counts):
-            page, frame, what = (int(x) for x in examples[kind])
-            report.messages.append(
-                f"{KINDS[kind]}: {_entry_story(sim, sec, page, frame, what, subscribed)} ({counts[kind]} entries)"
-            )
+        _check_table(sim, sec, shared, expected_pins, report)
     counts = np.zeros(len(KINDS), dtype=np.int64)
     examples = np.zeros((len(KINDS), 3), dtype=np.int64)
     _check_host(host._pt, host._ft, host._sw, expected_pins, shared, np.uint64(sim.tick), counts, examples)
@@ -332,8 +337,39 @@ def check(sim: "Simulation") -> Report:
     return report
 
 
+def check_table(sim: "Simulation", sec) -> Report:
+    """One secondary MMU's table against the primary (coherence, isolation, permission), alone: for the
+    moment a plugin's own code may have installed entries (after its ``host_tick``), rather than at the end
+    of the tick, when an entry installed and dropped in between would be gone."""
+    report = Report()
+    _check_table(sim, sec, bool(count_at_most(sim.host._ft.key, SHARED)), np.zeros(0, dtype=np.int32), report)
+    return report
+
+
+def _check_table(sim: "Simulation", sec, shared: bool, expected_pins: np.ndarray, report: Report) -> None:
+    host = sim.host
+    counts = np.zeros(len(KINDS), dtype=np.int64)
+    examples = np.zeros((len(KINDS), 3), dtype=np.int64)
+    subscribed = _subscribed(sec)
+    _check_secondary(host._pt, host._ft, sec.mm.index, sec._spte, sec._sflags, sec._accessed, shared, expected_pins,
+                     subscribed, counts, examples)  # fmt: skip
+    report.counts += counts
+    for kind in np.flatnonzero(counts):
+        page, frame, what = (int(x) for x in examples[kind])
+        report.messages.append(
+            f"{KINDS[kind]}: {_entry_story(sim, sec, page, frame, what, subscribed)} ({counts[kind]} entries)"
+        )
+
+
 def _subscribed(sec) -> bool:
     return sec in sec.mm.chain.subscribers()
+
+
+def _told(sim: "Simulation", sec, page: int) -> bool:
+    """Whether ``sec`` was told of the last recorded change of its ``page``: subscribed to the chain, the
+    page inside the ranges it hears (an interval subscriber only its region), and a change recorded."""
+    lo, hi = getattr(sec, "region", (0, sec.mm.npages))
+    return _subscribed(sec) and lo <= page < hi and sim.actors.who_changed(sec.mm.base + page) is not None
 
 
 def _invalidate_hook(sec) -> str:
@@ -357,8 +393,11 @@ def _entry_story(sim: "Simulation", sec, page: int, frame: int, what: int, subsc
     if what in (W_STALE, W_FOREIGN):
         story = f"{sec.label} maps page {page} to frame {frame}, {_frame_story(sim, sec.mm, page, frame)}"
         story += f"; the PTE was {change}"
-        if subscribed:
+        if subscribed and _told(sim, sec, page):
             return f"{story}. Culprit: {sec.label} ({told}, or installed it without the retry rule)"
+        if subscribed:
+            return (f"{story}. Culprit: {sec.label}, which installed an entry its notifier was never asked to drop "
+                    "(a frame the PTE did not map when it installed it)")  # fmt: skip
         return (f"{story}. Culprit: that change, made under {sec.label}'s pin: a pinning device is not subscribed and "
                 "is never told")  # fmt: skip
     pfl = int(sim.host._pt.flags[key])
@@ -402,6 +441,29 @@ def _pte_story(pte: int) -> str:
     return f"swap slot {-2 - pte}"
 
 
+def _stale_writers(sim: "Simulation", key: int, frame: int) -> list[str]:
+    """The secondary MMUs whose entries could have written the wrong content of page ``key`` (or of its frame
+    ``frame``): an entry for the page whose frame is not the page's, or an entry of another page on that frame.
+    A write through such an entry lands in whatever the frame holds now, and the page's own copy goes stale."""
+    pte = sim.host._pt.pte
+    found = []
+    for sec in sim.secondaries:
+        if not sec._spte.size:
+            continue
+        page = key - sec.mm.base
+        if 0 <= page < sec._spte.size and sec._spte[page] >= 0 and sec._spte[page] != pte[key]:
+            found.append(f"{sec.label}, which still maps page {page} to frame {int(sec._spte[page])} (stale) and wrote "
+                         "through it")  # fmt: skip
+            continue
+        if frame >= 0:
+            on_frame = np.flatnonzero(sec._spte == frame)
+            stale = [int(p) for p in on_frame if pte[sec.mm.base + p] != frame]
+            if stale:
+                found.append(f"{sec.label}, whose entry for page {stale[0]} still maps frame {frame} (stale) and "
+                             "wrote through it")  # fmt: skip
+    return found
+
+
 def _page(sim: "Simulation", key: int) -> str:
     mm = sim.mm_of_key(key)
     return f"page {key - mm.base} of mm '{mm.name}'"
@@ -421,8 +483,12 @@ def _host_story(sim: "Simulation", what: int, a: int, b: int) -> str:
         held = (f"frame {b} holds content {int(host._ft.token[b])}" if what == W_CONTENT_FRAME
                 else f"swap slot {-2 - b} holds content {int(host._sw.token[-2 - b])}" if what == W_CONTENT_SLOT
                 else "it has no page at all")  # fmt: skip
-        return (f"{_page(sim, a)} should hold content {int(host._pt.token[a])} (its last write), but {held}: the "
-                f"data was lost or overwritten. The PTE was {_last_change(sim, a)}: culprit")  # fmt: skip
+        story = (f"{_page(sim, a)} should hold content {int(host._pt.token[a])} (its last write), but {held}: the "
+                 "data was lost or overwritten")  # fmt: skip
+        writers = _stale_writers(sim, a, b if what == W_CONTENT_FRAME else -1)
+        if writers:
+            return f"{story}. Culprit: {'; '.join(writers)}"
+        return f"{story}. The PTE was {_last_change(sim, a)}: culprit"
     if what == W_WRONG_OWNER:
         return (
             f"{_page(sim, a)} maps frame {b}, but the frame's reverse map names key {int(host._ft.key[b])}: "
@@ -445,12 +511,92 @@ def _host_story(sim: "Simulation", what: int, a: int, b: int) -> str:
         W_MAPPED: f"{a} frames are in use by a page but {b} PTEs are present",
         W_SHARERS: f"shared (KSM) frames count {a} sharers but {b} PTEs map them",
         W_TOTAL: f"{a} free frames and {b} in use do not add up to the {host._ft.key.size} frames",
-        W_SLOTS: f"{a} swap slots are in use but {b} PTEs are swap entries (or the device's count disagrees)",
+        W_SLOTS: f"{a} swap slots are in use but {b} PTEs are swap entries (or the device's count or its free-slot "
+        "bitmap disagrees)",
     }
     return (
         f"{stories.get(what, f'accounting mismatch ({a}, {b})')}. Culprit: the framework's frame accounting "
         f"(ran last: {sim.actors.current})"
     )
+
+
+@kernel
+def _mapped_in(spte, start, end, first):
+    """Entries of ``spte`` left in the ranges [start[r], end[r]); ``first[0]`` gets the first such page."""
+    left = 0
+    for r in range(start.size):
+        for p in range(start[r], end[r]):
+            if spte[p] >= 0:
+                if left == 0:
+                    first[0] = p
+                left += 1
+    return left
+
+
+def verify_invalidated(sim: "Simulation", subscriber, op: str, start: np.ndarray, end: np.ndarray,
+                       what: str) -> None:  # fmt: skip
+    """The postcondition of an accepted invalidation, judged the moment ``subscriber`` returns from ``op``
+    (``invalidate_range_start``, ``invalidate``, ``invalidate_page``, ``release``): none of its entries maps a
+    page of the ranges [start, end). A driver that defers its unmap, tells the OOM reaper "done" without
+    zapping, or keeps an entry and drops it before anyone looks, is caught here rather than never: each entry
+    left counts as a ``coherence`` violation (the primary mapping is about to change under it). ``what``
+    describes the invalidation (its event, ranges and the operation that raised it)."""
+    spte = subscriber._spte
+    if not spte.size:
+        return
+    first = np.zeros(1, dtype=np.int64)
+    left = _mapped_in(spte, np.ascontiguousarray(start, dtype=np.int64), np.ascontiguousarray(end, dtype=np.int64),
+                      first)  # fmt: skip
+    if not left:
+        return
+    page = int(first[0])
+    report = Report()
+    report.counts[COHERENCE] = left
+    label = subscriber.label
+    message = (f"coherence: {label} returned from {op} ({what}) still mapping {left} pages of it (first: page {page}, "
+               f"frame {int(spte[page])}): the primary mapping is about to change under them. Culprit: {label} in "
+               f"{op} (it must drop every entry in the ranges before returning)")  # fmt: skip
+    if not any(m.startswith(f"coherence: {label} returned from {op} ") for m in sim.violation_messages):
+        report.messages.append(message)  # once per plugin and op; every entry is counted
+    sim.report_violations(report)
+
+
+def verify_install(sim: "Simulation", secondary, page: int) -> None:
+    """A fault through ``secondary`` on ``page`` slept after resolving its frame, the host changed the page
+    meanwhile, and the retry rule let the fault install the frame it resolved: the entry is stale from the
+    moment it exists. The subscriber's invalidation did not move the fault side's sequence (no
+    ``end_invalidate`` bump, no ``set_seq``), or its fault path read the sequence after resolving the page
+    (the mmu_interval_read_begin misuse). One ``coherence`` violation, reported as it happens."""
+    frame = int(secondary._spte[page])
+    report = Report()
+    report.counts[COHERENCE] = 1
+    message = (f"coherence: {secondary.label} installed frame {frame} for page {page} after its fault slept while "
+               f"the page changed (the PTE was {_last_change(sim, secondary.mm.base + page)}; it now has "
+               f"{_pte_story(int(sim.host._pt.pte[secondary.mm.base + page]))}), and its sequence check did not "
+               f"make the fault retry. Culprit: {secondary.label} (its invalidation must move the sequence the fault "
+               "read before resolving the page: end_invalidate / set_seq)")  # fmt: skip
+    if not any(m.startswith(f"coherence: {secondary.label} installed frame") for m in sim.violation_messages):
+        report.messages.append(message)
+    sim.report_violations(report)
+
+
+def verify_test_young(sim: "Simulation", subscriber, pages: np.ndarray, before: np.ndarray) -> None:
+    """``test_young`` looks and does not age (khugepaged and reclaim call it to look): ``subscriber``'s own
+    accessed bits of ``pages`` must read after the call as ``before`` it; each page changed is an
+    ``accessed`` violation naming the plugin."""
+    after = (subscriber._sflags[pages] & S_ACCESSED) != 0
+    changed = np.flatnonzero(after != before)
+    if not changed.size:
+        return
+    report = Report()
+    report.counts[ACCESSED] = int(changed.size)
+    page = int(pages[changed[0]])
+    message = (f"accessed: {subscriber.label} changed the accessed bits of {changed.size} pages in test_young "
+               f"(first: page {page}, {'cleared' if before[changed[0]] else 'set'}): test_young only looks, it "
+               f"does not age. Culprit: {subscriber.label} in test_young")  # fmt: skip
+    if not any(m.startswith(f"accessed: {subscriber.label} changed the accessed bits") for m in sim.violation_messages):
+        report.messages.append(message)
+    sim.report_violations(report)
 
 
 def verify_young(sim: "Simulation", subscriber, op: str, start: np.ndarray, end: np.ndarray, truth: np.ndarray,
@@ -459,32 +605,46 @@ def verify_young(sim: "Simulation", subscriber, op: str, start: np.ndarray, end:
     the framework's access kernel saw an access through its entries there since they were last cleared
     (the shadow accessed array, out of the plugin's reach); and, for ``clear_young``/``clear_flush_young``,
     its postcondition: the plugin's own accessed bits in the ranges read clear after the call (``kept``,
-    per range whether they do not, from ``SecondaryMMU.accessed_left``; None for ``test_young``). A
+    per range whether they do not, from ``SecondaryMMU._accessed_left``; None for ``test_young``). A
     mismatch is an ``accessed`` violation naming the plugin and the op."""
-    wrong = answer & ~truth if op == "clear_young" else truth != answer  # clear_young may err toward old
-    if kept is None:
-        kept = np.zeros(0, dtype=np.bool_)
-    if not wrong.any() and not kept.any():
-        return
-    report = Report()
-    report.counts[ACCESSED] = int(np.count_nonzero(wrong)) + int(np.count_nonzero(kept))
     lied = np.flatnonzero(answer & ~truth)
-    hid = np.flatnonzero(truth & ~answer & (wrong if op == "clear_young" else True))
-    parts = []
-    if lied.size:
-        r = int(lied[0])
-        parts.append(f"young for {lied.size} ranges none of its entries was accessed in (first: pages "
-                     f"[{int(start[r])}, {int(end[r])}))")  # fmt: skip
-    if hid.size and op != "clear_young":
+    hid = np.flatnonzero(truth & ~answer) if op != "clear_young" else lied[:0]  # clear_young may err toward old
+    kept = np.flatnonzero(kept) if kept is not None else lied[:0]
+    if not lied.size and not hid.size and not kept.size:
+        return
+    hid_page = 0
+    if hid.size:
         r = int(hid[0])
         mapped = np.flatnonzero(subscriber._spte[start[r] : end[r]] >= 0)
-        page = int(start[r]) + (int(mapped[0]) if mapped.size else 0)
-        parts.append(f"not young for {hid.size} ranges it accessed (first: page {page}, "
-                     f"frame {int(subscriber._spte[page])})")  # fmt: skip
-    if kept.size and kept.any():
-        r = int(np.flatnonzero(kept)[0])
-        parts.append(f"but left its accessed bits set in {int(kept.sum())} ranges (first: pages "
-                     f"[{int(start[r])}, {int(end[r])})): the next call will call them young again")  # fmt: skip
+        hid_page = int(start[r]) + (int(mapped[0]) if mapped.size else 0)
+    lied_at = (int(start[lied[0]]), int(end[lied[0]])) if lied.size else (0, 0)
+    kept_at = (int(start[kept[0]]), int(end[kept[0]])) if kept.size else (0, 0)
+    report_young(sim, subscriber, op, int(lied.size), lied_at, int(hid.size), hid_page, int(kept.size), kept_at)
+
+
+def report_young(sim: "Simulation", subscriber, op: str, lied: int, lied_at: tuple[int, int] | int, hid: int,
+                 hid_page: int, kept: int, kept_at: tuple[int, int] | int) -> None:  # fmt: skip
+    """Report a young op's ``accessed`` violations: ``lied`` ranges answered young that nothing accessed
+    (the first ``lied_at``, a range or a page), ``hid`` answered old that were accessed (the first at page
+    ``hid_page``), ``kept`` whose accessed bits still read set after a clearing op (the first ``kept_at``)."""
+    if not (lied or hid or kept):
+        return
+
+    def pages(at: tuple[int, int] | int) -> str:
+        lo, hi = at if isinstance(at, tuple) else (at, at + 1)
+        return f"pages [{lo}, {hi})"
+
+    report = Report()
+    report.counts[ACCESSED] = lied + hid + kept
+    parts = []
+    if lied:
+        parts.append(f"young for {lied} ranges none of its entries was accessed in (first: {pages(lied_at)})")
+    if hid:
+        parts.append(f"not young for {hid} ranges it accessed (first: page {hid_page}, "
+                     f"frame {int(subscriber._spte[hid_page])})")  # fmt: skip
+    if kept:
+        parts.append(f"but left its accessed bits set in {kept} ranges (first: {pages(kept_at)}): the next call "
+                     "will call them young again")  # fmt: skip
     message = (f"accessed: {subscriber.label} answered {op} {' and '.join(parts)}. Culprit: {subscriber.label} "
                f"in {op}")  # fmt: skip
     if not any(m.startswith(message.partition(" for ")[0]) for m in sim.violation_messages):

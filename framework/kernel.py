@@ -14,8 +14,11 @@ def kernel(fn=None, *, inline: bool = False):
     A kernel allocates nothing (numba refuses to compile one that does under this flag), and the arrays
     it takes belong to the simulation, which outlives every call: there is nothing to count.
     ``inline=True``: a small helper, inlined into each kernel that calls it.
+
+    Kernels release the GIL (``nogil``): the workload's next batch is drawn on another thread meanwhile
+    (``WorkloadStream.ahead``).
     """
-    options = {"cache": True, "_nrt": False}
+    options = {"cache": True, "_nrt": False, "nogil": True}
     if inline:
         options["inline"] = "always"
     return njit(**options) if fn is None else njit(**options)(fn)
@@ -51,3 +54,34 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return types.none(array, types.uint64), codegen
+
+
+# Reductions without a temporary: ``np.count_nonzero(a >= 0)`` allocates a bool array as large as ``a``, a page
+# per 4 KiB of it, which on a table of every guest page shows in the run's peak memory.
+
+
+@kernel
+def count_at_least(a, value):
+    """How many elements of ``a`` are >= ``value``."""
+    n = 0
+    for x in a:
+        n += x >= value
+    return n
+
+
+@kernel
+def count_set(a, mask):
+    """How many elements of ``a`` have a bit of ``mask`` set."""
+    n = 0
+    for x in a:
+        n += (x & mask) != 0
+    return n
+
+
+@kernel
+def count_at_most(a, value):
+    """How many elements of ``a`` are <= ``value``."""
+    n = 0
+    for x in a:
+        n += x <= value
+    return n

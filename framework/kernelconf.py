@@ -1,5 +1,9 @@
-"""Which kernel is simulated: today's (``kernel=6.x``, the default) or the first one with mmu notifiers
-(``kernel=2008``: 2.6.25 to 2.6.27, the kernel of the 2008 thread). ``conf/kernel/*.yaml`` set these keys.
+"""Which kernel is simulated. ``conf/kernel/*.yaml`` set these keys; three kernels are shipped:
+
+* ``kernel=6.x`` (the default): Linux 6.13 and later (the sources cited are of 6.13 to 6.17).
+* ``kernel=6.1``: Linux 6.1 to 6.12, the long-term kernels most hosts run (6.1, 6.6, 6.12): as ``6.x``
+  but KVM flushes the remote TLBs when aging finds a young spte (``young_flush``).
+* ``kernel=2008``: 2.6.25 to 2.6.27, the first kernels with mmu notifiers (the kernel of the 2008 thread).
 
 What differs, each from the kernel source of its time:
 
@@ -12,8 +16,15 @@ What differs, each from the kernel source of its time:
   ``invalidate_page`` op once per page (include/linux/mmu_notifier.h of 2.6.27), not a start/end pair.
   Reclaim (swap-out) and page migration, both through try_to_unmap_one, then deliver their per-page
   invalidations as ``invalidate_page``.
-* ``young_flush``: 2.6.27's kvm_mmu_notifier_clear_flush_young (virt/kvm/kvm_main.c) flushed the remote
-  TLBs whenever kvm_age_hva found a young spte; today's x86 KVM elides that flush.
+* ``young_flush``: kvm_mmu_notifier_clear_flush_young (virt/kvm/kvm_main.c) flushes the remote TLBs
+  whenever aging found a young spte, from 2.6.27 (``if (young) kvm_flush_remote_tlbs(kvm)``) to 6.12
+  (kvm_handle_hva_range with ``.flush_on_ret = true``; __kvm_handle_hva_range flushes when the handler,
+  kvm_age_gfn, returned young). 6.13 made the flush an arch choice (commit 2ebbe0308c29, "KVM: Allow arch
+  code to elide TLB flushes when aging a young page": ``flush_on_ret =
+  !IS_ENABLED(CONFIG_KVM_ELIDE_TLB_FLUSH_IF_YOUNG)``) and x86 elides it (commit b9883ee40d7e, "KVM: x86:
+  Don't emit TLB flushes when aging SPTEs for mmu_notifiers": arch/x86/kvm/Kconfig, KVM_X86 selects
+  KVM_ELIDE_TLB_FLUSH_IF_YOUNG), as x86's own ptep_clear_flush_young had for ten years. Other
+  architectures still flush: ``secondary.flush_on_age``.
 * ``ept_accessed_bits``: 2.6.27's kvm_age_rmapp (arch/x86/kvm/mmu.c) "always return old for EPT"
   (shadow_accessed_mask is 0 under EPT): an EPT guest's accesses are invisible to reclaim. Later kernels
   emulated the bit by zapping the EPT entry when aging (kvm_age_rmapp: "emulate the accessed bit for
@@ -25,8 +36,33 @@ What differs, each from the kernel source of its time:
 * ``oom_reaper``: the OOM reaper came in 4.6 (2016, mm/oom_kill.c oom_reaper); before it an OOM victim's
   memory was freed only by its own exit (exit_mmap: mmu_notifier_release, then the unmap), so no
   non-blockable invalidation is ever raised.
+* ``thp``: transparent huge pages came in 2.6.38 (commit 71e3aac0724f, "thp: transparent hugepage core",
+  mm/huge_memory.c), with khugepaged (commit ba76149f47d8, "thp: khugepaged") and MADV_HUGEPAGE (commit
+  0af4e98b6b09); ``compaction``: memory compaction came in 2.6.35 (commit 748446bb6b5a, "mm: compaction:
+  memory compaction core", mm/compaction.c); ``numa_balancing``: automatic NUMA balancing came in 3.8
+  (Mel Gorman's balancenuma series, commit cbee9f88ec1b "mm: numa: Add fault driven placement and
+  migration"; kernel/sched/fair.c task_numa_work). A config that asks a kernel for one it lacks stops
+  before any job, naming the key (``missing_features``, checked by ``mmnsim.settings``): ``host.thp``
+  other than ``never``, ``madvise_hugepage`` (MADV_HUGEPAGE) on a guest or process, a policy whose
+  ``kernel_features`` name it (``policies.defrag``: compaction and khugepaged; ``policies.numa``). The
+  2008 kernel's own defaults turn them off (``conf/kernel/2008.yaml``: the guest's RAM is not
+  MADV_HUGEPAGE, and the guest's kernel has no THP either, ``guest.thp: false``, which a config may still
+  set: a guest's own page size is its kernel's, and a 2008 guest could back memory with hugetlbfs).
 
-Disk swap (milliseconds per I/O) is a cost, set by ``conf/kernel/2008.yaml`` in ``costs``.
+Disk swap (milliseconds per I/O) is a cost, set by ``conf/kernel/2008.yaml`` in ``costs``, with
+``costs.swap_serial``: one disk serves one read at a time, so a client's swap-ins queue for it instead of
+being spread over its vCPUs (``mmnsim.simulation`` ``_account``); today's zram decompresses in the faulting
+CPU's own stream (drivers/block/zram/zcomp.h: ``struct zcomp`` holds a ``__percpu`` stream per CPU) and does
+not.
+
+Between 6.1 and 6.x nothing else the model represents differs (interval notifiers, start/end
+invalidations, EPT accessed bits, the per-range fault retry, the OOM reaper, THP, compaction and NUMA
+balancing with today's defaults are all older than 6.1). What changed between them that the model does
+not represent: batched TLB flushes in migrate_pages (6.3, "migrate_pages(): batch TLB flushing"); per-VMA
+NUMA scanning (6.4, commit fc137c0ddab2: only VMAs the task touched are scanned); multi-size THP (6.8);
+the removal of ``change_pte`` (6.9; ``examples/ksm`` keeps it as an option); lockless KVM aging
+(KVM_MMU_LOCKLESS_AGING, 2025). Neither kernel's MGLRU (CONFIG_LRU_GEN, merged in 6.1: aging by page-table
+walks, mm/vmscan.c walk_mm) is modelled: both age through the classic LRU's rmap (folio_referenced).
 """
 
 from dataclasses import dataclass
@@ -34,14 +70,31 @@ from dataclasses import dataclass
 
 @dataclass
 class KernelConfig:
-    name: str  # "6.x" or "2008": for the results table
+    name: str  # "6.x", "6.1" or "2008": for the results table
     interval_notifiers: bool  # mmu_interval_notifier exists (5.5+); else RDMA ODP and GPU SVM pin
     invalidate_page: bool  # reclaim and migration invalidate per page with invalidate_page (before 4.13)
-    young_flush: bool  # KVM's clear_flush_young flushes remote TLBs whenever a spte was young (2.6.27)
+    young_flush: bool  # KVM's clear_flush_young flushes remote TLBs whenever a spte was young (to 6.12)
     ept_accessed_bits: bool  # EPT aging sees accessed bits; false: kvm_age_rmapp always answers "old"
     retry_whole_vm: bool  # a KVM fault retries while any invalidation is in progress (before the gfn range)
     oom_reaper: bool  # an OOM victim's memory is torn down by the reaper (4.6+), not only by its exit
+    thp: bool  # transparent huge pages, khugepaged and MADV_HUGEPAGE (2.6.38+)
+    compaction: bool  # memory compaction (2.6.35+)
+    numa_balancing: bool  # automatic NUMA balancing (3.8+)
+
+
+# The features a config may ask for, with the release that brought each (for the error naming them).
+FEATURES = {
+    "thp": "transparent huge pages and khugepaged (2.6.38)",
+    "compaction": "memory compaction (2.6.35)",
+    "numa_balancing": "automatic NUMA balancing (3.8)",
+}
+
+
+def missing_features(kernel: KernelConfig, features: tuple[str, ...]) -> list[str]:
+    """Of ``features`` (keys of ``FEATURES``), those ``kernel`` lacks, described with their release."""
+    return [FEATURES[f] for f in features if not getattr(kernel, f)]
 
 
 TODAY = KernelConfig("6.x", interval_notifiers=True, invalidate_page=False, young_flush=False,
-                     ept_accessed_bits=True, retry_whole_vm=False, oom_reaper=True)  # fmt: skip
+                     ept_accessed_bits=True, retry_whole_vm=False, oom_reaper=True, thp=True, compaction=True,
+                     numa_balancing=True)  # fmt: skip

@@ -108,6 +108,10 @@ COUNTERS = (
     _m("thp_fault_alloc", "THPs", int, "transparent huge pages allocated at fault time", kernel="thp_fault_alloc"),
     _m("thp_split", "THPs", int, "THPs split back into 4 KiB mappings", kernel="thp_split_page"),
     _m("thp_collapse_alloc", "THPs", int, "THPs khugepaged built", kernel="thp_collapse_alloc"),
+    _m("thp_swpout", "THPs", int, "THPs reclaim found old as a whole and wrote to swap whole, into a free swap "
+       "cluster of 512 slots (their PMD split into swap entries, their pageblock freed)", kernel="thp_swpout"),
+    _m("thp_swpout_fallback", "THPs", int, "old THPs reclaim split to swap out as 4 KiB pages, no swap cluster "
+       "being free (each also counts in thp_split)", kernel="thp_swpout_fallback"),
     _m("compact_success", "pageblocks", int, "pageblocks compaction emptied"),
     _m("compact_fail", "pageblocks", int, "pageblocks compaction could not empty because a page in them is pinned"),
     _m("huge_accesses", "accesses", int, "completed accesses through a 2 MiB mapping (a THP's PMD, or a huge "
@@ -166,9 +170,15 @@ OTHERS = (
        per_secondary=True),
     _m("tlb_flushes", "flushes", int, "TLB flushes secondary MMUs made after zapping (KVM: remote TLB flush "
        "requests; RDMA: translation-cache invalidations; GPU/IOMMU: TLB invalidations)",
-       kernel="KVM remote_tlb_flush", per_secondary=True),
-    _m("tlb_flush_ipis", "IPIs", int, "vCPU kicks the flushes sent (a flush reaches every vCPU)",
+       kernel="KVM remote_tlb_flush_requests", per_secondary=True),
+    _m("tlb_flush_ipis", "IPIs", int, "vCPU kicks the flushes sent: one per request to each vCPU in guest mode (a "
+       "vCPU whose thread is in the host serving a fault gets none; it flushes at its next entry)",
        per_secondary=True),
+    _m("remote_tlb_flush", "flushes", int, "remote TLB-flush requests that sent an IPI to a vCPU in guest mode (a "
+       "request while every vCPU is in the host sends none)", kernel="KVM remote_tlb_flush", per_secondary=True),
+    _m("vcpu_tlb_flushes", "flushes", int, "TLB flushes the vCPUs performed: one per request each vCPU in guest "
+       "mode was kicked for, one per fault for a vCPU that missed requests while in the host", kernel="KVM vCPU "
+       "tlb_flush, summed", per_secondary=True),
     _m("flush_cost_ns", "ns", float, "what the flushes cost, the flushing CPU's and the stalled clients' time "
        "together", per_secondary=True),
     _m("translation_ns", "ns", float, "modelled page-walk time of the completed accesses' TLB misses, all CPUs "
@@ -254,7 +264,7 @@ class Catalogue:
             near = self.closest(name.partition(".")[2] or name)
             hint = f"; closest: {', '.join(near)}" if near else ""
             raise MetricError(f"no metric {name!r} is declared{hint}")
-        return metric.explain(", ".join(self.declared_by[metric.name]))
+        return metric.explain(", ".join(self.declared_by[metric.name])) + real_source(metric.name)
 
     def coerce(self, name: str, value: Any, who: str, where: str) -> Any:
         """``value`` as the declared type. An undeclared name, or a fractional value of a count, is an error
@@ -305,15 +315,15 @@ def describe(plugin: object) -> str:
 
 
 def catalogue(declarations: Iterable[tuple[str, Metric]] = ()) -> Catalogue:
-    """The framework's metrics and the plugins' declarations. A plugin may not redeclare a framework metric,
-    and two plugins declaring one name must agree on its unit and type."""
-    metrics = {m.name: m for m in FRAMEWORK}
-    by = {m.name: ["framework"] for m in FRAMEWORK}
+    """The framework's metrics, the real twin's own (REAL_ONLY) and the plugins' declarations. A plugin may not
+    redeclare a framework metric, and two plugins declaring one name must agree on its unit and type."""
+    metrics = {m.name: m for m in (*FRAMEWORK, *REAL_ONLY)}
+    by = {m.name: ["framework"] for m in FRAMEWORK} | {m.name: [REAL_TWIN] for m in REAL_ONLY}
     for who, metric in declarations:
         known = metrics.get(metric.name)
         if known is None:
             metrics[metric.name], by[metric.name] = metric, [who]
-        elif by[metric.name] == ["framework"]:
+        elif by[metric.name] in (["framework"], [REAL_TWIN]):
             raise MetricError(f"{who} declares {metric.name!r}, a framework metric: report it without declaring it")
         elif (known.unit, known.type) != (metric.unit, metric.type):
             raise MetricError(f"{who} declares {metric.name!r} as {metric.unit} ({metric.type.__name__}), but "
@@ -348,7 +358,8 @@ def markdown(cat: Catalogue) -> str:
         "`mmnsim-report --metrics-doc > docs/metrics.md`; `mmnsim-report --explain NAME` prints one entry (for",
         "installed plugins too). Type `int` is a count (an integer column). Metrics marked *per kind* are also",
         "reported per secondary MMU kind, as `<kind>.<metric>` (`kvm.tlb_flushes`), as is every metric a",
-        "secondary MMU plugin declares. How the times are built: [time.md](time.md).",
+        "secondary MMU plugin declares. How the times are built: [time.md](time.md). Where the real twin",
+        "(`backend=real`) reads each metric, or why it cannot: [real.md](real.md) and `--explain`.",
         "",
     ]
     sections = [("Framework: event counters", [m.name for m in COUNTERS]),
@@ -357,7 +368,8 @@ def markdown(cat: Catalogue) -> str:
     for name, who in cat.declared_by.items():
         if who != ["framework"]:
             plugins.setdefault(", ".join(who), []).append(name)
-    sections += [(f"Plugin: {who}", names) for who, names in sorted(plugins.items())]
+    sections += [(f"Real twin only ({REAL_TWIN.split('(')[1]}" if who == REAL_TWIN else f"Plugin: {who}", names)
+                 for who, names in sorted(plugins.items())]  # fmt: skip
     for title, names in sections:
         lines += [f"## {title}", "", "| metric | unit | type | meaning | kernel counter |", "|---|---|---|---|---|"]
         for name in names:
@@ -366,3 +378,326 @@ def markdown(cat: Catalogue) -> str:
             lines.append(f"| `{m.name}`{flag} | {m.unit} | {m.type.__name__} | {m.meaning} | {m.kernel} |")
         lines.append("")
     return "\n".join(lines)
+
+
+# --- the real twin (backend=real, docs/real.md) ----------------------------------------------------------
+# Where the real twin reads each metric it reports, under the model's name and meaning: (source, what differs).
+# mmnsim.real.counters computes them (this module never imports the twin); ``mmnsim-report --explain NAME``
+# prints the source. A metric the twin cannot observe is absent from its results, never 0: REAL_UNOBSERVED
+# says why. REAL_ONLY declares what only the twin reports.
+REAL_TWIN = "the real twin (backend=real)"
+REAL_SOURCES: dict[str, tuple[str, str]] = {
+    "accesses": (
+        "the tenants' replay (the guest's vCPUs, the processes)",
+        "accesses in the chunks the tenants completed, the boot pass included as in the model",
+    ),
+    "accesses_attempted": ("the tenants' replay", "accesses the tenants were given"),
+    "accesses_failed": ("the tenants' replay", "given minus completed: a tenant killed (OOM) mid-batch"),
+    "writes": ("the tenants' replay", "writes in the access lists the tenants completed"),
+    "minor_faults": (
+        "memory.stat pgfault - pgmajfault (the run's cgroup)",
+        "every fault of the tenants' tasks, KVM's get_user_pages faults for the guest included "
+        "(mm_account_fault), but also the harness code's own in the tenant processes and faults that "
+        "failed",
+    ),
+    "major_faults": (
+        "memory.stat pgmajfault (the run's cgroup)",
+        "faults that read from swap (do_swap_page) or, rarely, read a file page from disk (filemap_fault)",
+    ),
+    "swap_outs": (
+        "/proc/vmstat pswpout",
+        "machine-wide: exact while nothing else on the machine swaps",
+    ),
+    "swap_ins": (
+        "/proc/vmstat pswpin",
+        "machine-wide; counts swap readahead's pages too (swapin_readahead), some never used",
+    ),
+    "secondary_faults": (
+        "KVM vCPU statistic pf_fixed, summed over vCPUs",
+        "shadow-MMU faults that installed an spte, from the guest's creation on (its buffer's warm-up "
+        "subtracted); one fault maps up to 8 (prefetch: kvmmmu:kvm_mmu_set_spte counts entries); pf_taken also "
+        "counts faults that retried or were emulated",
+    ),
+    "invalidations": (
+        "trace kvm:kvm_unmap_hva_range: calls meeting the memslots",
+        "one per invalidate_range_start KVM received for guest RAM, by the run's threads or a kernel "
+        "thread (not another process's VM, not DAMON); a kernel thread's call for another VM at the "
+        "same host addresses would count too (the event names no VM); calls for the harness's own "
+        "memory in the mm are left out, which the model does not have",
+    ),
+    "young_pages_aged": (
+        "trace kvm:kvm_age_hva: pages meeting the memslots, by reclaim",
+        "pages of clear_flush_young calls from reclaim (the run's threads in memcg direct reclaim, "
+        "and kswapd); DAMON's aging is apart (damon_young_calls)",
+    ),
+    "remote_tlb_flush": (
+        "KVM VM statistic remote_tlb_flush",
+        "kvm_flush_remote_tlbs calls that sent an IPI to a vCPU in guest mode (kvm_make_all_cpus_request "
+        "returned true), from the guest's creation on",
+    ),
+    "vcpu_tlb_flushes": (
+        "KVM vCPU statistic tlb_flush, summed over the vCPUs",
+        "flushes the vCPUs performed on entry (kvm_vcpu_flush_tlb_all), a pending request's or their own",
+    ),
+    "tlb_flushes": (
+        "KVM VM statistic remote_tlb_flush_requests",
+        "every kvm_flush_remote_tlbs call from the guest's creation on, the notifier's and the shadow MMU's own "
+        "(zapped shadow pages, write protection); remote_tlb_flush counts those that sent requests",
+    ),
+    "pgscan": (
+        "trace vmscan:mm_vmscan_lru_shrink_inactive: nr_scanned by reclaim",
+        "pages isolated from the inactive lists, as the kernel's pgscan; v1 memory.stat has none and "
+        "/proc/vmstat leaves out reclaim under a cgroup limit",
+    ),
+    "direct_reclaims": (
+        "trace vmscan:mm_vmscan_memcg_reclaim_begin + vmscan:mm_vmscan_direct_reclaim_begin by the run's threads",
+        "calls of try_to_free_mem_cgroup_pages (or global direct reclaim): try_charge_memcg calls it "
+        "up to MAX_RECLAIM_RETRIES + 1 times for one charge, the model counts allocations",
+    ),
+    "kswapd_wakeups": (
+        "/proc/vmstat pageoutrun",
+        "machine-wide; a cgroup limit wakes no kswapd",
+    ),
+    "thp_fault_alloc": (
+        "/proc/vmstat thp_fault_alloc",
+        "machine-wide",
+    ),
+    "thp_fault_fallback": (
+        "/proc/vmstat thp_fault_fallback",
+        "machine-wide",
+    ),
+    "thp_split": (
+        "/proc/vmstat thp_split_page",
+        "machine-wide; thp_split_pmd counts PMD splits that keep the page whole",
+    ),
+    "thp_swpout": ("/proc/vmstat thp_swpout", "machine-wide: THPs written to swap whole"),
+    "thp_swpout_fallback": (
+        "/proc/vmstat thp_swpout_fallback",
+        "machine-wide: THPs split because no swap cluster was free",
+    ),
+    "thp_collapse_alloc": (
+        "/proc/vmstat thp_collapse_alloc",
+        "machine-wide",
+    ),
+    "compact_stall": (
+        "/proc/vmstat compact_stall",
+        "machine-wide; direct compactions of any order",
+    ),
+    "pages_migrated": (
+        "/proc/vmstat pgmigrate_success",
+        "machine-wide",
+    ),
+    "migrations_refused": (
+        "/proc/vmstat pgmigrate_fail",
+        "machine-wide",
+    ),
+    "pins_acquired": (
+        "/proc/vmstat nr_foll_pin_acquired",
+        "machine-wide; KVM takes none; the pin mode's io_uring stand-in does (pin_user_pages), its mlock fallback not",
+    ),
+    "pins_released": (
+        "/proc/vmstat nr_foll_pin_released",
+        "machine-wide",
+    ),
+    "cow_ksm": (
+        "/proc/vmstat cow_ksm",
+        "machine-wide; present with CONFIG_KSM",
+    ),
+    "numa_hint_faults": (
+        "/proc/vmstat numa_hint_faults",
+        "machine-wide; present with NUMA balancing",
+    ),
+    "numa_hint_faults_local": (
+        "/proc/vmstat numa_hint_faults_local",
+        "machine-wide",
+    ),
+    "oom_kills": (
+        "memory.oom_control oom_kill (the run's cgroup)",
+        "the group's OOM kills only",
+    ),
+    "swap_used": (
+        "memory.stat swap / page size (the run's cgroup)",
+        "swap space charged to the tenants when the replay ended",
+    ),
+    "free_frames": (
+        "(memory.limit_in_bytes - memory.usage_in_bytes) / page size",
+        "the limited host's room when the replay ended; usage counts page cache and kernel memory too",
+    ),
+    "resident_pages": (
+        "memory.stat rss / page size (the run's cgroup)",
+        "anonymous memory and swap cache of the tenants, THPs included",
+    ),
+    "pinned_pages": (
+        "memory.stat unevictable / page size (the run's cgroup) + /proc/vmstat nr_foll_pin_acquired - "
+        "nr_foll_pin_released",
+        "when the replay ended: the pin mode's mlocked pages (its fallback) or io_uring's long-term pins "
+        "(machine-wide: exact while nothing else pins)",
+    ),
+    "huge_mapped_fraction": (
+        "KVM VM statistics pages_2m / (pages_4k + pages_2m + pages_1g)",
+        "guest RAM's sptes by size when the replay ended (the control and buffer slots' subtracted)",
+    ),
+    "secondary_mapped_pages": (
+        "KVM VM statistics pages_4k + pages_2m + pages_1g",
+        "guest RAM's sptes when the replay ended: the VM's count less the control and buffer slots' (read once "
+        "the guest was created)",
+    ),
+    "thp_coverage": (
+        "/proc/PID/smaps AnonHugePages over the memslots / their size",
+        "when the replay ended",
+    ),
+    "sim_time_ns": (
+        "the replay's wall time: each batch from its first vCPU's start to its last one's exit, summed",
+        "this machine's time (itself a guest under PVM: every exit costly); the tenants' batches of a tick run "
+        "one after the other, where the model takes the slowest client's",
+    ),
+    "sim_time_ns_per_access": ("the replay's wall time / accesses", "as sim_time_ns"),
+    "wall_seconds": ("the run's wall time", "the whole run: setup, boot pass, replay and teardown"),
+    "eager_releases": (
+        "the twin's own mprotect(PROT_NONE) + mprotect(PROT_READ|PROT_WRITE) round trips of guest RAM (or "
+        "MADV_DONTNEED with real.eager_release=dontneed)",
+        "each raises one PROTECTION_VMA invalidation per page-table range that KVM zaps (docs/real.md)",
+    ),
+}
+REAL_UNOBSERVED: dict[str, str] = {
+    "fault_retries": "KVM keeps no statistic of RET_PF_RETRY (kvm_mmu_page_fault retries silently)",
+    "alloc_failures": "a failed charge ends in the group's OOM killer or SIGBUS: no counter",
+    "oom_events": "cgroup v1 has no memory.events; out_of_memory() has no tracepoint (oom_kills is observed)",
+    "access_errors": "the guest's replay has no failing access: a fault it cannot take stops the run",
+    "isolation_violations": "needs the ground truth of which frame holds which page, which only the model has",
+    "coherence_violations": "needs the ground truth of which frame holds which page, which only the model has",
+    "stale_reads": "needs the ground truth of which frame holds which page, which only the model has",
+    "stale_writes": "needs the ground truth of which frame holds which page, which only the model has",
+    "foreign_writes": "needs the ground truth of which frame holds which page, which only the model has",
+    "remote_accesses": "the frame behind each guest access is not observable",
+    "access_distance": "the frame behind each guest access is not observable",
+    "remote_access_fraction": "the frame behind each guest access is not observable",
+    "effective_access_ns": "a model figure (access_ns by NUMA distance)",
+    "pin_skipped": "reclaim counts no skipped pinned folios",
+    "compact_success": "the kernel's compact_success counts compaction runs, the model's pageblocks emptied",
+    "compact_fail": "the kernel's compact_fail counts compaction runs, the model's pageblocks a pin kept",
+    "huge_accesses": "the guest cannot tell which of its accesses went through a 2 MiB mapping",
+    "invalidations_refused": "only non-blockable invalidations (the OOM reaper) can be refused; no counter",
+    "swap_write_errors": "no counter of failed swap writes (a disk error is logged)",
+    "swap_read_errors": "no counter of failed swap reads",
+    "invalidations_unmap": "kvm:kvm_unmap_hva_range carries no mmu_notifier_event; no tracepoint does",
+    "invalidations_clear": "kvm:kvm_unmap_hva_range carries no mmu_notifier_event; no tracepoint does",
+    "invalidations_protection_vma": "kvm:kvm_unmap_hva_range carries no mmu_notifier_event; no tracepoint does",
+    "invalidations_protection_page": "kvm:kvm_unmap_hva_range carries no mmu_notifier_event; no tracepoint does",
+    "invalidations_soft_dirty": "kvm:kvm_unmap_hva_range carries no mmu_notifier_event; no tracepoint does",
+    "invalidations_release": "kvm:kvm_unmap_hva_range carries no mmu_notifier_event; no tracepoint does",
+    "invalidations_migrate": "kvm:kvm_unmap_hva_range carries no mmu_notifier_event; no tracepoint does",
+    "invalidations_exclusive": "kvm:kvm_unmap_hva_range carries no mmu_notifier_event; no tracepoint does",
+    "oom_reaper_refusals": "no counter (the reaper logs and retries)",
+    "oom_reaped_pages": "the oom:finish_task_reaping event reports the victim's RSS, not pages torn down per range",
+    "invalidate_page_calls": "the invalidate_page op was removed in 4.13; kernel=2008 only",
+    "race_windows": "a model parameter (engine.race_window), not an event",
+    "oom_ticks": "the model's own bookkeeping: nothing of the kernel's corresponds",
+    "pages_zapped": "the shadow MMU has no per-spte zap tracepoint; pages_invalidated counts the pages KVM was told",
+    "tlb_flush_ipis": "KVM counts no kicks (vcpu_tlb_flushes counts flushes the vCPUs took)",
+    "flush_cost_ns": "a model cost",
+    "translation_ns": "a model cost (page walks)",
+    "translation_ns_per_access": "a model cost (page walks)",
+    "forced_pin": "kernel=2008 only",
+    "pinned_pages_peak": "sampled per tick in the model; the real run samples once",
+    "integrity_violations": "needs the ground truth of which frame holds which page, which only the model has",
+    "pin_violations": "needs the ground truth of which frame holds which page, which only the model has",
+    "conservation_violations": "needs the ground truth of which frame holds which page, which only the model has",
+    "accessed_violations": "needs the ground truth of which frame holds which page, which only the model has",
+    "permission_violations": "needs the ground truth of which frame holds which page, which only the model has",
+    "invariant_violations": "needs the ground truth of which frame holds which page, which only the model has",
+    "tick": "the model's own bookkeeping: nothing of the kernel's corresponds",
+    "ticks": "the model's own bookkeeping: nothing of the kernel's corresponds",
+    "oom_victims": "the OOM killer names its victims in the kernel log; oom_kills counts them",
+    "host_cpu_ns": "a model figure; the host's CPU time is not split by purpose",
+    "guest_stall_ns": "a model figure",
+    "stall_fraction": "a model figure",
+    "change_pte_applied": "change_pte was removed in 6.9; this kernel has no such callback",
+}
+
+
+def _real(name: str, unit: str, meaning: str, source: str, type_: type = int) -> Metric:
+    return Metric(name, unit, type_, meaning, kernel=source)
+
+
+REAL_ONLY = (
+    _real(
+        "pages_invalidated",
+        "pages",
+        "guest pages in the invalidations KVM received (notifier ranges met with the memslots, by the"
+        " run's threads and kernel threads)",
+        "trace kvm:kvm_unmap_hva_range",
+    ),
+    _real("age_calls", "calls", "clear(_flush)_young calls on guest memory by reclaim", "trace kvm:kvm_age_hva"),
+    _real(
+        "test_age_calls",
+        "calls",
+        "test_young calls on guest memory, DAMON's left out (khugepaged's)",
+        "trace kvm:kvm_test_age_hva",
+    ),
+    _real(
+        "damon_young_calls",
+        "calls",
+        "DAMON's kdamond's young-op calls on guest memory (age and test-age)",
+        "trace kvm:kvm_age_hva, kvm:kvm_test_age_hva by kdamond",
+    ),
+    _real(
+        "pages_reclaimed",
+        "pages",
+        "pages reclaim freed from the inactive lists (the kernel's pgsteal)",
+        "trace vmscan:mm_vmscan_lru_shrink_inactive nr_reclaimed",
+    ),
+    _real(
+        "spte_installs",
+        "sptes",
+        "shadow-MMU entries installed by the run's vCPUs (prefetch included)",
+        "trace kvmmmu:kvm_mmu_set_spte",
+    ),
+    _real(
+        "emulated_instructions",
+        "instructions",
+        "guest instructions KVM emulated: a natively running guest's exits to the host alone (one `out` per chunk)",
+        "trace kvm:kvm_emulate_insn",
+    ),
+    _real("memcg_failcnt", "charges", "charges that hit the cgroup limit", "memory.failcnt"),
+    _real("memcg_max_usage_bytes", "bytes", "the cgroup's peak charge", "memory.max_usage_in_bytes"),
+    _real(
+        "chunk_exits",
+        "exits",
+        "the guest's exits to the host during the replay: one per vCPU per chunk of real.chunk_accesses, each "
+        "one emulated `out` (emulated_instructions equals it when the replay runs natively)",
+        "the twin's own count (mmnsim.real.guest Guest.chunk_exits)",
+    ),
+    _real(
+        "wall_ns_per_access",
+        "ns/access",
+        "the whole run's wall time per completed access: setup, boot pass, replay and teardown",
+        "the run's wall time",
+        float,
+    ),
+    _real(
+        "harness_rss_bytes",
+        "bytes",
+        "the tenant processes' own memory (interpreter, numpy, the twin's modules) before they joined the "
+        "memory cgroup: charged outside the limit",
+        "/proc/PID/status VmRSS of each tenant process before it joined",
+    ),
+    _real(
+        "trace_lost_events",
+        "events",
+        "trace events the ring buffer lost (overrun, dropped): counts from the trace are low by at most this much",
+        "per_cpu/cpuN/stats",
+    ),
+)
+
+
+def real_source(name: str) -> str:
+    """The ``--explain`` line saying where the real twin reads metric ``name`` (a ``<kind>.`` column by its
+    base name), or why it cannot; empty for a metric the twin does not know."""
+    base = name if name in REAL_SOURCES or name in REAL_UNOBSERVED else name.partition(".")[2]
+    if base in REAL_SOURCES:
+        source, caveat = REAL_SOURCES[base]
+        return f"\n  real twin (backend=real): {source}; {caveat}"
+    if base in REAL_UNOBSERVED:
+        return f"\n  real twin (backend=real): not observed (absent from its results): {REAL_UNOBSERVED[base]}"
+    return ""

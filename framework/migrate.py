@@ -1,14 +1,22 @@
 """Page migration (mm/migrate.c): move pages of an mm to frames on another node, RAM or device memory.
 
 The building block of NUMA balancing, compaction and device-private memory. For each batch, the
-secondary MMUs are told first, one range per page, then each page's content is copied to a new frame,
-its PTE repointed and the old frame freed. The event is the kernel's: a move between RAM nodes
-(NUMA balancing, compaction: migrate_pages -> try_to_migrate -> try_to_migrate_one in mm/rmap.c) raises
-CLEAR; a move into or out of device-private memory (migrate_vma_setup -> migrate_vma_collect in
-mm/migrate_device.c) raises MIGRATE with the ``owner`` that asked (the pgmap owner), so a device
-migrating its own pages can skip the event. A pinned page cannot move (the kernel's migration fails on a
-maybe-DMA-pinned folio) and is counted as refused, as are a shared (KSM) page and a page for which the
-target has no free frame.
+secondary MMUs are told first, then each page's content is copied to a new frame, its PTE repointed and
+the old frame freed. The event and the ranges are the kernel's:
+
+* a move between RAM nodes (NUMA balancing, compaction: migrate_pages -> try_to_migrate ->
+  try_to_migrate_one in mm/rmap.c) raises CLEAR, one range per page (try_to_migrate_one initialises its
+  mmu_notifier_range per folio), or under ``kernel=2008`` the per-page ``invalidate_page``;
+* a move into or out of device-private memory (migrate_vma_setup -> migrate_vma_collect in
+  mm/migrate_device.c) raises MIGRATE once per call over the whole range the driver asked for
+  (mmu_notifier_range_init_owner over [start, end), then the page-table walk inside it), with the
+  ``owner`` that asked (the pgmap owner), so a device migrating its own pages can skip the event. A driver
+  calls migrate_vma_setup per contiguous virtual range: the model raises one MIGRATE range per run of
+  consecutive pages asked for, every page of it covered, those that will not move included (the kernel
+  collects, and then restores, them inside the same bracket).
+
+A pinned page cannot move (the kernel's migration fails on a maybe-DMA-pinned folio) and is counted as
+refused, as are a shared (KSM) page and a page for which the target has no free frame.
 """
 
 from typing import TYPE_CHECKING
@@ -19,7 +27,7 @@ from . import counters as C
 from .arguments import OperationError, count_arg, mm_arg, pages_arg
 from .frames import NFREE, PAGEBLOCK_SHIFT, PB_NODE, alloc_frame, free_frame
 from .kernel import kernel
-from .notifier import Event
+from .notifier import Event, page_runs
 from .pagebits import P_DEVICE
 from .thp import split
 
@@ -70,29 +78,41 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
     """
     host = sim.host
     mm = mm_arg(sim, mm, "migrate")
-    pages = pages_arg(pages, mm.npages, "migrate")
+    asked = pages_arg(pages, mm.npages, "migrate")
     node = sim.host._node(node, "migrate")
     keep_free = count_arg(keep_free, "migrate", "keep_free")
     if owner is not None and not any(owner is s for s in sim.secondaries):
         raise OperationError(
             f"migrate: owner must be None or one of sim.secondaries (the device asking), got {owner!r}"
         )
-    split(sim, mm, pages)  # pages move one by one: split any THP first
-    ok = np.empty(pages.size, dtype=np.bool_)
-    ft = host._ft
-    host._ctr[C.MIGRATIONS_REFUSED] += _movable(host._pt.pte, ft.key, ft.pin, ft.pb, mm.base, pages, node, ok)
-    pages = pages[ok]
-    if pages.size == 0:
+    if asked.size == 0:
         return 0
+    split(sim, mm, asked)  # pages move one by one: split any THP first
     device = node in host.device_nodes
     # Device migration in either direction (to device memory, or migrate_to_ram back) is migrate_vma_*.
-    event = Event.MIGRATE if device or bool((mm.flags[pages] & P_DEVICE).any()) else Event.CLEAR
+    event = Event.MIGRATE if device or bool((mm.flags[asked] & P_DEVICE).any()) else Event.CLEAR
+    ok = np.empty(asked.size, dtype=np.bool_)
+    ft = host._ft
+    host._ctr[C.MIGRATIONS_REFUSED] += _movable(host._pt.pte, ft.key, ft.pin, ft.pb, mm.base, asked, node, ok)
+    pages = asked[ok]
+    if event is Event.CLEAR:
+        # The target's room is checked before anything is unmapped (migrate_balanced_pgdat and
+        # numamigrate_isolate_folio for NUMA balancing; a full target fails the allocation): the pages beyond it
+        # are refused, untouched. (migrate_vma_collect unmaps the whole range first, whatever the target has.)
+        room = max(int(ft.node[node, NFREE]) - keep_free, 0)
+        if pages.size > room:
+            host._ctr[C.MIGRATIONS_REFUSED] += pages.size - room
+            pages = pages[:room]
+        if pages.size == 0:
+            return 0
     moved = 0
 
     def move() -> None:
         nonlocal moved
         moved = _move(host._pt, host._ft, host._ctr, mm.base, pages, node, keep_free, device)
 
-    # Per page, as try_to_migrate_one (and under kernel=2008, try_to_unmap_one's invalidate_page).
-    mm._invalidate_pages(pages, event, move, owner=owner if event is Event.MIGRATE else None)
+    if event is Event.MIGRATE:  # migrate_vma_collect: one range per contiguous run asked for
+        mm.invalidate(page_runs(mm, np.unique(asked), event, owner=owner), move)
+    else:  # per page, as try_to_migrate_one (and under kernel=2008, try_to_unmap_one's invalidate_page)
+        mm._invalidate_pages(pages, event, move)
     return moved

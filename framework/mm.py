@@ -80,7 +80,7 @@ def _zap_key(pt, ft, sw, key):
         else:
             free_frame(ft.node, ft.lists, ft.pb, ft.bits, ft.key, ft.token, e)
     elif e != PTE_NONE:
-        swap_free(sw.key, sw.token, sw.reg, swap_slot(e))
+        swap_free(sw.key, sw.token, sw.free, sw.reg, swap_slot(e))
     pt.pte[key] = PTE_NONE
     pt.token[key] = 0
     pt.flags[key] &= ~_PTE_BITS
@@ -329,6 +329,7 @@ class MM:
             if self.chain:
                 self.chain.invalidate_page(pages, event)
             change()
+            self.sim.actors.record(self.base, pages, pages + 1, f"{event.name} of mm '{self.name}'", self.sim.tick)
             return True
         return self.invalidate(single_pages(self, pages, event, owner=owner), change)
 

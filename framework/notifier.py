@@ -21,13 +21,16 @@ from .arguments import OperationError, int_array, ranges_arrays
 from .config import ConfigError
 from .counters import INVALIDATE_PAGE_CALLS, INVALIDATIONS, INVALIDATIONS_BY_EVENT, INVALIDATIONS_REFUSED
 from .hookspecs import PROJECT, NotifierOps
-from .invariants import InvariantViolation, verify_young
+from .invariants import InvariantViolation, verify_invalidated, verify_test_young, verify_young
+from .pagebits import S_ACCESSED
 from .pagetable import MM_HAS_NOTIFIERS, frozen, is_frozen
 from .traces import TraceError
 
 log = logging.getLogger("mmnsim")
 tracebacks = logging.getLogger("mmnsim.traceback")  # a plugin's traceback: to the log file, not the console
 _NO_TABLE = np.zeros(0)
+# The ops after which a subscriber that accepted holds no entry in the ranges (checked at the return).
+_INVALIDATING = frozenset({"invalidate_range_start", "invalidate", "invalidate_page", "release"})
 
 
 class Event(IntEnum):
@@ -183,10 +186,26 @@ def ranges_of(ranges: Any, mm: Any, op: str) -> NotifierRange:
     return ranges
 
 
+def describe_ranges(start: np.ndarray, end: np.ndarray) -> str:
+    """The ranges for a message: "pages [a, b)", and how many more the batch holds."""
+    more = f" and {start.size - 1} more ranges" if start.size > 1 else ""
+    return f"pages [{int(start[0])}, {int(end[0])}){more}"
+
+
 def single_pages(mm: Any, pages: np.ndarray, event: Event, **kw: Any) -> NotifierRange:
     """One range per page, as the kernel's per-folio calls in reclaim and migration."""
     pages = int_array(pages, "single_pages", "pages", copy=False)  # (checked inside the mm by NotifierRange)
     return NotifierRange(mm, pages, pages + 1, event, **kw)
+
+
+def page_runs(mm: Any, pages: np.ndarray, event: Event, **kw: Any) -> NotifierRange:
+    """One range per run of consecutive pages (``pages`` sorted, without repeats), as a caller that walks
+    each contiguous virtual range once (migrate_vma_setup per range)."""
+    pages = np.asarray(pages, dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
+    starts = np.concatenate((pages[:1], pages[breaks]))
+    ends = np.concatenate((pages[breaks - 1], pages[-1:])) + 1
+    return NotifierRange(mm, starts, ends, event, **kw)
 
 
 class NotifierChain:
@@ -212,14 +231,18 @@ class NotifierChain:
                 "subscribers implement invalidate, whole-mm ones invalidate_range_start/_end"
             )
         self._pm.register(subscriber, name=unique_name(self._pm, _label(subscriber)))
-        self._by_op.clear()
+        self._changed()
         self.mm._set_flag(MM_HAS_NOTIFIERS, True)
 
     def unsubscribe(self, subscriber: object) -> None:
         if self._pm.is_registered(subscriber):
             self._pm.unregister(subscriber)
-        self._by_op.clear()
+        self._changed()
         self.mm._set_flag(MM_HAS_NOTIFIERS, bool(self.subscribers()))
+
+    def _changed(self) -> None:
+        self._by_op.clear()
+        self.mm.sim.fast.changed()
 
     def subscribers(self) -> list[object]:
         return list(self._pm.get_plugins())
@@ -269,9 +292,45 @@ class NotifierChain:
             finally:
                 running.pop()
             results.append((name, result))
+            if op in _INVALIDATING and result is not False and getattr(plugin, "_spte", _NO_TABLE).size:
+                self._verify_invalidated(plugin, op, args)
             if stop_on_refusal and result is False:
                 break
         return results
+
+    def call_one(self, subscriber: object, op: str, **kwargs: Any) -> Any:
+        """``op`` on ``subscriber`` alone, subscribed or not (a policy acting on one device, as eager release
+        does), as ``call`` delivers it: the subscriber named if it raises, its postcondition checked."""
+        label = f"secondary MMU '{_label(subscriber)}'"
+        running = self.mm.sim.actors.running
+        running.append(f"{label} in {op}")
+        try:
+            result = getattr(subscriber, op)(**kwargs)
+        except FRAMEWORK_ERRORS:
+            raise
+        except Exception as exc:
+            raise plugin_error(label, op, exc) from exc
+        finally:
+            running.pop()
+        if op in _INVALIDATING and result is not False and getattr(subscriber, "_spte", _NO_TABLE).size:
+            self._verify_invalidated(subscriber, op, kwargs)
+        return result
+
+    def _verify_invalidated(self, subscriber: object, op: str, args: dict[str, Any]) -> None:
+        """The subscriber accepted the invalidation: check, now, that it holds no entry in its ranges."""
+        if op == "release":
+            start, end, what = np.array([0]), np.array([self.mm.npages]), "the whole mm"
+        elif op == "invalidate_page":
+            start = np.asarray(args["pages"], dtype=np.int64)
+            end, what = start + 1, f"{start.size} pages, one by one"
+        else:
+            ranges = args["ranges"]
+            if ranges.owner is subscriber:  # its own migration (MIGRATE, EXCLUSIVE): it may skip the event
+                return
+            start, end = ranges.start, ranges.end
+            what = f"{ranges.event.name} of {describe_ranges(start, end)}"
+        who = self.mm.sim.actors.current
+        verify_invalidated(self.mm.sim, subscriber, op, start, end, f"{what} of mm '{self.mm.name}', by {who}")
 
     def invalidate_range_start(self, ranges: NotifierRange) -> bool:
         """mmu_notifier_invalidate_range_start: False if a subscriber refused a non-blockable batch.
@@ -335,17 +394,21 @@ class NotifierChain:
 
         With invariant checks on, each answer is compared with what the framework's access kernel saw
         through the subscriber's entries before the call (its shadow accessed array), and after a clearing
-        op the subscriber's own accessed bits must read clear (``invariants.verify_young``). A clearing
-        op consumes the accesses: the shadow is cleared over the ranges (only the checks read it)."""
+        op the subscriber's own accessed bits must read clear (``invariants.verify_young``); after
+        ``test_young`` they must read as before the call (``invariants.verify_test_young``). A clearing op
+        consumes the accesses: the framework clears the shadow over the ranges just before the call (only
+        the framework writes the shadow; no plugin call clears it)."""
         sim = self.mm.sim
         verify = sim.engine.check_invariants
         clearing = op != "test_young"
         start, end = frozen(start), frozen(end)  # read again after the plugins had them
-        truth = {}
+        truth, before = {}, {}
         for impl in self._impls(op):
             if verify and getattr(impl.plugin, "_spte", _NO_TABLE).size:  # the framework's view of its table
                 sub = impl.plugin  # the truth, taken before the op (which consumes the accesses) can touch it
-                truth[impl.name] = sub.consume_shadow(start, end) if clearing else sub.shadow_young(start, end)
+                truth[impl.name] = sub._consume_shadow(start, end) if clearing else sub.shadow_young(start, end)
+                if not clearing:  # test_young must leave the plugin's own bits as it found them
+                    before[impl.name] = (sub._sflags[start] & S_ACCESSED) != 0
         young = np.zeros(start.size, dtype=bool)
         args = {"mm": self.mm, "start": start, "end": end} if clearing else {"mm": self.mm, "pages": start}
         for name, res in self.call(op, **args):
@@ -357,11 +420,13 @@ class NotifierChain:
             arr = arr.astype(bool, copy=False)
             sub = self._pm.get_plugin(name)
             if name in truth:
-                kept = sub.accessed_left(start, end) if clearing else None
+                kept = sub._accessed_left(start, end) if clearing else None
                 # An MMU that says it cannot see its accesses (``young`` False: 2.6.27's EPT) may answer
                 # "old" for what it accessed, as clear_young may; answering "young" falsely is still a lie.
                 checked = op if getattr(sub, "_young", True) else "clear_young"  # as the class said at construction
                 verify_young(sim, sub, checked, start, end, truth[name], arr, kept)
+                if name in before:
+                    verify_test_young(sim, sub, start, before[name])
             young |= arr
         return young
 
@@ -379,7 +444,7 @@ class NotifierChain:
         self.call("release", mm=self.mm)
         for sub in list(self._pm.get_plugins()):
             self._pm.unregister(sub)
-        self._by_op.clear()
+        self._changed()
         self.mm._set_flag(MM_HAS_NOTIFIERS, False)
 
 

@@ -23,9 +23,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from . import counters as C
+from .kernel import count_at_least, count_at_most
 
 if TYPE_CHECKING:
     from .simulation import Simulation, Tenant
@@ -69,8 +68,8 @@ class OOMKiller:
         mm = tenant.mm
         if tenant.killed or mm.exited or tenant.oom_score_adj <= OOM_SCORE_ADJ_MIN:
             return None
-        resident = int(np.count_nonzero(mm.pte >= 0))
-        swapped = int(np.count_nonzero(mm.pte < -1))
+        resident = int(count_at_least(mm.pte, 0))
+        swapped = int(count_at_most(mm.pte, -2))
         page_tables = -(-(resident + swapped) // PTRS_PER_PTE)  # mm_pgtables_bytes / PAGE_SIZE, at least
         host = self.sim.host
         total = host.nframes + host._sw.key.size  # totalpages: RAM + swap

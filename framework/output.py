@@ -228,8 +228,9 @@ def write_failure(outdir: Path, cfg: DictConfig, exc: BaseException) -> Path:
     return path
 
 
-def summary_frame(cfg: DictConfig, metrics: dict[str, float]) -> pl.DataFrame:
-    row = {**flatten(run_config(cfg)), **metrics, **provenance(cfg)}
+def summary_frame(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any] | None = None) -> pl.DataFrame:
+    """The summary's one row; ``extra``: more provenance (the real twin's machine.* columns)."""
+    row = {**flatten(run_config(cfg)), **metrics, **provenance(cfg), **(extra or {})}
     return pl.DataFrame([row])
 
 
@@ -254,11 +255,12 @@ def _write_bytes(data: bytes | memoryview, path: Path) -> None:
         raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the file the user knows, not its temp
 
 
-def write_results(outdir: Path, cfg: DictConfig, metrics: dict[str, float], rows: list[dict]) -> None:
+def write_results(outdir: Path, cfg: DictConfig, metrics: dict[str, float], rows: list[dict],
+                  extra: dict[str, Any] | None = None) -> None:  # fmt: skip
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / FAILED).unlink(missing_ok=True)  # an earlier attempt's failure
     (outdir / SUMMARY).unlink(missing_ok=True)  # the summary is last, and only beside its own time series
-    summary = summary_frame(cfg, metrics)
+    summary = summary_frame(cfg, metrics, extra)
     timeseries = pl.DataFrame(rows) if rows else None
     if timeseries is not None:
         prov = provenance(cfg)

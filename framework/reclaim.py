@@ -7,6 +7,12 @@
   folio; under ``kernel=2008`` the ``invalidate_page`` op per page, as until 4.13), write the pages to swap
   and free their frames (shrink_folio_list + pageout).
 
+The unit of all three is the folio: a 4 KiB page, or a transparent huge page as a whole. A THP has one
+accessed bit (its PMD's; a 2 MiB secondary entry's one), so it is aged as one 2 MiB range and reclaimed
+only when old as a whole: into a free swap cluster whole (THP_SWPOUT), or, when no cluster is free, split
+first and its pages swapped out one by one (THP_SWPOUT_FALLBACK). ``folio_pages`` says how many pages a
+candidate stands for.
+
 A policy combines them; the built-in ``swap`` policy is one such combination.
 """
 
@@ -16,11 +22,13 @@ import numpy as np
 
 from . import counters as C
 from .arguments import OperationError, count_arg, frames_arg, page_arg
-from .frames import is_device_frame
+from .fastpath import INVALIDATE_OPS, swap_out_pages, young_frames
+from .frames import PAGEBLOCK_SHIFT, is_device_frame
+from .invariants import report_young
 from .kernel import AHEAD, U, kernel, prefetch
-from .notifier import Event
-from .pagebits import P_YOUNG
-from .swapdev import swap_out_frames
+from .notifier import Event, NotifierRange
+from .pagebits import HUGE_PAGES, P_HUGE, P_YOUNG, clear_mask
+from .swapdev import SWAPPED, swap_alloc_cluster, swap_out_frames, swap_out_thp
 from .thp import split
 
 if TYPE_CHECKING:
@@ -30,12 +38,36 @@ YOUNG_OPS = ("clear_flush_young", "clear_young")
 
 
 @kernel
-def _scan(fkey, fpin, pb, node_order, ctr, hand, want, limit, out):
+def _scan(fkey, fpin, pb, node_order, pflags, ctr, hand, want, limit, out):
+    """The LRU scan: the next in-use, unpinned folios from ``hand``. A THP (a pageblock mapping one aligned
+    2 MiB region, in order) is one folio of 512 pages: its first frame stands for it, its pages count as
+    scanned (nr_scanned += folio_nr_pages), its other frames are passed over."""
     n = fkey.size
     found = 0
     scanned = 0
+    thp_block = -1  # the pageblock last found to hold a THP
+    checked_block = -1
     while found < want and scanned < limit:
         f = hand
+        b = f >> PAGEBLOCK_SHIFT
+        if b != checked_block:  # one look per pageblock at its first page: is it a THP?
+            checked_block = b
+            head = fkey[b << PAGEBLOCK_SHIFT]
+            thp_block = b if head >= 0 and pflags[head] & P_HUGE else -1
+        if b == thp_block:
+            end = min((b + 1) << PAGEBLOCK_SHIFT, n)
+            scanned += end - f
+            hand = end if end < n else 0
+            if f == b << PAGEBLOCK_SHIFT:
+                pinned = False
+                for g in range(f, end):
+                    pinned |= fpin[g] > 0
+                if pinned:  # folio_maybe_dma_pinned: a pinned THP stays
+                    ctr[C.PIN_SKIPPED] += 1
+                else:
+                    out[found] = f
+                    found += 1
+            continue
         hand = hand + 1 if hand + 1 < n else 0
         scanned += 1
         if fkey[f] < 0 or is_device_frame(pb, node_order, f):  # free, orphaned, or not on any LRU
@@ -50,7 +82,8 @@ def _scan(fkey, fpin, pb, node_order, ctr, hand, want, limit, out):
 
 
 def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np.ndarray, int, int]:
-    """Up to ``want`` in-use, unpinned frames from ``hand`` on, looking at no more than ``limit`` frames.
+    """Up to ``want`` reclaim candidates (folios) from ``hand`` on, looking at no more than ``limit`` frames: in-use,
+    unpinned frames, a THP as its first frame (``folio_pages`` says how many pages each stands for).
 
     Returns the frames, the new hand position and the number of frames looked at.
     """
@@ -59,37 +92,80 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
     want = min(count_arg(want, "scan_frames", "want"), ft.key.size)
     limit = min(count_arg(limit, "scan_frames", "limit"), ft.key.size)  # a batch never holds a frame twice
     out = np.empty(want, dtype=np.int64)
-    found, hand, scanned = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host._ctr, hand, want, limit, out)
+    found, hand, scanned = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host._pt.flags, sim.host._ctr, hand, want,
+                                 limit, out)  # fmt: skip
     return out[:found], int(hand), int(scanned)
 
 
+def folio_pages(sim: "Simulation", frames: np.ndarray) -> np.ndarray:
+    """How many pages the folio each frame belongs to holds: 512 for a THP's, 1 for a 4 KiB page's (and for a
+    free frame). What a policy reclaiming ``nr_pages`` counts its candidates in."""
+    frames = frames_arg(sim, frames, "folio_pages")
+    pages = np.ones(frames.size, dtype=np.int64)
+    keys = sim.host._ft.key[frames]
+    inuse = keys >= 0
+    pages[inuse] = np.where(sim.host._pt.flags[keys[inuse]] & P_HUGE, HUGE_PAGES, 1)
+    return pages
+
+
 @kernel
-def _test_clear_young(fkey, pflags, frames, keys, young):
+def _test_clear_young(fkey, pflags, frames, keys, lens, young):
+    """folio_referenced's own part: each frame's folio, its first page key and length (0: the same THP as the
+    frame before, answered once), and its PTE accessed bit, test-and-cleared (a THP's PMD bit: any of its
+    pages' bits, all cleared)."""
+    last = -1
     for i in range(frames.size):
         if i + AHEAD < frames.size and fkey[frames[i + AHEAD]] >= 0:  # frames in order, their pages at random
             prefetch(pflags, U(fkey[frames[i + AHEAD]]))
         k = fkey[frames[i]]
         keys[i] = k
-        young[i] = k >= 0 and (pflags[k] & P_YOUNG) != 0
-        if k >= 0:
-            pflags[k] &= ~P_YOUNG
+        lens[i] = 1
+        young[i] = False
+        if k < 0:
+            continue
+        if pflags[k] & P_HUGE:
+            first = k - (frames[i] & (HUGE_PAGES - 1))
+            keys[i] = first
+            if first == last:
+                lens[i] = 0
+                continue
+            last = first
+            lens[i] = HUGE_PAGES
+            y = False
+            for j in range(first, first + HUGE_PAGES):
+                y |= (pflags[j] & P_YOUNG) != 0
+                pflags[j] &= ~P_YOUNG
+            young[i] = y
+            continue
+        young[i] = (pflags[k] & P_YOUNG) != 0
+        pflags[k] &= ~P_YOUNG
 
 
 def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_young") -> np.ndarray:
     """For each frame: accessed since last asked, by the CPU or by any subscribed secondary MMU?
 
-    Clears what it reads (test-and-clear), as folio_referenced does.
+    Clears what it reads (test-and-clear), as folio_referenced does, per folio: a THP has one accessed bit
+    (its PMD's, and one per huge secondary entry: pmdp_clear_flush_young_notify asks the young op over its
+    2 MiB), so a frame of a THP answers for the whole THP, once (frames of one THP, in order, share the answer).
     """
     if op not in YOUNG_OPS:
         raise OperationError(f"referenced: unknown young op {op!r}; accepted: {', '.join(YOUNG_OPS)}")
     host = sim.host
     frames = frames_arg(sim, frames, "referenced")
-    keys = np.empty(frames.size, dtype=np.int64)
     young = np.empty(frames.size, dtype=bool)
-    _test_clear_young(host._ft.key, host._pt.flags, frames, keys, young)
-    for mm, sel, pages in _by_mm(sim, keys):
+    table = sim.fast.young_table(op)
+    if table is not None:  # every subscriber's young op is the standard one: one compiled pass
+        _young_fast(sim, frames, op, table, young)
+        return young
+    keys = np.empty(frames.size, dtype=np.int64)
+    lens = np.empty(frames.size, dtype=np.int64)
+    _test_clear_young(host._ft.key, host._pt.flags, frames, keys, lens, young)
+    asked = lens > 0
+    for mm, sel, pages in _by_mm(sim, np.where(asked, keys, -1)):
         if mm.chain:
-            young[sel] |= mm.chain.young(op, pages, pages + 1)
+            young[sel] |= mm.chain.young(op, pages, pages + lens[sel])
+    if not asked.all():  # a THP's later frames: its answer
+        young = young[np.maximum.accumulate(np.where(asked, np.arange(frames.size), 0))]
     return young
 
 
@@ -106,10 +182,28 @@ def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
     keys = host._ft.key[frames].astype(np.int64)
     done = 0
     for mm, sel, pages in _by_mm(sim, keys):
-        split(sim, mm, pages)  # reclaim handles 4 KiB pages: split any THP first
         mine = frames[sel]
-        if not mm.chain:
+        huge = (mm.flags[pages] & P_HUGE) != 0
+        if huge.any():  # old THPs: whole into a free swap cluster, or split and their pages as 4 KiB ones
+            small = [(mine[~huge], pages[~huge])]
+            for first in np.unique(pages[huge] & ~(HUGE_PAGES - 1)).tolist():
+                swapped, fallback = _swap_out_thp(sim, mm, first)
+                done += swapped
+                if fallback:
+                    small.append(
+                        (mm.pte[first : first + HUGE_PAGES].astype(np.int64), np.arange(first, first + HUGE_PAGES))
+                    )
+            mine = np.concatenate([f for f, _ in small])
+            pages = np.concatenate([p for _, p in small])
+            if not pages.size:
+                continue
+        subs = None if sim.kernel.invalidate_page else sim.fast.subscribers(mm, INVALIDATE_OPS)
+        if subs is not None and subs.size:  # every subscriber's invalidation is the standard one: compiled
+            done += _swap_out_fast(sim, mm, mine, pages, subs)
+            continue
+        if not mm.chain:  # nobody to tell: the pages still record who reclaimed them
             done += swap_out_frames(host._pt, host._ft, host._sw, host._ctr, mine)
+            sim.actors.record(mm.base, pages, pages + 1, f"CLEAR of mm '{mm.name}'", sim.tick)
             continue
         count = 0
 
@@ -120,6 +214,68 @@ def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
         mm._invalidate_pages(pages, Event.CLEAR, write_out)  # start/end per page, or 2.6.27's invalidate_page
         done += count
     return done
+
+
+def _swap_out_thp(sim: "Simulation", mm, first: int) -> tuple[int, bool]:
+    """Reclaim the old THP at page ``first`` of ``mm``: with a free swap cluster, whole (its PMD split into swap
+    entries: try_to_unmap with TTU_SPLIT_HUGE_PMD raises __split_huge_pmd's CLEAR over the 2 MiB, then
+    try_to_unmap_one's); without one, split (THP_SWPOUT_FALLBACK: split_folio_to_list, which raises its own
+    CLEAR) for the caller to swap out its pages one by one. Returns (pages swapped, whether it fell back)."""
+    host = sim.host
+    pt, ft, sw = host._pt, host._ft, host._sw
+    frame = int(pt.pte[mm.base + first])
+    if ft.pin[frame : frame + HUGE_PAGES].any():  # folio_maybe_dma_pinned: it stays
+        host._ctr[C.PIN_SKIPPED] += 1
+        return 0, False
+    slot = swap_alloc_cluster(sw.key, sw.free, sw.reg)
+    if slot < 0:
+        host._ctr[C.THP_SWPOUT_FALLBACK] += 1
+        split(sim, mm, np.array([first]))
+        return 0, True
+    whole = NotifierRange(mm, np.array([first]), np.array([first + HUGE_PAGES]), Event.CLEAR)
+
+    def split_pmd() -> None:  # the PMD becomes 512 PTEs, still on the THP's frames
+        mm._flags[first : first + HUGE_PAGES] &= clear_mask(P_HUGE)
+
+    result = SWAPPED
+
+    def write_out() -> None:
+        nonlocal result
+        result = swap_out_thp(pt.pte, pt.flags, ft.key, ft.token, ft.node, ft.lists, ft.pb, ft.bits, sw.key,
+                              sw.token, sw.free, sw.reg, host._ctr, mm.base + first, frame, slot)  # fmt: skip
+
+    mm.invalidate(whole, split_pmd)
+    mm.invalidate(whole, write_out)
+    return (HUGE_PAGES if result == SWAPPED else 0), False
+
+
+def _young_fast(sim: "Simulation", frames: np.ndarray, op: str, table: np.ndarray, young: np.ndarray) -> None:
+    host, tables = sim.host, sim._secondary_tables
+    nsec = max(len(sim.secondaries), 1)
+    wrong = np.zeros((nsec, 2), dtype=np.int64)
+    first = np.zeros((nsec, 2), dtype=np.int64)
+    young_frames(np.ascontiguousarray(frames, dtype=np.int64), young, host._ft.key, host._pt.flags, host._pt.mm_base,
+                 table, tables.offset, tables.sflags, tables.shadow, tables.acc, op == "clear_flush_young", wrong,
+                 first)  # fmt: skip
+    for j in np.unique(table[table >= 0]).tolist():
+        sec = sim.secondaries[j]
+        sec._settle_aging()
+        if wrong[j].any() and sim.engine.check_invariants:
+            report_young(sim, sec, op, int(wrong[j, 0]), int(first[j, 0]), int(wrong[j, 1]), int(first[j, 1]), 0, 0)
+
+
+def _swap_out_fast(sim: "Simulation", mm, frames: np.ndarray, pages: np.ndarray, subs: np.ndarray) -> int:
+    host, tables = sim.host, sim._secondary_tables
+    pt, ft, sw = host._pt, host._ft, host._sw
+    event = sim.actors.event(f"CLEAR of mm '{mm.name}'", sim.tick)
+    count = swap_out_pages(np.ascontiguousarray(frames, dtype=np.int64), pages, mm.base, subs, tables.offset,
+                           tables.spte, tables.sflags, tables.shadow, tables.state, tables.acc, pt.pte, pt.flags,
+                           ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits, sw.key, sw.token, sw.free,
+                           sw.reg, host._ctr, sim.actors._changed, event)  # fmt: skip
+    mm.chain.invalidate_seq += 2  # the start and the end of the invalidation
+    for j in subs.tolist():
+        sim.secondaries[j]._settle_invalidation()
+    return count
 
 
 def _by_mm(sim: "Simulation", keys: np.ndarray):

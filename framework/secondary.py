@@ -53,10 +53,11 @@ from .arguments import OperationError, count_arg, int_scalar, page_arg, ranges_a
 from .components import Component, Mode
 from .costs import walk_refs
 from .frames import ORPHAN, free_frame
-from .kernel import AHEAD, U, kernel, prefetch
+from .kernel import AHEAD, U, count_at_least, kernel, prefetch
 from .notifier import NotifierRange, PluginError, component_label, guarded, ranges_of
 from .pagebits import HUGE_PAGES, PTE_NONE, S_ACCESSED, S_HUGE, SH_ACCESSED, SH_PINNED
 from .pagetable import read_only
+from .sectables import ACC_AGED, ACC_FLUSH_YOUNG, ACC_YOUNG, ACC_ZAP_RANGES, ACC_ZAPPED
 
 if TYPE_CHECKING:
     from .simulation import Client, Simulation
@@ -89,6 +90,13 @@ class SecondaryMMU(Component):
     # bits, a missing page is an I/O page fault (counted as its secondary fault), and all it needs to
     # implement is ``arch_invalidate_secondary_tlbs`` to flush its TLB.
     shares_cpu_tables: ClassVar[bool] = False
+    # The hooks of this very class that the framework's compiled reclaim path may stand in for, because they
+    # do exactly the standard thing (``mmnsim.fastpath``): ``invalidate_range_start`` is ``begin_invalidate``
+    # and ``zap``, ``invalidate_range_end`` is ``end_invalidate``, ``clear_flush_young``/``clear_young``
+    # return ``harvest_accessed(clear=True)``, each with its costs charged by ``charge_zap``/``charge_aging``.
+    # Never inherited: a subclass, which may change any method, goes through the chain unless it declares
+    # its own.
+    fast_ops: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, sim: "Simulation", client: "Client", cfg: Any):
         self.sim = sim
@@ -105,16 +113,18 @@ class SecondaryMMU(Component):
         if forced:
             self.mode = Mode.pin
         entries = 0 if self.shares_cpu_tables else self.mm.npages
-        self.spte = np.full(entries, PTE_NONE, dtype=np.int32)
-        self.sflags = np.zeros(entries, dtype=np.uint8)
-        self._accessed = np.zeros(entries, dtype=np.uint8)  # the framework's own bits per entry (SH_*)
+        # Its table, the framework's own bits per entry beside it (SH_*), and its state: slices of the run's
+        # secondary tables (``mmnsim.sectables``), so the compiled reclaim path reaches them by ``index``. The
+        # framework keeps its own array objects (``_spte``, ``_sflags``, ``_state``); the plugin gets views of
+        # the same memory (see the module's docstring), and a read-only view of the SH_* bits.
+        self._index, self._spte, self._sflags, self._accessed, self._state = sim._secondary_tables.take(
+            entries, self.mm.index
+        )
+        self.spte, self.sflags, self.state = self._spte.view(), self._sflags.view(), self._state.view()
         self.accessed = read_only(self._accessed)  # the plugin's view
-        self.state = np.zeros(STATE_SIZE, dtype=np.int64)
-        # The framework's own array objects over the plugin's table and state (see the module's docstring).
-        self._spte, self._sflags, self._state = self.spte.view(), self.sflags.view(), self.state.view()
-        self.state[DEV_NODE] = -1
-        self.state[REGION_LO], self.state[REGION_HI] = self._region
-        self.state[MODE] = (
+        self._state[DEV_NODE] = -1
+        self._state[REGION_LO], self._state[REGION_HI] = self._region
+        self._state[MODE] = (
             (SEC_PIN if self.pin_mode else 0)
             | (SEC_YOUNG if self.young else 0)
             | (0 if self.faults else SEC_NOFAULT)
@@ -125,6 +135,50 @@ class SecondaryMMU(Component):
         if forced:
             self.metrics["forced_pin"] = 1.0
         self._counts: dict[str, float] = defaultdict(float)  # the framework's per-MMU counters of its accesses
+
+    @property
+    def index(self) -> int:
+        """Its index among the run's secondary tables (``mmnsim.sectables``); read-only."""
+        return self._index
+
+    def serves_fast(self, ops: tuple[str, ...]) -> bool:
+        """Whether the compiled path may deliver ``ops`` to this MMU instead of its hooks (see ``fast_ops``)."""
+        owner = next((c for c in type(self).__mro__ if "fast_ops" in vars(c)), None)
+        return (
+            owner is type(self)
+            and self._spte.size > 0
+            and all(op in self.fast_ops and op not in vars(self) for op in ops)
+            and (self._young or not any(op.endswith("young") for op in ops))
+        )
+
+    def charge_zap(self, pages: int, ranges: int) -> None:
+        """The costs of an invalidation that zapped ``pages`` entries in ``ranges`` ranges (those that held one),
+        for an MMU with ``fast_ops``: what its ``invalidate_range_start`` charges after its zap."""
+        raise NotImplementedError(f"secondary MMU '{self.label}' declares fast_ops but not charge_zap")
+
+    def charge_aging(self, pages: int, young_flushed: int) -> None:
+        """The costs of a young op over ``pages`` pages, ``young_flushed`` of whose ranges ``clear_flush_young``
+        found young, for an MMU with ``fast_ops``: what its young ops charge after their harvest."""
+        raise NotImplementedError(f"secondary MMU '{self.label}' declares fast_ops but not charge_aging")
+
+    def _settle_invalidation(self) -> None:
+        """Charge what the compiled path's invalidations did for this MMU since the last settling."""
+        row = self.sim._secondary_tables.acc[self._index]
+        zapped, ranges = int(row[ACC_ZAPPED]), int(row[ACC_ZAP_RANGES])
+        row[ACC_ZAPPED] = row[ACC_ZAP_RANGES] = 0
+        self.metrics["pages_zapped"] += zapped
+        self._call("charge_zap", zapped, ranges)
+
+    def _settle_aging(self) -> None:
+        """Charge what the compiled path's young ops did for this MMU since the last settling."""
+        row = self.sim._secondary_tables.acc[self._index]
+        aged, flushed = int(row[ACC_AGED]), int(row[ACC_FLUSH_YOUNG])
+        row[ACC_AGED] = row[ACC_YOUNG] = row[ACC_FLUSH_YOUNG] = 0
+        self._call("charge_aging", aged, flushed)
+
+    def _call(self, method: str, *args: object) -> object:
+        """Its own ``method`` (the plugin's code), called as the hooks are (``notifier.guarded``)."""
+        return guarded(self.sim.actors.running, component_label(self), method, getattr(self, method), *args)
 
     @classmethod
     def device_memory_pages(cls, cfg: Any) -> int:
@@ -226,20 +280,17 @@ class SecondaryMMU(Component):
         For policies that act on one device rather than on the mm (eager release).
         """
         ranges = ranges_of(ranges, self.mm, "invalidate_self")
-        running, who = self.sim.actors.running, component_label(self)  # its ops, called as the chain calls them
+        chain = self.mm.chain
         if self._interval:  # a sequence number of the mm's own (mn_itree_inv_start_range): unique, so a
-            chain = self.mm.chain  # fault in flight retries (``state[SEQ] + 1`` could be a later cur_seq)
-            chain.invalidate_seq += 1
-            guarded(running, who, "invalidate", self.invalidate, ranges, chain.invalidate_seq)
+            chain.invalidate_seq += 1  # fault in flight retries (``state[SEQ] + 1`` could be a later cur_seq)
+            chain.call_one(self, "invalidate", ranges=ranges, cur_seq=chain.invalidate_seq)
             chain.invalidate_seq += 1
             return
-        start = getattr(self, "invalidate_range_start", None)
-        end = getattr(self, "invalidate_range_end", None)
-        if start is None:
+        if getattr(self, "invalidate_range_start", None) is None:
             raise PluginError(f"secondary MMU '{self.label}' implements no invalidate_range_start")
-        guarded(running, who, "invalidate_range_start", start, ranges)
-        if end is not None:
-            guarded(running, who, "invalidate_range_end", end, ranges)
+        chain.call_one(self, "invalidate_range_start", ranges=ranges)
+        if getattr(self, "invalidate_range_end", None) is not None:
+            chain.call_one(self, "invalidate_range_end", ranges=ranges)
 
     # -- helpers for NotifierOps implementations --
 
@@ -275,18 +326,21 @@ class SecondaryMMU(Component):
         if self._spte.size == 0:  # no table of its own (shares_cpu_tables)
             return zapped
         host = self.sim.host
-        total = _zap(self._spte, self._sflags, self._accessed, start, end, host._ft, host._ctr, zapped)
+        ft = host._ft
+        total = _zap(self._spte, self._sflags, self._accessed, start, end, ft.key, ft.token, ft.pin,
+                     ft.node, ft.lists, ft.pb, ft.bits, host._ctr, zapped)  # fmt: skip
         self.metrics["pages_zapped"] += total
         return zapped
 
     def harvest_accessed(self, start: np.ndarray, end: np.ndarray, clear: bool) -> np.ndarray:
-        """Whether any entry in each range has its accessed bit set; clear the bits if asked (and the
-        framework's shadow with them: the accesses are consumed)."""
+        """Whether any entry in each range has its accessed bit set (``S_ACCESSED`` in its own ``sflags``);
+        clear the bits if asked. The framework's shadow is not touched: only the framework consumes it, just
+        before a clearing young op."""
         start, end = ranges_arrays(start, end, self.mm.npages, "harvest_accessed")
         young = np.zeros(start.size, dtype=np.bool_)
         if self._spte.size == 0:
             return young
-        _harvest(self._sflags, self._accessed, start, end, bool(clear), young)
+        _harvest(self._sflags, start, end, bool(clear), young)
         return young
 
     def shadow_young(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -294,7 +348,7 @@ class SecondaryMMU(Component):
         last cleared (installing or zapping an entry clears it): the truth the young ops are judged by."""
         return self._read_shadow(start, end, consume=False)
 
-    def consume_shadow(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    def _consume_shadow(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """``shadow_young``, clearing the shadow over the ranges: the notifier chain calls it just before a
         clearing young op, which consumes the accesses (nothing accesses memory during the op)."""
         return self._read_shadow(start, end, consume=True)
@@ -306,16 +360,16 @@ class SecondaryMMU(Component):
             _shadow_young(self._accessed, start, end, consume, young)
         return young
 
-    def accessed_left(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    def _accessed_left(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """After a clearing young op: per range, whether the plugin's own accessed bits still read set
         (the op's postcondition is that none does)."""
         kept = np.zeros(start.size, dtype=np.bool_)
         if self._spte.size:
-            _harvest(self._sflags, self._accessed, _int64(start), _int64(end), False, kept)  # reads, not the plugin's
+            _harvest(self._sflags, _int64(start), _int64(end), False, kept)  # reads, not the plugin's
         return kept
 
     def mapped_pages(self) -> int:
-        return int(np.count_nonzero(self._spte >= 0))
+        return int(count_at_least(self._spte, 0))
 
 
 def _int64(a: np.ndarray) -> np.ndarray:
@@ -338,54 +392,57 @@ def _shadow_young(shadow, start, end, consume, young):
         young[r] = seen
 
 
+@kernel(inline=True)
+def zap_range(spte, sflags, shadow, lo, hi, fkey, ftoken, fpin, node, lists, pb, bits, ctr):
+    """Drop the entries of pages [lo, hi) (a 2 MiB entry the range touches goes as a whole), releasing their
+    pins; return how many were dropped. Shared by ``zap`` and the compiled reclaim path."""
+    if lo < spte.size and sflags[lo] & S_HUGE:  # a 2 MiB entry goes as a whole
+        lo = lo & ~(HUGE_PAGES - 1)
+    if hi - 1 < spte.size and sflags[hi - 1] & S_HUGE:
+        hi = min((hi - 1 | (HUGE_PAGES - 1)) + 1, spte.size)
+    count = 0
+    for p in range(lo, hi):
+        f = spte[p]
+        if f < 0:
+            continue
+        # unpin_user_page, if the framework pinned it (not the plugin's S_PINNED, nor a frame number it
+        # rewrote out of range or to an unpinned frame: the pin check then names what is left pinned)
+        if shadow[p] & SH_PINNED and f < fpin.size and fpin[f] > 0:
+            fpin[f] -= 1
+            ctr[C.PINS_RELEASED] += 1
+            if fpin[f] == 0 and fkey[f] == ORPHAN:  # an orphan whose last pin goes is freed
+                free_frame(node, lists, pb, bits, fkey, ftoken, f)
+        spte[p] = PTE_NONE
+        sflags[p] = 0
+        shadow[p] = 0
+        count += 1
+    return count
+
+
 @kernel
-def _zap(spte, sflags, shadow, start, end, ft, ctr, zapped):
-    fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
+def _zap(spte, sflags, shadow, start, end, fkey, ftoken, fpin, node, lists, pb, bits, ctr, zapped):
     total = 0
     for r in range(start.size):
         if r + AHEAD < start.size and start[r + AHEAD] < spte.size:  # reclaim's ranges are pages far apart
             prefetch(spte, U(start[r + AHEAD]))
             prefetch(sflags, U(start[r + AHEAD]))
-        count = 0
-        lo, hi = start[r], end[r]
-        if lo < spte.size and sflags[lo] & S_HUGE:  # a 2 MiB entry goes as a whole
-            lo = lo & ~(HUGE_PAGES - 1)
-        if hi - 1 < spte.size and sflags[hi - 1] & S_HUGE:
-            hi = min((hi - 1 | (HUGE_PAGES - 1)) + 1, spte.size)
-        for p in range(lo, hi):
-            f = spte[p]
-            if f < 0:
-                continue
-            # unpin_user_page, if the framework pinned it (not the plugin's S_PINNED, nor a frame number it
-            # rewrote out of range or to an unpinned frame: the pin check then names what is left pinned)
-            if shadow[p] & SH_PINNED and f < fpin.size and fpin[f] > 0:
-                fpin[f] -= 1
-                ctr[C.PINS_RELEASED] += 1
-                if fpin[f] == 0 and fkey[f] == ORPHAN:  # an orphan whose last pin goes is freed
-                    free_frame(node, lists, pb, bits, fkey, ftoken, f)
-            spte[p] = PTE_NONE
-            sflags[p] = 0
-            shadow[p] = 0
-            count += 1
+        count = zap_range(spte, sflags, shadow, start[r], end[r], fkey, ftoken, fpin, node, lists, pb, bits, ctr)
         zapped[r] = count
         total += count
     return total
 
 
 @kernel
-def _harvest(sflags, shadow, start, end, clear, young):
+def _harvest(sflags, start, end, clear, young):
     for r in range(start.size):
         if r + AHEAD < start.size and start[r + AHEAD] < sflags.size:
             prefetch(sflags, U(start[r + AHEAD]))
-            if clear:
-                prefetch(shadow, U(start[r + AHEAD]))
         seen = False
         for p in range(start[r], end[r]):  # without a branch on the bit: young or not is a coin toss
             fl = sflags[p]
             seen |= (fl & S_ACCESSED) != 0
             if clear:
                 sflags[p] = fl & ~S_ACCESSED
-                shadow[p] &= SH_PINNED
         young[r] = seen
 
 

@@ -17,16 +17,19 @@ from .components import Component
 from .config import ConfigError, plugin_raised, require, typed
 from .costs import Costs
 from .discovery import CONF_PATH_ENV, KIND_DIRS, Registry
-from .host import MAX_MIB, MIB_PAGES, OOM, HostConfig
-from .kernelconf import TODAY, KernelConfig
+from .host import MAX_MIB, MIB_PAGES, OOM, THP, HostConfig
+from .kernelconf import TODAY, KernelConfig, missing_features
 from .workload import WorkloadConfig
 
 NO_SECONDARY = "none"
 MAX_VCPUS = 4096  # KVM_MAX_VCPUS on x86 with CONFIG_MAXSMP (arch/x86/include/asm/kvm_host.h)
 MAX_TENANTS = 4096  # guest.count: each guest is built (and checked here) one by one
 TOP_LEVEL = ("host", "secondary", "workload", "costs", "policies", "seed", "guest", "processes", "engine",
-             "report", "sensitivity", "kernel")  # fmt: skip
+             "report", "sensitivity", "kernel", "backend", "real")  # fmt: skip
 # ("report" and "sensitivity" are read by mmnsim-experiment, not by the simulation.)
+# backend (conf/backend/): sim, the simulator, or real, the real twin on this machine's kernel (docs/real.md),
+# whose own settings are the "real" node.
+BACKENDS = ("sim", "real")
 
 
 @dataclass
@@ -132,6 +135,8 @@ class Settings:
     tenants: list[TenantSpec]
     policies: dict[str, tuple[type[Component], Any]] = field(default_factory=dict)
     kernel: KernelConfig = field(default_factory=lambda: TODAY)
+    backend: str = "sim"  # sim or real (conf/backend/)
+    real: Any = None  # backend=real: the twin's settings (mmnsim.real.config.RealConfig)
 
 
 def load_settings(cfg: DictConfig, registry: Registry) -> Settings:
@@ -148,6 +153,12 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
     unknown = [k for k in top if k not in TOP_LEVEL]
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key; accepted keys at top level: {', '.join(TOP_LEVEL)}")
+    backend = top.get("backend", "sim")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: unknown backend {backend!r}; accepted: sim (the simulator), real (the real twin "
+                          "on this machine's kernel: docs/real.md)")  # fmt: skip
+    if top.get("real") is not None and backend != "real":
+        raise ConfigError("real: the real twin's settings apply only with backend=real")
     seed = top.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
@@ -162,6 +173,13 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         name: _component("policy", name, node, f"policies.{name}", registry)
         for name, node in (top.get("policies") or {}).items()
     }
+    if host.thp is not THP.never:
+        _require_kernel(kernel, ("thp",), "host.thp", f"{host.thp.value!r}", "set host.thp=never")
+    _require_kernel(kernel, ("thp",) if guest.madvise_hugepage else (), "guest.madvise_hugepage", "MADV_HUGEPAGE",
+                    "set guest.madvise_hugepage=false")  # fmt: skip
+    for name, (cls, _) in policies.items():
+        _require_kernel(kernel, cls.kernel_features, f"policies.{name}", "this policy",
+                        "leave it out of policies")  # fmt: skip
 
     tenants = []
     pages = guest.memory_mib * MIB_PAGES
@@ -177,6 +195,8 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
         key = f"processes[{i}]"
         proc = typed(node, ProcessConfig, key)
         _check_node(proc.node, host, f"{key}.node")
+        _require_kernel(kernel, ("thp",) if proc.madvise_hugepage else (), f"{key}.madvise_hugepage",
+                        "MADV_HUGEPAGE", f"set {key}.madvise_hugepage=false")  # fmt: skip
         pages = proc.memory_mib * MIB_PAGES
         wl = _workload(proc.workload, f"{key}.workload", registry)
         sec = _secondary(proc.secondary, registry, f"{key}.secondary") if proc.secondary else None
@@ -196,9 +216,23 @@ def _load_settings(cfg: DictConfig, registry: Registry) -> Settings:
             f"hold only {have // MIB_PAGES} MiB and host.oom=fail; shrink the guests, add RAM or swap, or let "
             "the OOM killer act (host.oom=kill)"
         )
-    settings = Settings(seed, host, engine, costs, tenants, policies, kernel)
+    settings = Settings(seed, host, engine, costs, tenants, policies, kernel, backend)
+    if backend == "real":  # what the machine cannot run, refused now; imported only for it (docs/real.md)
+        from .real.config import check as check_real
+
+        settings.real = check_real(settings, top)
+        return settings
     memory.check(settings)  # before anything is allocated: stop rather than swap or fail mid-build
     return settings
+
+
+def _require_kernel(kernel: KernelConfig, features: tuple[str, ...], key: str, what: str, fix: str) -> None:
+    """Stop a config that asks the simulated kernel for what it does not have (kernel=2008 has no THP,
+    compaction or NUMA balancing), naming the key, what is missing and since when."""
+    missing = missing_features(kernel, features)
+    if missing:
+        raise ConfigError(f"{key}: {what} needs {' and '.join(missing)}, which kernel={kernel.name} does not have; "
+                          f"{fix}, or choose a later kernel (kernel=6.1 or 6.x)")  # fmt: skip
 
 
 def _check_size(memory_mib: int, vcpus: int) -> None:

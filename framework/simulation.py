@@ -16,10 +16,13 @@ is counted as host CPU time, in parallel.
 import logging
 import math
 import numbers
+import os
 import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from . import counters as C
@@ -35,9 +38,12 @@ from .access import (
     K_I,
     K_SKIP,
     K_VICTIM,
+    K_WRECLAIMS,
     LIVELOCK,
     MIGRATE_TO_RAM,
+    NUMA_MIGRATE,
     RACE_WINDOW,
+    STALE_INSTALL,
     WAKE_KSWAPD,
     new_kernel_state,
     run_accesses,
@@ -47,6 +53,7 @@ from .arguments import (
     OperationError,
     access_pages,
     check_ns,
+    count_arg,
     first_outside,
     int_array,
     mm_arg,
@@ -56,28 +63,37 @@ from .arguments import (
 )
 from .compaction import compact
 from .components import Component, HostPolicy, Mode
+from .config import ConfigError
 from .costs import translation_ns, walk_refs
 from .discovery import Registry, plugin_manager
+from .fastpath import INVALIDATE_OPS, FastRoutes
 from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import OOM, Host
 from .invariants import InvariantViolation
+from .kernel import count_at_least, count_set
 from .metrics import FRAMEWORK, Catalogue, MetricError, catalogue, describe, plugin_declarations, where_to_declare
 from .migrate import migrate
 from .mm import MM
 from .notifier import FRAMEWORK_ERRORS, PluginError, component_label, guarded, plugin_error, plugin_label, unique_name
+from .numafaults import FAILED, MIGRATED, NUMA_ACTOR, STATS, NumaFaults
 from .oom import OOMKiller
 from .pagebits import P_DEVICE, P_HUGE, S_HUGE
 from .pagetable import MM_HUGEPAGE, read_only
 from .reclaim import swap_out
-from .secondary import DEV_NODE, IN_PROGRESS, MODE, RACE_RATE, SEC_NOFAULT, SecondaryMMU
+from .secondary import DEV_NODE, IN_PROGRESS, MODE, RACE_RATE, SEC_NOFAULT, STATE_SIZE, SecondaryMMU
+from .sectables import SecondaryTables
 from .settings import load_settings
 from .share import break_cow
 from .timeseries import TimeSeries
-from .workload import PAGE_DTYPE, WorkloadStream
+from .workload import PAGE_DTYPE, WorkloadStream, client_streams
 
 log = logging.getLogger("mmnsim")
 
 SWAP_CLUSTER_MAX = 32  # pages direct reclaim asks for at least (mm/vmscan.c)
+WINDOW_ACTOR = "kswapd (reclaim in a fault's race window)"
+_NO_SUBS = np.zeros(0, dtype=np.int64)
+_NO_NUMA = np.zeros(0, dtype=np.int8)
+_NO_STATS = np.zeros((0, STATS), dtype=np.int64)
 
 
 # Kernel counters also reported per secondary MMU kind (as "<name>.<counter>").
@@ -85,6 +101,14 @@ PER_SECONDARY = tuple(m.name for m in FRAMEWORK if m.per_secondary and m.name in
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
 _EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE; DEV_NODE = -1
+
+
+def _draw_ahead() -> bool:
+    """Whether to draw workload batches on a second thread (``WorkloadStream.ahead``): when a core is spare,
+    not in the jobs of a multirun, which fill the cores with jobs."""
+    if (os.cpu_count() or 1) < 2:
+        return False
+    return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 class Client:
@@ -179,6 +203,8 @@ class Simulation:
         self.registry = Registry.from_plugins(self.pm)
         classes = [cls for kind in self.registry.classes.values() for cls in kind.values()]
         self.catalogue: Catalogue = catalogue(plugin_declarations([*self.pm.get_plugins(), *classes]))
+        if cfg.get("backend", "sim") != "sim":  # the real twin is the mmnsim command's (mmnsim.real.run), not this
+            raise ConfigError(f"backend={cfg.get('backend')}: the simulator runs backend=sim only")
         settings = load_settings(cfg, self.registry)
         self.seed = settings.seed
         self.host_cfg = settings.host
@@ -188,23 +214,19 @@ class Simulation:
         specs = settings.tenants
 
         # Workloads first: building their tables needs scratch memory, better taken before the host's.
-        seeds = np.random.SeedSequence(self.seed).spawn(len(specs) + 1)
-        self.rng = np.random.default_rng(seeds[-1])  # for host policies
-        streams = []
-        for spec, seed in zip(specs, seeds, strict=False):
-            rngs = [np.random.default_rng(s) for s in seed.spawn(len(spec.clients))] if len(spec.clients) > 1 else [
-                np.random.default_rng(seed)]  # fmt: skip
-            streams.append([
-                WorkloadStream(guarded([], f"workload '{c.workload[0].name}'", "__init__", c.workload[0],
-                                       c.workload[1], c.region[1] - c.region[0], rng))
-                for c, rng in zip(spec.clients, rngs, strict=True)
-            ])  # fmt: skip
+        streams, self.rng = client_streams(self.seed, specs, ahead=_draw_ahead())  # self.rng: for host policies
 
         device_pages = [c.device_pages for s in specs for c in s.clients if c.device_pages]
         self.host = Host(self.host_cfg, [s.pages for s in specs], device_pages, seed=self.seed)
         self.actors = Actors(self.host._pt.pte.size)  # who runs, and who last changed each page
+        self.fast = FastRoutes(self)  # which subscribers reclaim's compiled path serves (mmnsim.fastpath)
+        self.numa: NumaFaults | None = None  # hinting faults handled in the fault, once a policy asks (numa_faults)
         device_nodes = iter(self.host.device_nodes)
         self._device_owner: dict[int, SecondaryMMU] = {}  # device-memory node -> its device (migrate_to_ram)
+        self._secondary_tables = SecondaryTables(
+            [0 if c.secondary[0].shares_cpu_tables else s.pages for s in specs for c in s.clients if c.secondary],
+            STATE_SIZE,
+        )
         self.mms: list[MM] = []
         self.tenants: list[Tenant] = []
         self.clients: list[Client] = []
@@ -253,6 +275,13 @@ class Simulation:
         self.pinned_peak = 0
         self._timeseries = TimeSeries()  # bounded: every k-th tick once full, the last always
         self._charge_to: Tenant | None = None
+        # The client one of whose CPUs is in the host serving a fault (its thread in reclaim, or asleep on the
+        # fault's I/O), not in guest mode: a TLB-flush request reaches it at its next entry, with no IPI.
+        self.outside: Client | None = None
+        self.episode = 0  # the faults served so far (each with its own Python call): deferred_flushes counts them
+        self._flushed_in: dict[int, int] = {}
+        self._each_window = False  # settling race windows done in the kernel: each was a fault of its own
+        self._scratch = np.zeros(2, dtype=np.int64)  # the access kernel's room for a race window's page
         for sec in self.secondaries:  # last: a registration pins, may reclaim, and may even OOM-kill
             guarded(self.actors.running, component_label(sec), "attach", sec.attach)
 
@@ -273,6 +302,18 @@ class Simulation:
     def use_exact_clock(self) -> None:
         """Make allocations evict one page at a time with the textbook CLOCK (see ``mmnsim.access``)."""
         self.exact_clock = True
+
+    def deferred_flushes(self, owner: object, requests: int) -> int:
+        """How many of ``requests`` TLB-flush requests ``owner``'s vCPU in the host (``outside``) performs: one
+        at its next entry for all that came while it served one fault (vcpu_enter_guest checks
+        KVM_REQ_TLB_FLUSH once)."""
+        requests = count_arg(requests, "deferred_flushes", "requests")
+        if self._each_window:
+            return requests  # race windows settled together: each a fault of its own, one request each
+        if self._flushed_in.get(id(owner)) == self.episode:
+            return 0
+        self._flushed_in[id(owner)] = self.episode
+        return 1
 
     def charge(self, ns: float) -> None:
         """Account ``ns`` of host work: to the stalled client in direct reclaim, else to host CPU time."""
@@ -308,9 +349,9 @@ class Simulation:
             self._run_batch(secondary.mm, secondary, pages, np.zeros(pages.size, np.bool_),
                             self._client_of(secondary.mm, secondary), account=False)  # fmt: skip
         finally:
-            state[MODE] = mode
+            secondary._state[MODE] = mode
             host._ctr[kept] = saved
-        return int(np.count_nonzero(secondary._spte[start:end] >= 0))
+        return int(count_at_least(secondary._spte[start:end], 0))
 
     def swap_in(self, mm: MM, pages: np.ndarray) -> int:
         """Fault the swapped-out ``pages`` of ``mm`` back in (do_swap_page), for the kernel itself rather
@@ -453,15 +494,30 @@ class Simulation:
         vcpu_node = client._vcpu_node if client is not None else np.zeros(1, dtype=np.int32)
         ks = new_kernel_state()
         before = host._ctr.copy()
+        tables = self._secondary_tables
+        chain_subs, chain_fast, window_event, numa_event = self._chain_route(mm)
+        numa_last, numa_stats = (self.numa.last_nid, self.numa.stats) if self.numa else (_NO_NUMA, _NO_STATS)
+        generation = self.actors.generation
         self._charge_to = client
+        outside, self.outside = self.outside, client
         try:
             while True:
+                if self.actors.generation != generation:  # the event log was compacted: its indices moved
+                    chain_subs, chain_fast, window_event, numa_event = self._chain_route(mm)
+                    generation = self.actors.generation
                 status = run_accesses(
-                    pages, writes, ks, host._pt, host._ft, host._sw, host._ctr, mm.index,
-                    spte, sflags, saccessed, sstate, vcpu_node, self.exact_clock, self.engine.check_accesses,
+                    pages, writes, ks, host._ctr, mm.index, spte, sflags, saccessed, sstate, vcpu_node,
+                    self.exact_clock, self.engine.check_accesses, chain_subs, chain_fast, window_event, numa_last,
+                    numa_stats, numa_event, tables.offset, tables.spte, tables.sflags, tables.shadow, tables.state,
+                    tables.acc, self.actors._changed, self._scratch, *host._flat,
                 )  # fmt: skip
+                if ks[K_WRECLAIMS]:
+                    self._settle_windows(mm, chain_subs, ks)
+                if self.numa:
+                    self.numa.settle(client)
                 if status == DONE:
                     break
+                self.episode += 1
                 if status == WAKE_KSWAPD:
                     self._wake_kswapd()
                 elif status == DIRECT_RECLAIM:
@@ -492,6 +548,10 @@ class Simulation:
                         self._charge_to = charge_to
                 elif status == RACE_WINDOW:
                     self._race_window(int(ks[K_VICTIM]))
+                elif status == NUMA_MIGRATE:
+                    self._numa_migrate(mm, int(ks[K_VICTIM]), int(ks[K_FRAME]))
+                elif status == STALE_INSTALL:
+                    invariants.verify_install(self, secondary, int(ks[K_VICTIM]))
                 elif status == LIVELOCK:
                     raise PluginError(
                         f"secondary MMU '{secondary.label}' kept its fault path retrying: state[IN_PROGRESS] is "
@@ -500,6 +560,7 @@ class Simulation:
                     )
         finally:
             self._charge_to = None
+            self.outside = outside
             host._ctr[C.ACCESSES_ATTEMPTED] += int(ks[K_I])  # every access up to where the kernel stopped
         if self.engine.check_accesses and secondary is not None:
             self._note_stale_accesses(secondary, before)
@@ -521,6 +582,51 @@ class Simulation:
                        f"stale_reads, stale_writes). Culprit: {secondary.label}'s stale entries")  # fmt: skip
             self.report_violations(invariants.Report(messages=[message]))
 
+    def _chain_route(self, mm: MM) -> tuple[np.ndarray, bool, int, int]:
+        """What the access kernel needs to act on ``mm``'s notifier chain itself: its subscribers, whether the
+        compiled path serves every one (``mmnsim.fastpath``; then the kernel reclaims in a race window and
+        migrates in a NUMA hinting fault without returning to Python), and the events it then records."""
+        subs = None if self.kernel.invalidate_page else self.fast.subscribers(mm, INVALIDATE_OPS)
+        if subs is None:
+            return _NO_SUBS, False, -1, -1
+        with self.actors.acting(WINDOW_ACTOR):
+            window = self.actors.event(f"CLEAR of mm '{mm.name}'", self.tick)
+        with self.actors.acting(NUMA_ACTOR):
+            numa = self.actors.event(f"CLEAR of mm '{mm.name}'", self.tick) if self.numa else -1
+        return subs, True, window, numa
+
+    def _numa_migrate(self, mm: MM, key: int, node: int) -> None:
+        """migrate_misplaced_folio in a hinting fault the kernel could not do itself: a THP (split first), or an
+        mm with a subscriber the compiled path does not serve."""
+        stats = self.numa.stats
+        refused = self.host._ctr[C.MIGRATIONS_REFUSED]
+        with self.actors.acting(NUMA_ACTOR):
+            moved = self.migrate(mm, np.array([key - mm.base]), node, keep_free=int(self.host.watermarks[node, 2]))
+        stats[mm.index, MIGRATED] += moved
+        stats[mm.index, FAILED] += int(self.host._ctr[C.MIGRATIONS_REFUSED] - refused)
+
+    def numa_faults(self, migrate_page_ns: float) -> NumaFaults:
+        """Have the access kernel handle NUMA hinting faults as the kernel does, in the fault: the two-stage
+        filter and the migration (``mmnsim.numafaults``); ``migrate_page_ns`` is what the faulting task pays a
+        page. For a NUMA balancing policy; returns the object whose ``stats`` it reads and keeps."""
+        check_ns(migrate_page_ns, "numa_faults")
+        if self.numa is None:
+            self.numa = NumaFaults(self, migrate_page_ns)
+        return self.numa
+
+    def _settle_windows(self, mm: MM, subs: np.ndarray, ks: np.ndarray) -> None:
+        """Charge the race windows' reclaim the access kernel ran itself: kswapd's work, on its own CPU."""
+        charge_to, self._charge_to = self._charge_to, None
+        self._each_window = True
+        try:
+            for j in subs.tolist():
+                self.secondaries[j]._settle_invalidation()
+        finally:
+            self._charge_to = charge_to
+            self._each_window = False
+        mm.chain.invalidate_seq += 2 * int(ks[K_WRECLAIMS])  # each window's start and end
+        ks[K_WRECLAIMS] = 0
+
     def _race_window(self, key: int) -> None:
         """A secondary fault on page ``key`` sleeps before installing its entry, and the host runs: kswapd
         reclaims the page it just resolved (``swap_out``, under a CLEAR invalidation of the page), as
@@ -532,7 +638,7 @@ class Simulation:
             return  # nothing to reclaim: a shared (KSM) or pinned frame stays
         charge_to, self._charge_to = self._charge_to, None  # kswapd runs on its own CPU
         try:
-            with self.actors.acting("kswapd (reclaim in a fault's race window)"):
+            with self.actors.acting(WINDOW_ACTOR):
                 swap_out(self, np.array([frame]))
         finally:
             self._charge_to = charge_to
@@ -567,11 +673,13 @@ class Simulation:
         """kswapd, run to completion: like kswapd_shrink_node, it asks for the high watermark's worth of
         pages (at least what brings every node back above high)."""
         self.host._ctr[C.KSWAPD_WAKEUPS] += 1
-        charge_to, self._charge_to = self._charge_to, None  # kswapd runs on its own CPU
+        charge_to, self._charge_to = self._charge_to, None  # kswapd runs on its own CPU, while the vCPUs run
+        outside, self.outside = self.outside, None
         try:
             freed = self._reclaim(max(self.host.pages_to_high(), self.host.high_watermarks()), direct=False)
         finally:
             self._charge_to = charge_to
+            self.outside = outside
         if freed == 0:
             self.host._ft.reg[REG_FLAGS] |= KSWAPD_FUTILE
 
@@ -600,6 +708,8 @@ class Simulation:
                     raise
                 except Exception as exc:
                     raise plugin_error(label, name, exc) from exc
+            if name == "host_tick" and isinstance(impl.plugin, SecondaryMMU) and self.engine.check_invariants:
+                self._check_after(impl.plugin, f"after {label} in host_tick")  # entries its own code installed
             if res is not None:
                 results.append((label, res) if who else res)
                 if firstresult:
@@ -610,7 +720,8 @@ class Simulation:
         c = self.costs
         numa = self.host._ft.node.shape[0] > 1  # the kernel sums access distances only then
         access = c.access_ns * (d[C.ACCESS_DISTANCE] / 10 if numa else d[C.ACCESSES])
-        faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + d[C.MAJOR_FAULTS] * c.swap_in_ns
+        swap_in = d[C.MAJOR_FAULTS] * c.swap_in_ns
+        faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + swap_in
         sec = client.secondary
         if sec is not None:
             walk, tlb_huge = self._plugin_walk(sec), bool(self._ask(sec, "tlb_huge"))
@@ -629,8 +740,15 @@ class Simulation:
             faults += self._ns_from(sec, "fault_cost_ns", int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]))
             for name in PER_SECONDARY:
                 sec._counts[name] += int(d[C.NAMES.index(name)])
-        client.elapsed_ns += (access + faults) / client.vcpus
-        client.stall_ns += faults / client.vcpus
+        spread = (access + faults) / client.vcpus
+        if c.swap_serial and swap_in > spread:
+            # One disk reads one page at a time: the vCPUs queue for it, and the batch takes at least the
+            # disk's busy time however many vCPUs share the rest (the bottleneck bound of a closed system).
+            client.elapsed_ns += swap_in
+            client.stall_ns += swap_in - access / client.vcpus
+        else:
+            client.elapsed_ns += spread
+            client.stall_ns += faults / client.vcpus
 
     def _ask(self, comp: Component, method: str, *args: object) -> object:
         """Call ``comp``'s own ``method`` (a plugin's code, not a hook) as the hooks are called (``guarded``)."""
@@ -655,6 +773,14 @@ class Simulation:
         client.elapsed_ns += client._pending_stall
         client.stall_ns += client._pending_stall
         client._pending_stall = 0.0
+
+    def _check_after(self, secondary: SecondaryMMU, heading: str) -> None:
+        """Check ``secondary``'s table now, the moment its plugin code returned (an entry it installed may be
+        gone by the end of the tick)."""
+        report = invariants.check_table(self, secondary)
+        if report:
+            report.messages = [f"{m} [{heading}]" for m in report.messages]
+            self.report_violations(report)
 
     def check_invariants(self) -> invariants.Report:
         report = invariants.check(self)
@@ -684,7 +810,7 @@ class Simulation:
         row["free_frames"] = self.host.free_frames()
         row["pinned_pages"] = self.host.pinned_pages()
         row["swap_used"] = self.host.swap_used()
-        row["resident_pages"] = int(sum(np.count_nonzero(mm.pte >= 0) for mm in self.mms))
+        row["resident_pages"] = int(sum(count_at_least(mm.pte, 0) for mm in self.mms))
         row["secondary_mapped_pages"] = sum(s.mapped_pages() for s in self.secondaries)
         return row
 
@@ -739,10 +865,10 @@ class Simulation:
         out["translation_ns_per_access"] = out["translation_ns"] / out["accesses"] if out["accesses"] else 0.0
         guests = [t.mm for t in self.tenants if t.secondary is not None] or [t.mm for t in self.tenants]
         pages = sum(mm.npages for mm in guests)
-        out["thp_coverage"] = sum(int(np.count_nonzero(mm.flags & P_HUGE)) for mm in guests) / pages
+        out["thp_coverage"] = sum(int(count_set(mm.flags, P_HUGE)) for mm in guests) / pages
         for sec in self.secondaries:
             mapped = sec.mapped_pages()
-            huge = int(np.count_nonzero(sec._sflags & S_HUGE))
+            huge = int(count_set(sec._sflags, S_HUGE))
             out[f"{sec.name}.huge_mapped_fraction"] = huge / mapped if mapped else 0.0
             accesses = out.get(f"{sec.name}.accesses", 0)  # none if its client never ran (killed first)
             out[f"{sec.name}.accesses_failed"] = out.get(f"{sec.name}.accesses_attempted", 0) - accesses

@@ -119,10 +119,18 @@ is no published figure; its reasoning follows. `mmnsim-costs OVERRIDES` prints t
 """
 
 
+KERNEL_2008 = """The kernel of 2008 swaps to a disk (`conf/kernel/2008.yaml`); its other costs are the default run's.
+A disk serves one read at a time (`costs.swap_serial: true`): a guest's swap-ins queue for it rather than
+being spread over its vCPUs, as zram's (decompressed on each faulting CPU) are (docs/time.md).
+"""
+
+
 def doc() -> str:
     """docs/costs.md: the default config's costs, then each built-in secondary's and policy's own."""
     default = costs_of(compose_checked([]))
     parts = [DOC_HEAD, "## The default run (`mmnsim`: host, KVM, the swap policy)\n", markdown(default)]
+    old = [c for c in costs_of(compose_checked(["kernel=2008"])) if c not in default]
+    parts += ["\n## kernel=2008\n", KERNEL_2008, markdown(old)]
     seen = {markdown([c for c in default if c.key.startswith("secondary.")]): "kvm"}
     names = [n for n in builtin_options("secondary") if n not in ("kvm", "none")]
     for name in sorted(names, key=lambda n: (n.startswith("faulty"), n)):  # the injected-bug variants last

@@ -1,8 +1,10 @@
 """The swap device: slots holding the content of swapped-out pages, and the copies through it.
 
-Slots are found next-fit from a cursor, as the kernel's swap allocator scans its swap_map. A slot is
-freed when its page is swapped back in (no swap cache is modelled: a page swapped in is written again on
-its next swap-out).
+A swap-out takes the lowest free slot, found through a bitmap of free slots and a summary of its words.
+(The kernel hands out slots by clusters per CPU, next-fit within them; which slot a page gets changes no
+count the simulator reports, and lowest-first keeps the slot table's touched part, its memory, as small as
+the swap in use.) A slot is freed when its page is swapped back in (no swap cache is modelled: a page
+swapped in is written again on its next swap-out).
 
 I/O errors can be injected (``host.swap_write_error_rate``, ``host.swap_read_error_rate``): each write or
 read fails with that probability, decided by a counter-based hash of the run's seed, so a run is
@@ -15,33 +17,49 @@ Either way no content is lost.
 from typing import NamedTuple
 
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from . import counters as C
 from .frames import free_frame
 from .kernel import AHEAD, U, kernel, prefetch
-from .pagebits import P_DIRTY, P_HUGE, P_PROTNONE, P_YOUNG, clear_mask, swap_entry
+from .pagebits import HUGE_PAGES, P_DIRTY, P_HUGE, P_PROTNONE, P_YOUNG, clear_mask, swap_entry
 
-SLOT_FREE = -1
-# SwapTable.reg: next-fit cursor, slots in use, I/O error thresholds (probability x 2**32), I/Os decided, seed.
-REG_CURSOR, REG_USED, REG_WRITE_ERRORS, REG_READ_ERRORS, REG_IO_COUNT, REG_IO_SEED = range(6)
+SLOT_FREE = 0  # SwapTable.key of a free slot; a used one holds its page's key + 1 (zero-filled memory is free)
+# SwapTable.reg: the lowest summary word that may show a free slot, slots in use, I/O error thresholds
+# (probability x 2**32), I/Os decided, seed, and where the summary starts in SwapTable.free.
+REG_HINT, REG_USED, REG_WRITE_ERRORS, REG_READ_ERRORS, REG_IO_COUNT, REG_IO_SEED, REG_SUMMARY = range(7)
 
+_ONE = np.uint64(1)
 _UNMAP_CLEAR = clear_mask(P_YOUNG | P_DIRTY | P_HUGE | P_PROTNONE)  # a swap entry is no hinting entry
 SWAPPED, SWAP_FULL, NOT_RECLAIMABLE, WRITE_FAILED = 1, 0, -1, -2
 
 
 class SwapTable(NamedTuple):
-    key: np.ndarray  # int32 per slot: the page key it holds, or SLOT_FREE
+    key: np.ndarray  # int32 per slot: the page key it holds + 1, or SLOT_FREE
     token: np.ndarray  # uint32 per slot: the content it holds
     reg: np.ndarray  # int64 registers, REG_*
+    # uint64: a bit per slot, set while free (64 slots a word), then from reg[REG_SUMMARY] a bit per word,
+    # set while the word has a free slot
+    free: np.ndarray
 
 
 def new_swap_table(slots: int, write_error_rate: float = 0.0, read_error_rate: float = 0.0,
                    seed: int = 0) -> SwapTable:  # fmt: skip
-    reg = np.zeros(6, dtype=np.int64)
+    reg = np.zeros(7, dtype=np.int64)
     reg[REG_WRITE_ERRORS] = round(write_error_rate * 2**32)
     reg[REG_READ_ERRORS] = round(read_error_rate * 2**32)
     reg[REG_IO_SEED] = seed & (2**62 - 1)
-    return SwapTable(key=np.full(slots, SLOT_FREE, dtype=np.int32), token=np.zeros(slots, dtype=np.uint32), reg=reg)
+    words = -(-slots // 64)
+    summary = -(-words // 64)
+    reg[REG_SUMMARY] = words
+    free = np.zeros(words + summary + 1, dtype=np.uint64)  # one spare summary word: the search's sentinel
+    bits = np.zeros(words * 64, dtype=bool)
+    bits[:slots] = True
+    free[:words] = np.packbits(bits, bitorder="little").view(np.uint64)
+    marks = np.zeros(summary * 64, dtype=bool)
+    marks[:words] = True
+    free[words : words + summary] = np.packbits(marks, bitorder="little").view(np.uint64)
+    return SwapTable(key=np.zeros(slots, dtype=np.int32), token=np.zeros(slots, dtype=np.uint32), reg=reg, free=free)
 
 
 @kernel(inline=True)
@@ -60,32 +78,89 @@ def io_fails(sreg, which):
 
 
 @kernel(inline=True)
-def swap_alloc(skey, stoken, sreg, key, token):
-    """Store ``token`` for page ``key`` in a free slot and return the slot, or -1 if swap is full."""
-    n = skey.size
-    if sreg[REG_USED] >= n:
+def swap_alloc(skey, stoken, sfree, sreg, key, token):
+    """Store ``token`` for page ``key`` in the lowest free slot and return the slot, or -1 if swap is full."""
+    if sreg[REG_USED] >= skey.size:
         return -1
-    c = sreg[REG_CURSOR]
-    while skey[c] != SLOT_FREE:
-        c += 1
-        if c == n:
-            c = 0
-    skey[c] = key
+    summary = sreg[REG_SUMMARY]
+    s = sreg[REG_HINT]  # every summary word below it is empty
+    while sfree[summary + s] == 0:
+        s += 1
+    sreg[REG_HINT] = s
+    w = s * 64 + trailing_zeros(sfree[summary + s])
+    word = sfree[w]
+    c = w * 64 + trailing_zeros(word)
+    word &= word - _ONE
+    sfree[w] = word
+    if word == 0:
+        sfree[summary + s] &= ~(_ONE << np.uint64(w & 63))
+    skey[c] = key + 1
     stoken[c] = token
     sreg[REG_USED] += 1
-    sreg[REG_CURSOR] = c + 1 if c + 1 < n else 0
     return c
 
 
+@kernel
+def swap_alloc_cluster(skey, sfree, sreg):
+    """The first slot of the lowest free swap cluster (512 free slots, aligned: SWAPFILE_CLUSTER), taken whole
+    for a THP; -1 if none is free. The caller fills the slots' keys and tokens (``swap_out_thp``)."""
+    summary = sreg[REG_SUMMARY]
+    words = HUGE_PAGES // 64
+    full = ~np.uint64(0)
+    for first in range(0, summary - summary % words, words):  # whole clusters only
+        free = True
+        for w in range(first, first + words):
+            free &= sfree[w] == full
+        if free:
+            for w in range(first, first + words):
+                sfree[w] = np.uint64(0)
+            for w in range(first, first + words):  # the summary's bits of those words
+                sfree[summary + (w >> 6)] &= ~(_ONE << np.uint64(w & 63))
+            sreg[REG_USED] += HUGE_PAGES
+            return first * 64
+    return -1
+
+
+@kernel
+def swap_out_thp(pte, pflags, fkey, ftoken, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, first_key, frame,
+                 slot):  # fmt: skip
+    """Write the THP at ``first_key`` (mapped by the pageblock at ``frame``) whole to the free swap cluster at
+    ``slot`` (``swap_alloc_cluster``), as shrink_folio_list does with a large folio add_to_swap placed in one
+    cluster (THP_SWPOUT): its PTEs become the cluster's swap entries in order and its pageblock is freed. One
+    I/O for the folio: if it fails, the pages stay resident and the cluster is freed. Returns SWAPPED or
+    WRITE_FAILED."""
+    if io_fails(sreg, REG_WRITE_ERRORS):
+        for i in range(HUGE_PAGES):
+            swap_free(skey, stoken, sfree, sreg, slot + i)
+        ctr[C.SWAP_WRITE_ERRORS] += 1
+        return WRITE_FAILED
+    for i in range(HUGE_PAGES):
+        key = first_key + i
+        skey[slot + i] = key + 1
+        stoken[slot + i] = ftoken[frame + i]
+        pte[key] = swap_entry(slot + i)
+        pflags[key] &= _UNMAP_CLEAR
+        free_frame(node, lists, pb, bits, fkey, ftoken, frame + i)
+    ctr[C.SWAP_OUTS] += HUGE_PAGES
+    ctr[C.THP_SWPOUT] += 1
+    return SWAPPED
+
+
 @kernel(inline=True)
-def swap_free(skey, stoken, sreg, slot):
+def swap_free(skey, stoken, sfree, sreg, slot):
     skey[slot] = SLOT_FREE
     stoken[slot] = 0
     sreg[REG_USED] -= 1
+    w = slot >> 6
+    sfree[w] |= _ONE << np.uint64(slot & 63)
+    s = w >> 6
+    sfree[sreg[REG_SUMMARY] + s] |= _ONE << np.uint64(w & 63)
+    if s < sreg[REG_HINT]:
+        sreg[REG_HINT] = s
 
 
 @kernel(inline=True)
-def swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, f):
+def swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, f):
     """Write frame ``f``'s page to swap, point its PTE at the slot and free the frame.
 
     The caller has already invalidated every secondary translation of the page (through the notifier
@@ -98,11 +173,11 @@ def swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey,
         if fpin[f] > 0:
             ctr[C.PIN_SKIPPED] += 1
         return NOT_RECLAIMABLE
-    slot = swap_alloc(skey, stoken, sreg, key, ftoken[f])
+    slot = swap_alloc(skey, stoken, sfree, sreg, key, ftoken[f])
     if slot < 0:
         return SWAP_FULL
     if io_fails(sreg, REG_WRITE_ERRORS):
-        swap_free(skey, stoken, sreg, slot)
+        swap_free(skey, stoken, sfree, sreg, slot)
         ctr[C.SWAP_WRITE_ERRORS] += 1
         return WRITE_FAILED
     pte[key] = swap_entry(slot)
@@ -117,14 +192,14 @@ def swap_out_frames(pt, ft, sw, ctr, frames):
     """Swap out each of ``frames`` until swap fills; return how many went."""
     pte, pflags = pt.pte, pt.flags
     fkey, ftoken, fpin, node, lists, pb, bits = ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits
-    skey, stoken, sreg = sw.key, sw.token, sw.reg
+    skey, stoken, sfree, sreg = sw.key, sw.token, sw.free, sw.reg
     count = 0
     for i in range(frames.size):
         if i + AHEAD < frames.size and fkey[frames[i + AHEAD]] >= 0:  # frames in order, their pages at random
             prefetch(pte, U(fkey[frames[i + AHEAD]]))
             prefetch(pflags, U(fkey[frames[i + AHEAD]]))
         f = frames[i]
-        r = swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sreg, ctr, f)
+        r = swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey, stoken, sfree, sreg, ctr, f)
         if r == SWAP_FULL:
             break
         if r == SWAPPED:

@@ -12,8 +12,10 @@ seed), so a run is determined by its config. Write flags, and zipf's draws, are 
 drawn in numba (``mmnsim.pcg64``): the same values numpy would give, faster.
 """
 
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from .arguments import OperationError, access_pages
 from .components import Component
 from .config import require
 from .pcg64 import random_below
+
+if TYPE_CHECKING:
+    from .settings import TenantSpec
 
 
 @dataclass
@@ -41,6 +46,17 @@ class WorkloadConfig:
 
 
 _UNTIL_THE_END = 2**62
+_DRAWER: ThreadPoolExecutor | None = None
+
+
+def _drawer() -> ThreadPoolExecutor:
+    """The thread that draws batches ahead (one per process: the simulation runs one tick at a time)."""
+    global _DRAWER
+    if _DRAWER is None:
+        _DRAWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmnsim-draw")
+    return _DRAWER
+
+
 PAGE_DTYPE = np.int32  # page numbers in access batches (an mm has fewer than 2**31 pages)
 
 
@@ -60,29 +76,48 @@ class Workload(Component):
 
 
 class WorkloadStream:
-    """Feeds a client: the boot pass, then the workload's pages with write flags, in batches."""
+    """Feeds a client: the boot pass, then the workload's pages with write flags, in batches.
 
-    def __init__(self, workload: Workload):
+    ``ahead``: draw each next batch on a second thread while the simulation runs the current one (the compiled
+    kernels release the GIL), so that on a machine with a core to spare drawing costs no time. The batches are
+    the same, in the same order: the stream is asked the same calls either way, only earlier."""
+
+    def __init__(self, workload: Workload, ahead: bool = False):
         self.workload = workload
         cfg = workload.cfg
         self.boot_left = workload.npages if cfg.boot else 0
         self.boot_next = 0
         self.left = int(cfg.accesses) if cfg.accesses or not workload.runs_to_end else _UNTIL_THE_END
         self.total = self.boot_left + self.left if self.left != _UNTIL_THE_END else None  # None: unknown
+        self.ahead = ahead
+        self._drawn: tuple[tuple[int, int], Future] | None = None  # the next batch, drawn for (n, tick)
+        self._handed = 0  # accesses handed to the simulation
 
     @property
     def done(self) -> bool:
-        return self.boot_left == 0 and self.left == 0
+        return self.boot_left == 0 and self.left == 0 and self._drawn is None
 
     @property
     def issued(self) -> int:
         """Accesses handed out so far (boot pass included)."""
-        if self.total is None:
-            return self.boot_next
-        return self.total - self.boot_left - self.left
+        return self._handed
 
     def next_batch(self, n: int, tick: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
-        if self.done or tick < self.workload.cfg.start_tick:
+        """The accesses of tick ``tick``, at most ``n``, or None if the stream has none for it."""
+        drawn, self._drawn = self._drawn, None
+        batch = drawn[1].result() if drawn is not None and drawn[0] == (n, tick) else None
+        if drawn is None or drawn[0] != (n, tick):
+            if drawn is not None:  # asked for something else than what was drawn (not the simulation's way)
+                raise RuntimeError(f"workload stream drawn ahead for {drawn[0]}, asked for {(n, tick)}")
+            batch = self._draw(n, tick)
+        if batch is not None:
+            self._handed += batch[0].size
+        if self.ahead and not (self.boot_left == 0 and self.left == 0):
+            self._drawn = ((n, tick + 1), _drawer().submit(self._draw, n, tick + 1))
+        return batch
+
+    def _draw(self, n: int, tick: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if (self.boot_left == 0 and self.left == 0) or tick < self.workload.cfg.start_tick:
             return None
         parts, writes = [], []
         if self.boot_left:
@@ -122,3 +157,31 @@ class WorkloadStream:
         if len(parts) == 1:
             return parts[0], writes[0]
         return np.concatenate(parts), np.concatenate(writes)
+
+
+def client_streams(
+    seed: int, tenants: "Sequence[TenantSpec]", ahead: bool = False
+) -> tuple[list[list[WorkloadStream]], np.random.Generator]:
+    """Every client's access stream, as a run of ``seed`` issues them, and the generator left for host
+    policies. The one place streams are made: the simulator and the real twin (``backend=real``) both call
+    it, so the two replay the identical access sequence.
+
+    The run's SeedSequence is spawned once per tenant and once more for the policies (the last child); a
+    tenant with several clients spawns its child again, one per client (its CPUs first, then its devices);
+    a tenant with one client uses its child directly. Each client's workload covers its region of the mm.
+    ``ahead``: the streams draw each next batch on a second thread (``WorkloadStream``)."""
+    from .notifier import guarded  # (notifier imports what imports this module)
+
+    seeds = np.random.SeedSequence(seed).spawn(len(tenants) + 1)
+    streams = []
+    for spec, tenant_seed in zip(tenants, seeds, strict=False):
+        if len(spec.clients) > 1:
+            rngs = [np.random.default_rng(s) for s in tenant_seed.spawn(len(spec.clients))]
+        else:
+            rngs = [np.random.default_rng(tenant_seed)]
+        streams.append([
+            WorkloadStream(guarded([], f"workload '{c.workload[0].name}'", "__init__", c.workload[0], c.workload[1],
+                                   c.region[1] - c.region[0], rng), ahead=ahead)
+            for c, rng in zip(spec.clients, rngs, strict=True)
+        ])  # fmt: skip
+    return streams, np.random.default_rng(seeds[-1])

@@ -53,6 +53,7 @@ class DefragConfig:
 class Defrag(HostPolicy):
     name = "defrag"
     Config = DefragConfig
+    kernel_features = ("compaction", "thp")  # compaction (2.6.35) and khugepaged (2.6.38)
     declared_metrics = (
         Metric("khugepaged_swapins", "pages", int, "swapped pages khugepaged read back in before a collapse "
                "(__collapse_huge_page_swapin, up to max_ptes_swap a region)"),

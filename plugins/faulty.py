@@ -17,10 +17,19 @@ young_all           answers every young op "young"                       accesse
 young_none          answers every young op "not young"                   accessed check (clear_flush_young and
                                                                          test_young; clear_young may err so)
 raise_in_hook       raises inside invalidate_range_start                 PluginError naming plugin and op
-no_seq_bump         end_invalidate lowers in_progress but never bumps    coherence/isolation check: a fault that
+no_seq_bump         end_invalidate lowers in_progress but never bumps    coherence, the moment a fault that
                     the sequence                                         slept in a race window while the host
                                                                          reclaimed its page installs the stale
                                                                          frame (engine.race_window)
+defer_unmap         invalidate_range_start only raises in_progress; the  coherence, at the return of
+                    zap waits for invalidate_range_end, after the        invalidate_range_start: entries left in
+                    primary changed and the pages were freed             its ranges
+keep_until_tick     keeps its entries through the invalidation and       coherence, at the return of
+                    drops them at its next host_tick, before any         invalidate_range_start (the end-of-tick
+                    end-of-tick check could see them                     check would find nothing)
+ignore_nonblockable accepts a non-blockable range (the OOM reaper's)     coherence, at the return of
+                    without zapping: "done"                              invalidate_range_start
+test_young_clears   test_young clears the accessed bits it reads         accessed, at the test_young call
 refuse_nonblockable (faulty_odp) refuses every non-blockable batch       counted (invalidations_refused) and
                                                                          logged; legal, but never silent
 no_set_seq          (faulty_odp) zaps in invalidate but never calls      coherence/isolation check, as
@@ -62,7 +71,8 @@ from .kvm import KVM, KVMConfig
 from .rdma import RDMA, RDMAConfig
 
 KVM_FAULTS = ("none", "ignore_invalidate", "map_in_window", "keep_pins", "young_all", "young_none", "raise_in_hook",
-              "no_seq_bump", "forge_pins", "wild_frame", "rewrite_pinned", "swap_table", "raise_in_fault_around",
+              "no_seq_bump", "defer_unmap", "keep_until_tick", "ignore_nonblockable", "test_young_clears",
+              "forge_pins", "wild_frame", "rewrite_pinned", "swap_table", "raise_in_fault_around",
               "nan_fault_cost")  # fmt: skip
 ODP_FAULTS = ("none", "refuse_nonblockable", "no_set_seq")
 POLICY_FAULTS = ("none", "flip_view", "collapse_past_end", "discard_negative", "charge_nan")
@@ -82,13 +92,21 @@ class FaultyKVM(KVM):
     name = "faulty"
     Config = FaultyKVMConfig
 
+    def __init__(self, sim, client, cfg):
+        super().__init__(sim, client, cfg)
+        self.deferred: list[NotifierRange] = []  # ranges whose zap it put off (defer_unmap, keep_until_tick)
+
     @hookimpl
     def invalidate_range_start(self, ranges: NotifierRange) -> None:
         fault = self.cfg.fault
         if fault == "raise_in_hook":
             raise RuntimeError("injected fault")
-        if fault == "ignore_invalidate":
+        if fault == "ignore_invalidate" or (fault == "ignore_nonblockable" and not ranges.blockable):
             self.begin_invalidate()
+            return
+        if fault in ("defer_unmap", "keep_until_tick"):  # "later" is after the pages were freed
+            self.begin_invalidate(ranges)
+            self.deferred.append(ranges)
             return
         if fault == "map_in_window":  # a driver that prefetches in its callback, skipping the retry rule
             self.zap(ranges.start, ranges.end)
@@ -102,8 +120,34 @@ class FaultyKVM(KVM):
 
     @hookimpl
     def invalidate_range_end(self, ranges: NotifierRange) -> None:
+        if self.cfg.fault == "defer_unmap":
+            self._zap_deferred()
         if self.cfg.fault != "map_in_window":  # it never raised in_progress
             self.end_invalidate()
+
+    @hookimpl
+    def host_tick(self, sim) -> None:
+        """keep_until_tick drops what it kept; the other faults here write the plugin's own table or state
+        behind the framework's back."""
+        fault = self.cfg.fault
+        if fault == "keep_until_tick":
+            self._zap_deferred()
+        mapped = np.flatnonzero(self.spte >= 0)
+        if fault == "forge_pins":
+            self.sflags[mapped] |= S_PINNED
+        elif fault == "wild_frame" and mapped.size:
+            self.spte[mapped[:: max(1, mapped.size // 4)]] = WILD_FRAME
+        elif fault == "rewrite_pinned" and mapped.size > 1:
+            self.spte[mapped[0]] = self.spte[mapped[-1]]  # a frame the entry never pinned
+        elif fault == "swap_table":
+            self.spte = np.zeros(3, dtype=np.int8)
+            self.sflags = np.zeros(3, dtype=np.int64)
+            self.state.shape = (1, -1)
+
+    def _zap_deferred(self) -> None:
+        for ranges in self.deferred:
+            self.zap(ranges.start, ranges.end)
+        self.deferred.clear()
 
     def end_invalidate(self) -> None:
         if self.cfg.fault != "no_seq_bump":
@@ -131,6 +175,8 @@ class FaultyKVM(KVM):
 
     @hookimpl
     def test_young(self, mm, pages: np.ndarray) -> np.ndarray:
+        if self.cfg.fault == "test_young_clears":  # ages where it should only look
+            return self.harvest_accessed(pages, pages + 1, clear=True)
         return self._answer(super().test_young(mm, pages))
 
     def teardown(self) -> None:
@@ -151,22 +197,6 @@ class FaultyKVM(KVM):
 
     def fault_cost_ns(self, faults: int) -> float:
         return float("nan") if self.cfg.fault == "nan_fault_cost" else super().fault_cost_ns(faults)
-
-    @hookimpl
-    def host_tick(self, sim) -> None:
-        """The faults that write the plugin's own table or state behind the framework's back."""
-        fault = self.cfg.fault
-        mapped = np.flatnonzero(self.spte >= 0)
-        if fault == "forge_pins":
-            self.sflags[mapped] |= S_PINNED
-        elif fault == "wild_frame" and mapped.size:
-            self.spte[mapped[:: max(1, mapped.size // 4)]] = WILD_FRAME
-        elif fault == "rewrite_pinned" and mapped.size > 1:
-            self.spte[mapped[0]] = self.spte[mapped[-1]]  # a frame the entry never pinned
-        elif fault == "swap_table":
-            self.spte = np.zeros(3, dtype=np.int8)
-            self.sflags = np.zeros(3, dtype=np.int64)
-            self.state.shape = (1, -1)
 
 
 @dataclass

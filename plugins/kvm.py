@@ -6,9 +6,10 @@ zaps every spte in the ranges and, for each range that zapped anything, flushes 
 (kvm_flush_remote_tlbs: one request and an IPI to every vCPU in guest mode). ``invalidate_range_end`` bumps
 mmu_invalidate_seq and lowers in_progress; the framework's fault path retries a fault whose page lies in
 the range being invalidated, or that began before the sequence moved, as mmu_invalidate_retry_gfn does.
-KVM filters no event type: every event zaps. Aging test-and-clears the spte accessed bits; x86 elides
-the TLB flush when aging (KVM_ELIDE_TLB_FLUSH_IF_YOUNG), other architectures flush each range found
-young (``flush_on_age``).
+KVM filters no event type: every event zaps. Aging test-and-clears the spte accessed bits. Since 6.13 x86
+elides the TLB flush when aging (KVM_ELIDE_TLB_FLUSH_IF_YOUNG) and other architectures flush each range found
+young (``flush_on_age``); 6.1 to 6.12 (``kernel=6.1``, ``kernel.young_flush``) flush on x86 too:
+kvm_mmu_notifier_clear_flush_young goes through kvm_handle_hva_range with ``flush_on_ret`` set.
 
 Pin mode is KVM before mmu notifiers (2.6.25): every page it maps stays pinned (get_user_pages) until the
 VM is destroyed, and it never subscribes, so reclaim, migration and compaction must leave those pages
@@ -51,7 +52,7 @@ class KVMConfig(SecondaryConfig):
     remote_flush_ns: float  # the requesting CPU's side of kvm_flush_remote_tlbs
     flush_ipi_ns: float  # what one vCPU loses to a flush request: kick, exit, flush, re-entry
     age_page_ns: float  # test-and-clear one spte accessed bit
-    flush_on_age: bool  # flush after aging found a range young (non-x86); x86 elides it
+    flush_on_age: bool  # flush after aging found a range young (non-x86); x86 elides it since 6.13
     paging: Paging  # ept (two-dimensional) or shadow paging
 
     def __post_init__(self) -> None:
@@ -77,6 +78,8 @@ class KVM(SecondaryMMU):
         self.young = not (cfg.paging is Paging.ept and not sim.kernel.ept_accessed_bits)
         super().__init__(sim, client, cfg)
         self.guest_huge = client.tenant.guest_thp  # the guest kernel maps its memory with 2 MiB pages
+        for name in ("remote_tlb_flush", "vcpu_tlb_flushes"):
+            self.metrics[name] += 0  # reported when zero: a VM whose vCPUs never got an IPI
 
     def walk_refs(self, huge: bool) -> float:
         """Under EPT a two-dimensional walk: each guest level (4, or 3 with the guest's 2 MiB pages) and the
@@ -97,21 +100,44 @@ class KVM(SecondaryMMU):
         return self.guest_huge
 
     def _flush_remote_tlbs(self, flushes: int) -> None:
+        """kvm_flush_remote_tlbs, ``flushes`` times (virt/kvm/kvm_main.c): a KVM_REQ_TLB_FLUSH request to every
+        vCPU and an IPI to each one in guest mode (kvm_make_vcpus_request_mask: kvm_request_needs_ipi). A vCPU
+        whose thread is in the host serving a fault (``sim.outside``: in direct reclaim, or asleep on a swap-in
+        while kswapd reclaims) gets no IPI and takes one flush at its next entry for every request it missed
+        (vcpu_enter_guest: kvm_check_request(KVM_REQ_TLB_FLUSH)). ``remote_tlb_flush`` counts the requests that
+        sent an IPI (the requester's side, remote_flush_ns, is paid either way)."""
         if not flushes:
             return
         vcpus = self.client.vcpus
+        outside = self.sim.outside is self.client
+        kicked = vcpus - outside
         self.metrics["tlb_flushes"] += flushes
-        self.metrics["tlb_flush_ipis"] += flushes * vcpus
-        self.metrics["flush_cost_ns"] += flushes * (self.cfg.remote_flush_ns + vcpus * self.cfg.flush_ipi_ns)
+        self.metrics["tlb_flush_ipis"] += flushes * kicked
+        if kicked:
+            self.metrics["remote_tlb_flush"] += flushes
+        deferred = self.sim.deferred_flushes(self, flushes) if outside else 0
+        self.metrics["vcpu_tlb_flushes"] += flushes * kicked + deferred
+        self.metrics["flush_cost_ns"] += flushes * (self.cfg.remote_flush_ns + kicked * self.cfg.flush_ipi_ns)
         self.sim.charge(flushes * self.cfg.remote_flush_ns)
-        self.client.stall(flushes * self.cfg.flush_ipi_ns)
+        # Each kicked vCPU loses flush_ipi_ns per request: on average over the client's vCPUs, kicked / vcpus
+        # of it (the vCPU in the host pays its one flush inside the fault it is serving).
+        self.client.stall(flushes * self.cfg.flush_ipi_ns * (kicked / vcpus if outside else 1))
+
+    # Its invalidations and young ops are the standard ones, charged by charge_zap and charge_aging: the
+    # framework's compiled reclaim path may do them for it (mmnsim.fastpath).
+    fast_ops = frozenset({"invalidate_range_start", "invalidate_range_end", "clear_flush_young", "clear_young"})
 
     @hookimpl
     def invalidate_range_start(self, ranges: NotifierRange) -> None:
         self.begin_invalidate(ranges)
         zapped = self.zap(ranges.start, ranges.end)
-        self.sim.charge(float(zapped.sum()) * self.cfg.zap_page_ns)
-        self._flush_remote_tlbs(int(np.count_nonzero(zapped)))
+        self.charge_zap(int(zapped.sum()), int(np.count_nonzero(zapped)))
+
+    def charge_zap(self, pages: int, ranges: int) -> None:
+        """kvm_unmap_gfn_range zapped ``pages`` sptes under mmu_lock, in ``ranges`` ranges that held one; each
+        such range ends in kvm_flush_remote_tlbs."""
+        self.sim.charge(float(pages) * self.cfg.zap_page_ns)
+        self._flush_remote_tlbs(ranges)
 
     @hookimpl
     def invalidate_range_end(self, ranges: NotifierRange) -> None:
@@ -125,8 +151,7 @@ class KVM(SecondaryMMU):
         freed")."""
         self.bump_seq()
         zapped = self.zap(pages, pages + 1)
-        self.sim.charge(float(zapped.sum()) * self.cfg.zap_page_ns)
-        self._flush_remote_tlbs(int(np.count_nonzero(zapped)))
+        self.charge_zap(int(zapped.sum()), int(np.count_nonzero(zapped)))
 
     def _age(self, start: np.ndarray, end: np.ndarray, flush: bool) -> np.ndarray:
         if not self.young:
@@ -136,14 +161,18 @@ class KVM(SecondaryMMU):
             self.harvest_accessed(start, end, clear=True)  # no A bit in the EPT: the simulator's bits mean nothing
             return np.zeros(start.size, dtype=np.bool_)
         young = self.harvest_accessed(start, end, clear=True)
-        aged = float((end - start).sum())
-        self.metrics["young_pages_aged"] += aged
-        self.sim.charge(aged * self.cfg.age_page_ns)
-        # Today x86 elides the flush (other architectures flush, flush_on_age); 2.6.27's
-        # kvm_mmu_notifier_clear_flush_young flushed whenever kvm_age_hva found the page young.
-        if flush and (self.cfg.flush_on_age or self.sim.kernel.young_flush):
-            self._flush_remote_tlbs(int(np.count_nonzero(young)))
+        self.charge_aging(int((end - start).sum()), int(np.count_nonzero(young)) if flush else 0)
         return young
+
+    def charge_aging(self, pages: int, young_flushed: int) -> None:
+        """kvm_age_gfn test-and-cleared ``pages`` spte accessed bits; ``clear_flush_young`` found
+        ``young_flushed`` ranges young."""
+        self.metrics["young_pages_aged"] += float(pages)
+        self.sim.charge(float(pages) * self.cfg.age_page_ns)
+        # x86 elides the flush since 6.13 (other architectures flush, flush_on_age); until 6.12, and in
+        # 2.6.27, kvm_mmu_notifier_clear_flush_young flushed whenever aging found the range young.
+        if young_flushed and (self.cfg.flush_on_age or self.sim.kernel.young_flush):
+            self._flush_remote_tlbs(young_flushed)
 
     @hookimpl
     def clear_flush_young(self, mm, start: np.ndarray, end: np.ndarray) -> np.ndarray:

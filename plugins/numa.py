@@ -8,29 +8,32 @@ their translations there, as KVM does: the guest's next access to each page faul
 which honours NUMA hinting faults, takes the hinting fault as a CPU access would. The access kernel logs
 every hinting fault (page, accessing node).
 
-The two-stage filter (should_numa_migrate_memory in kernel/sched/fair.c). Each hinting fault records its
-node as the page's last (folio_xchg_last_cpupid) and migrates the page to the faulting node only if the
-fault before it came from the same node: a page bounced between nodes stays put. In a process's first four
-passes over its address space (numa_scan_seq <= 4) a page's first fault migrates it at once. Migration is
-not rate-limited: the limit was removed upstream in 2018 (commit efaffc5e40ae, "mm, sched/numa: Remove
-rate-limiting of automatic NUMA balancing migration"); a migration still fails when the target node would
-fall below its high watermark. A page migrates with CLEAR invalidations (try_to_migrate_one); a pinned page
-cannot migrate and is counted as refused (a failed migration, TNF_MIGRATE_FAIL).
+The hinting fault itself is the kernel's (``Simulation.numa_faults``, ``mmnsim.numafaults``): the two-stage
+filter of should_numa_migrate_memory decides in the fault whether the page moves to the faulting node (only if
+the fault before it came from the same node: a page bounced between nodes stays put; in a process's first
+four passes a page's first fault moves it at once), and migrate_misplaced_folio moves it there and then, with
+CLEAR invalidations (try_to_migrate_one), unless it is pinned (counted as refused: a failed migration,
+TNF_MIGRATE_FAIL) or the target node would fall below its high watermark. Migration is not rate-limited: the
+limit was removed upstream in 2018 (commit efaffc5e40ae, "mm, sched/numa: Remove rate-limiting of automatic NUMA
+balancing migration").
 
 Per-task scan-period adaptation (update_task_scan_period, called by task_numa_placement once per full pass
 over the address space, when numa_scan_seq moves). From the hinting faults since the last pass: if there
-were none that were local, or a migration failed, the period doubles; otherwise, with
-lr_ratio = 10 x local / (local + remote), a ratio at or above 7 lengthens the period by (lr_ratio - 7)
-slots of a tenth of it (at least one slot), and below 7 shortens it by (7 - lr_ratio) slots. The period
-stays within [task_scan_min, task_scan_max]: the sysctl bounds divided by the number of 256 MB windows in
-the process's resident memory, and not below 1000 ms / (2560 MB / scan size) (MAX_SCAN_WINDOW). The first
+were none that were local or shared, or a migration failed, the period doubles. Otherwise, with
+ps_ratio = 10 x private / (private + shared) and lr_ratio = 10 x local / (local + remote): a ps_ratio at or
+above 7 (mostly private faults: the memory is the task's own) lengthens the period by (ps_ratio - 7) slots of a
+tenth of it (at least one slot), else an lr_ratio at or above 7 lengthens it by (lr_ratio - 7) slots, else it
+shortens by (7 - max(lr_ratio, ps_ratio)) slots. Here every fault is private (one task per process), so the
+period lengthens by three slots a pass unless no fault was local. The period stays within [task_scan_min,
+task_scan_max]: the sysctl bounds divided by the number of 256 MB windows in the process's resident memory,
+and not below 1000 ms / (2560 MB / scan size) (MAX_SCAN_WINDOW). The first
 scan waits ``scan_delay_ms``.
 
 ``skip_pinned`` applies the kernel's newer behaviour: maybe-pinned pages are left out of PROT_NONE (no
 pointless hinting faults on them) but the notifier still covers the whole window.
 
 Simplified: a guest's vCPUs are one task (no per-thread cpupid: the filter compares nodes only, and every
-fault counts as private, so the shared-fault branch of the scan-period rule never applies), no task
+fault counts as private, so the shared-fault branches of the scan-period rule never apply), no task
 placement (the scheduler does not move vCPUs towards their memory), no numa groups.
 """
 
@@ -43,7 +46,6 @@ from mmnsim import HostPolicy, Metric, hookimpl, require
 MIB_PAGES = 256
 MAX_SCAN_WINDOW_MB = 2560  # kernel/sched/fair.c: the most a task scans per second
 NUMA_PERIOD_SLOTS, NUMA_PERIOD_THRESHOLD = 10, 7  # kernel/sched/fair.c
-EARLY_PASSES = 4  # should_numa_migrate_memory: first faults migrate at once while numa_scan_seq <= 4
 
 
 @dataclass
@@ -69,21 +71,20 @@ class NumaConfig:
 class _Scan:
     """task_numa_work's state for one process."""
 
-    def __init__(self, npages: int, period_ms: float, first_ns: float):
+    def __init__(self, period_ms: float, first_ns: float):
         self.period_ms = period_ms
         self.next_ns = first_ns
         self.cursor = 0
         self.passes = 0  # mm->numa_scan_seq: full passes over the address space
-        self.local = self.remote = self.failed = 0  # p->numa_faults_locality since the last scan
-        self.last_nid = np.full(npages, -1, dtype=np.int8)  # the node of each page's last hinting fault
 
 
 class Numa(HostPolicy):
     name = "numa"
     Config = NumaConfig
+    kernel_features = ("numa_balancing",)  # automatic NUMA balancing came in 3.8
     declared_metrics = (
         Metric("numa_pages_migrated", "pages", int, "pages NUMA balancing migrated", kernel="numa_pages_migrated"),
-        Metric("numa_migrate_ns", "ns", float, "host CPU time NUMA balancing spent migrating"),
+        Metric("numa_migrate_ns", "ns", float, "time the faulting tasks spent migrating pages in their hinting faults"),
         Metric("numa_pte_updates", "pages", int, "PTEs made PROT_NONE by the scanner", kernel="numa_pte_updates"),
         Metric("numa_migrations_filtered", "faults", int, "misplaced hinting faults the two-stage cpupid filter "
                "held back (should_numa_migrate_memory)"),
@@ -94,60 +95,19 @@ class Numa(HostPolicy):
 
     def __init__(self, sim, cfg: NumaConfig):
         super().__init__(sim, cfg)
-        self.scans = {mm.index: _Scan(mm.npages, cfg.scan_period_min_ms, cfg.scan_delay_ms * 1e6) for mm in sim.mms}
-        self.metrics = {"numa_pte_updates": 0, "numa_scans": 0, "numa_pages_migrated": 0, "numa_migrate_ns": 0.0,
-                        "numa_migrations_filtered": 0}  # fmt: skip
+        self.scans = {mm.index: _Scan(cfg.scan_period_min_ms, cfg.scan_delay_ms * 1e6) for mm in sim.mms}
+        self.metrics = {"numa_pte_updates": 0, "numa_scans": 0}
+        # The hinting faults: the filter and the migration run in the fault (do_numa_page), by the framework.
+        self.faults = sim.numa_faults(cfg.migrate_page_ns) if sim.host.nodes > 1 else None
 
     @hookimpl
     def host_tick(self, sim) -> None:
         if sim.host.nodes < 2:
             return
-        self._migrate_misplaced(sim)
         for mm in sim.mms:
             scan = self.scans[mm.index]
             if not mm.exited and sim.time_ns >= scan.next_ns:
                 self._scan(sim, mm, scan)
-
-    def _migrate_misplaced(self, sim) -> None:
-        """Run the logged hinting faults through should_numa_migrate_memory and migrate what passes."""
-        hints = sim.take_hint_faults()
-        if hints.shape[0] == 0:
-            return
-        for mm in sim.mms:
-            mine = hints[(hints[:, 0] >= mm.base) & (hints[:, 0] < mm.base + mm.npages)]
-            if mine.size == 0 or mm.exited:
-                continue
-            scan = self.scans[mm.index]
-            pages, nids = mine[:, 0] - mm.base, mine[:, 1]
-            local = sim.host.nodes_of(mm.pte[pages]) == nids
-            scan.local += int(np.count_nonzero(local))
-            scan.remote += int(np.count_nonzero(~local))
-            # The last node each fault saw: the previous fault on the same page in this log, else the array's.
-            order = np.argsort(pages, kind="stable")
-            p, n = pages[order], nids[order]
-            first = np.ones(p.size, dtype=bool)
-            first[1:] = p[1:] != p[:-1]
-            last = np.empty_like(n)
-            last[first] = scan.last_nid[p[first]]
-            last[~first] = n[np.flatnonzero(~first) - 1]
-            early = scan.passes <= EARLY_PASSES and (last < 0)
-            passes = (early | (last == n)) & ~local[order]
-            self.metrics["numa_migrations_filtered"] += int(np.count_nonzero(~local[order] & ~passes))
-            ends = np.flatnonzero(np.r_[p[1:] != p[:-1], True])
-            scan.last_nid[p[ends]] = n[ends]
-            if not passes.any():
-                continue
-            chosen_pages, idx = np.unique(p[passes], return_index=True)  # a page's first passing fault decides
-            chosen_nodes = n[passes][idx]
-            for node in np.unique(chosen_nodes):
-                moving = chosen_pages[chosen_nodes == node]
-                high = int(sim.host.watermarks[node, 2])
-                before = sim.counter("migrations_refused")
-                moved = sim.migrate(mm, moving, int(node), keep_free=high)
-                scan.failed += sim.counter("migrations_refused") - before
-                self.metrics["numa_pages_migrated"] += moved
-                self.metrics["numa_migrate_ns"] += moved * self.cfg.migrate_page_ns
-                sim.charge(moved * self.cfg.migrate_page_ns)
 
     def _scan(self, sim, mm, scan: _Scan) -> None:
         """task_numa_work: change_prot_numa over the next window of ``mm``, then adapt the period."""
@@ -156,6 +116,7 @@ class Numa(HostPolicy):
         if end >= mm.npages:
             scan.cursor = 0
             scan.passes += 1  # reset_ptenuma_scan: numa_scan_seq++
+            self.faults.set_passes(mm.index, scan.passes)
             self._update_period(mm, scan)  # task_numa_placement runs once per numa_scan_seq
         else:
             scan.cursor = end
@@ -166,19 +127,24 @@ class Numa(HostPolicy):
         sim.charge(marked * sim.costs.tlb_invalidate_page_ns)
 
     def _update_period(self, mm, scan: _Scan) -> None:
-        """update_task_scan_period, with every fault private (shared = 0)."""
+        """update_task_scan_period (kernel/sched/fair.c), with every fault private (private = local + remote,
+        shared = 0: one task per process)."""
+        local, remote, failed = self.faults.take_locality(mm.index)
+        private, shared = local + remote, 0
         lo, hi = self._period_bounds(mm)
-        if scan.local == 0 or scan.failed:  # local + shared == 0, or numa_faults_locality[2]: scan slower
+        if local + shared == 0 or failed:  # no faults of interest, or migration failed: scan slower
             scan.period_ms = min(hi, scan.period_ms * 2)
-        else:
-            slot = -(-scan.period_ms // NUMA_PERIOD_SLOTS)  # DIV_ROUND_UP
-            lr_ratio = scan.local * NUMA_PERIOD_SLOTS // (scan.local + scan.remote)
-            if lr_ratio >= NUMA_PERIOD_THRESHOLD:  # mostly local: no need to scan fast
-                diff = max(lr_ratio - NUMA_PERIOD_THRESHOLD, 1) * slot
-            else:  # private faults, many remote: scan faster
-                diff = -(NUMA_PERIOD_THRESHOLD - lr_ratio) * slot
-            scan.period_ms = min(max(scan.period_ms + diff, lo), hi)
-        scan.local = scan.remote = scan.failed = 0
+            return
+        slot = -(-scan.period_ms // NUMA_PERIOD_SLOTS)  # DIV_ROUND_UP
+        lr_ratio = local * NUMA_PERIOD_SLOTS // (local + remote)
+        ps_ratio = private * NUMA_PERIOD_SLOTS // (private + shared)
+        if ps_ratio >= NUMA_PERIOD_THRESHOLD:  # mostly private: "memory is already local", scan slower
+            diff = max(ps_ratio - NUMA_PERIOD_THRESHOLD, 1) * slot
+        elif lr_ratio >= NUMA_PERIOD_THRESHOLD:  # mostly shared: others may move it again, scan slower
+            diff = max(lr_ratio - NUMA_PERIOD_THRESHOLD, 1) * slot
+        else:  # private faults, many remote: scan faster to move the memory over
+            diff = -(NUMA_PERIOD_THRESHOLD - max(lr_ratio, ps_ratio)) * slot
+        scan.period_ms = min(max(scan.period_ms + diff, lo), hi)
 
     def _period_bounds(self, mm) -> tuple[float, float]:
         """task_scan_min and task_scan_max: the sysctl bounds over the number of scan windows in the rss."""
@@ -192,7 +158,10 @@ class Numa(HostPolicy):
     @hookimpl
     def collect_metrics(self, sim) -> dict[str, float]:
         periods = [s.period_ms for s in self.scans.values()]
-        return {**self.metrics, "numa_scan_period_ms": float(np.mean(periods)) if periods else 0.0}
+        migrated = self.faults.migrated() if self.faults else 0
+        return {**self.metrics, "numa_scan_period_ms": float(np.mean(periods)) if periods else 0.0,
+                "numa_pages_migrated": migrated, "numa_migrate_ns": migrated * self.cfg.migrate_page_ns,
+                "numa_migrations_filtered": self.faults.filtered() if self.faults else 0}  # fmt: skip
 
 
 @hookimpl

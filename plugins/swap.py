@@ -18,7 +18,9 @@ Simplification: one LRU for all nodes, no active/inactive split, no swap cache.
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mmnsim import HostPolicy, hookimpl, referenced, require, scan_frames, swap_out
+import numpy as np
+
+from mmnsim import HostPolicy, folio_pages, hookimpl, referenced, require, scan_frames, swap_out
 
 
 class ReclaimMode(StrEnum):
@@ -68,7 +70,10 @@ class Swap(HostPolicy):
             if frames.size == 0:
                 break
             young = referenced(sim, frames, self.cfg.young_op.value)
-            old = frames[~young][: nr_pages - freed]
+            old = frames[~young]
+            # Enough old folios for the pages still wanted (a THP is 512 of them: shrink_folio_list counts pages).
+            sizes = folio_pages(sim, old)
+            old = old[: int(np.searchsorted(np.cumsum(sizes), nr_pages - freed)) + 1]
             got = swap_out(sim, old)
             freed += got
             sim.charge(looked * costs.reclaim_scan_ns + got * costs.swap_out_ns)

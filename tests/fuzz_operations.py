@@ -42,6 +42,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "referenced": ("sim", "frames", "young_op"),
     "scan_frames": ("sim", "frame", "count", "count"),
     "swap_out": ("sim", "frames"),
+    "folio_pages": ("sim", "frames"),
     "split_huge_pages": ("sim", "mm", "pages"),
     "NotifierRange": ("mm", "starts", "ends", "event"),
     "single_pages": ("mm", "pages", "event"),
@@ -64,6 +65,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "Simulation.secondaries_of": ("sim", "mm"),
     "Simulation.mm_of_key": ("sim", "key"),
     "Simulation.charge": ("sim", "ns"),
+    "Simulation.deferred_flushes": ("sim", "secondary", "count"),
+    "Simulation.numa_faults": ("sim", "ns"),
     "Simulation.run_client": ("sim", "mm", "secondary_or_none", "pages", "writes"),
     # a secondary MMU's helpers
     "SecondaryMMU.populate": ("secondary", "start", "end"),
@@ -96,7 +99,8 @@ NO_ARGUMENTS = {
     "sharing",
 }  # fmt: skip
 PLUGIN_IMPLEMENTED = {"SecondaryMMU.walk_refs", "SecondaryMMU.fault_cost_ns", "SecondaryMMU.region_of",
-                      "SecondaryMMU.device_memory_pages"}  # fmt: skip
+                      "SecondaryMMU.device_memory_pages", "SecondaryMMU.charge_zap",
+                      "SecondaryMMU.charge_aging"}  # fmt: skip
 # Pure helpers: odd input is numpy's own error, still a PluginError naming the plugin; not operations on state.
 HELPERS = {
     "expand_ranges": ("starts", "ends"),

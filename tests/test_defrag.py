@@ -33,8 +33,48 @@ def test_reclaim_and_partial_munmap_split_the_thp_and_kvm_drops_its_2mib_entry()
     assert not (mm.flags[:HUGE_PAGES] & P_HUGE).any() and (mm.flags[HUGE_PAGES:] & P_HUGE).all()
     assert (kvm.spte[:HUGE_PAGES] < 0).all() and (kvm.spte[HUGE_PAGES:] >= 0).all()
     assert (mm.pte[20:HUGE_PAGES] >= 0).all()  # the rest of it stays, now as 4 KiB pages
-    pressed, p = run("host.thp=always", "host.memory_mib=48", "guest.memory_mib=64", "workload.accesses=300000")
-    assert p["thp_split"] > 0 and p["swap_outs"] > 0 and p["invariant_violations"] == 0
+    assert sim.check_invariants().counts.sum() == 0
+
+
+PRESSED = ("host.thp=always", "host.memory_mib=48", "guest.memory_mib=64", "workload.accesses=300000")
+
+
+def test_reclaim_swaps_an_old_thp_out_whole_into_a_free_swap_cluster():
+    sim, m = run(*PRESSED)
+    assert m["thp_swpout"] > 0 and m["swap_outs"] >= 512 * m["thp_swpout"]
+    assert m["thp_swpout_fallback"] == 0 and m["invariant_violations"] == 0
+
+
+def test_without_a_free_swap_cluster_an_old_thp_is_split_and_swapped_out_page_by_page():
+    sim, m = run(*PRESSED, "host.swap_mib=1")  # 256 slots: never a cluster of 512
+    assert m["thp_swpout"] == 0 and m["thp_swpout_fallback"] > 0 and m["thp_split"] >= m["thp_swpout_fallback"]
+    assert m["swap_outs"] > 0 and m["invariant_violations"] == 0
+
+
+def test_a_thp_is_aged_as_one_folio_and_a_hot_one_stays_huge():
+    # One 4 KiB page of each even THP used every tick: the THP is young as a whole (its PMD's bit, its 2 MiB
+    # spte's), so reclaim leaves it huge and KVM keeps its 2 MiB entry; the odd ones, unused, go whole.
+    sim = simulation("host.thp=always", "host.memory_mib=128", "guest.memory_mib=64", "workload.accesses=0",
+                     "host.swap_mib=128")  # fmt: skip
+    sim.run()
+    mm, kvm = sim.mms[0], sim.secondaries[0]
+    assert (mm.flags & P_HUGE).all()  # room enough: every region a THP
+    hot = np.arange(0, mm.npages, 2 * HUGE_PAGES) + 7  # page 7 of every even THP
+    from mmnsim import referenced
+
+    frames = np.arange(0, sim.host.nframes, dtype=np.int64)
+    frames = frames[sim.host.ft.key[frames] >= 0]
+    referenced(sim, frames)  # age everything: the boot set every bit
+    sim.run_client(mm, kvm, hot)
+    young = referenced(sim, frames)
+    keys = sim.host.ft.key[frames]
+    thp_of = (keys - mm.base) // HUGE_PAGES
+    assert (young == (thp_of % 2 == 0)).all()  # every frame of a hot THP answers young, of a cold one old
+    assert sim.metrics()["accessed_violations"] == 0
+    swap_out(sim, frames[~young])
+    assert (mm.flags[:HUGE_PAGES] & P_HUGE).all() and (kvm.sflags[:HUGE_PAGES] & S_HUGE).all()
+    assert (mm.pte[HUGE_PAGES : 2 * HUGE_PAGES] < -1).all()  # the cold one is in swap, whole
+    assert sim.metrics()["thp_swpout"] == mm.npages // HUGE_PAGES // 2
     assert sim.check_invariants().counts.sum() == 0
 
 
@@ -88,7 +128,10 @@ def test_thps_come_at_fault_time_and_under_pressure_only_the_notifier_guest_lose
     for m in (n, p):  # QEMU's MADV_HUGEPAGE: each THP fault compacts if it must, pinned or not
         assert m["compact_stall"] > 0 and m["thp_fault_fallback"] == 0 and m["thp_fault_alloc"] >= 256
     assert p["thp_coverage"] == 1.0 and p["kvm.huge_mapped_fraction"] == 1.0
-    assert n["thp_split"] > 0 and n["thp_coverage"] < 0.5  # reclaim split the notifier guest's THPs
+    # Reclaim takes the notifier guest's old THPs whole (a THP is aged by its one accessed bit): none is split,
+    # the cold ones go to swap (coverage drops), KVM keeps its 2 MiB entries for the hot ones.
+    assert n["thp_split"] == 0 and n["thp_swpout"] > 0 and n["thp_coverage"] < 1.0
+    assert n["kvm.huge_mapped_fraction"] > 0.99
     assert p["compact_fail"] > 0 and n["compact_fail"] == 0  # the pins make pageblocks unmovable
     assert p["swap_outs"] > 2 * n["swap_outs"]  # the pinned guest's neighbour pays for it
     assert n["invariant_violations"] == p["invariant_violations"] == 0

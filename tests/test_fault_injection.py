@@ -22,12 +22,59 @@ LABEL = "faulty[guest0]"
     "fault, mode, kinds, words",
     [
         ("none", "notifier", set(), ()),
-        ("ignore_invalidate", "notifier", {"coherence", "isolation"}, ("maps page", "to frame")),
-        ("map_in_window", "notifier", {"coherence", "isolation"}, ("maps page", "to frame")),
+        # Caught the moment the hook returns with entries left in its ranges, naming the plugin and the op.
+        (
+            "ignore_invalidate",
+            "notifier",
+            {"coherence", "isolation"},
+            (
+                "returned from invalidate_range_start",
+                "still mapping",
+                "Culprit: faulty[guest0] in invalidate_range_start",
+            ),
+        ),
+        (
+            "map_in_window",
+            "notifier",
+            {"coherence", "isolation"},
+            (
+                "returned from invalidate_range_start",
+                "still mapping",
+                "Culprit: faulty[guest0] in invalidate_range_start",
+            ),
+        ),
         ("keep_pins", "pin", {"coherence"}, ("which only a pin keeps alive",)),
         ("young_all", "notifier", {"accessed"}, ("answered clear_flush_young young", "first: pages [")),
         ("young_none", "notifier", {"accessed"}, ("answered clear_flush_young not young", "first: page")),
-        ("no_seq_bump", "notifier", {"coherence", "isolation"}, ("maps page", "race window", "Culprit: faulty")),
+        # A driver that zaps later than it returns: at invalidate_range_end (after the pages were freed), or
+        # at its next host_tick (before any end-of-tick check could see the entries): caught at the return.
+        (
+            "defer_unmap",
+            "notifier",
+            {"coherence", "isolation"},
+            (
+                "returned from invalidate_range_start",
+                "still mapping",
+                "Culprit: faulty[guest0] in invalidate_range_start",
+            ),
+        ),
+        (
+            "keep_until_tick",
+            "notifier",
+            {"coherence", "isolation"},
+            (
+                "returned from invalidate_range_start",
+                "still mapping",
+                "Culprit: faulty[guest0] in invalidate_range_start",
+            ),
+        ),
+        # Caught the moment the fault that slept installs the frame it resolved before the host reclaimed it.
+        (
+            "no_seq_bump",
+            "notifier",
+            {"coherence", "isolation"},
+            ("installed frame", "after its fault slept", "race window", "Culprit: faulty[guest0]"),
+        ),
     ],
 )
 def test_a_broken_secondary_mmu_is_caught_by_the_invariant_it_breaks(fault, mode, kinds, words):
@@ -56,8 +103,9 @@ def test_an_interval_subscriber_that_never_sets_its_sequence_is_caught_in_race_w
         assert m["invariant_violations"] == 0 and m["fault_retries"] > 0, sim.violation_messages[:3]
         return
     assert m["coherence_violations"] + m["isolation_violations"] > 0
-    assert "faulty_odp[guest0] maps page" in sim.violation_messages[0]
-    assert "Culprit: faulty_odp[guest0] (faulty_odp[guest0] was told (invalidate)" in sim.violation_messages[0]
+    first = sim.violation_messages[0]
+    assert "faulty_odp[guest0] installed frame" in first and "after its fault slept" in first, first
+    assert "Culprit: faulty_odp[guest0] (its invalidation must move the sequence" in first, first
 
 
 def test_a_plugin_raising_in_a_hook_stops_the_run_naming_it_and_the_op():
@@ -100,3 +148,35 @@ def test_failing_swap_reads_fail_the_access_keep_the_page_in_swap_and_lose_nothi
     assert again["swap_read_errors"] == m["swap_read_errors"]  # the errors are part of the seeded run
     _, clean = run()
     assert clean["swap_read_errors"] == clean["swap_write_errors"] == 0
+
+
+def test_a_subscriber_that_tells_the_oom_reaper_done_without_zapping_is_caught_at_the_call():
+    hog = "processes=[{name: hog, memory_mib: 8, node: 0, workload: {name: uniform, accesses: 3000000}}]"
+    sim = simulation("secondary=faulty", "secondary.fault=ignore_nonblockable", "host.swap_mib=0",
+                     "guest.memory_mib=64", "host.memory_mib=48", hog)  # fmt: skip
+    m = sim.run(teardown=True)
+    assert m["oom_kills"] == 1 and m["coherence_violations"] > 0
+    reaper = [v for v in sim.violation_messages if "the OOM reaper" in v]
+    assert reaper and "returned from invalidate_range_start (UNMAP of pages [0, " in reaper[0], sim.violation_messages
+    assert "Culprit: faulty[guest0] in invalidate_range_start" in reaper[0]
+    clean = simulation("secondary=faulty", "secondary.fault=none", "host.swap_mib=0", "guest.memory_mib=64",
+                       "host.memory_mib=48", hog).run(teardown=True)  # fmt: skip
+    assert clean["oom_kills"] == 1 and clean["invariant_violations"] == 0
+
+
+@pytest.mark.parametrize("fault", ["none", "test_young_clears"])
+def test_test_young_that_ages_is_caught_at_the_call(fault):
+    sim = simulation("secondary=faulty", f"secondary.fault={fault}", "workload.accesses=0", "workload.boot=false",
+                     "guest.memory_mib=16", "host.memory_mib=64")  # fmt: skip
+    mm, kvm = sim.mms[0], sim.secondaries[0]
+    sim.run_client(mm, kvm, np.arange(64))
+    young = mm.chain.young("test_young", np.arange(64), np.arange(1, 65))
+    assert young.all()  # the answer is right either way: it is the bits it leaves that are checked
+    again = mm.chain.young("test_young", np.arange(64), np.arange(1, 65))
+    if fault == "none":
+        assert again.all() and not sim.violation_messages
+        return
+    assert sim.metrics()["accessed_violations"] >= 64
+    first = sim.violation_messages[0]
+    assert first.startswith("accessed: faulty[guest0] changed the accessed bits of 64 pages in test_young"), first
+    assert "Culprit: faulty[guest0] in test_young" in first

@@ -7,6 +7,7 @@ from test_notifier_semantics import booted
 from conftest import simulation
 from mmnsim import Event, NotifierRange, PluginError, hookimpl
 from mmnsim.compaction import compact
+from mmnsim.pagebits import P_DEVICE
 from mmnsim.secondary import IN_PROGRESS, INV_HI, INV_LO, MODE, SEC_RETRY_WHOLE_VM
 
 
@@ -14,6 +15,7 @@ def test_numa_and_compaction_migration_raise_clear_not_migrate():
     sim, tenant, kvm, rec = booted("host.numa_nodes=2")
     sim.migrate(tenant.mm, np.arange(10), 1)  # NUMA balancing's migrate_misplaced_folio
     assert {e for _, e, *_ in rec.log} == {Event.CLEAR}
+    assert rec.log[0] == ("start", Event.CLEAR, 10, 10)  # one range per page (try_to_migrate_one), run or not
     rec.log.clear()
     tenant.mm.discard(np.arange(0, tenant.mm.npages, 2))  # holes, so compaction has somewhere to move to
     rec.log.clear()
@@ -29,10 +31,12 @@ class OwnerLog:
 
     def __init__(self):
         self.log = []
+        self.ranges = []
 
     @hookimpl
     def invalidate_range_start(self, ranges):
         self.log.append((ranges.event, ranges.owner))
+        self.ranges += list(zip(ranges.start.tolist(), ranges.end.tolist(), strict=True))
 
     @hookimpl
     def invalidate_range_end(self, ranges):
@@ -51,7 +55,29 @@ def test_device_migration_raises_migrate_with_the_device_as_owner():
     gpu.sflags[-50:] |= 1  # S_ACCESSED: the GPU used these pages
     gpu.host_tick(sim)
     assert rec.log == [(Event.MIGRATE, gpu)]
-    assert sim.metrics()["invalidations_migrate"] - before == 50
+    n = mm.npages
+    assert rec.ranges == [(n - 50, n)]  # migrate_vma_collect: one range over the run, not one per page
+    assert sim.metrics()["invalidations_migrate"] - before == 1
+
+
+def test_device_migration_raises_one_migrate_range_per_contiguous_run():
+    sim = simulation("secondary=gpu", "secondary.device_memory_mib=4", "secondary.migrate_hot_pages=100",
+                     "guest.memory_mib=16", "host.memory_mib=64", "workload.accesses=0")  # fmt: skip
+    sim.run()
+    gpu, mm = sim.secondaries[0], sim.mms[0]
+    rec = OwnerLog()
+    mm.chain.subscribe(rec)
+    before = sim.metrics()
+    gpu.harvest_accessed(np.array([0]), np.array([mm.npages]), clear=True)
+    used = np.r_[100:110, 200:230, 231]  # three runs of pages the GPU used
+    gpu.sflags[used] |= 1  # S_ACCESSED
+    gpu.host_tick(sim)
+    assert rec.ranges == [(100, 110), (200, 230), (231, 232)] and rec.log == [(Event.MIGRATE, gpu)]
+    m = sim.metrics()
+    assert m["invalidations_migrate"] - before["invalidations_migrate"] == 3
+    assert m["pages_migrated"] - before["pages_migrated"] == 41  # every page of them moved
+    assert (mm.flags[used] & P_DEVICE).all()
+    assert sim.check_invariants().counts.sum() == 0
 
 
 def test_each_operation_is_counted_under_its_event():

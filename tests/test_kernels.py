@@ -1,15 +1,24 @@
-"""The kernel being simulated (kernel=6.x or 2008), the walk model with page-walk caches and splintering, and
-the unsafe unpinned mode."""
+"""The kernel being simulated (kernel=6.x, 6.1 or 2008), the walk model with page-walk caches and splintering,
+and the unsafe unpinned mode."""
+
+import argparse
+from importlib import resources
 
 import numpy as np
 import polars as pl
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
 from conftest import cli, run, simulation
 from mmnsim import Event, hookimpl, swap_out, walk_refs
-from mmnsim.cli import quote_numbered_options
+from mmnsim.bench import _config as bench_config
+from mmnsim.cli import check_overrides, quote_numbered_options
+from mmnsim.config import ConfigError
 from mmnsim.costs import translation_ns
+from mmnsim.experiment import experiment_names
 from mmnsim.secondary import MODE, SEC_RETRY_WHOLE_VM, SEC_YOUNG
+from mmnsim.sources import compose_checked
 
 # -- translation --
 
@@ -133,6 +142,30 @@ def test_2008_shadow_aging_flushes_whenever_a_page_was_young_today_it_does_not()
         assert kvm.metrics["tlb_flushes"] == flushes, kernel
 
 
+@pytest.mark.parametrize(("kernel", "flushes"), [("6.1", 3), ("6.x", 0)])
+def test_kvm_flushes_when_aging_finds_young_sptes_until_6_12_and_not_since_6_13(kernel, flushes):
+    sim, mm, kvm, _ = _booted(f"kernel='{kernel}'")  # EPT, with accessed bits
+    kvm.harvest_accessed(np.array([0]), np.array([16]), clear=True)
+    sim.run_client(mm, kvm, np.array([1, 5, 9]))
+    before = {k: kvm.metrics[k] for k in ("tlb_flushes", "tlb_flush_ipis")}
+    young = mm.chain.young("clear_flush_young", np.arange(16), np.arange(1, 17))
+    assert young.sum() == 3
+    assert kvm.metrics["tlb_flushes"] - before["tlb_flushes"] == flushes  # one per range found young
+    assert (kvm.metrics["tlb_flush_ipis"] > before["tlb_flush_ipis"]) == (flushes > 0)
+    sim.run_client(mm, kvm, np.array([1, 5, 9]))
+    mm.chain.young("clear_young", np.arange(16), np.arange(1, 17))  # never flushes, on any kernel
+    assert kvm.metrics["tlb_flushes"] - before["tlb_flushes"] == flushes
+
+
+def test_kernel_6_1_is_6x_but_for_kvms_flush_when_aging():
+    old, today = compose_checked(["kernel=6.1"]), compose_checked([])
+    k_old, k_today = OmegaConf.to_container(old.kernel), OmegaConf.to_container(today.kernel)
+    assert {k for k in k_today if k_old[k] != k_today[k]} == {"name", "young_flush"}
+    assert k_old["young_flush"] and not k_today["young_flush"]
+    rest = [k for k in today if k not in ("kernel", "hydra")]
+    assert OmegaConf.masked_copy(old, rest) == OmegaConf.masked_copy(today, rest)  # costs, guest, host alike
+
+
 def test_2008_kvm_retries_faults_vm_wide_today_per_gfn():
     assert _kvm("kernel='2008'")[1].state[MODE] & SEC_RETRY_WHOLE_VM
     assert not _kvm()[1].state[MODE] & SEC_RETRY_WHOLE_VM
@@ -154,20 +187,87 @@ def test_the_2008_kernel_swaps_to_disk():
     assert _kvm()[0].costs.swap_in_ns < 100_000
 
 
-def test_mmnsim_runs_both_kernels_from_the_command_line(workdir):
+def test_mmnsim_runs_every_kernel_from_the_command_line(workdir):
     tiny = ["guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64", "workload.accesses=20000"]
-    out = cli("-m", *tiny, "kernel=2008,6.x", "hydra.sweep.dir=sweep", cwd=workdir)
+    out = cli("-m", *tiny, "kernel=2008,6.1,6.x", "hydra.sweep.dir=sweep", cwd=workdir)
     assert out.returncode == 0, out.stderr
     files = sorted((workdir / "sweep").rglob("summary.parquet"))
     rows = pl.concat([pl.read_parquet(p) for p in files], how="diagonal_relaxed")
-    assert sorted(rows["kernel.name"].to_list()) == ["2008", "6.x"]
+    assert sorted(rows["kernel.name"].to_list()) == ["2008", "6.1", "6.x"]
     assert rows.filter(pl.col("kernel.name") == "2008")["invalidate_page_calls"][0] > 0
 
 
 def test_numbered_kernel_options_are_quoted_for_hydra():
     assert quote_numbered_options(["kernel=2008", "-m", "kernel=2008,6.x", "seed=1"]) == [
         "kernel='2008'", "-m", "kernel='2008','6.x'", "seed=1"]  # fmt: skip
+    assert quote_numbered_options(["kernel=6.1", "kernel=6.1,6.x"]) == ["kernel='6.1'", "kernel='6.1','6.x'"]
     assert quote_numbered_options(["kernel='2008'"]) == ["kernel='2008'"]
+
+
+def test_every_command_taking_overrides_takes_numbered_kernels():
+    check_overrides(["kernel=6.1"])  # mmnsim
+    check_overrides(["-m", "+experiment=swap", "kernel=6.1,2008"])  # mmnsim-experiment checks its overrides so
+    assert compose_checked(["kernel=6.1"]).kernel.name == "6.1"  # mmnsim-costs, --sensitivity
+    bench = argparse.Namespace(accesses=1, guest_mib=16, host_mib=16, seed=0, override=["kernel=6.1"])
+    assert "kernel='6.1'" in bench_config(bench)  # mmnsim-bench
+
+
+# -- what the 2008 kernel did not have --
+
+NO_2008 = [  # (override, the key the error names)
+    ("host.thp=always", "host.thp"),
+    ("host.thp=madvise", "host.thp"),
+    ("guest.madvise_hugepage=true", "guest.madvise_hugepage"),
+    ("policies=[swap,defrag]", "policies.defrag"),
+    ("policies=[numa]", "policies.numa"),
+    ("+processes=[{name: p, memory_mib: 16, node: 0, madvise_hugepage: true, workload: {name: uniform}}]",
+     "processes[0].madvise_hugepage"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("override", "key"), NO_2008)
+def test_the_2008_kernel_refuses_thp_compaction_and_numa_balancing(override, key):
+    with pytest.raises(ConfigError) as err:
+        compose_checked(["kernel=2008", override])
+    assert str(err.value).startswith(f"{key}: ") and "kernel=2008 does not have" in str(err.value), err.value
+    compose_checked(["kernel=6.1", override])  # later kernels have them
+
+
+def test_asking_the_2008_kernel_for_thp_stops_before_any_job_in_one_line(workdir):
+    out = cli("-m", "kernel=2008,6.x", "host.thp=always", "hydra.sweep.dir=sweep", cwd=workdir)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "mmnsim: host.thp: 'always' needs transparent huge pages and khugepaged (2.6.38), which kernel=2008 does "
+        "not have; set host.thp=never, or choose a later kernel (kernel=6.1 or 6.x)"]  # fmt: skip
+    assert not (workdir / "sweep").exists()
+
+
+def test_the_2008_kernels_defaults_turn_off_what_it_did_not_have():
+    old, today = compose_checked(["kernel=2008"]), compose_checked([])
+    assert not old.guest.madvise_hugepage and not old.guest.thp and old.host.thp == "never"
+    assert today.guest.madvise_hugepage and today.guest.thp  # QEMU's MADV_HUGEPAGE, the guest's own THP
+    assert compose_checked(["kernel=2008", "guest.thp=true"]).guest.thp  # the guest's page size is its own
+    swept = []
+    for name in experiment_names():  # every experiment that sweeps kernel=2008 still runs, every job of it
+        spec = yaml.safe_load((resources.files("mmnsim.conf") / "experiment" / f"{name}.yaml").read_text())
+        if "2008" in str(spec["hydra"]["sweeper"]["params"].get("kernel", "")):
+            check_overrides(["-m", f"+experiment={name}"])
+            swept.append(name)
+    assert swept
+
+
+def test_one_disk_serialises_a_guests_swap_ins_zram_spreads_them_over_its_vcpus():
+    tiny = ("kernel='2008'", "guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64",
+            "workload.accesses=20000")  # fmt: skip
+    sim, serial = run(*tiny)
+    assert sim.costs.swap_serial and sim.tenants[0].clients[0].vcpus == 4
+    _, spread = run(*tiny, "costs.swap_serial=false")
+    assert serial["major_faults"] == spread["major_faults"] > 0  # the same run: only its time differs
+    disk = serial["major_faults"] * sim.costs.swap_in_ns
+    assert serial["sim_time_ns"] >= disk  # the vCPUs queue for the one disk
+    assert spread["sim_time_ns"] < disk / 2  # spread over 4 vCPUs, as zram's are
+    assert serial["stall_fraction"] > spread["stall_fraction"]
+    assert not simulation().costs.swap_serial  # today's zram
 
 
 # -- the unsafe strawman --

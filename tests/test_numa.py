@@ -6,7 +6,6 @@ import pytest
 
 from conftest import run, simulation
 from mmnsim import ConfigError
-from mmnsim.frames import REG_HINTS
 
 # Scans every 250 ms (the kernel: 1 s), so that 24 M accesses (about 1.8 s simulated) see several passes.
 MOVED = (
@@ -99,62 +98,81 @@ def test_bad_numa_input_names_the_key(overrides, message):
     assert message in str(err.value)
 
 
-# -- the policy's kernel rules, one at a time (kernel/sched/fair.c) --
+# -- the kernel's rules, one at a time (mm/memory.c do_numa_page, kernel/sched/fair.c) --
 
 
 def _numa_sim(*extra):
-    """A 16 MiB guest booted on node 0 of a two-node host; NUMA balancing on, nothing run yet."""
-    sim = simulation("host.numa_nodes=2", "host.memory_mib=256", "guest.memory_mib=16", "guest.vcpu_nodes=[0]",
+    """A 16 MiB guest whose memory sits on node 0 of a two-node host while its vCPU runs on node 1; NUMA
+    balancing on, nothing run yet."""
+    sim = simulation("host.numa_nodes=2", "host.memory_mib=256", "guest.memory_mib=16", "guest.vcpu_nodes=[1]",
                      "workload.accesses=0", "policies=[numa]", *extra, small=False)  # fmt: skip
     mm = sim.mms[0]
-    mm.access(np.arange(mm.npages), np.ones(mm.npages, dtype=bool))  # all of it on node 0
+    mm.access(np.arange(mm.npages), np.ones(mm.npages, dtype=bool))  # the VMM's thread, on node 0, touches it all
     return sim, mm, next(p for p in sim.policies if p.name == "numa")
 
 
-def _hint(sim, mm, pages, nid):
-    """Log hinting faults from node ``nid`` on ``pages``, as the access kernel does."""
-    ft = sim.host._ft  # the framework's writable table: this stands in for the access kernel
-    n = int(ft.reg[REG_HINTS])
-    ft.hints[n : n + len(pages), 0] = mm.base + np.asarray(pages)
-    ft.hints[n : n + len(pages), 1] = nid
-    ft.reg[REG_HINTS] += len(pages)
+def _fault(sim, mm, pages, vcpu: bool = True):
+    """Make ``pages`` PROT_NONE (change_prot_numa) and touch them: from the vCPU (node 1) or the VMM (node 0)."""
+    for p in pages:
+        mm.change_prot_numa(p, p + 1, skip_pinned=False)
+    if vcpu:
+        sim.run_client(mm, sim.secondaries[0], np.asarray(pages))
+    else:
+        mm.access(np.asarray(pages))
 
 
 def test_two_stage_filter_migrates_a_page_only_on_a_second_fault_from_the_same_node():
     sim, mm, numa = _numa_sim()
-    numa.scans[mm.index].passes = 5  # past the early passes
-    _hint(sim, mm, [1, 2, 3], 1)
-    numa._migrate_misplaced(sim)
+    numa.faults.set_passes(mm.index, 5)  # past the early passes
+    _fault(sim, mm, [1, 2, 3])
     assert sim.counter("pages_migrated") == 0  # a first fault only records the node
-    _hint(sim, mm, [1, 2], 1)
-    _hint(sim, mm, [3], 0)  # local: page 3's last node is now 0
-    _hint(sim, mm, [3], 1)
-    numa._migrate_misplaced(sim)
+    _fault(sim, mm, [1, 2])
+    _fault(sim, mm, [3], vcpu=False)  # local: page 3's last node is now 0
+    _fault(sim, mm, [3])
     assert sim.counter("pages_migrated") == 2  # pages 1, 2: node 1 twice in a row; page 3 bounced
     assert sim.host.nodes_of(mm.pte[[1, 2, 3]]).tolist() == [1, 1, 0]
+    assert numa.faults.filtered() == 4 and not sim.check_invariants()  # three first faults, then page 3
+
+
+def test_the_page_moves_in_the_fault_and_the_kvm_fault_retries_onto_the_new_frame():
+    sim, mm, numa = _numa_sim()
+    kvm = sim.secondaries[0]
+    sim.run_client(mm, kvm, np.arange(8))  # KVM maps pages 0..7 on node 0
+    zapped = sim.metrics()["pages_zapped"]
+    retries = sim.counter("fault_retries")
+    _fault(sim, mm, np.arange(8))  # PROTECTION_VMA zaps the sptes; the hinting faults migrate at once (early)
+    assert sim.counter("pages_migrated") == 8 and (sim.host.nodes_of(mm.pte[:8]) == 1).all()
+    assert (kvm.spte[:8] == mm.pte[:8]).all()  # the retried KVM fault mapped the new frames
+    assert sim.counter("fault_retries") - retries == 8  # each fault saw the migration's CLEAR move the sequence
+    assert sim.metrics()["pages_zapped"] - zapped == 8  # the scan's zap only: nothing left for the migration
+    assert sim.counter("invalidations_clear") >= 8 and not sim.check_invariants()
+    assert sim.actors.who_changed(mm.base + 3).startswith("the NUMA hinting fault (do_numa_page")
 
 
 def test_early_in_a_process_life_a_first_fault_migrates_at_once_and_nothing_limits_the_rate():
     sim, mm, numa = _numa_sim()
-    _hint(sim, mm, np.arange(mm.npages), 1)  # 16 MiB in one tick: the old 1280 MB/s limit allowed ~0
-    numa._migrate_misplaced(sim)
+    mm.change_prot_numa(0, mm.npages, skip_pinned=False)
+    sim.run_client(mm, sim.secondaries[0], np.arange(mm.npages))  # 16 MiB at once: the old 1280 MB/s limit: ~0
     assert sim.counter("pages_migrated") == mm.npages
 
 
 def test_scan_period_follows_update_task_scan_period():
     sim, mm, numa = _numa_sim()
     scan = numa.scans[mm.index]
+    stats = numa.faults.stats[mm.index]
     lo, hi = numa._period_bounds(mm)
     assert (lo, hi) == (1000, 60000)  # one 256 MB window: the sysctls themselves
-    scan.period_ms, scan.local, scan.remote = 1000, 0, 50
-    numa._update_period(mm, scan)
-    assert scan.period_ms == 2000  # no local fault: scan slower
-    scan.local, scan.remote = 90, 10  # lr_ratio 9: two slots slower
-    numa._update_period(mm, scan)
-    assert scan.period_ms == 2000 + 2 * 200
-    scan.local, scan.remote = 30, 70  # lr_ratio 3: four slots faster, clamped at the minimum
-    numa._update_period(mm, scan)
-    assert scan.period_ms == max(2400 - 4 * 240, 1000)
-    scan.local, scan.remote, scan.failed = 100, 0, 1  # a failed migration: scan slower
-    numa._update_period(mm, scan)
-    assert scan.period_ms == 2 * max(2400 - 4 * 240, 1000)
+
+    def update(local: int, remote: int, failed: int = 0) -> float:
+        stats[1:4] = local, remote, failed  # LOCAL, REMOTE, FAILED
+        numa._update_period(mm, scan)
+        return scan.period_ms
+
+    scan.period_ms = 1000
+    assert update(0, 50) == 2000  # no local fault: scan slower
+    # Every fault private (one task): ps_ratio 10 takes the first branch, three slots slower, whatever the
+    # locality: the kernel reads private faults as memory already the task's own.
+    assert update(30, 70) == 2000 + 3 * 200
+    assert update(90, 10) == 2600 + 3 * 260
+    assert update(100, 0, failed=1) == 2 * 3380  # a failed migration: scan slower
+    assert tuple(stats[1:4]) == (0, 0, 0)  # read and cleared

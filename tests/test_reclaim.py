@@ -2,6 +2,7 @@
 and the allocator keeps free memory in whole pageblocks."""
 
 import numpy as np
+import pytest
 
 from conftest import run, simulation
 from mmnsim import referenced, swap_out
@@ -55,3 +56,26 @@ def test_allocator_splits_a_free_pageblock_only_when_no_partial_one_is_left():
     for f in (0, 1, 2):
         free_frame(ft.node, ft.lists, ft.pb, ft.bits, ft.key, ft.token, f)
     assert ft.node[0, N_ON_LIST + FREEBLK] == 4 and ft.node[0, NFREE] == 4 * PAGEBLOCK_PAGES  # merged back
+
+
+def test_a_memory_cgroup_host_reclaims_directly_in_the_charging_thread_without_kswapd():
+    sim, m = run("host.memcg=true", "engine.race_window=0")
+    assert m["swap_outs"] > 0 and m["kswapd_wakeups"] == 0 and m["direct_reclaims"] > 0
+    # try_to_free_mem_cgroup_pages reclaims SWAP_CLUSTER_MAX at a time, once the limit is reached
+    assert m["swap_outs"] >= 32 * m["direct_reclaims"] * 0.9 and m["invariant_violations"] == 0
+    assert sim.host.watermark() == (0, 0, 0)
+    _, watermarks = run("engine.race_window=0")
+    assert watermarks["kswapd_wakeups"] > 0 and watermarks["direct_reclaims"] == 0
+
+
+@pytest.mark.parametrize("vcpus", [1, 4])
+def test_flush_ipis_go_only_to_vcpus_in_guest_mode(vcpus):
+    # Under a memory cgroup every reclaim runs in the faulting vCPU's own thread: that vCPU is in the host and gets
+    # no IPI; it flushes once at its next entry. With kswapd (its own CPU) every vCPU is kicked.
+    _, memcg = run("host.memcg=true", f"guest.vcpus={vcpus}", "engine.race_window=0")
+    flushes = memcg["kvm.tlb_flushes"]
+    assert flushes > 0 and memcg["kvm.tlb_flush_ipis"] == (vcpus - 1) * flushes
+    assert memcg["kvm.remote_tlb_flush"] == (flushes if vcpus > 1 else 0)  # one vCPU alone: no IPI ever sent
+    assert memcg["kvm.vcpu_tlb_flushes"] == (vcpus - 1) * flushes + memcg["direct_reclaims"]
+    _, kswapd = run(f"guest.vcpus={vcpus}", "engine.race_window=0")
+    assert kswapd["direct_reclaims"] == 0 and kswapd["kvm.tlb_flush_ipis"] == vcpus * kswapd["kvm.tlb_flushes"]

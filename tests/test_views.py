@@ -19,6 +19,8 @@ from mmnsim import HostPolicy, NoConfig, PluginError, SecondaryMMU, Simulation, 
 from mmnsim.invariants import KINDS
 from mmnsim.pagebits import S_PINNED, SH_PINNED
 from mmnsim.plugins.kvm import KVM
+from mmnsim.secondary import STATE_SIZE
+from mmnsim.sectables import SecondaryTables
 
 SMALL = ("guest.memory_mib=16", "host.memory_mib=64", "workload.accesses=2000", "engine.accesses_per_tick=1024")
 # A secondary MMU's own table and state: the plugin writes them (through zap, harvest_accessed, set_seq, ...).
@@ -37,7 +39,11 @@ def _base_attributes(sim: Simulation) -> set[str]:
     subclass's own attributes are the plugin's."""
     client = next(c for c in sim.clients if c.secondary is not None)
     bare = SecondaryMMU.__new__(SecondaryMMU)
-    SecondaryMMU.__init__(bare, sim, client, client.secondary.cfg)
+    tables, sim._secondary_tables = sim._secondary_tables, SecondaryTables([client.mm.npages], STATE_SIZE)
+    try:  # (its table in a run-wide set of its own: the run's has no room for another)
+        SecondaryMMU.__init__(bare, sim, client, client.secondary.cfg)
+    finally:
+        sim._secondary_tables = tables
     props = {n for n, v in vars(SecondaryMMU).items() if isinstance(v, property)}
     return (set(vars(bare)) | props) - PLUGIN_OWNED
 
