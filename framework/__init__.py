@@ -10,6 +10,7 @@ from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf
 
 from . import _numba_cache, pcg64  # noqa: F401  (_numba_cache first: it sets numba's cache directory)
+from .arguments import OperationError
 from .compaction import compact
 from .components import HostPolicy, Mode, NoConfig, SecondaryConfig
 from .config import ConfigError, require
@@ -23,11 +24,11 @@ from .migrate import migrate
 from .mm import MM
 from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
 from .reclaim import charge_reclaim, folio_pages, referenced, scan_frames, swap_out
-from .secondary import SecondaryMMU, device_region
+from .secondary import FAULT_BLOCK, IN_PROGRESS, SEQ, SecondaryMMU, device_region
 from .share import is_shared, merge_pages, mergeable, sharing
 from .simulation import Simulation, Tenant
 from .thp import collapse as collapse_huge_page
-from .thp import split as split_huge_pages
+from .thp import split_huge_pages
 from .traces import FORMATS as TRACE_FORMATS
 from .traces import Collapser, Densifier, TraceError, probe, read_trace
 from .workingset import Folios, MMCounters, lru_folios
@@ -51,6 +52,9 @@ OmegaConf.register_new_resolver("mmnsim_data", data_path, replace=True)
 
 __all__ = [
     "AHEAD",
+    "FAULT_BLOCK",
+    "IN_PROGRESS",
+    "SEQ",
     "REGISTRATION_METRICS",
     "TRACE_FORMATS",
     "U",
@@ -75,6 +79,7 @@ __all__ = [
     "Mode",
     "NoConfig",
     "NotifierRange",
+    "OperationError",
     "PluginError",
     "SecondaryConfig",
     "SecondaryMMU",

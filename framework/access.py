@@ -69,6 +69,8 @@ from .pagebits import (
     S_HUGE,
     S_PINNED,
     S_WRITABLE,
+    SH_ACCESSED,
+    SH_PINNED,
     swap_slot,
 )
 from .pagetable import MM_HAS_NOTIFIERS, MM_HUGEPAGE
@@ -384,8 +386,8 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
     # (KVM's host-mapping-level rule); in pin mode take a long-term pin on each frame (once per entry).
     lo, hi = p, p + 1
     if pflags[key] & P_HUGE and sstate[MODE] & SEC_HUGE:
-        first = p & ~(HUGE_PAGES - 1)
-        if first >= sstate[REGION_LO] and first + HUGE_PAGES <= sstate[REGION_HI]:
+        first = p & ~(HUGE_PAGES - 1)  # (the region is in the plugin's state: the table's size bounds it too)
+        if first >= sstate[REGION_LO] and first + HUGE_PAGES <= min(sstate[REGION_HI], spte.size):
             lo, hi = first, first + HUGE_PAGES
     size_bit = S_HUGE if hi - lo > 1 else 0
     pin_mode = (sstate[MODE] & SEC_PIN) != 0
@@ -395,11 +397,13 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
         old = spte[q]
         sfl = size_bit | (S_WRITABLE if pflags[k] & P_WRITE and fkey[f] >= 0 else 0)  # shared: read-only
         pin = pin_mode
-        if old >= 0 and sflags[q] & S_PINNED:
+        # Whether the old entry holds a pin is the framework's record (SH_PINNED), not the plugin's S_PINNED;
+        # a frame number the plugin rewrote out of range, or to a frame without pins, is not unpinned.
+        if saccessed[q] & SH_PINNED and 0 <= old < fpin.size:
             if old == f and pin:
                 sfl |= S_PINNED
                 pin = False
-            else:
+            elif fpin[old] > 0:
                 fpin[old] -= 1
                 ctr[C.PINS_RELEASED] += 1
         if pin:
@@ -408,7 +412,7 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
             sfl |= S_PINNED
         spte[q] = f
         sflags[q] = sfl
-        saccessed[q] = 0
+        saccessed[q] = SH_PINNED if sfl & S_PINNED else 0
     ks[K_SEQ] = -1
     ks[K_RETRIES] = 0
     if sstate[FAULT_BLOCK] > 1 and hi - lo < sstate[FAULT_BLOCK]:  # the driver maps the block around it
@@ -525,6 +529,7 @@ def _cpu_hits(pages, writes, i, stop, base, pte, pflags, fkey, ftoken, ptoken, f
 def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pflags, mm_base, fkey, ftoken, ptoken,
               fref, pb, distance, nid, ref, numa, check_owner, seq, ctr, skey, stoken):  # fmt: skip
     remote = dist = huge = 0
+    nframes = U(fkey.size)
     while i < stop:
         # Prefetch in three stages, each reading what the one before brought in: the entry of the access
         # 2 * AHEAD on; for the access AHEAD on, if its entry is missing, the PTE its fault will read; for
@@ -548,7 +553,7 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pf
         w = writes[U(i)]
         f = spte[p]
         sfl = sflags[p]
-        if f < 0 or (w and not sfl & S_WRITABLE):
+        if U(f) >= nframes or (w and not sfl & S_WRITABLE):  # no entry, or (the plugin's) no frame: a fault
             break
         key = base + pages[U(i)]
         if check_owner:  # does the entry's frame hold the page?
@@ -566,7 +571,7 @@ def _sec_hits(pages, writes, i, stop, base, mm, spte, sflags, saccessed, pte, pf
                     ctr[C.STALE_READS] += 1
         if not sfl & S_ACCESSED:  # (the shadow is set with it: only the framework writes it)
             sflags[p] = sfl | S_ACCESSED
-            saccessed[p] = 1
+            saccessed[p] |= SH_ACCESSED
         huge += (sfl & S_HUGE) != 0
         if ref:
             fref[U(f)] = 1

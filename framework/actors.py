@@ -32,7 +32,7 @@ class Actors:
         self.running: list[str] = []  # the stack; the notifier chain pushes and pops it directly
         self._labels: list[str] = []
         self._ids: dict[str, int] = {}
-        self.changed = np.zeros(keys, dtype=np.uint16)  # per page key: its last event, or 0
+        self._changed = np.zeros(keys, dtype=np.uint16)  # per page key: its last event, or 0
         # per event: (index into _labels, tick, 1 if exact or 0 if "at or before"); row 0 is "never"; grows
         self._events = np.zeros((256, 3), dtype=np.int64)
         self._nevents = 1
@@ -58,7 +58,7 @@ class Actors:
 
     def record(self, base: int, start: np.ndarray, end: np.ndarray, what: str, tick: int) -> None:
         """The current actor changed the pages [start[i], end[i]) of the mm at key ``base``, by ``what``."""
-        _record(self.changed, base, start, end, self.event(what, tick))
+        _record(self._changed, base, start, end, self.event(what, tick))
 
     def event(self, what: str, tick: int) -> int:
         """The index of the event "the current actor, by ``what``, at ``tick``" in the log, for a compiled
@@ -81,7 +81,7 @@ class Actors:
 
     def who_changed(self, key: int) -> str | None:
         """Who last changed page ``key`` under an invalidation, and at which tick; None if nothing did."""
-        event = int(self.changed[key])
+        event = int(self._changed[key])
         if event == 0:
             return None
         who, tick, exact = (int(x) for x in self._events[event])
@@ -90,7 +90,7 @@ class Actors:
     def _compact(self) -> None:
         """Make room in a full log (see the module's docstring)."""
         used = np.zeros(CAPACITY, dtype=np.int64)
-        _refs(self.changed, used)
+        _refs(self._changed, used)
         live = np.flatnonzero(used[1 : self._nevents]) + 1  # referred to, oldest first
         keep, merge = live[len(live) // 2 :], live[: len(live) // 2]
         rows = [(0, 0, 1)]
@@ -101,7 +101,7 @@ class Actors:
             rows.append((label, int(self._events[olds, 1].max()), 0))
         remap[keep] = np.arange(len(rows), len(rows) + keep.size)
         rows.extend(map(tuple, self._events[keep].tolist()))
-        _renumber(self.changed, remap)
+        _renumber(self._changed, remap)
         self._events = np.zeros((max(256, 2 * len(rows)), 3), dtype=np.int64)
         self._events[: len(rows)] = rows
         self._nevents = len(rows)

@@ -16,8 +16,9 @@ from mmnsim.simulation import Client
 
 # Methods left out: the run's own machinery, not for plugins.
 INTERNAL = {"Simulation": {"step", "run", "check_invariants", "report_violations", "timeseries_rows", "components",
-                           "metrics", "fraction_done"},
-            "MM": {"set_flag"}, "Host": {"ram"}}  # fmt: skip
+                           "metrics", "fraction_done", "call_hook"},
+            "MM": {"check_range"}, "Host": {"ram"},
+            "SecondaryMMU": {"serves_fast"}}  # fmt: skip
 FOREIGN = "pluggy's marker for the project `mmnsim` (decorate hook implementations and specifications)"
 # Exports without a docstring of their own (values, foreign objects), described here.
 DESCRIBED = {
@@ -30,6 +31,14 @@ DESCRIBED = {
     "REGISTRATION_METRICS": "The metrics of a device registration (declared once for rdma, gpu and vfio): list "
     "them in a plugin's `declared_metrics`.",
     "TRACE_FORMATS": "The trace formats `read_trace` reads (`mmnsim-trace info` tells a file's).",
+    "SEQ": "Index in `SecondaryMMU.state` of the invalidation sequence the fault path snapshots and checks "
+    "(mmu_invalidate_seq; an interval subscriber's invalidate_seq): `end_invalidate`, `bump_seq` and `set_seq` "
+    "move it.",
+    "IN_PROGRESS": "Index in `SecondaryMMU.state` of the count of invalidations in progress "
+    "(mmu_invalidate_in_progress): `begin_invalidate` raises it, `end_invalidate` lowers it; a fault retries while "
+    "it is non-zero over its page.",
+    "FAULT_BLOCK": "Index in `SecondaryMMU.state` of the pages a device fault maps around the faulting page "
+    "(`set_fault_block` sets it; 0 or 1: the page alone).",
     "prefetch": "`prefetch(array, index)`, inside a `kernel`: ask the CPU to start loading `array[index]` into its "
     "caches (a hint: never faults, no result), for a loop whose random loads are known some iterations ahead.",
 }

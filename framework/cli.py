@@ -207,15 +207,15 @@ def _app(cfg: DictConfig) -> None:
     (outdir / VIOLATIONS).unlink(missing_ok=True)  # from an earlier run of this job
     # The results stay written; the unpinned strawman's violations are its point, not a failure.
     violated = metrics["invariant_violations"] and not (sim.engine.allow_violations or sim.violations_expected)
+    first = sim.violation_messages[0] if sim.violation_messages else "see the counters in the summary"
     if violated:
         write_bytes_atomic(("\n".join(sim.violation_messages) + "\n").encode(), outdir / VIOLATIONS)
     if multirun:
         write_job_status(outdir, **job, status="violations" if violated else "ok", seconds=metrics["wall_seconds"],
                          compile_seconds=metrics["compile_seconds"], accesses=metrics["accesses"],
                          violations=metrics["invariant_violations"],
-                         first=sim.violation_messages[0] if violated else "")  # fmt: skip
+                         first=first if violated else "")  # fmt: skip
     elif violated:
-        first = sim.violation_messages[0]
         print(f"mmnsim: {metrics['invariant_violations']:,} invariant violations (first: {first}); "
               "engine.allow_violations=true accepts them", file=sys.stderr)  # fmt: skip
         sys.exit(EXIT_VIOLATIONS)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import counters as C
+from .arguments import count_arg
 from .frames import FREE, PAGEBLOCK_SHIFT, PB_HI, PB_LO, PB_NFREE, PB_SIZE, free_frame, take_frame
 from .kernel import kernel
 from .notifier import Event
@@ -92,12 +93,14 @@ def _move(pt, ft, ctr, src, dst):
 
 
 def compact(sim: "Simulation", node: int, blocks: int) -> int:
-    """Try to empty ``blocks`` pageblocks of ``node``; return how many became whole free blocks."""
+    """Try to empty ``blocks`` pageblocks of ``node`` (a RAM node); return how many became whole free blocks."""
     host = sim.host
+    node = sim.host._node(node, "compact", ram=True)
+    blocks = min(count_arg(blocks, "compact", "blocks"), int(host._ft.pb.shape[0]))  # no more than it has
     cap = blocks * 512
     src = np.empty(cap, dtype=np.int64)
     dst = np.empty(cap, dtype=np.int64)
-    pairs, planned = _plan(host._pt.flags, host._ft, host.ctr, node, blocks, src, dst)
+    pairs, planned = _plan(host._pt.flags, host._ft, host._ctr, node, blocks, src, dst)
     if pairs == 0:
         return 0
     src, dst = src[:pairs], dst[:pairs]
@@ -108,8 +111,8 @@ def compact(sim: "Simulation", node: int, blocks: int) -> int:
         sel = owners == index
 
         def move(sel=sel) -> None:
-            _move(host._pt, host._ft, host.ctr, src[sel], dst[sel])
+            _move(host._pt, host._ft, host._ctr, src[sel], dst[sel])
 
-        mm.invalidate_pages(keys[sel] - mm.base, Event.CLEAR, move)  # per page; invalidate_page on kernel=2008
-    host.ctr[C.COMPACT_SUCCESS] += planned
+        mm._invalidate_pages(keys[sel] - mm.base, Event.CLEAR, move)  # per page; invalidate_page on kernel=2008
+    host._ctr[C.COMPACT_SUCCESS] += planned
     return planned

@@ -7,7 +7,9 @@ Range checks go in the dataclass's ``__post_init__`` as ``require(...)`` calls.
 """
 
 import dataclasses
+import traceback
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -19,6 +21,15 @@ SOURCES = "sources"  # a component node's cost ranges and sources (framework/cos
 
 class ConfigError(ValueError):
     """A configuration value is wrong. The message names the key and what would be accepted."""
+
+
+def plugin_raised(who: str, method: str, exc: BaseException, key: str = "") -> ConfigError:
+    """The one line for a plugin's code that raised while a config was checked (a ``Config``'s
+    ``__post_init__``, ``region_of``, ``register_components``): it, the method, the error and the line that
+    raised. (No traceback: this runs before a run, and its log file, exist.)"""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
+    return ConfigError(f"{key + ': ' if key else ''}{who} raised in {method}: {exc!r}{where}")
 
 
 class RunError(RuntimeError):

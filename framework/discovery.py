@@ -18,7 +18,7 @@ from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 from .components import Component
-from .config import ConfigError
+from .config import ConfigError, plugin_raised
 from .entry import ArgumentParser, console_script
 from .hookspecs import PROJECT, FrameworkHooks
 
@@ -84,7 +84,15 @@ def plugin_manager() -> pluggy.PluginManager:
             continue
         pm.register(plugin, name=ep.name)
         impl = getattr(plugin, "register_components", None)
-        empty = not hasattr(impl, f"{PROJECT}_impl") or not (impl() or ())
+        try:
+            empty = not hasattr(impl, f"{PROJECT}_impl") or not (impl() or ())
+        except Exception as exc:  # noqa: BLE001 (its own code: left out as a package that does not import)
+            pm.unregister(plugin)
+            pm.broken[ep.name] = (ep.value, f"register_components raised {type(exc).__name__}: {exc}".splitlines()[0])
+            if ep.name not in _reported:
+                _reported.add(ep.name)
+                log.warning("plugin package entry point %s (%s) left out: %s", ep.name, ep.value, pm.broken[ep.name][1])
+            continue
         if empty and f"empty:{ep.name}" not in _reported:
             _reported.add(f"empty:{ep.name}")
             log.warning("plugin package entry point %s (%s) registers no components", ep.name, ep.value)
@@ -127,7 +135,11 @@ class Registry:
         for name, plugin in pm.list_name_plugin():
             check_hookimpls(name, plugin)
         for impl in pm.hook.register_components.get_hookimpls():
-            for comp in impl.function() or ():
+            try:
+                components = list(impl.function() or ())
+            except Exception as exc:  # noqa: BLE001 (a plugin module's own code)
+                raise plugin_raised(f"plugin '{impl.plugin_name}'", "register_components", exc) from None
+            for comp in components:
                 if not (isinstance(comp, type) and issubclass(comp, Component)) or comp.kind not in KIND_DIRS:
                     raise ConfigError(
                         f"plugin '{impl.plugin_name}' registered {comp!r}, which is not a SecondaryMMU, "

@@ -27,9 +27,9 @@ import numpy as np
 from . import counters as C
 from .kernel import AHEAD, U, kernel, prefetch
 from .notifier import Event
-from .pagebits import HUGE_PAGES, P_HUGE, P_YOUNG, S_ACCESSED
+from .pagebits import HUGE_PAGES, P_HUGE, P_YOUNG, S_ACCESSED, SH_ACCESSED
 from .secondary import IN_PROGRESS, INV_HI, INV_LO, SEQ, zap_range
-from .sectables import ACC_AGED, ACC_FLUSH_YOUNG, ACC_YOUNG, ACC_ZAP_RANGES, ACC_ZAPPED, SH_ACCESSED
+from .sectables import ACC_AGED, ACC_FLUSH_YOUNG, ACC_YOUNG, ACC_ZAP_RANGES, ACC_ZAPPED
 from .swapdev import SWAP_FULL, SWAPPED, swap_out_frame
 
 if TYPE_CHECKING:

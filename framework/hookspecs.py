@@ -178,7 +178,10 @@ class FrameworkHooks:
         Called at the start of every tick, before the clients' accesses (after the OOM reaper's attempt,
         before the tick's invariant check): ``sim.tick`` counts from 0 and names the tick about to run,
         ``sim.time_ns`` is the simulated time before it (0 at tick 0). A killed tenant (``tenant.killed``)
-        issues no more accesses; its mm is the OOM reaper's.
+        issues no more accesses; its mm is the OOM reaper's. The implementations run in pluggy's order, the
+        last registered first (``Simulation.call_hook``): the secondary MMUs' first, the newest first; then the
+        policies', in the reverse of their order in ``policies``; then module-level implementations.
+        ``@hookimpl(tryfirst=True)`` (or ``trylast=True``) puts one before (after) all the others.
         """
 
     @hookspec(firstresult=True)

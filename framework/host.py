@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import counters
+from .arguments import OperationError, int_array, node_arg, page_arg, pages_arg
 from .config import ConfigError, require
 from .frames import (
     FREEBLK,
@@ -39,7 +40,7 @@ from .frames import (
     WMARK_MIN,
     new_frame_table,
 )
-from .pagetable import new_page_table, read_only_tables
+from .pagetable import new_page_table, read_only, read_only_tables
 from .swapdev import new_swap_table
 
 MIB_PAGES = (1 << 20) // PAGE_SIZE
@@ -139,18 +140,18 @@ class Host:
         self.cfg = cfg
         self.nframes = cfg.memory_mib * MIB_PAGES  # host RAM; device memory not included
         self.nodes = cfg.numa_nodes
-        self.node_frames = _split(self.nframes, self.nodes)
-        self.distance = (
+        self.node_frames = tuple(_split(self.nframes, self.nodes))
+        self.distance = read_only(
             np.asarray(cfg.distance, dtype=np.int64)
             if cfg.distance is not None
             else np.where(np.eye(self.nodes, dtype=bool), LOCAL_DISTANCE, REMOTE_DISTANCE)
         )
         # Under a memory cgroup's limit there are no watermarks (the machine has room; the limit is what binds):
         # a charge over the limit reclaims directly, in the charging thread (try_charge_memcg).
-        self.watermarks = (np.zeros((self.nodes, 3), dtype=np.int64) if cfg.memcg else
-                           _watermarks(self.node_frames, cfg.min_free_kbytes, cfg.watermark_scale_factor))  # fmt: skip
-        self.watermarks.flags.writeable = False  # [node, (min, low, high)]: read them, through watermark()
-        self.device_nodes = list(range(self.nodes, self.nodes + len(device_frames)))
+        marks = (np.zeros((self.nodes, 3), dtype=np.int64) if cfg.memcg else
+                 _watermarks(self.node_frames, cfg.min_free_kbytes, cfg.watermark_scale_factor))  # fmt: skip
+        self.watermarks = read_only(marks)  # [node, (min, low, high)], read-only: read them through watermark()
+        self.device_nodes = tuple(range(self.nodes, self.nodes + len(device_frames)))
         self.ft = new_frame_table(
             [*self.node_frames, *device_frames],
             self.distance,
@@ -162,7 +163,8 @@ class Host:
             self.ft.reg[REG_FLAGS] |= MEMCG
         self.sw = new_swap_table(cfg.swap_mib * MIB_PAGES, cfg.swap_write_error_rate, cfg.swap_read_error_rate, seed)
         self.pt = new_page_table(mm_pages)
-        self.ctr = counters.new_counters()
+        self._ctr = counters.new_counters()  # the framework's (kernels and operations count into it)
+        self.ctr = read_only(self._ctr)  # the kernel counters, read-only: ``sim.counter(name)`` reads one
         # The framework's writable tables (``_pt``, ``_ft``, ``_sw``: the kernels and the mm operations write
         # them) and the read-only views everyone else gets (``pt``, ``ft``, ``sw``): plugins read host state,
         # and change it only through the operations, which raise the notifiers.
@@ -171,7 +173,7 @@ class Host:
         pt, ft, sw = self._pt, self._ft, self._sw
         # The writable arrays in the order the access kernel takes them (``access.run_accesses``): numba types a
         # tuple of arrays field by field on every call, which costs more than passing the arrays.
-        self.flat = (pt.pte, pt.flags, pt.token, pt.mm_base, pt.mm_flags, ft.key, ft.token, ft.pin, ft.ref, ft.pb,
+        self._flat = (pt.pte, pt.flags, pt.token, pt.mm_base, pt.mm_flags, ft.key, ft.token, ft.pin, ft.ref, ft.pb,
                      ft.bits, ft.lists, ft.node, ft.node_order, ft.distance, ft.reg, ft.hints, sw.key, sw.token,
                      sw.free, sw.reg)  # fmt: skip
 
@@ -186,16 +188,16 @@ class Host:
 
     def free_on(self, node: int) -> int:
         """Free frames on one node (RAM or device memory)."""
-        return int(self.ft.node[node, NFREE])
+        return int(self.ft.node[self._node(node, "free_on"), NFREE])
 
     def watermark(self, node: int | None = None) -> Watermarks:
         """The watermarks of a RAM node, or (``node`` None) summed over all RAM nodes."""
-        rows = self.watermarks if node is None else self.watermarks[node : node + 1]
+        rows = self.watermarks if node is None else self.watermarks[self._node(node, "watermark", ram=True)][None]
         return Watermarks(*(int(v) for v in rows.sum(axis=0)))
 
     def is_pinned(self, frames: np.ndarray) -> np.ndarray:
         """For each frame: does a long-term pin hold it (folio_maybe_dma_pinned)? A copy, one bool each."""
-        return self.ft.pin[np.asarray(frames, dtype=np.int64)] > 0
+        return self.ft.pin[pages_arg(frames, self.ft.key.size, "is_pinned", "frames")] > 0
 
     def pages_to_high(self) -> int:
         """Frames kswapd must free for every node to reach its high watermark."""
@@ -217,18 +219,30 @@ class Host:
 
     def free_blocks(self, node: int) -> int:
         """Whole free pageblocks (order-9 blocks, room for a THP) on ``node``."""
-        return int(self.ft.node[node, N_ON_LIST + FREEBLK])
+        return int(self.ft.node[self._node(node, "free_blocks"), N_ON_LIST + FREEBLK])
 
     def pinned_pages(self) -> int:
         return int(np.count_nonzero(self.ft.pin))
 
     def node_of(self, frame: int) -> int:
+        """The node (RAM or device memory) of one frame."""
+        frame = page_arg(frame, self.ft.key.size, "node_of", "frame")
         return int(self.ft.pb[frame >> PAGEBLOCK_SHIFT, PB_NODE])
 
     def nodes_of(self, frames: np.ndarray) -> np.ndarray:
-        """The node of each frame; -1 where ``frames`` holds no frame (a PTE that is not present)."""
-        frames = np.asarray(frames, dtype=np.int64)
+        """The node of each frame; -1 where ``frames`` holds no frame (a PTE that is not present: any
+        negative value)."""
+        frames = int_array(frames, "nodes_of", "frames")
+        if frames.size and int(frames.max()) >= self.ft.key.size:
+            raise OperationError(f"nodes_of: frames must be < {self.ft.key.size} (or negative: no frame), got "
+                                 f"{int(frames.max())}")  # fmt: skip
         return np.where(frames >= 0, self.ft.pb[np.maximum(frames, 0) >> PAGEBLOCK_SHIFT, PB_NODE], -1)
+
+    def _node(self, node: object, op: str, ram: bool = False) -> int:
+        """A node number, checked: RAM nodes, then (unless ``ram``) device-memory nodes."""
+        if ram:
+            return node_arg(node, self.nodes, op, "RAM nodes")
+        return node_arg(node, self.ft.node.shape[0], op, "RAM nodes, then device memory")
 
     def swap_used(self) -> int:
         return int(self.sw.reg[1])

@@ -50,13 +50,18 @@ from .pagebits import (
     P_WRITE,
     PTE_NONE,
     S_ACCESSED,
-    S_PINNED,
     S_WRITABLE,
+    SH_PINNED,
 )
 from .swapdev import REG_USED, SLOT_FREE
 
 if TYPE_CHECKING:
     from .simulation import Simulation
+
+
+class InvariantViolation(RuntimeError):
+    """Raised by a run with engine.stop_on_violation when an invariant breaks."""
+
 
 KINDS = ("coherence", "isolation", "integrity", "pin", "conservation", "accessed", "permission")
 COHERENCE, ISOLATION, INTEGRITY, PIN, CONSERVATION, ACCESSED, PERMISSION = range(len(KINDS))
@@ -64,7 +69,7 @@ COHERENCE, ISOLATION, INTEGRITY, PIN, CONSERVATION, ACCESSED, PERMISSION = range
 # What exactly a noted violation is (examples[kind, 2]), for its message.
 (W_STALE, W_FOREIGN, W_WRONG_OWNER, W_SLOT_OWNER, W_CONTENT_FRAME, W_CONTENT_SLOT, W_CONTENT_NONE, W_PIN_COUNT,
  W_PIN_FREE, W_ORPHAN, W_BAD_KEY, W_FREE_BITS, W_PB_NFREE, W_MAPPED, W_SHARERS, W_TOTAL, W_SLOTS, W_THP_PART,
- W_THP_FRAMES, W_PERM_WRITE, W_PERM_SHARED, W_PERM_NONE) = range(22)  # fmt: skip
+ W_THP_FRAMES, W_PERM_WRITE, W_PERM_SHARED, W_PERM_NONE, W_NO_FRAME) = range(23)  # fmt: skip
 
 
 @kernel
@@ -258,12 +263,15 @@ def _forbidden(pfl, sfl):
 
 
 @kernel
-def _check_secondary(pt, ft, mm, spte, sflags, any_shared, expected_pins, check_perm, counts, examples):
+def _check_secondary(pt, ft, mm, spte, sflags, shadow, any_shared, expected_pins, check_perm, counts, examples):
     """A secondary table against the primary: an entry whose frame is the PTE's is coherent (and, the
     host check having verified the rmap, isolated); only the rare other entry is looked up further.
     ``any_shared``: whether any frame is a shared (KSM) one; if none is, a coherent entry needs no look at
     its frame (a random load per entry, most of this check's time otherwise). ``check_perm``: also judge
-    each coherent entry's permissions against the PTE's (for a subscriber, which is told of changes)."""
+    each coherent entry's permissions against the PTE's (for a subscriber, which is told of changes).
+    Pins are counted by the framework's own record of each entry (``shadow``'s SH_PINNED), and a frame
+    number beyond the host's frames (the plugin's table is the plugin's to write) is an isolation violation,
+    never an index."""
     pte, pflags, mm_base, fkey = pt.pte, pt.flags, pt.mm_base, ft.key
     base = mm_base[mm]
     count_pins = expected_pins.size > 0
@@ -278,7 +286,10 @@ def _check_secondary(pt, ft, mm, spte, sflags, any_shared, expected_pins, check_
         f = spte[p]
         if f < 0:
             continue
-        if count_pins and sflags[p] & S_PINNED:
+        if f >= fkey.size:
+            _note(counts, examples, ISOLATION, p, f, W_NO_FRAME)
+            continue
+        if count_pins and shadow[p] & SH_PINNED:
             expected_pins[f] += 1
         if pte[base + p] == f:
             pfl = pflags[base + p]
@@ -311,7 +322,7 @@ class Report:
 def check(sim: "Simulation") -> Report:
     host = sim.host
     report = Report()
-    pinning = bool(host._ft.pin.any()) or any(count_set(s.sflags, S_PINNED) for s in sim.secondaries)
+    pinning = bool(host._ft.pin.any()) or any(count_set(s._accessed, SH_PINNED) for s in sim.secondaries)
     expected_pins = np.zeros(host._ft.key.size if pinning else 0, dtype=np.int32)  # device memory too
     shared = bool(count_at_most(host._ft.key, SHARED))
     for sec in sim.secondaries:
@@ -340,8 +351,8 @@ def _check_table(sim: "Simulation", sec, shared: bool, expected_pins: np.ndarray
     counts = np.zeros(len(KINDS), dtype=np.int64)
     examples = np.zeros((len(KINDS), 3), dtype=np.int64)
     subscribed = _subscribed(sec)
-    _check_secondary(host._pt, host._ft, sec.mm.index, sec.spte, sec.sflags, shared, expected_pins, subscribed,
-                     counts, examples)  # fmt: skip
+    _check_secondary(host._pt, host._ft, sec.mm.index, sec._spte, sec._sflags, sec._accessed, shared, expected_pins,
+                     subscribed, counts, examples)  # fmt: skip
     report.counts += counts
     for kind in np.flatnonzero(counts):
         page, frame, what = (int(x) for x in examples[kind])
@@ -362,7 +373,7 @@ def _told(sim: "Simulation", sec, page: int) -> bool:
 
 
 def _invalidate_hook(sec) -> str:
-    return "invalidate" if getattr(sec, "interval", False) else "invalidate_range_start"
+    return "invalidate" if getattr(sec, "_interval", False) else "invalidate_range_start"
 
 
 def _last_change(sim: "Simulation", key: int) -> str:
@@ -376,6 +387,9 @@ def _entry_story(sim: "Simulation", sec, page: int, frame: int, what: int, subsc
     pte = int(sim.host._pt.pte[key])
     change = _last_change(sim, key)
     told = f"{sec.label} was told ({_invalidate_hook(sec)}) and kept its entry"
+    if what == W_NO_FRAME:
+        return (f"{sec.label} maps page {page} to frame {frame}, which is no frame of the host (frames 0.."
+                f"{sim.host._ft.key.size - 1}). Culprit: {sec.label}, which wrote its table (spte) itself")  # fmt: skip
     if what in (W_STALE, W_FOREIGN):
         story = f"{sec.label} maps page {page} to frame {frame}, {_frame_story(sim, sec.mm, page, frame)}"
         story += f"; the PTE was {change}"
@@ -434,15 +448,15 @@ def _stale_writers(sim: "Simulation", key: int, frame: int) -> list[str]:
     pte = sim.host._pt.pte
     found = []
     for sec in sim.secondaries:
-        if not sec.spte.size:
+        if not sec._spte.size:
             continue
         page = key - sec.mm.base
-        if 0 <= page < sec.spte.size and sec.spte[page] >= 0 and sec.spte[page] != pte[key]:
-            found.append(f"{sec.label}, which still maps page {page} to frame {int(sec.spte[page])} (stale) and wrote "
+        if 0 <= page < sec._spte.size and sec._spte[page] >= 0 and sec._spte[page] != pte[key]:
+            found.append(f"{sec.label}, which still maps page {page} to frame {int(sec._spte[page])} (stale) and wrote "
                          "through it")  # fmt: skip
             continue
         if frame >= 0:
-            on_frame = np.flatnonzero(sec.spte == frame)
+            on_frame = np.flatnonzero(sec._spte == frame)
             stale = [int(p) for p in on_frame if pte[sec.mm.base + p] != frame]
             if stale:
                 found.append(f"{sec.label}, whose entry for page {stale[0]} still maps frame {frame} (stale) and "
@@ -458,7 +472,7 @@ def _page(sim: "Simulation", key: int) -> str:
 def _host_story(sim: "Simulation", what: int, a: int, b: int) -> str:
     host = sim.host
     if what in (W_PIN_COUNT, W_PIN_FREE):
-        holders = [s.label for s in sim.secondaries if np.any((s.spte == a) & ((s.sflags & S_PINNED) != 0))]
+        holders = [s.label for s in sim.secondaries if np.any((s._spte == a) & ((s._accessed & SH_PINNED) != 0))]
         return (
             f"frame {a} has pin count {int(host._ft.pin[a])} and key {int(host._ft.key[a])}, but "
             f"{'entries of ' + ', '.join(holders) if holders else 'no secondary entry'} account for its pins. "
@@ -527,7 +541,7 @@ def verify_invalidated(sim: "Simulation", subscriber, op: str, start: np.ndarray
     zapping, or keeps an entry and drops it before anyone looks, is caught here rather than never: each entry
     left counts as a ``coherence`` violation (the primary mapping is about to change under it). ``what``
     describes the invalidation (its event, ranges and the operation that raised it)."""
-    spte = subscriber.spte
+    spte = subscriber._spte
     if not spte.size:
         return
     first = np.zeros(1, dtype=np.int64)
@@ -553,7 +567,7 @@ def verify_install(sim: "Simulation", secondary, page: int) -> None:
     moment it exists. The subscriber's invalidation did not move the fault side's sequence (no
     ``end_invalidate`` bump, no ``set_seq``), or its fault path read the sequence after resolving the page
     (the mmu_interval_read_begin misuse). One ``coherence`` violation, reported as it happens."""
-    frame = int(secondary.spte[page])
+    frame = int(secondary._spte[page])
     report = Report()
     report.counts[COHERENCE] = 1
     message = (f"coherence: {secondary.label} installed frame {frame} for page {page} after its fault slept while "
@@ -570,7 +584,7 @@ def verify_test_young(sim: "Simulation", subscriber, pages: np.ndarray, before: 
     """``test_young`` looks and does not age (khugepaged and reclaim call it to look): ``subscriber``'s own
     accessed bits of ``pages`` must read after the call as ``before`` it; each page changed is an
     ``accessed`` violation naming the plugin."""
-    after = (subscriber.sflags[pages] & S_ACCESSED) != 0
+    after = (subscriber._sflags[pages] & S_ACCESSED) != 0
     changed = np.flatnonzero(after != before)
     if not changed.size:
         return
@@ -601,7 +615,7 @@ def verify_young(sim: "Simulation", subscriber, op: str, start: np.ndarray, end:
     hid_page = 0
     if hid.size:
         r = int(hid[0])
-        mapped = np.flatnonzero(subscriber.spte[start[r] : end[r]] >= 0)
+        mapped = np.flatnonzero(subscriber._spte[start[r] : end[r]] >= 0)
         hid_page = int(start[r]) + (int(mapped[0]) if mapped.size else 0)
     lied_at = (int(start[lied[0]]), int(end[lied[0]])) if lied.size else (0, 0)
     kept_at = (int(start[kept[0]]), int(end[kept[0]])) if kept.size else (0, 0)
@@ -627,7 +641,7 @@ def report_young(sim: "Simulation", subscriber, op: str, lied: int, lied_at: tup
         parts.append(f"young for {lied} ranges none of its entries was accessed in (first: {pages(lied_at)})")
     if hid:
         parts.append(f"not young for {hid} ranges it accessed (first: page {hid_page}, "
-                     f"frame {int(subscriber.spte[hid_page])})")  # fmt: skip
+                     f"frame {int(subscriber._spte[hid_page])})")  # fmt: skip
     if kept:
         parts.append(f"but left its accessed bits set in {kept} ranges (first: {pages(kept_at)}): the next call "
                      "will call them young again")  # fmt: skip

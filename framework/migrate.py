@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import counters as C
+from .arguments import OperationError, count_arg, mm_arg, pages_arg
 from .frames import NFREE, PAGEBLOCK_SHIFT, PB_NODE, alloc_frame, free_frame
 from .kernel import kernel
 from .notifier import Event, page_runs
@@ -76,7 +77,14 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
     Returns the number moved; pinned pages and those the target had no room for are refused.
     """
     host = sim.host
-    asked = np.ascontiguousarray(pages, dtype=np.int64)
+    mm = mm_arg(sim, mm, "migrate")
+    asked = pages_arg(pages, mm.npages, "migrate")
+    node = sim.host._node(node, "migrate")
+    keep_free = count_arg(keep_free, "migrate", "keep_free")
+    if owner is not None and not any(owner is s for s in sim.secondaries):
+        raise OperationError(
+            f"migrate: owner must be None or one of sim.secondaries (the device asking), got {owner!r}"
+        )
     if asked.size == 0:
         return 0
     split(sim, mm, asked)  # pages move one by one: split any THP first
@@ -85,7 +93,7 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
     event = Event.MIGRATE if device or bool((mm.flags[asked] & P_DEVICE).any()) else Event.CLEAR
     ok = np.empty(asked.size, dtype=np.bool_)
     ft = host._ft
-    host.ctr[C.MIGRATIONS_REFUSED] += _movable(host._pt.pte, ft.key, ft.pin, ft.pb, mm.base, asked, node, ok)
+    host._ctr[C.MIGRATIONS_REFUSED] += _movable(host._pt.pte, ft.key, ft.pin, ft.pb, mm.base, asked, node, ok)
     pages = asked[ok]
     if event is Event.CLEAR:
         # The target's room is checked before anything is unmapped (migrate_balanced_pgdat and
@@ -93,7 +101,7 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
         # are refused, untouched. (migrate_vma_collect unmaps the whole range first, whatever the target has.)
         room = max(int(ft.node[node, NFREE]) - keep_free, 0)
         if pages.size > room:
-            host.ctr[C.MIGRATIONS_REFUSED] += pages.size - room
+            host._ctr[C.MIGRATIONS_REFUSED] += pages.size - room
             pages = pages[:room]
         if pages.size == 0:
             return 0
@@ -101,10 +109,10 @@ def migrate(sim: "Simulation", mm: "MM", pages: np.ndarray, node: int, owner: ob
 
     def move() -> None:
         nonlocal moved
-        moved = _move(host._pt, host._ft, host.ctr, mm.base, pages, node, keep_free, device)
+        moved = _move(host._pt, host._ft, host._ctr, mm.base, pages, node, keep_free, device)
 
     if event is Event.MIGRATE:  # migrate_vma_collect: one range per contiguous run asked for
         mm.invalidate(page_runs(mm, np.unique(asked), event, owner=owner), move)
     else:  # per page, as try_to_migrate_one (and under kernel=2008, try_to_unmap_one's invalidate_page)
-        mm.invalidate_pages(pages, event, move)
+        mm._invalidate_pages(pages, event, move)
     return moved

@@ -17,13 +17,17 @@ from typing import Any, NamedTuple
 import numpy as np
 import pluggy
 
+from .arguments import OperationError, int_array, ranges_arrays
+from .config import ConfigError
 from .counters import INVALIDATE_PAGE_CALLS, INVALIDATIONS, INVALIDATIONS_BY_EVENT, INVALIDATIONS_REFUSED
 from .hookspecs import PROJECT, NotifierOps
-from .invariants import verify_invalidated, verify_test_young, verify_young
+from .invariants import InvariantViolation, verify_invalidated, verify_test_young, verify_young
 from .pagebits import S_ACCESSED
-from .pagetable import MM_HAS_NOTIFIERS
+from .pagetable import MM_HAS_NOTIFIERS, frozen, is_frozen
+from .traces import TraceError
 
 log = logging.getLogger("mmnsim")
+tracebacks = logging.getLogger("mmnsim.traceback")  # a plugin's traceback: to the log file, not the console
 _NO_TABLE = np.zeros(0)
 # The ops after which a subscriber that accepted holds no entry in the ranges (checked at the return).
 _INVALIDATING = frozenset({"invalidate_range_start", "invalidate", "invalidate_page", "release"})
@@ -50,6 +54,18 @@ class PluginError(RuntimeError):
     """A plugin broke the hook contract (raised, refused a blockable range, livelocked, ...)."""
 
 
+# Errors the framework raises on purpose, which a wrapper around a plugin call passes on as they are (a trace
+# file's error, raised in a trace workload's ``pages``, is an input error: the command names the file).
+FRAMEWORK_ERRORS = (PluginError, ConfigError, InvariantViolation, TraceError)
+
+
+def component_label(comp: Any) -> str:
+    """A component as messages name it: "secondary MMU 'kvm[guest0]'", "policy 'swap'", "workload 'zipf'"."""
+    if getattr(comp, "kind", "") == "secondary":
+        return f"secondary MMU '{comp.label}'"
+    return f"{getattr(comp, 'kind', '') or 'plugin'} '{getattr(comp, 'name', type(comp).__name__)}'"
+
+
 def plugin_label(plugin_name: str) -> str:
     """A pluggy plugin name as a reader knows it: "policy:swap" -> "policy 'swap'"."""
     kind, _, name = plugin_name.partition(":")
@@ -57,12 +73,33 @@ def plugin_label(plugin_name: str) -> str:
 
 
 def plugin_error(who: str, hook: str, exc: BaseException) -> PluginError:
-    """The one-line error for ``exc`` raised by ``who`` in ``hook``; its traceback goes to the log."""
-    log.error("%s raised in %s:\n%s", who, hook, "".join(traceback.format_exception(exc)).rstrip())
-    if isinstance(exc, ValueError) and "read-only" in str(exc):
+    """The one-line error for ``exc`` raised by ``who`` in ``hook``; its traceback goes to the run's log file
+    only (the ``mmnsim.traceback`` logger, which the command's logging config sends to the file, not the
+    console)."""
+    tracebacks.error("%s raised in %s:\n%s", who, hook, "".join(traceback.format_exception(exc)).rstrip())
+    if isinstance(exc, ValueError) and ("read-only" in str(exc) or "WRITEABLE" in str(exc)):
         return PluginError(f"{who} wrote to host state in {hook} through a read-only view ({exc}): plugins change "
                            "host state only through the mm operations, which raise the notifiers")  # fmt: skip
+    if isinstance(exc, OperationError):
+        return PluginError(f"{who} called an operation with a bad argument in {hook}: {exc}")
     return PluginError(f"{who} raised in {hook}: {exc!r}")
+
+
+def guarded(running: list[str], who: str, method: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``, a plugin's method (``who``'s ``method``), as the current actor (pushed on ``running``, the
+    ``Actors`` stack), as the hooks are called: an exception other than the framework's own becomes a one-line
+    ``PluginError`` naming ``who`` and ``method`` (``plugin_error``). For the calls into a plugin that are
+    not hooks: ``attach``, ``fault_around``, ``fault_cost_ns``, ``walk_refs``, ``tlb_huge``,
+    ``migrate_to_ram``, ``teardown``, ``invalidate_self``'s delivery, a constructor, a workload's ``pages``."""
+    running.append(f"{who} in {method}")
+    try:
+        return fn(*args, **kwargs)
+    except FRAMEWORK_ERRORS:
+        raise
+    except Exception as exc:
+        raise plugin_error(who, method, exc) from exc
+    finally:
+        running.pop()
 
 
 class _Impl(NamedTuple):
@@ -88,20 +125,23 @@ class NotifierRange:
         if not isinstance(self.event, Event):
             try:
                 object.__setattr__(self, "event", Event(self.event))
-            except ValueError:
+            except (ValueError, TypeError):
                 accepted = ", ".join(e.name for e in Event)
-                raise ValueError(f"unknown notifier event {self.event!r}; accepted: {accepted}") from None
-        if self.start.shape != self.end.shape or not self.nonempty():
-            raise ValueError("a notifier range batch needs start and end arrays of one shape, each end > its start")
+                message = f"NotifierRange: unknown notifier event {self.event!r}; accepted: {accepted}"
+                raise OperationError(message) from None
+        # Inside the mm, each end > its start; read-only, since every subscriber and the operation's own
+        # change read the same arrays after a plugin had them (a range moved by one would move the change).
+        npages = getattr(self.mm, "npages", None)
+        if npages is None:
+            raise OperationError(f"NotifierRange: mm must be an mmnsim.MM, got {self.mm!r}")
+        start, end = ranges_arrays(self.start, self.end, npages, "NotifierRange", empty_ok=False, copy=False)
+        if start.size == 0:
+            raise OperationError("NotifierRange: a batch needs at least one range")
+        object.__setattr__(self, "start", start if is_frozen(start) else frozen(start))
+        object.__setattr__(self, "end", end if is_frozen(end) else frozen(end))
 
     def __len__(self) -> int:
         return int(self.start.size)
-
-    def nonempty(self) -> bool:
-        """Every range holds a page (a one-range batch, as a race window's, without a numpy reduction)."""
-        if self.start.size == 1:
-            return bool(self.end[0] > self.start[0])
-        return bool((self.end > self.start).all())
 
     def span(self) -> tuple[int, int]:
         """The lowest start and the highest end of the batch."""
@@ -137,6 +177,15 @@ def sum_per_range(start: np.ndarray, end: np.ndarray, per_page: np.ndarray) -> n
     return np.add.reduceat(per_page.astype(np.int64, copy=False), np.cumsum(lengths) - lengths)
 
 
+def ranges_of(ranges: Any, mm: Any, op: str) -> NotifierRange:
+    """``ranges`` if it is a ``NotifierRange`` of ``mm`` (checked inside it when built), else OperationError."""
+    if not isinstance(ranges, NotifierRange) or ranges.mm is not mm:
+        got = f"ranges of mm '{getattr(ranges.mm, 'name', ranges.mm)}'" if isinstance(ranges, NotifierRange) else (
+            repr(ranges)[:80])  # fmt: skip
+        raise OperationError(f"{op}: expected a NotifierRange of mm '{getattr(mm, 'name', mm)}', got {got}")
+    return ranges
+
+
 def describe_ranges(start: np.ndarray, end: np.ndarray) -> str:
     """The ranges for a message: "pages [a, b)", and how many more the batch holds."""
     more = f" and {start.size - 1} more ranges" if start.size > 1 else ""
@@ -145,7 +194,7 @@ def describe_ranges(start: np.ndarray, end: np.ndarray) -> str:
 
 def single_pages(mm: Any, pages: np.ndarray, event: Event, **kw: Any) -> NotifierRange:
     """One range per page, as the kernel's per-folio calls in reclaim and migration."""
-    pages = np.asarray(pages, dtype=np.int64)
+    pages = int_array(pages, "single_pages", "pages", copy=False)  # (checked inside the mm by NotifierRange)
     return NotifierRange(mm, pages, pages + 1, event, **kw)
 
 
@@ -183,13 +232,13 @@ class NotifierChain:
             )
         self._pm.register(subscriber, name=unique_name(self._pm, _label(subscriber)))
         self._changed()
-        self.mm.set_flag(MM_HAS_NOTIFIERS, True)
+        self.mm._set_flag(MM_HAS_NOTIFIERS, True)
 
     def unsubscribe(self, subscriber: object) -> None:
         if self._pm.is_registered(subscriber):
             self._pm.unregister(subscriber)
         self._changed()
-        self.mm.set_flag(MM_HAS_NOTIFIERS, bool(self.subscribers()))
+        self.mm._set_flag(MM_HAS_NOTIFIERS, bool(self.subscribers()))
 
     def _changed(self) -> None:
         self._by_op.clear()
@@ -236,14 +285,14 @@ class NotifierChain:
             running.append(label)
             try:
                 result = fn(*[args[a] for a in argnames])
-            except PluginError:
+            except FRAMEWORK_ERRORS:
                 raise
             except Exception as exc:
                 raise plugin_error(f"secondary MMU '{name}'", op, exc) from exc
             finally:
                 running.pop()
             results.append((name, result))
-            if op in _INVALIDATING and result is not False and getattr(plugin, "spte", _NO_TABLE).size:
+            if op in _INVALIDATING and result is not False and getattr(plugin, "_spte", _NO_TABLE).size:
                 self._verify_invalidated(plugin, op, args)
             if stop_on_refusal and result is False:
                 break
@@ -257,13 +306,13 @@ class NotifierChain:
         running.append(f"{label} in {op}")
         try:
             result = getattr(subscriber, op)(**kwargs)
-        except PluginError:
+        except FRAMEWORK_ERRORS:
             raise
         except Exception as exc:
             raise plugin_error(label, op, exc) from exc
         finally:
             running.pop()
-        if op in _INVALIDATING and result is not False and getattr(subscriber, "spte", _NO_TABLE).size:
+        if op in _INVALIDATING and result is not False and getattr(subscriber, "_spte", _NO_TABLE).size:
             self._verify_invalidated(subscriber, op, kwargs)
         return result
 
@@ -290,7 +339,7 @@ class NotifierChain:
         (mn_itree_invalidate), stopping at the first that refuses, in which case no whole-mm subscriber is
         called at all; then every whole-mm subscriber (mn_hlist_invalidate_range_start), and if one of
         those refused, ``invalidate_range_end`` on every one that implements it."""
-        ctr = self.mm.sim.host.ctr
+        ctr = self.mm.sim.host._ctr
         ctr[INVALIDATIONS] += len(ranges)
         ctr[INVALIDATIONS_BY_EVENT + ranges.event] += len(ranges)
         self.invalidate_seq += 1
@@ -332,8 +381,8 @@ class NotifierChain:
         """__mmu_notifier_invalidate_page (2.6.27) for each of ``pages``: every subscriber implementing
         ``invalidate_page`` is told, one page at a time (one call per batch here). Counted as invalidations
         of ``event``, the event the same path raises today, so that per-event counts stay comparable."""
-        pages = np.asarray(pages, dtype=np.int64)
-        ctr = self.mm.sim.host.ctr
+        pages = frozen(np.asarray(pages, dtype=np.int64))
+        ctr = self.mm.sim.host._ctr
         ctr[INVALIDATIONS] += pages.size
         ctr[INVALIDATIONS_BY_EVENT + event] += pages.size
         ctr[INVALIDATE_PAGE_CALLS] += pages.size
@@ -352,13 +401,14 @@ class NotifierChain:
         sim = self.mm.sim
         verify = sim.engine.check_invariants
         clearing = op != "test_young"
+        start, end = frozen(start), frozen(end)  # read again after the plugins had them
         truth, before = {}, {}
         for impl in self._impls(op):
-            if verify and getattr(impl.plugin, "spte", _NO_TABLE).size:
+            if verify and getattr(impl.plugin, "_spte", _NO_TABLE).size:  # the framework's view of its table
                 sub = impl.plugin  # the truth, taken before the op (which consumes the accesses) can touch it
                 truth[impl.name] = sub._consume_shadow(start, end) if clearing else sub.shadow_young(start, end)
                 if not clearing:  # test_young must leave the plugin's own bits as it found them
-                    before[impl.name] = (sub.sflags[start] & S_ACCESSED) != 0
+                    before[impl.name] = (sub._sflags[start] & S_ACCESSED) != 0
         young = np.zeros(start.size, dtype=bool)
         args = {"mm": self.mm, "start": start, "end": end} if clearing else {"mm": self.mm, "pages": start}
         for name, res in self.call(op, **args):
@@ -373,7 +423,7 @@ class NotifierChain:
                 kept = sub._accessed_left(start, end) if clearing else None
                 # An MMU that says it cannot see its accesses (``young`` False: 2.6.27's EPT) may answer
                 # "old" for what it accessed, as clear_young may; answering "young" falsely is still a lie.
-                checked = op if getattr(sub, "young", True) else "clear_young"
+                checked = op if getattr(sub, "_young", True) else "clear_young"  # as the class said at construction
                 verify_young(sim, sub, checked, start, end, truth[name], arr, kept)
                 if name in before:
                     verify_test_young(sim, sub, start, before[name])
@@ -385,7 +435,7 @@ class NotifierChain:
         subscribers get an ``invalidate`` of the whole mm with event RELEASE (mn_itree_release)."""
         whole = NotifierRange(self.mm, np.array([0]), np.array([self.mm.npages]), Event.RELEASE)
         if self._impls("invalidate"):
-            ctr = self.mm.sim.host.ctr
+            ctr = self.mm.sim.host._ctr
             ctr[INVALIDATIONS] += 1
             ctr[INVALIDATIONS_BY_EVENT + Event.RELEASE] += 1
         self.invalidate_seq += 1
@@ -395,7 +445,7 @@ class NotifierChain:
         for sub in list(self._pm.get_plugins()):
             self._pm.unregister(sub)
         self._changed()
-        self.mm.set_flag(MM_HAS_NOTIFIERS, False)
+        self.mm._set_flag(MM_HAS_NOTIFIERS, False)
 
 
 def unique_name(pm: pluggy.PluginManager, name: str) -> str:

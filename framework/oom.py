@@ -91,7 +91,7 @@ class OOMKiller:
         sim = self.sim
         sim.pinned_peak = max(sim.pinned_peak, sim.host.pinned_pages())  # the peak is at the kill, not at tick end
         tenant.killed = True
-        sim.host.ctr[C.OOM_KILLS] += 1
+        sim.host._ctr[C.OOM_KILLS] += 1
         record = Kill(tenant.name, sim.tick, sim.time_ns, points)
         self.kills.append(record)
         log.warning("out of memory: killed %s (badness %d) at tick %d", tenant.name, points, sim.tick)
@@ -109,11 +109,11 @@ class OOMKiller:
             record.reap_attempts += 1
             reaped = tenant.mm.oom_reap()
             if reaped is None:
-                self.sim.host.ctr[C.OOM_REAPER_REFUSALS] += 1
+                self.sim.host._ctr[C.OOM_REAPER_REFUSALS] += 1
                 if record.reap_attempts < MAX_OOM_REAP_RETRIES:
                     continue
             else:
-                self.sim.host.ctr[C.OOM_REAPED_PAGES] += reaped
+                self.sim.host._ctr[C.OOM_REAPED_PAGES] += reaped
                 record.reaped = True
             del self._reaping[name]  # reaped, or MMF_OOM_SKIP: the victim's exit completes
             tenant.mm.exit()

@@ -9,7 +9,8 @@ The primary page table is three arrays indexed by a page's global key (see ``pag
 * ``token`` uint32: the content the page must hold (0 for a never-written or discarded page).
 
 A secondary MMU's table is two arrays indexed by the page number inside its mm: ``spte`` (int32 frame
-or ``PTE_NONE``) and ``sflags`` (uint8, the ``S_*`` bits).
+or ``PTE_NONE``) and ``sflags`` (uint8, the ``S_*`` bits); beside them the framework keeps ``accessed``
+(uint8, the ``SH_*`` bits), which the plugin can read but not write.
 """
 
 import numpy as np
@@ -35,7 +36,12 @@ P_VMA_RW = P_VMA | P_READ | P_WRITE
 S_ACCESSED = 1  # the device/EPT accessed bit, set by the framework on every access through the entry
 S_WRITABLE = 2  # the entry allows writes
 S_HUGE = 4  # the entry maps 2 MiB
-S_PINNED = 8  # the entry holds a long-term pin on its frame
+S_PINNED = 8  # the entry holds a long-term pin on its frame (for the plugin to read: the framework keeps its own)
+
+# Bits of ``SecondaryMMU.accessed`` (uint8 per entry): the framework's own record of each entry, which the plugin
+# reads and cannot write, and which the checks and the kernels trust instead of the plugin's ``sflags``.
+SH_ACCESSED = 1  # an access went through the entry since the accessed state was last cleared (the shadow)
+SH_PINNED = 2  # the framework pinned the entry's frame when it installed it, and unpins it when it goes
 
 
 @kernel

@@ -41,10 +41,26 @@ def new_page_table(mm_pages: list[int]) -> PageTable:
 
 def read_only(a: np.ndarray) -> np.ndarray:
     """A view of ``a`` that numpy refuses to write through ("assignment destination is read-only"): what
-    plugins get of the host's state, whose writable arrays only the framework holds."""
-    view = a.view()
-    view.flags.writeable = False
-    return view
+    plugins get of the host's state, whose writable arrays only the framework holds.
+
+    Built on a read-only buffer (``memoryview.toreadonly``), not by clearing the view's WRITEABLE flag: numpy
+    lets anyone set that flag again on a view of writable memory, but never on memory exported read-only,
+    nor on any view, reshape or ``np.asarray`` of it. No copy: the framework's writes show through."""
+    if not a.flags.c_contiguous:
+        raise ValueError("read_only needs a C-contiguous array (a buffer export of it is one block)")
+    return np.frombuffer(memoryview(a).toreadonly(), dtype=a.dtype).reshape(a.shape)
+
+
+def frozen(a: np.ndarray) -> np.ndarray:
+    """An immutable copy of ``a``: an array over a ``bytes`` object, which nothing can write (not numpy, not
+    its ``.base``). For the arrays the framework hands to plugins and reads again afterwards (a notifier
+    range's pages): a plugin can neither change them nor keep a writable alias of them."""
+    return np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=a.dtype).reshape(a.shape)
+
+
+def is_frozen(a: np.ndarray) -> bool:
+    """Whether ``a`` is one of ``frozen``'s arrays (1-D): it needs no copy to be safe from its caller."""
+    return type(a.base) is bytes
 
 
 def read_only_tables(t: tuple) -> tuple:

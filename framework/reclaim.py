@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import counters as C
+from .arguments import OperationError, count_arg, frames_arg, page_arg
 from .fastpath import INVALIDATE_OPS, swap_out_pages, young_frames
 from .frames import PAGEBLOCK_SHIFT, is_device_frame
 from .invariants import report_young
@@ -92,10 +93,12 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
 
     Returns the frames, the new hand position and the number of frames looked at.
     """
-    out = np.empty(want, dtype=np.int64)
     ft = sim.host._ft
-    limit = min(limit, ft.key.size)  # one batch never holds a frame twice (its young answer would change)
-    found, hand, scanned = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host._pt.flags, sim.host.ctr, hand, want,
+    hand = page_arg(hand, ft.key.size, "scan_frames", "hand")  # the kernel starts at it unchecked
+    want = min(count_arg(want, "scan_frames", "want"), ft.key.size)
+    limit = min(count_arg(limit, "scan_frames", "limit"), ft.key.size)  # a batch never holds a frame twice
+    out = np.empty(want, dtype=np.int64)
+    found, hand, scanned = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host._pt.flags, sim.host._ctr, hand, want,
                                  limit, out)  # fmt: skip
     return out[:found], int(hand), int(scanned)
 
@@ -103,6 +106,7 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
 def folio_pages(sim: "Simulation", frames: np.ndarray) -> np.ndarray:
     """How many pages the folio each frame belongs to holds: 512 for a THP's, 1 for a 4 KiB page's (and for a
     free frame). What a policy reclaiming ``nr_pages`` counts its candidates in."""
+    frames = frames_arg(sim, frames, "folio_pages")
     pages = np.ones(frames.size, dtype=np.int64)
     keys = sim.host._ft.key[frames]
     inuse = keys >= 0
@@ -157,9 +161,9 @@ def referenced(sim: "Simulation", frames: np.ndarray, op: str = "clear_flush_you
     answers False.
     """
     if op not in YOUNG_OPS:
-        raise ValueError(f"unknown young op {op!r}; accepted: {', '.join(YOUNG_OPS)}")
+        raise OperationError(f"referenced: unknown young op {op!r}; accepted: {', '.join(YOUNG_OPS)}")
     host = sim.host
-    frames = np.ascontiguousarray(frames, dtype=np.int64)
+    frames = frames_arg(sim, frames, "referenced")
     if op == "test_young":
         return _test_young(sim, frames)
     young = np.empty(frames.size, dtype=bool)
@@ -209,11 +213,14 @@ def charge_reclaim(sim: "Simulation", scanned: int, swapped: int) -> float:
 def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
     """Unmap ``frames`` from every secondary and the primary table, write them to swap, free them.
 
-    Pinned or free frames are skipped. Returns the number of pages swapped out. Charges nothing: the caller
-    charges the write (``charge_reclaim``); the secondaries charge their invalidations themselves.
+    Pinned, free, shared or device-private frames are skipped (device memory is on no LRU). Returns the
+    number of pages swapped out. Charges nothing: the caller charges the write (``charge_reclaim``); the
+    secondaries charge their invalidations themselves.
     """
     host = sim.host
-    frames = np.ascontiguousarray(frames, dtype=np.int64)
+    frames = frames_arg(sim, frames, "swap_out")
+    if host.device_nodes:
+        frames = frames[host.nodes_of(frames) < host.nodes]
     keys = host._ft.key[frames].astype(np.int64)
     done = 0
     for mm, sel, pages in _by_mm(sim, keys):
@@ -237,16 +244,16 @@ def swap_out(sim: "Simulation", frames: np.ndarray) -> int:
             done += _swap_out_fast(sim, mm, mine, pages, subs)
             continue
         if not mm.chain:  # nobody to tell: the pages still record who reclaimed them
-            done += swap_out_frames(host._pt, host._ft, host._sw, host.ctr, mine)
+            done += swap_out_frames(host._pt, host._ft, host._sw, host._ctr, mine)
             sim.actors.record(mm.base, pages, pages + 1, f"CLEAR of mm '{mm.name}'", sim.tick)
             continue
         count = 0
 
         def write_out(mine=mine) -> None:
             nonlocal count
-            count = swap_out_frames(host._pt, host._ft, host._sw, host.ctr, mine)
+            count = swap_out_frames(host._pt, host._ft, host._sw, host._ctr, mine)
 
-        mm.invalidate_pages(pages, Event.CLEAR, write_out)  # start/end per page, or 2.6.27's invalidate_page
+        mm._invalidate_pages(pages, Event.CLEAR, write_out)  # start/end per page, or 2.6.27's invalidate_page
         done += count
     return done
 
@@ -260,11 +267,11 @@ def _swap_out_thp(sim: "Simulation", mm, first: int) -> tuple[int, bool]:
     pt, ft, sw = host._pt, host._ft, host._sw
     frame = int(pt.pte[mm.base + first])
     if ft.pin[frame : frame + HUGE_PAGES].any():  # folio_maybe_dma_pinned: it stays
-        host.ctr[C.PIN_SKIPPED] += 1
+        host._ctr[C.PIN_SKIPPED] += 1
         return 0, False
     slot = swap_alloc_cluster(sw.key, sw.free, sw.reg)
     if slot < 0:
-        host.ctr[C.THP_SWPOUT_FALLBACK] += 1
+        host._ctr[C.THP_SWPOUT_FALLBACK] += 1
         split(sim, mm, np.array([first]))
         return 0, True
     whole = NotifierRange(mm, np.array([first]), np.array([first + HUGE_PAGES]), Event.CLEAR)
@@ -277,7 +284,7 @@ def _swap_out_thp(sim: "Simulation", mm, first: int) -> tuple[int, bool]:
     def write_out() -> None:
         nonlocal result
         result = swap_out_thp(pt.pte, pt.flags, ft.key, ft.token, ft.node, ft.lists, ft.pb, ft.bits, sw.key,
-                              sw.token, sw.free, sw.reg, host.ctr, mm.base + first, frame, slot)  # fmt: skip
+                              sw.token, sw.free, sw.reg, host._ctr, mm.base + first, frame, slot)  # fmt: skip
 
     mm.invalidate(whole, split_pmd)
     mm.invalidate(whole, write_out)
@@ -285,7 +292,7 @@ def _swap_out_thp(sim: "Simulation", mm, first: int) -> tuple[int, bool]:
 
 
 def _young_fast(sim: "Simulation", frames: np.ndarray, op: str, table: np.ndarray, young: np.ndarray) -> None:
-    host, tables = sim.host, sim.secondary_tables
+    host, tables = sim.host, sim._secondary_tables
     nsec = max(len(sim.secondaries), 1)
     wrong = np.zeros((nsec, 2), dtype=np.int64)
     first = np.zeros((nsec, 2), dtype=np.int64)
@@ -300,13 +307,13 @@ def _young_fast(sim: "Simulation", frames: np.ndarray, op: str, table: np.ndarra
 
 
 def _swap_out_fast(sim: "Simulation", mm, frames: np.ndarray, pages: np.ndarray, subs: np.ndarray) -> int:
-    host, tables = sim.host, sim.secondary_tables
+    host, tables = sim.host, sim._secondary_tables
     pt, ft, sw = host._pt, host._ft, host._sw
     event = sim.actors.event(f"CLEAR of mm '{mm.name}'", sim.tick)
     count = swap_out_pages(np.ascontiguousarray(frames, dtype=np.int64), pages, mm.base, subs, tables.offset,
                            tables.spte, tables.sflags, tables.shadow, tables.state, tables.acc, pt.pte, pt.flags,
                            ft.key, ft.token, ft.pin, ft.node, ft.lists, ft.pb, ft.bits, sw.key, sw.token, sw.free,
-                           sw.reg, host.ctr, sim.actors.changed, event)  # fmt: skip
+                           sw.reg, host._ctr, sim.actors._changed, event)  # fmt: skip
     mm.chain.invalidate_seq += 2  # the start and the end of the invalidation
     for j in subs.tolist():
         sim.secondaries[j]._settle_invalidation()

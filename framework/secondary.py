@@ -4,9 +4,17 @@ The framework's access kernel reads and writes the table directly (a hit sets ``
 installs an entry, pinning its frame in pin mode); the plugin's Python runs per batch, in its notifier
 ops. The plugin owns ``spte``/``sflags`` (its own table) and may write them; it reads the host's state
 through read-only views and changes it only through the mm operations. Beside its table the framework
-keeps ``accessed``, a shadow of the accessed bits that only the access kernel sets (on an access that
+keeps ``accessed``, one byte per entry the plugin reads and cannot write (``SH_*`` bits of
+``mmnsim.pagebits``): a shadow of the accessed bits that only the access kernel sets (on an access that
 finds ``S_ACCESSED`` clear; the framework resets it when it installs or zaps an entry and when a young op
-clears), which the young-op check judges answers by: the plugin reads it, it cannot write it.
+clears), which the young-op check judges answers by, and whether the framework pinned the entry's frame,
+which the pin accounting and the unpinning trust rather than the plugin's ``S_PINNED``.
+
+Nothing the plugin can write is trusted as it stands. The framework works on its own array objects over
+the plugin's table and state (``_spte``, ``_sflags``, ``_state``: the same memory), so rebinding
+``self.spte`` or changing an array's dtype or shape in place changes nothing the framework reads; every
+frame number read from the table is bounds-checked before it indexes host memory; ``region``, ``young``,
+``interval`` and the device node are taken once, at construction.
 
 A plugin subclass sets ``name``, ``young`` and ``Config``, and implements the ``NotifierOps`` it needs
 with ``@hookimpl`` methods, usually built from ``zap`` and ``harvest_accessed``.
@@ -41,12 +49,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from . import counters as C
+from .arguments import OperationError, count_arg, int_scalar, page_arg, ranges_arrays
 from .components import Component, Mode
 from .costs import walk_refs
 from .frames import ORPHAN, free_frame
 from .kernel import AHEAD, U, count_at_least, kernel, prefetch
-from .notifier import NotifierRange, PluginError
-from .pagebits import HUGE_PAGES, PTE_NONE, S_ACCESSED, S_HUGE, S_PINNED
+from .notifier import NotifierRange, PluginError, component_label, guarded, ranges_of
+from .pagebits import HUGE_PAGES, PTE_NONE, S_ACCESSED, S_HUGE, SH_ACCESSED, SH_PINNED
+from .pagetable import read_only
 from .sectables import ACC_AGED, ACC_FLUSH_YOUNG, ACC_YOUNG, ACC_ZAP_RANGES, ACC_ZAPPED
 
 if TYPE_CHECKING:
@@ -93,7 +103,9 @@ class SecondaryMMU(Component):
         self.client = client
         self.mm = client.mm
         self.cfg = cfg
-        self.region = client.region  # the pages [start, end) of the mm this device maps
+        self._region = tuple(client.region)  # ``region``: the pages [start, end) of the mm this device maps
+        # What the framework reads of the class at check time, as the class said it at construction.
+        self._young, self._interval = bool(self.young), bool(self.interval)
         # The mode it runs in: its configured one, except that before interval notifiers existed (kernel=2008)
         # an interval subscriber (RDMA ODP, GPU SVM) could only register by pinning (ib_umem_get, userptr).
         self.mode: Mode = cfg.mode
@@ -101,16 +113,18 @@ class SecondaryMMU(Component):
         if forced:
             self.mode = Mode.pin
         entries = 0 if self.shares_cpu_tables else self.mm.npages
-        # Its table, the framework's shadow of S_ACCESSED beside it, and its state: slices of the run's
-        # secondary tables (``mmnsim.sectables``), so the compiled reclaim path reaches them by ``index``.
-        self.index, self.spte, self.sflags, self._accessed, self.state = sim.secondary_tables.take(
+        # Its table, the framework's own bits per entry beside it (SH_*), and its state: slices of the run's
+        # secondary tables (``mmnsim.sectables``), so the compiled reclaim path reaches them by ``index``. The
+        # framework keeps its own array objects (``_spte``, ``_sflags``, ``_state``); the plugin gets views of
+        # the same memory (see the module's docstring), and a read-only view of the SH_* bits.
+        self._index, self._spte, self._sflags, self._accessed, self._state = sim._secondary_tables.take(
             entries, self.mm.index
         )
-        self.accessed = self._accessed.view()
-        self.accessed.flags.writeable = False  # the plugin's view: read-only
-        self.state[DEV_NODE] = -1
-        self.state[REGION_LO], self.state[REGION_HI] = self.region
-        self.state[MODE] = (
+        self.spte, self.sflags, self.state = self._spte.view(), self._sflags.view(), self._state.view()
+        self.accessed = read_only(self._accessed)  # the plugin's view
+        self._state[DEV_NODE] = -1
+        self._state[REGION_LO], self._state[REGION_HI] = self._region
+        self._state[MODE] = (
             (SEC_PIN if self.pin_mode else 0)
             | (SEC_YOUNG if self.young else 0)
             | (0 if self.faults else SEC_NOFAULT)
@@ -120,16 +134,21 @@ class SecondaryMMU(Component):
         self.metrics: dict[str, float] = defaultdict(float)  # this plugin's own metrics
         if forced:
             self.metrics["forced_pin"] = 1.0
-        self.counts: dict[str, float] = defaultdict(float)  # kernel counters of its client's accesses
+        self._counts: dict[str, float] = defaultdict(float)  # the framework's per-MMU counters of its accesses
+
+    @property
+    def index(self) -> int:
+        """Its index among the run's secondary tables (``mmnsim.sectables``); read-only."""
+        return self._index
 
     def serves_fast(self, ops: tuple[str, ...]) -> bool:
         """Whether the compiled path may deliver ``ops`` to this MMU instead of its hooks (see ``fast_ops``)."""
         owner = next((c for c in type(self).__mro__ if "fast_ops" in vars(c)), None)
         return (
             owner is type(self)
-            and self.spte.size > 0
+            and self._spte.size > 0
             and all(op in self.fast_ops and op not in vars(self) for op in ops)
-            and (self.young or not any(op.endswith("young") for op in ops))
+            and (self._young or not any(op.endswith("young") for op in ops))
         )
 
     def charge_zap(self, pages: int, ranges: int) -> None:
@@ -144,18 +163,22 @@ class SecondaryMMU(Component):
 
     def _settle_invalidation(self) -> None:
         """Charge what the compiled path's invalidations did for this MMU since the last settling."""
-        row = self.sim.secondary_tables.acc[self.index]
+        row = self.sim._secondary_tables.acc[self._index]
         zapped, ranges = int(row[ACC_ZAPPED]), int(row[ACC_ZAP_RANGES])
         row[ACC_ZAPPED] = row[ACC_ZAP_RANGES] = 0
         self.metrics["pages_zapped"] += zapped
-        self.charge_zap(zapped, ranges)
+        self._call("charge_zap", zapped, ranges)
 
     def _settle_aging(self) -> None:
         """Charge what the compiled path's young ops did for this MMU since the last settling."""
-        row = self.sim.secondary_tables.acc[self.index]
+        row = self.sim._secondary_tables.acc[self._index]
         aged, flushed = int(row[ACC_AGED]), int(row[ACC_FLUSH_YOUNG])
         row[ACC_AGED] = row[ACC_YOUNG] = row[ACC_FLUSH_YOUNG] = 0
-        self.charge_aging(aged, flushed)
+        self._call("charge_aging", aged, flushed)
+
+    def _call(self, method: str, *args: object) -> object:
+        """Its own ``method`` (the plugin's code), called as the hooks are (``notifier.guarded``)."""
+        return guarded(self.sim.actors.running, component_label(self), method, getattr(self, method), *args)
 
     @classmethod
     def device_memory_pages(cls, cfg: Any) -> int:
@@ -163,9 +186,14 @@ class SecondaryMMU(Component):
         return 0
 
     @property
+    def region(self) -> tuple[int, int]:
+        """The pages [start, end) of the mm this device maps (``region_of``); read-only."""
+        return self._region
+
+    @property
     def device_node(self) -> int:
         """The node of this device's private memory, or -1."""
-        return int(self.state[DEV_NODE])
+        return int(self._state[DEV_NODE])
 
     def migrate_to_ram(self, pages: np.ndarray, node: int) -> None:
         """dev_pagemap_ops.migrate_to_ram: something other than this device touched these pages of its
@@ -216,27 +244,30 @@ class SecondaryMMU(Component):
     def populate(self, start: int, end: int) -> int:
         """Fault in and map pages [start, end) now, as get_user_pages does for a registration (pinning
         them in pin mode); returns the pages mapped. No client access is counted."""
-        return self.sim.populate(self, start, end)
+        return self.sim.populate(self, start, end)  # (checks the range)
 
     def set_fault_block(self, pages: int) -> None:
         """Make each device fault map the aligned block of ``pages`` (a power of two) around the faulting
         page, faulting in its neighbours too (a GPU driver's migration granularity); 1: the page alone."""
-        if pages < 1 or pages & (pages - 1):
-            raise PluginError(f"secondary MMU '{self.label}': a fault block must be a power of two, got {pages}")
-        self.state[FAULT_BLOCK] = pages
+        pages = count_arg(pages, "set_fault_block", "pages")
+        if pages < 1 or pages & (pages - 1) or pages > self.mm.npages:
+            raise OperationError(f"set_fault_block: a fault block must be a power of two in [1, {self.mm.npages}] "
+                                 f"(the mm's pages), got {pages}")  # fmt: skip
+        self._state[FAULT_BLOCK] = pages
 
     def fault_around(self, page: int) -> int:
         """Called by the framework after a device fault on ``page`` installed it, when a fault block is set:
         map the rest of the aligned block (within the region) as a populate would; returns the pages mapped.
         A plugin may extend it to charge its own costs."""
-        block = int(self.state[FAULT_BLOCK])
-        lo = max(page & ~(block - 1), int(self.state[REGION_LO]))
-        hi = min((page & ~(block - 1)) + block, int(self.state[REGION_HI]))
-        self.state[FAULT_BLOCK] = 1  # the block's own faults map one page each
+        page = page_arg(page, self.mm.npages, "fault_around", "page")
+        block = int(self._state[FAULT_BLOCK])
+        lo = max(page & ~(block - 1), self._region[0])
+        hi = min((page & ~(block - 1)) + block, self._region[1])
+        self._state[FAULT_BLOCK] = 1  # the block's own faults map one page each
         try:
-            return self.populate(lo, hi)
+            return self.populate(lo, hi) if lo < hi else 0
         finally:
-            self.state[FAULT_BLOCK] = block
+            self._state[FAULT_BLOCK] = block
 
     def teardown(self) -> None:
         """The device goes away: drop every entry (and pin), and leave the chain."""
@@ -248,8 +279,9 @@ class SecondaryMMU(Component):
 
         For policies that act on one device rather than on the mm (eager release).
         """
+        ranges = ranges_of(ranges, self.mm, "invalidate_self")
         chain = self.mm.chain
-        if self.interval:  # a sequence number of the mm's own (mn_itree_inv_start_range): unique, so a
+        if self._interval:  # a sequence number of the mm's own (mn_itree_inv_start_range): unique, so a
             chain.invalidate_seq += 1  # fault in flight retries (``state[SEQ] + 1`` could be a later cur_seq)
             chain.call_one(self, "invalidate", ranges=ranges, cur_seq=chain.invalidate_seq)
             chain.invalidate_seq += 1
@@ -265,36 +297,38 @@ class SecondaryMMU(Component):
     def begin_invalidate(self, ranges: NotifierRange | None = None) -> None:
         """kvm_mmu_invalidate_begin + kvm_mmu_invalidate_range_add: raise in_progress and add ``ranges``
         (None: the whole mm) to the range the fault path must not install into until ``end_invalidate``."""
-        lo, hi = (0, self.mm.npages) if ranges is None else ranges.span()
-        if self.state[IN_PROGRESS] == 0:
-            self.state[INV_LO], self.state[INV_HI] = lo, hi
+        lo, hi = (0, self.mm.npages) if ranges is None else ranges_of(ranges, self.mm, "begin_invalidate").span()
+        state = self._state
+        if state[IN_PROGRESS] == 0:
+            state[INV_LO], state[INV_HI] = lo, hi
         else:
-            self.state[INV_LO] = min(self.state[INV_LO], lo)
-            self.state[INV_HI] = max(self.state[INV_HI], hi)
-        self.state[IN_PROGRESS] += 1
+            state[INV_LO] = min(state[INV_LO], lo)
+            state[INV_HI] = max(state[INV_HI], hi)
+        state[IN_PROGRESS] += 1
 
     def end_invalidate(self) -> None:
-        self.state[IN_PROGRESS] -= 1
-        self.state[SEQ] += 1
+        self._state[IN_PROGRESS] -= 1
+        self._state[SEQ] += 1
 
     def bump_seq(self) -> None:
         """Move the sequence without an in-progress window (2.6.27's invalidate_page: mmu_notifier_seq++),
         so that a fault that resolved its page before the invalidation retries."""
-        self.state[SEQ] += 1
+        self._state[SEQ] += 1
 
     def set_seq(self, cur_seq: int) -> None:
         """mmu_interval_set_seq: faults that began before this invalidation will retry."""
-        self.state[SEQ] = cur_seq
+        self._state[SEQ] = int_scalar(cur_seq, "set_seq", "cur_seq")
 
     def zap(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """Drop the entries in each range, releasing their pins; return entries dropped per range."""
+        start, end = ranges_arrays(start, end, self.mm.npages, "zap")
         zapped = np.zeros(start.size, dtype=np.int64)
-        if self.spte.size == 0:  # no table of its own (shares_cpu_tables)
+        if self._spte.size == 0:  # no table of its own (shares_cpu_tables)
             return zapped
         host = self.sim.host
         ft = host._ft
-        total = _zap(self.spte, self.sflags, self._accessed, _int64(start), _int64(end), ft.key, ft.token, ft.pin,
-                     ft.node, ft.lists, ft.pb, ft.bits, host.ctr, zapped)  # fmt: skip
+        total = _zap(self._spte, self._sflags, self._accessed, start, end, ft.key, ft.token, ft.pin,
+                     ft.node, ft.lists, ft.pb, ft.bits, host._ctr, zapped)  # fmt: skip
         self.metrics["pages_zapped"] += total
         return zapped
 
@@ -302,10 +336,11 @@ class SecondaryMMU(Component):
         """Whether any entry in each range has its accessed bit set (``S_ACCESSED`` in its own ``sflags``);
         clear the bits if asked. The framework's shadow is not touched: only the framework consumes it, just
         before a clearing young op."""
+        start, end = ranges_arrays(start, end, self.mm.npages, "harvest_accessed")
         young = np.zeros(start.size, dtype=np.bool_)
-        if self.spte.size == 0:
+        if self._spte.size == 0:
             return young
-        _harvest(self.sflags, _int64(start), _int64(end), clear, young)
+        _harvest(self._sflags, start, end, bool(clear), young)
         return young
 
     def shadow_young(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -319,21 +354,22 @@ class SecondaryMMU(Component):
         return self._read_shadow(start, end, consume=True)
 
     def _read_shadow(self, start: np.ndarray, end: np.ndarray, consume: bool) -> np.ndarray:
+        start, end = ranges_arrays(start, end, self.mm.npages, "shadow_young")
         young = np.zeros(start.size, dtype=np.bool_)
-        if self.spte.size:
-            _shadow_young(self._accessed, _int64(start), _int64(end), consume, young)
+        if self._spte.size:
+            _shadow_young(self._accessed, start, end, consume, young)
         return young
 
     def _accessed_left(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """After a clearing young op: per range, whether the plugin's own accessed bits still read set
         (the op's postcondition is that none does)."""
         kept = np.zeros(start.size, dtype=np.bool_)
-        if self.spte.size:
-            _harvest(self.sflags, _int64(start), _int64(end), False, kept)  # reads, not the plugin's
+        if self._spte.size:
+            _harvest(self._sflags, _int64(start), _int64(end), False, kept)  # reads, not the plugin's
         return kept
 
     def mapped_pages(self) -> int:
-        return int(count_at_least(self.spte, 0))
+        return int(count_at_least(self._spte, 0))
 
 
 def _int64(a: np.ndarray) -> np.ndarray:
@@ -350,9 +386,9 @@ def _shadow_young(shadow, start, end, consume, young):
             prefetch(shadow, U(start[r + AHEAD]))
         seen = False
         for p in range(start[r], end[r]):
-            seen |= shadow[p] != 0
+            seen |= (shadow[p] & SH_ACCESSED) != 0
             if consume:
-                shadow[p] = 0
+                shadow[p] &= SH_PINNED
         young[r] = seen
 
 
@@ -369,10 +405,12 @@ def zap_range(spte, sflags, shadow, lo, hi, fkey, ftoken, fpin, node, lists, pb,
         f = spte[p]
         if f < 0:
             continue
-        if sflags[p] & S_PINNED:  # unpin_user_page: an orphan whose last pin goes is freed
+        # unpin_user_page, if the framework pinned it (not the plugin's S_PINNED, nor a frame number it
+        # rewrote out of range or to an unpinned frame: the pin check then names what is left pinned)
+        if shadow[p] & SH_PINNED and f < fpin.size and fpin[f] > 0:
             fpin[f] -= 1
             ctr[C.PINS_RELEASED] += 1
-            if fpin[f] == 0 and fkey[f] == ORPHAN:
+            if fpin[f] == 0 and fkey[f] == ORPHAN:  # an orphan whose last pin goes is freed
                 free_frame(node, lists, pb, bits, fkey, ftoken, f)
         spte[p] = PTE_NONE
         sflags[p] = 0

@@ -1,7 +1,8 @@
 """The tables of every secondary MMU of a run, in one set of arrays.
 
 Each secondary MMU owns a table over the pages of its mm (``spte``, ``sflags``), the framework keeps a
-shadow byte per entry beside it (``shadow``: what the access kernel saw, out of the plugin's reach), and
+shadow byte per entry beside it (``shadow``, the ``SH_*`` bits of ``mmnsim.pagebits``: what the access kernel
+saw and whether the framework pinned the entry's frame, out of the plugin's reach), and
 ``state`` holds the fault-side protocol (sequence, in-progress window, ...; ``mmnsim.secondary``). Here
 they are slices of run-wide arrays, one row of ``state`` each, so that a compiled kernel can reach the
 table of any secondary by its index (``offset[i]`` to ``offset[i + 1]``): reclaim's young ops and
@@ -20,8 +21,6 @@ from .pagebits import PTE_NONE
 # Columns of SecondaryTables.acc.
 ACC_ZAPPED, ACC_ZAP_RANGES, ACC_AGED, ACC_YOUNG, ACC_FLUSH_YOUNG = range(5)
 ACC_SIZE = 5
-
-SH_ACCESSED = 1  # shadow bit: an access went through the entry since it was installed or last aged
 
 
 class SecondaryTables:

@@ -3,6 +3,8 @@ scenario able to fit in the host. Nothing is allocated here, so the command line
 combination of a sweep before any job starts.
 """
 
+import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +14,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import memory
 from .components import Component
-from .config import SOURCES, ConfigError, require, typed
+from .config import SOURCES, ConfigError, plugin_raised, require, typed
 from .costs import Costs
-from .discovery import KIND_DIRS, Registry
+from .discovery import CONF_PATH_ENV, KIND_DIRS, Registry
 from .host import MAX_MIB, MIB_PAGES, OOM, THP, HostConfig
 from .kernelconf import TODAY, KernelConfig, missing_features
 from .workload import WorkloadConfig
@@ -82,7 +84,7 @@ class ProcessConfig:
         _check_oom_score_adj(self.oom_score_adj)
 
 
-@dataclass
+@dataclass(frozen=True)  # the checks' switches: a plugin cannot turn them off (``sim.engine``)
 class EngineConfig:
     accesses_per_tick: int  # accesses each client issues per tick
     check_invariants: bool
@@ -251,9 +253,29 @@ def _client(nodes: np.ndarray, workload, secondary, pages: int, key: str) -> Cli
     cls, scfg = secondary
     try:
         region = cls.region_of(scfg, pages)
+        device_pages = cls.device_memory_pages(scfg)
     except ConfigError as exc:
         raise ConfigError(f"{key}: {exc}") from None
-    return ClientSpec(nodes, workload, secondary, region, cls.device_memory_pages(scfg))
+    except Exception as exc:  # noqa: BLE001 (a plugin's own code)
+        raise plugin_raised(f"secondary MMU '{cls.name}'", "region_of or device_memory_pages", exc, key) from None
+    region = _checked_region(region, pages, f"{key}: secondary MMU '{cls.name}'")
+    if isinstance(device_pages, bool) or not isinstance(device_pages, int | np.integer) or device_pages < 0:
+        raise ConfigError(f"{key}: secondary MMU '{cls.name}' returned {device_pages!r} from device_memory_pages; "
+                          "expected a number of pages >= 0")  # fmt: skip
+    return ClientSpec(nodes, workload, secondary, region, int(device_pages))
+
+
+def _checked_region(region: Any, pages: int, who: str) -> tuple[int, int]:
+    """What a plugin's ``region_of`` returned, if it is a range [start, end) of the mm's pages."""
+    try:
+        start, end = (int(x) for x in region)
+        ok = all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in region)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not 0 <= start < end <= pages:
+        raise ConfigError(f"{who} returned {region!r} from region_of; expected (start, end) with 0 <= start < end "
+                          f"<= {pages}, the mm's pages")  # fmt: skip
+    return start, end
 
 
 def _devices(nodes: list, key: str, pages: int, host: HostConfig, registry: Registry) -> list[ClientSpec]:
@@ -277,7 +299,12 @@ def _check_node(node: int, host: HostConfig, key: str) -> None:
 
 def _component(kind: str, name: str, node: Any, key: str, registry: Registry) -> tuple[type[Component], Any]:
     cls = registry.get(kind, name, key)
-    return cls, typed(node, cls.Config, key)
+    try:
+        return cls, typed(node, cls.Config, key)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (any error of a plugin's Config is that plugin's)
+        raise plugin_raised(f"{kind} '{name}'", f"{cls.Config.__name__}.__post_init__", exc, key) from None
 
 
 def _check_profile(costs: Any, secondary: Any) -> None:
@@ -308,11 +335,13 @@ def _workload(node: Any, key: str, registry: Registry) -> tuple[type[Component],
 
 
 def _with_defaults(node: Any, kind: str, name: str, key: str, registry: Registry) -> Any:
-    """Settings given inline (``processes[i].workload``) get the unset keys from the plugin's YAML file."""
+    """Settings given inline (``processes[i].secondary``, ``guest.devices[j].workload``) get the unset keys
+    from the plugin's YAML file, composed as ``secondary=NAME`` composes it: built in or from an installed
+    plugin package's ``conf/`` folder, its ``defaults`` list followed (``faulty`` extends ``kvm``)."""
     if isinstance(node, DictConfig):  # composed by Hydra from the config group: complete already
         return node
     registry.get(kind, name, key)
-    return OmegaConf.merge(_builtin_defaults(KIND_DIRS[kind], name), node)
+    return OmegaConf.merge(group_defaults(KIND_DIRS[kind], name, os.environ.get(CONF_PATH_ENV, "")), node)
 
 
 def _guest_nodes(guest: GuestConfig, index: int, host: HostConfig) -> np.ndarray:
@@ -327,10 +356,21 @@ def _guest_nodes(guest: GuestConfig, index: int, host: HostConfig) -> np.ndarray
     return np.resize(placed, guest.vcpus)
 
 
-def _builtin_defaults(kind_dir: str, name: str) -> DictConfig:
-    from importlib import resources
+@functools.cache
+def group_defaults(kind_dir: str, name: str, conf_path: str = "") -> DictConfig:
+    """The option ``name`` of config group ``kind_dir`` as Hydra composes it on the mmnsim config search path
+    (built-in conf, installed plugin packages' conf folders, ``MMNSIM_CONF_PATH``, whose value ``conf_path``
+    keys the cache); empty if no YAML file has it (a component registered in a notebook). Read-only."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl  # as Hydra's own compose does
+    from hydra._internal.utils import create_config_search_path
+    from hydra.errors import MissingConfigException
+    from hydra.types import RunMode
 
-    path = resources.files("mmnsim.conf") / kind_dir / f"{name}.yaml"
-    if not path.is_file():
-        return OmegaConf.create({})
-    return OmegaConf.create(path.read_text())
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path("pkg://mmnsim.conf"))
+    try:
+        composed = loader.load_configuration(config_name=f"{kind_dir}/{name}", overrides=[], run_mode=RunMode.RUN)
+    except MissingConfigException:
+        composed = OmegaConf.create({kind_dir: {}})
+    node = composed.get(kind_dir) or OmegaConf.create({})
+    OmegaConf.set_readonly(node, True)
+    return node

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import counters as C
+from .arguments import OperationError, mm_arg, pages_arg
 from .frames import SHARED, free_frame, sharers
 from .kernel import kernel
 from .notifier import Event, single_pages
@@ -37,7 +38,8 @@ def mergeable(sim: "Simulation", mm: "MM", pages: np.ndarray) -> np.ndarray:
     """Which of ``pages`` KSM could merge now: resident in RAM on a 4 KiB mapping, not pinned (KSM's
     write_protect_page refuses a page with extra references), not already shared."""
     ft = sim.host._ft
-    pages = np.asarray(pages, dtype=np.int64)
+    mm = mm_arg(sim, mm, "mergeable")
+    pages = pages_arg(pages, mm.npages, "mergeable")
     frames = mm.pte[pages]
     ok = (frames >= 0) & ((mm.flags[pages] & (P_HUGE | P_DEVICE)) == 0)
     f = frames[ok]
@@ -47,7 +49,8 @@ def mergeable(sim: "Simulation", mm: "MM", pages: np.ndarray) -> np.ndarray:
 
 def is_shared(sim: "Simulation", mm: "MM", pages: np.ndarray) -> np.ndarray:
     """Which of ``pages`` map a shared frame."""
-    frames = mm.pte[np.asarray(pages, dtype=np.int64)]
+    mm = mm_arg(sim, mm, "is_shared")
+    frames = mm.pte[pages_arg(pages, mm.npages, "is_shared")]
     out = frames >= 0
     out[out] = sim.host._ft.key[frames[out]] <= SHARED
     return out
@@ -67,10 +70,11 @@ def merge_pages(sim: "Simulation", mm: "MM", pages: np.ndarray, into: "MM", into
     mm may be the same). Pairs whose contents differ, or whose pages stopped qualifying (``mergeable``,
     or already sharing the target's frame), are skipped, as KSM's final memcmp would. Returns pages merged.
     """
-    pages = np.asarray(pages, dtype=np.int64)
-    into_pages = np.asarray(into_pages, dtype=np.int64)
+    mm, into = mm_arg(sim, mm, "merge_pages"), mm_arg(sim, into, "merge_pages", "into")
+    pages = pages_arg(pages, mm.npages, "merge_pages")
+    into_pages = pages_arg(into_pages, into.npages, "merge_pages", "into_pages")
     if pages.size != into_pages.size:
-        raise ValueError(f"merge_pages: {pages.size} pages but {into_pages.size} targets")
+        raise OperationError(f"merge_pages: {pages.size} pages but {into_pages.size} targets (one each)")
     ft = sim.host._ft
     target = into.pte[into_pages]
     ok = mergeable(sim, mm, pages) & (target >= 0) & ((into.flags[into_pages] & (P_HUGE | P_DEVICE)) == 0)
@@ -126,7 +130,7 @@ def break_cow(sim: "Simulation", key: int, frame: int) -> None:
         _unshare(host._pt, host._ft, key, frame)
 
     mm.invalidate(single_pages(mm, np.array([key - mm.base]), Event.CLEAR), remap)
-    host.ctr[C.COW_KSM] += 1
+    host._ctr[C.COW_KSM] += 1
 
 
 @kernel

@@ -14,6 +14,8 @@ is counted as host CPU time, in parallel.
 """
 
 import logging
+import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -47,6 +49,18 @@ from .access import (
     run_accesses,
 )
 from .actors import Actors
+from .arguments import (
+    OperationError,
+    access_pages,
+    check_ns,
+    count_arg,
+    first_outside,
+    int_array,
+    mm_arg,
+    page_arg,
+    range_arg,
+    write_flags,
+)
 from .compaction import compact
 from .components import Component, HostPolicy, Mode
 from .config import ConfigError
@@ -55,15 +69,16 @@ from .discovery import Registry, plugin_manager
 from .fastpath import INVALIDATE_OPS, FastRoutes
 from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import OOM, Host
+from .invariants import InvariantViolation
 from .kernel import count_at_least, count_set
 from .metrics import FRAMEWORK, Catalogue, MetricError, catalogue, describe, plugin_declarations, where_to_declare
 from .migrate import migrate
 from .mm import MM
-from .notifier import PluginError, plugin_error, plugin_label, unique_name
+from .notifier import FRAMEWORK_ERRORS, PluginError, component_label, guarded, plugin_error, plugin_label, unique_name
 from .numafaults import FAILED, MIGRATED, NUMA_ACTOR, STATS, NumaFaults
 from .oom import OOMKiller
 from .pagebits import P_DEVICE, P_HUGE, S_HUGE
-from .pagetable import MM_HUGEPAGE
+from .pagetable import MM_HUGEPAGE, read_only
 from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, RACE_RATE, SEC_NOFAULT, STATE_SIZE, SecondaryMMU
 from .sectables import SecondaryTables
@@ -97,10 +112,6 @@ def _draw_ahead() -> bool:
     return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
-class InvariantViolation(RuntimeError):
-    """Raised by a run with engine.stop_on_violation when an invariant breaks."""
-
-
 class Client:
     """Something that accesses an mm: its CPUs (``secondary`` None) or a device through a secondary MMU.
 
@@ -113,9 +124,9 @@ class Client:
         self.tenant = tenant
         self.batch = batch  # accesses per tick
         self.mm = tenant.mm
-        self.vcpu_node = vcpu_node.astype(np.int32)
+        self._set_nodes(vcpu_node.astype(np.int32))
         self.stream = stream
-        self.region = region
+        self._region = tuple(region)
         self.secondary: SecondaryMMU | None = None
         self.elapsed_ns = 0.0  # time of one of its CPUs, summed over ticks
         self.stall_ns = 0.0  # part of elapsed_ns not spent on its own accesses
@@ -125,6 +136,30 @@ class Client:
     @property
     def name(self) -> str:
         return self.secondary.label if self.secondary is not None else f"cpu[{self.mm.name}]"
+
+    @property
+    def region(self) -> tuple[int, int]:
+        """The pages [start, end) of the mm it accesses (its workload's pages are shifted there); read-only."""
+        return self._region
+
+    @property
+    def vcpu_node(self) -> np.ndarray:
+        """The NUMA node of each of its CPUs (read-only); a policy moves them by assigning a new array (a
+        vCPU migration: ``client.vcpu_node = nodes``), one RAM node per CPU."""
+        return self._vcpu_view
+
+    def _set_nodes(self, nodes: np.ndarray) -> None:
+        self._vcpu_node = nodes  # the kernel's (writable, as every other array it takes: one compiled variant)
+        self._vcpu_view = read_only(nodes)
+
+    @vcpu_node.setter
+    def vcpu_node(self, nodes: np.ndarray) -> None:
+        ram = self.tenant.mm.sim.host.nodes
+        arr = int_array(nodes, "vcpu_node", "nodes")
+        if arr.shape != self._vcpu_node.shape or first_outside(arr, 0, ram) >= 0:
+            raise OperationError(f"vcpu_node: one RAM node (0..{ram - 1}) per CPU ({self.vcpus}) expected, got "
+                                 f"{arr.tolist()[:8]}")  # fmt: skip
+        self._set_nodes(arr.astype(np.int32))
 
     @property
     def vcpus(self) -> int:
@@ -137,6 +172,7 @@ class Client:
 
     def stall(self, ns: float) -> None:
         """All of this client's CPUs lose ``ns`` (a TLB-flush IPI, a direct-reclaim stall)."""
+        check_ns(ns, "stall")
         self._pending_stall += ns
 
 
@@ -188,7 +224,8 @@ class Simulation:
         self._mm_faults = FaultCounts(len(specs))  # each mm's faults, for mm.counters() (mmnsim.workingset)
         self.numa: NumaFaults | None = None  # hinting faults handled in the fault, once a policy asks (numa_faults)
         device_nodes = iter(self.host.device_nodes)
-        self.secondary_tables = SecondaryTables(
+        self._device_owner: dict[int, SecondaryMMU] = {}  # device-memory node -> its device (migrate_to_ram)
+        self._secondary_tables = SecondaryTables(
             [0 if c.secondary[0].shares_cpu_tables else s.pages for s in specs for c in s.clients if c.secondary],
             STATE_SIZE,
         )
@@ -199,7 +236,7 @@ class Simulation:
         for i, spec in enumerate(specs):
             mm = MM(self, i, spec.name, spec.pages)
             mm.mmap(0, spec.pages, "rw")
-            mm.set_flag(MM_HUGEPAGE, spec.madvise_hugepage)
+            mm._set_flag(MM_HUGEPAGE, spec.madvise_hugepage)
             self.mms.append(mm)
             tenant = Tenant(spec.name, mm, spec.oom_score_adj, spec.guest_thp)
             for cspec, stream in zip(spec.clients, streams[i], strict=True):
@@ -207,17 +244,22 @@ class Simulation:
                 client = Client(tenant, cspec.vcpu_nodes, stream, cspec.region, batch)
                 if cspec.secondary is not None:
                     cls, scfg = cspec.secondary
-                    client.secondary = cls(self, client, scfg)
+                    client.secondary = guarded(self.actors.running, f"secondary MMU '{cls.name}[{mm.name}]'",
+                                               "__init__", cls, self, client, scfg)  # fmt: skip
                     if cspec.device_pages:
-                        client.secondary.state[DEV_NODE] = next(device_nodes)
-                    client.secondary.state[RACE_RATE] = round(self.engine.race_window * 2**32)
+                        client.secondary._state[DEV_NODE] = node = next(device_nodes)
+                        self._device_owner[node] = client.secondary
+                    client.secondary._state[RACE_RATE] = round(self.engine.race_window * 2**32)
                     self.secondaries.append(client.secondary)
                 tenant.clients.append(client)
                 self.clients.append(client)
             self.tenants.append(tenant)
 
         self.exact_clock = False  # set by a policy through use_exact_clock()
-        self.policies: list[HostPolicy] = [cls(self, pcfg) for cls, pcfg in settings.policies.values()]
+        self.policies: list[HostPolicy] = [
+            guarded(self.actors.running, f"policy '{cls.name}'", "__init__", cls, self, pcfg)
+            for cls, pcfg in settings.policies.values()
+        ]
         forced = [s.label for s in self.secondaries if s.metrics.get("forced_pin")]
         if forced:
             log.warning("kernel=%s has no interval notifiers: %s registered by pinning (notifier mode forced to pin)",
@@ -228,8 +270,10 @@ class Simulation:
         self.oom = OOMKiller(self) if self.host_cfg.oom is OOM.kill else None
         for comp in [*self.policies, *self.secondaries]:
             self.pm.register(comp, name=unique_name(self.pm, f"{comp.kind}:{getattr(comp, 'label', comp.name)}"))
-        self.violations = np.zeros(len(invariants.KINDS), dtype=np.int64)
-        self.violation_messages: list[str] = []
+        self._violations = np.zeros(len(invariants.KINDS), dtype=np.int64)  # by kind (the framework's)
+        self.violations = read_only(self._violations)
+        self._violation_messages: list[str] = []
+        self._stale_noted: set[tuple[SecondaryMMU, str]] = set()  # (MMU, kind) of stale accesses named so far
         self.pinned_peak = 0
         self._timeseries = TimeSeries()  # bounded: every k-th tick once full, the last always
         self._charge_to: Tenant | None = None
@@ -241,9 +285,14 @@ class Simulation:
         self._each_window = False  # settling race windows done in the kernel: each was a fault of its own
         self._scratch = np.zeros(2, dtype=np.int64)  # the access kernel's room for a race window's page
         for sec in self.secondaries:  # last: a registration pins, may reclaim, and may even OOM-kill
-            sec.attach()
+            guarded(self.actors.running, component_label(sec), "attach", sec.attach)
 
     # -- services for plugins --
+
+    @property
+    def violation_messages(self) -> tuple[str, ...]:
+        """Every violation message logged so far, each once, in order (the first of each kind per check)."""
+        return tuple(self._violation_messages)
 
     @property
     def violations_expected(self) -> bool:
@@ -260,6 +309,7 @@ class Simulation:
         """How many of ``requests`` TLB-flush requests ``owner``'s vCPU in the host (``outside``) performs: one
         at its next entry for all that came while it served one fault (vcpu_enter_guest checks
         KVM_REQ_TLB_FLUSH once)."""
+        requests = count_arg(requests, "deferred_flushes", "requests")
         if self._each_window:
             return requests  # race windows settled together: each a fault of its own, one request each
         if self._flushed_in.get(id(owner)) == self.episode:
@@ -269,6 +319,7 @@ class Simulation:
 
     def charge(self, ns: float) -> None:
         """Account ``ns`` of host work: to the stalled client in direct reclaim, else to host CPU time."""
+        check_ns(ns, "charge")
         if self._charge_to is not None:
             self._charge_to.stall(ns)
         else:
@@ -281,38 +332,49 @@ class Simulation:
     def populate(self, secondary: SecondaryMMU, start: int, end: int) -> int:
         """get_user_pages for ``secondary`` over pages [start, end): fault them in (writable) and install
         them in its table, pinning them in pin mode. Counts faults but no client accesses."""
+        if not any(secondary is s for s in self.secondaries):
+            raise OperationError(f"populate: not a secondary MMU of this simulation: {secondary!r}")
+        start, end = range_arg(start, end, secondary.mm.npages, "populate")
+        lo, hi = secondary.region
+        if not lo <= start < end <= hi:
+            raise OperationError(f"populate: range [{start}, {end}) is outside {secondary.label}'s region [{lo}, {hi})")
         host = self.host
         # gup: not client accesses or device faults
         kept = [C.ACCESSES, C.ACCESSES_ATTEMPTED, C.WRITES, C.WRITE_SEQ, C.SECONDARY_FAULTS, C.HUGE_ACCESSES,
                 C.REMOTE_ACCESSES, C.ACCESS_DISTANCE]  # fmt: skip
-        saved = host.ctr[kept].copy()
-        mode = secondary.state[MODE]
-        secondary.state[MODE] = mode & ~SEC_NOFAULT  # gup faults pages in for a device that cannot
+        saved = host._ctr[kept].copy()
+        state = secondary._state
+        mode = state[MODE]
+        state[MODE] = mode & ~SEC_NOFAULT  # gup faults pages in for a device that cannot
         try:
             pages = np.arange(start, end, dtype=PAGE_DTYPE)
-            self.run_client(secondary.mm, secondary, pages, np.zeros(pages.size, np.bool_), account=False)
+            self._run_batch(secondary.mm, secondary, pages, np.zeros(pages.size, np.bool_),
+                            self._client_of(secondary.mm, secondary), account=False)  # fmt: skip
         finally:
-            secondary.state[MODE] = mode
-            host.ctr[kept] = saved
-        return int(count_at_least(secondary.spte[start:end], 0))
+            secondary._state[MODE] = mode
+            host._ctr[kept] = saved
+        return int(count_at_least(secondary._spte[start:end], 0))
 
     def swap_in(self, mm: MM, pages: np.ndarray) -> int:
         """Fault the swapped-out ``pages`` of ``mm`` back in (do_swap_page), for the kernel itself rather
         than a client (khugepaged's __collapse_huge_page_swapin): major faults are counted, accesses are not,
         and the time is host CPU time. Returns how many of ``pages`` are present afterwards."""
+        mm = mm_arg(self, mm, "swap_in")
+        pages = access_pages(pages, mm.npages, "swap_in")
         host = self.host
         kept = [C.ACCESSES, C.WRITES, C.WRITE_SEQ]
-        saved = host.ctr[kept].copy()
-        pages = np.ascontiguousarray(pages, dtype=PAGE_DTYPE)
+        saved = host._ctr[kept].copy()
         try:
             self._run_batch(mm, None, pages, np.zeros(pages.size, np.bool_), None, account=False)
         finally:
-            host.ctr[kept] = saved
+            host._ctr[kept] = saved
         return int(np.count_nonzero(mm.pte[pages] >= 0))
 
     def counter(self, name: str) -> int:
         """The current value of a kernel counter (``mmnsim.counters.NAMES``)."""
-        return int(self.host.ctr[C.NAMES.index(name)])
+        if name not in C.NAMES:
+            raise OperationError(f"counter: unknown counter {name!r}; the names are mmnsim.counters.NAMES")
+        return int(self.host._ctr[C.NAMES.index(name)])
 
     def take_hint_faults(self) -> np.ndarray:
         """The NUMA hinting faults (local and misplaced) logged since the last call, as rows (page key,
@@ -323,9 +385,13 @@ class Simulation:
         return ft.hints[:n].copy()
 
     def secondaries_of(self, mm: MM) -> list[SecondaryMMU]:
+        """The secondary MMUs mapping ``mm`` (subscribed or not)."""
+        mm = mm_arg(self, mm, "secondaries_of")
         return [s for s in self.secondaries if s.mm is mm]
 
     def mm_of_key(self, key: int) -> MM:
+        """The mm holding the page of global key ``key`` (``mm.base + page``)."""
+        key = page_arg(key, int(self.host._pt.mm_base[-1]), "mm_of_key", "key")
         return self.mms[int(np.searchsorted(self.host._pt.mm_base, key, side="right")) - 1]
 
     def components(self) -> list[Component]:
@@ -366,13 +432,15 @@ class Simulation:
     def step(self) -> None:
         """One tick."""
         self.host._ft.reg[REG_FLAGS] &= ~OOM_FLAGS
-        oom_events = self.host.ctr[C.OOM_EVENTS]
+        oom_events = self.host._ctr[C.OOM_EVENTS]
         if self.oom is not None:
             self.oom.reap()  # the OOM reaper's next attempt on a victim whose memory a subscriber kept
         self.call_hook("host_tick", sim=self)
         tick_ns = 0.0
         for client in self.clients:
-            batch = None if client.tenant.killed else client.stream.next_batch(client.batch, self.tick)
+            batch = None if client.tenant.killed else guarded(
+                self.actors.running, f"workload '{client.stream.workload.name}' of {client.name}", "pages",
+                client.stream.next_batch, client.batch, self.tick)  # fmt: skip
             before = client.elapsed_ns
             if batch is not None:
                 pages, writes = batch  # checked by next_batch: inside the client's region
@@ -381,8 +449,8 @@ class Simulation:
             self._settle_stalls(client)
             tick_ns = max(tick_ns, client.elapsed_ns - before)
         self.time_ns += tick_ns
-        if self.host.ctr[C.OOM_EVENTS] > oom_events:
-            self.host.ctr[C.OOM_TICKS] += 1
+        if self.host._ctr[C.OOM_EVENTS] > oom_events:
+            self.host._ctr[C.OOM_TICKS] += 1
         if self.oom is not None:
             self.oom.tick_done()
         if self.engine.check_invariants:
@@ -404,25 +472,32 @@ class Simulation:
         """Run one batch of accesses by a client of ``mm`` (through ``secondary``, or the CPU).
 
         ``account=False`` leaves the client's time alone (for ``populate``)."""
-        pages = np.ascontiguousarray(pages, dtype=PAGE_DTYPE)
-        if not pages_inside(pages, mm.npages):
-            raise ValueError(f"pages outside mm '{mm.name}' (0..{mm.npages - 1})")
-        writes = np.zeros(pages.size, dtype=np.bool_) if writes is None else np.ascontiguousarray(writes, np.bool_)
-        self._run_batch(mm, secondary, pages, writes, client or self._client_of(mm, secondary), account)
+        mm = mm_arg(self, mm, "run_client")
+        if secondary is not None and not any(secondary is s and s.mm is mm for s in self.secondaries):
+            raise OperationError(f"run_client: secondary must be None (the CPU) or a secondary MMU of mm '{mm.name}', "
+                                 f"got {secondary!r}")  # fmt: skip
+        if client is not None and not any(client is c and c.mm is mm and c.secondary is secondary
+                                          for c in self.clients):  # fmt: skip
+            raise OperationError(f"run_client: client must be None or the client of mm '{mm.name}' through that "
+                                 f"secondary MMU, got {client!r}")  # fmt: skip
+        pages = access_pages(pages, mm.npages, "run_client")
+        writes = write_flags(writes, pages.size, "run_client")
+        self._run_batch(mm, secondary, pages, writes, client or self._client_of(mm, secondary), bool(account))
 
     def _run_batch(self, mm: MM, secondary: SecondaryMMU | None, pages: np.ndarray, writes: np.ndarray,
                    client: Client | None, account: bool = True) -> None:  # fmt: skip
         """``run_client`` for a batch known to be good: int32 pages inside the mm, a bool per page."""
         host = self.host
-        if secondary is not None and not secondary.shares_cpu_tables:
-            spte, sflags, saccessed, sstate = secondary.spte, secondary.sflags, secondary._accessed, secondary.state
+        if secondary is not None and secondary._spte.size:  # the framework's own views (secondary.py): not
+            # the plugin's attributes, which it may rebind or reshape
+            spte, sflags, saccessed, sstate = secondary._spte, secondary._sflags, secondary._accessed, secondary._state
         else:
             spte, sflags, saccessed, sstate = _EMPTY_I32, _EMPTY_U8, _EMPTY_U8, _EMPTY_STATE
-        vcpu_node = client.vcpu_node if client is not None else np.zeros(1, dtype=np.int32)
+        vcpu_node = client._vcpu_node if client is not None else np.zeros(1, dtype=np.int32)
         ks = new_kernel_state()
-        before = host.ctr.copy()
-        faults = self._mm_faults.mark(host.ctr)
-        tables = self.secondary_tables
+        before = host._ctr.copy()
+        faults = self._mm_faults.mark(host._ctr)
+        tables = self._secondary_tables
         chain_subs, chain_fast, window_event, numa_event = self._chain_route(mm)
         numa_last, numa_stats = (self.numa.last_nid, self.numa.stats) if self.numa else (_NO_NUMA, _NO_STATS)
         generation = self.actors.generation
@@ -434,10 +509,10 @@ class Simulation:
                     chain_subs, chain_fast, window_event, numa_event = self._chain_route(mm)
                     generation = self.actors.generation
                 status = run_accesses(
-                    pages, writes, ks, host.ctr, mm.index, spte, sflags, saccessed, sstate, vcpu_node,
+                    pages, writes, ks, host._ctr, mm.index, spte, sflags, saccessed, sstate, vcpu_node,
                     self.exact_clock, self.engine.check_accesses, chain_subs, chain_fast, window_event, numa_last,
                     numa_stats, numa_event, tables.offset, tables.spte, tables.sflags, tables.shadow, tables.state,
-                    tables.acc, self.actors.changed, self._scratch, *host.flat,
+                    tables.acc, self.actors._changed, self._scratch, *host._flat,
                 )  # fmt: skip
                 if ks[K_WRECLAIMS]:
                     self._settle_windows(mm, chain_subs, ks)
@@ -449,17 +524,17 @@ class Simulation:
                 if status == WAKE_KSWAPD:
                     self._wake_kswapd()
                 elif status == DIRECT_RECLAIM:
-                    host.ctr[C.DIRECT_RECLAIMS] += 1
+                    host._ctr[C.DIRECT_RECLAIMS] += 1
                     self._reclaim(max(SWAP_CLUSTER_MAX, host.pages_to_low()), direct=True)
                     if self.oom is not None and not host.above_min():  # __alloc_pages_may_oom
                         victim = self.oom.out_of_memory()
                         if victim is not None:  # an OOM event that freed memory; one that could not kill lets
-                            host.ctr[C.OOM_EVENTS] += 1  # the allocation fail, counted there (_fail_allocation)
+                            host._ctr[C.OOM_EVENTS] += 1  # the allocation fail, counted there (_fail_allocation)
                         if victim is not None and client is not None and victim is client.tenant:
                             break  # SIGKILL: the faulting client itself is gone
                 elif status == EVICT_ONE:
-                    write_errors = host.ctr[C.SWAP_WRITE_ERRORS]
-                    if swap_out(self, np.array([ks[K_VICTIM]])) == 0 and host.ctr[C.SWAP_WRITE_ERRORS] == write_errors:
+                    write_errors = host._ctr[C.SWAP_WRITE_ERRORS]
+                    if swap_out(self, np.array([ks[K_VICTIM]])) == 0 and host._ctr[C.SWAP_WRITE_ERRORS] == write_errors:
                         host._ft.reg[REG_FLAGS] |= OOM_FLAGS  # the allocation fails, and counts an oom_event
                 elif status == MIGRATE_TO_RAM:
                     self._migrate_to_ram(int(ks[K_VICTIM]), int(vcpu_node[0]), ks)
@@ -470,7 +545,8 @@ class Simulation:
                 elif status == FAULT_AROUND:
                     charge_to = self._charge_to
                     try:
-                        secondary.fault_around(int(ks[K_VICTIM]))
+                        guarded(self.actors.running, component_label(secondary), "fault_around",
+                                secondary.fault_around, int(ks[K_VICTIM]))  # fmt: skip
                     finally:
                         self._charge_to = charge_to
                 elif status == RACE_WINDOW:
@@ -488,10 +564,27 @@ class Simulation:
         finally:
             self._charge_to = None
             self.outside = outside
-            host.ctr[C.ACCESSES_ATTEMPTED] += int(ks[K_I])  # every access up to where the kernel stopped
-            self._mm_faults.settle(mm.index, host.ctr, faults)  # this batch's faults are its mm's
+            host._ctr[C.ACCESSES_ATTEMPTED] += int(ks[K_I])  # every access up to where the kernel stopped
+            self._mm_faults.settle(mm.index, host._ctr, faults)  # this batch's faults are its mm's
+        if self.engine.check_accesses and secondary is not None:
+            self._note_stale_accesses(secondary, before)
         if client is not None and account:
-            self._account(client, host.ctr - before)
+            self._account(client, host._ctr - before)
+
+    def _note_stale_accesses(self, secondary: SecondaryMMU, before: np.ndarray) -> None:
+        """With ``engine.check_accesses`` the access kernel counts each access through an entry whose frame no
+        longer holds its page: name the MMU whose accesses they were, once, as a violation message (the
+        counts are the counters ``coherence_violations``, ``isolation_violations``, ``stale_*``)."""
+        ctr = self.host._ctr
+        for kind, counter in (("coherence", C.COHERENCE_VIOLATIONS), ("isolation", C.ISOLATION_VIOLATIONS)):
+            if ctr[counter] == before[counter] or (secondary, kind) in self._stale_noted:
+                continue
+            self._stale_noted.add((secondary, kind))
+            where = "a frame no longer holding the page" if kind == "coherence" else "a free frame or another mm's"
+            message = (f"{kind}: {secondary.label} accessed memory through an entry mapping {where}, at tick "
+                       f"{self.tick} (counted on every access by engine.check_accesses: {kind}_violations, "
+                       f"stale_reads, stale_writes). Culprit: {secondary.label}'s stale entries")  # fmt: skip
+            self.report_violations(invariants.Report(messages=[message]))
 
     def _chain_route(self, mm: MM) -> tuple[np.ndarray, bool, int, int]:
         """What the access kernel needs to act on ``mm``'s notifier chain itself: its subscribers, whether the
@@ -510,16 +603,17 @@ class Simulation:
         """migrate_misplaced_folio in a hinting fault the kernel could not do itself: a THP (split first), or an
         mm with a subscriber the compiled path does not serve."""
         stats = self.numa.stats
-        refused = self.host.ctr[C.MIGRATIONS_REFUSED]
+        refused = self.host._ctr[C.MIGRATIONS_REFUSED]
         with self.actors.acting(NUMA_ACTOR):
             moved = self.migrate(mm, np.array([key - mm.base]), node, keep_free=int(self.host.watermarks[node, 2]))
         stats[mm.index, MIGRATED] += moved
-        stats[mm.index, FAILED] += int(self.host.ctr[C.MIGRATIONS_REFUSED] - refused)
+        stats[mm.index, FAILED] += int(self.host._ctr[C.MIGRATIONS_REFUSED] - refused)
 
     def numa_faults(self, migrate_page_ns: float) -> NumaFaults:
         """Have the access kernel handle NUMA hinting faults as the kernel does, in the fault: the two-stage
         filter and the migration (``mmnsim.numafaults``); ``migrate_page_ns`` is what the faulting task pays a
         page. For a NUMA balancing policy; returns the object whose ``stats`` it reads and keeps."""
+        check_ns(migrate_page_ns, "numa_faults")
         if self.numa is None:
             self.numa = NumaFaults(self, migrate_page_ns)
         return self.numa
@@ -542,7 +636,7 @@ class Simulation:
         reclaims the page it just resolved (``swap_out``, under a CLEAR invalidation of the page), as
         reclaim, NUMA migration or compaction may in the kernel while a fault waits for I/O. The fault then
         resumes and must retry by the sequence protocol."""
-        self.host.ctr[C.RACE_WINDOWS] += 1
+        self.host._ctr[C.RACE_WINDOWS] += 1
         frame = int(self.host._pt.pte[key])
         if frame < 0 or self.host._ft.pin[frame] > 0 or self.host._ft.key[frame] != key:
             return  # nothing to reclaim: a shared (KSM) or pinned frame stays
@@ -557,10 +651,11 @@ class Simulation:
         """A CPU or another device touched a device-private page: its device brings it back to RAM."""
         mm = self.mm_of_key(key)
         frame_node = self.host.node_of(int(self.host._pt.pte[key]))
-        owner = next(s for s in self.secondaries if s.device_node == frame_node)
-        owner.migrate_to_ram(np.array([key - mm.base]), node)
+        owner = self._device_owner[frame_node]  # the framework's own record: a plugin's state may say otherwise
+        guarded(self.actors.running, component_label(owner), "migrate_to_ram", owner.migrate_to_ram,
+                np.array([key - mm.base]), node)  # fmt: skip
         if self.host._pt.flags[key] & P_DEVICE:  # no room in RAM even so: the access fails
-            self.host.ctr[C.ALLOC_FAILURES] += 1
+            self.host._ctr[C.ALLOC_FAILURES] += 1
             ks[K_SKIP] = 1
 
     def _direct_compact(self, nid: int) -> None:
@@ -568,12 +663,12 @@ class Simulation:
         the faulting node's order until one pageblock is free; the faulting client waits for the copies.
         The fault then retries its THP once (and falls back to 4 KiB pages if it still finds none)."""
         host = self.host
-        host.ctr[C.COMPACT_STALL] += 1
-        before = host.ctr[C.PAGES_MIGRATED]
+        host._ctr[C.COMPACT_STALL] += 1
+        before = host._ctr[C.PAGES_MIGRATED]
         for n in host.ft.node_order[nid]:
             if n < host.nodes and compact(self, int(n), 1):
                 break
-        self.charge(float(host.ctr[C.PAGES_MIGRATED] - before) * self.costs.compact_page_ns)
+        self.charge(float(host._ctr[C.PAGES_MIGRATED] - before) * self.costs.compact_page_ns)
 
     def _client_of(self, mm: MM, secondary: SecondaryMMU | None) -> Client | None:
         return next((c for c in self.clients if c.mm is mm and c.secondary is secondary), None)
@@ -581,7 +676,7 @@ class Simulation:
     def _wake_kswapd(self) -> None:
         """kswapd, run to completion: like kswapd_shrink_node, it asks for the high watermark's worth of
         pages (at least what brings every node back above high)."""
-        self.host.ctr[C.KSWAPD_WAKEUPS] += 1
+        self.host._ctr[C.KSWAPD_WAKEUPS] += 1
         charge_to, self._charge_to = self._charge_to, None  # kswapd runs on its own CPU, while the vCPUs run
         outside, self.outside = self.outside, None
         try:
@@ -593,28 +688,34 @@ class Simulation:
             self.host._ft.reg[REG_FLAGS] |= KSWAPD_FUTILE
 
     def _reclaim(self, nr_pages: int, direct: bool) -> int:
-        freed = self.call_hook("reclaim", firstresult=True, sim=self, nr_pages=nr_pages, direct=direct)
-        return int(freed[0] if freed else 0)
+        answers = self.call_hook("reclaim", firstresult=True, who=True, sim=self, nr_pages=nr_pages, direct=direct)
+        if not answers:
+            return 0
+        who, freed = answers[0]
+        if isinstance(freed, bool | np.bool_) or not isinstance(freed, numbers.Integral) or freed < 0:
+            raise PluginError(f"{who} returned {freed!r} from reclaim; expected the number of frames it freed, an "
+                              "integer >= 0")  # fmt: skip
+        return int(freed)
 
-    def call_hook(self, name: str, firstresult: bool = False, **kwargs) -> list:
+    def call_hook(self, name: str, firstresult: bool = False, who: bool = False, **kwargs) -> list:
         """Call framework hook ``name`` on every plugin implementing it, in pluggy's order (the last
         registered first), each as the current actor; return the non-None results (only the first, with
-        ``firstresult``). An exception in a plugin becomes a one-line ``PluginError`` naming the plugin
-        and the hook, with the traceback in the log."""
+        ``firstresult``; ``who``: as (plugin label, result) pairs). An exception in a plugin becomes a
+        one-line ``PluginError`` naming the plugin and the hook, with the traceback in the log."""
         results = []
         for impl in reversed(getattr(self.pm.hook, name).get_hookimpls()):
-            who = plugin_label(impl.plugin_name)
-            with self.actors.acting(f"{who} in {name}"):
+            label = plugin_label(impl.plugin_name)
+            with self.actors.acting(f"{label} in {name}"):
                 try:
                     res = impl.function(*[kwargs[a] for a in impl.argnames])
-                except (PluginError, InvariantViolation, ConfigError):
+                except FRAMEWORK_ERRORS:
                     raise
                 except Exception as exc:
-                    raise plugin_error(who, name, exc) from exc
+                    raise plugin_error(label, name, exc) from exc
             if name == "host_tick" and isinstance(impl.plugin, SecondaryMMU) and self.engine.check_invariants:
-                self._check_after(impl.plugin, f"after {who} in host_tick")  # entries its own code installed
+                self._check_after(impl.plugin, f"after {label} in host_tick")  # entries its own code installed
             if res is not None:
-                results.append(res)
+                results.append((label, res) if who else res)
                 if firstresult:
                     break
         return results
@@ -627,22 +728,22 @@ class Simulation:
         faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + swap_in
         sec = client.secondary
         if sec is not None:
-            walk, tlb_huge = sec.walk_refs, sec.tlb_huge()
+            walk, tlb_huge = self._plugin_walk(sec), bool(self._ask(sec, "tlb_huge"))
         else:  # the CPU's own 4-level walk; one level less through a PMD
             walk, tlb_huge = (lambda huge: walk_refs(c.pwc_miss, 3 if huge else 4)), True
         translation = translation_ns(c, int(d[C.ACCESSES]), int(d[C.HUGE_ACCESSES]),
                                      client.region[1] - client.region[0], walk, tlb_huge)  # fmt: skip
         client.translation_ns += translation
         access += translation
-        if sec is not None and sec.shares_cpu_tables:  # its faults on the CPU table are I/O page faults
+        if sec is not None and not sec._spte.size:  # shares the CPU tables: its faults there are I/O page faults
             iopf = d[C.MINOR_FAULTS] + d[C.MAJOR_FAULTS]
             d[C.SECONDARY_FAULTS] += iopf
-            self.host.ctr[C.SECONDARY_FAULTS] += iopf
+            self.host._ctr[C.SECONDARY_FAULTS] += iopf
         if sec is not None:
-            sec.counts["translation_ns"] += translation
-            faults += sec.fault_cost_ns(int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]))
+            sec._counts["translation_ns"] += translation
+            faults += self._ns_from(sec, "fault_cost_ns", int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]))
             for name in PER_SECONDARY:
-                sec.counts[name] += int(d[C.NAMES.index(name)])
+                sec._counts[name] += int(d[C.NAMES.index(name)])
         spread = (access + faults) / client.vcpus
         if c.swap_serial and swap_in > spread:
             # One disk reads one page at a time: the vCPUs queue for it, and the batch takes at least the
@@ -652,6 +753,25 @@ class Simulation:
         else:
             client.elapsed_ns += spread
             client.stall_ns += faults / client.vcpus
+
+    def _ask(self, comp: Component, method: str, *args: object) -> object:
+        """Call ``comp``'s own ``method`` (a plugin's code, not a hook) as the hooks are called (``guarded``)."""
+        return guarded(self.actors.running, component_label(comp), method, getattr(comp, method), *args)
+
+    def _ns_from(self, comp: Component, method: str, *args: object) -> float:
+        """``_ask`` for a number the run adds up (a time, a count of references): finite and >= 0."""
+        value = self._ask(comp, method, *args)
+        try:
+            ok = 0.0 <= value < math.inf  # NaN compares false: a NaN would spoil every sum it joins
+        except TypeError:
+            ok = False
+        if not ok:
+            raise PluginError(f"{component_label(comp)} returned {value!r} from {method}; expected a finite number "
+                              ">= 0")  # fmt: skip
+        return float(value)
+
+    def _plugin_walk(self, sec: SecondaryMMU) -> Callable[[bool], float]:
+        return lambda huge: self._ns_from(sec, "walk_refs", huge)
 
     def _settle_stalls(self, client: Client) -> None:
         client.elapsed_ns += client._pending_stall
@@ -674,15 +794,15 @@ class Simulation:
 
     def report_violations(self, report: invariants.Report) -> None:
         """Count a report's violations, log each new message once, and stop if the engine says so."""
-        self.violations += report.counts
-        new = [m for m in report.messages if m not in self.violation_messages]
+        self._violations += report.counts
+        new = [m for m in report.messages if m not in self._violation_messages]
         heading = getattr(self, "_heading", None)
         if heading and new:
             log.warning("%s: %d violations", heading, int(report.counts.sum()))
             new = [f"[{heading}] {m}" for m in new]
         for message in new:
             log.warning("tick %d: invariant violated: %s", self.tick, message)
-        self.violation_messages.extend(new)
+        self._violation_messages.extend(new)
         if self.engine.stop_on_violation:
             raise InvariantViolation(f"tick {self.tick}: " + "; ".join(report.messages))
 
@@ -690,7 +810,7 @@ class Simulation:
 
     def _sample(self) -> dict[str, float]:
         row: dict[str, float] = {"tick": self.tick, "sim_time_ns": self.time_ns}
-        row.update(C.as_dict(self.host.ctr))
+        row.update(C.as_dict(self.host._ctr))
         row["free_frames"] = self.host.free_frames()
         row["pinned_pages"] = self.host.pinned_pages()
         row["swap_used"] = self.host.swap_used()
@@ -703,17 +823,20 @@ class Simulation:
         secondary MMU's own metrics are summed over all of them under their name, and also reported per kind
         as "<name>.<metric>" with its counters. A metric nobody declared raises ``MetricError``."""
         cat = self.catalogue
-        out: dict[str, float] = dict(C.as_dict(self.host.ctr))
+        out: dict[str, float] = dict(C.as_dict(self.host._ctr))
         for impl in reversed(self.pm.hook.collect_metrics.get_hookimpls()):
             who = f"plugin '{impl.plugin_name}' ({describe(impl.plugin)})"
             label = plugin_label(impl.plugin_name)
             with self.actors.acting(f"{label} in collect_metrics"):
                 try:
                     contribution = impl.function(sim=self)
-                except (PluginError, InvariantViolation, ConfigError):
+                except FRAMEWORK_ERRORS:
                     raise
                 except Exception as exc:
                     raise plugin_error(label, "collect_metrics", exc) from exc
+            if contribution is not None and not isinstance(contribution, dict):
+                raise PluginError(f"{label} returned {contribution!r} from collect_metrics; expected a dict of "
+                                  "metrics (name -> number)")  # fmt: skip
             for name, value in (contribution or {}).items():
                 self._check_declared(cat, impl.plugin, who, name, value)
                 out[name] = out.get(name, 0) + value
@@ -723,7 +846,7 @@ class Simulation:
             for name, value in sec.metrics.items():
                 self._check_declared(cat, sec, f"secondary MMU '{sec.label}' ({describe(sec)})", name, value)
                 out[name] = out.get(name, 0) + value
-            for name, value in [*sec.metrics.items(), *sec.counts.items()]:
+            for name, value in [*sec.metrics.items(), *sec._counts.items()]:
                 out[f"{sec.name}.{name}"] = out.get(f"{sec.name}.{name}", 0) + value
         self.pinned_peak = max(self.pinned_peak, self.host.pinned_pages())
         out["pinned_pages"] = self.host.pinned_pages()
@@ -749,7 +872,7 @@ class Simulation:
         out["thp_coverage"] = sum(int(count_set(mm.flags, P_HUGE)) for mm in guests) / pages
         for sec in self.secondaries:
             mapped = sec.mapped_pages()
-            huge = int(count_set(sec.sflags, S_HUGE))
+            huge = int(count_set(sec._sflags, S_HUGE))
             out[f"{sec.name}.huge_mapped_fraction"] = huge / mapped if mapped else 0.0
             accesses = out.get(f"{sec.name}.accesses", 0)  # none if its client never ran (killed first)
             out[f"{sec.name}.accesses_failed"] = out.get(f"{sec.name}.accesses_attempted", 0) - accesses

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import counters as C
+from .arguments import OperationError, mm_arg, page_arg, pages_arg
 from .frames import NFREE, WMARK_LOW, alloc_pageblock, free_frame
 from .kernel import kernel
 from .notifier import Event, NotifierRange
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 
 
 def split(sim: "Simulation", mm: "MM", pages: np.ndarray) -> int:
-    """Split every THP that maps one of ``pages`` (mm page numbers); return how many were split."""
+    """Split every THP that maps one of ``pages`` (mm page numbers, known to be inside the mm: the framework's
+    own callers; a plugin calls ``split_huge_pages``); return how many were split."""
     pages = np.asarray(pages, dtype=np.int64)
     huge = pages[(mm.flags[pages] & P_HUGE) != 0]
     if huge.size == 0:
@@ -37,8 +39,15 @@ def split(sim: "Simulation", mm: "MM", pages: np.ndarray) -> int:
             mm._flags[first : first + HUGE_PAGES] &= np.uint8(0xFF ^ P_HUGE)
 
     mm.invalidate(ranges, demote)
-    sim.host.ctr[C.THP_SPLIT] += firsts.size
+    sim.host._ctr[C.THP_SPLIT] += firsts.size
     return int(firsts.size)
+
+
+def split_huge_pages(sim: "Simulation", mm: "MM", pages: np.ndarray) -> int:
+    """Split every THP that maps one of ``pages`` of ``mm`` (page numbers inside it); return how many were split.
+    Each split raises CLEAR over its 2 MiB."""
+    mm = mm_arg(sim, mm, "split_huge_pages")
+    return split(sim, mm, pages_arg(pages, mm.npages, "split_huge_pages"))
 
 
 def split_straddling(sim: "Simulation", mm: "MM", start: int, end: int) -> None:
@@ -80,12 +89,21 @@ def _collapse(pt, ft, ctr, first, node_id):
 def collapse(sim: "Simulation", mm: "MM", first: int, node: int) -> bool:
     """khugepaged's collapse_huge_page of the region starting at page ``first``: invalidate the 2 MiB range
     (event CLEAR), copy the present pages into a fresh pageblock (absent ones zero-filled) and map it by
-    PMD. The caller has checked the region qualifies. Returns False if ``node`` had no free pageblock."""
+    PMD. The caller has checked the region qualifies (as the defrag policy's khugepaged does; the collapse
+    itself refuses a region holding swapped-out, pinned, shared or device-private pages). Returns False if
+    ``node`` had no free pageblock. ``first`` must start an aligned 2 MiB region inside ``mm``; ``node`` is
+    a RAM node."""
+    mm = mm_arg(sim, mm, "collapse_huge_page")
+    first = page_arg(first, mm.npages, "collapse_huge_page", "first")
+    if first % HUGE_PAGES or first + HUGE_PAGES > mm.npages:
+        raise OperationError(f"collapse_huge_page: first must start an aligned 2 MiB region ({HUGE_PAGES} pages) "
+                             f"inside mm '{mm.name}' ({mm.npages} pages), got {first}")  # fmt: skip
+    node = sim.host._node(node, "collapse_huge_page", ram=True)
     ok = False
 
     def build() -> None:
         nonlocal ok
-        ok = _collapse(sim.host._pt, sim.host._ft, sim.host.ctr, mm.base + first, node)
+        ok = _collapse(sim.host._pt, sim.host._ft, sim.host._ctr, mm.base + first, node)
 
     ranges = NotifierRange(mm, np.array([first]), np.array([first + HUGE_PAGES]), Event.CLEAR)
     mm.invalidate(ranges, build)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from .arguments import OperationError, access_pages
 from .components import Component
 from .config import require
-from .kernel import U, kernel
 from .pcg64 import random_below
 
 if TYPE_CHECKING:
@@ -58,15 +58,6 @@ def _drawer() -> ThreadPoolExecutor:
 
 
 PAGE_DTYPE = np.int32  # page numbers in access batches (an mm has fewer than 2**31 pages)
-
-
-@kernel
-def pages_inside(pages, npages):
-    """Whether every page of a batch is in [0, npages): one pass, where min() and max() make two."""
-    outside = False
-    for i in range(pages.size):
-        outside |= U(pages[i]) >= U(npages)  # a negative page turns huge: one test for both ends, no branch
-    return not outside
 
 
 class Workload(Component):
@@ -140,11 +131,14 @@ class WorkloadStream:
             k = min(n, self.left)
             got = self.workload.pages(k)
             pages, flags = got if isinstance(got, tuple) else (got, None)
-            pages = np.ascontiguousarray(pages, dtype=PAGE_DTYPE)
-            if pages.ndim != 1 or pages.size > k or not pages_inside(pages, self.workload.npages):
+            try:  # checked before any cast to int32: a page number too big for it must not wrap around
+                pages = access_pages(pages, self.workload.npages, "pages()", copy=False)
+            except OperationError as exc:
+                raise ValueError(f"workload {self.workload.name!r} returned pages outside [0, {self.workload.npages}) "
+                                 f"or not page numbers ({exc})") from None  # fmt: skip
+            if pages.size > k:
                 raise ValueError(
-                    f"workload {self.workload.name!r} returned pages outside [0, {self.workload.npages}) "
-                    f"or more than the {k} asked for"
+                    f"workload {self.workload.name!r} returned {pages.size} pages, more than the {k} asked for"
                 )
             if flags is None:
                 wf = self.workload.cfg.write_fraction
@@ -176,6 +170,8 @@ def client_streams(
     tenant with several clients spawns its child again, one per client (its CPUs first, then its devices);
     a tenant with one client uses its child directly. Each client's workload covers its region of the mm.
     ``ahead``: the streams draw each next batch on a second thread (``WorkloadStream``)."""
+    from .notifier import guarded  # (notifier imports what imports this module)
+
     seeds = np.random.SeedSequence(seed).spawn(len(tenants) + 1)
     streams = []
     for spec, tenant_seed in zip(tenants, seeds, strict=False):
@@ -184,7 +180,8 @@ def client_streams(
         else:
             rngs = [np.random.default_rng(tenant_seed)]
         streams.append([
-            WorkloadStream(c.workload[0](c.workload[1], c.region[1] - c.region[0], rng), ahead=ahead)
+            WorkloadStream(guarded([], f"workload '{c.workload[0].name}'", "__init__", c.workload[0], c.workload[1],
+                                   c.region[1] - c.region[0], rng), ahead=ahead)
             for c, rng in zip(spec.clients, rngs, strict=True)
         ])  # fmt: skip
     return streams, np.random.default_rng(seeds[-1])

@@ -1,7 +1,8 @@
-"""Deliberately broken secondary MMUs, for checking that the framework catches every broken contract.
+"""Deliberately broken plugins, for checking that the framework catches every broken contract.
 
 ``secondary=faulty secondary.fault=NAME`` is KVM with one bug; ``secondary=faulty_odp`` is RDMA on-demand
-paging with one. Each bug is one the kernel's rules exist to prevent, and each is caught:
+paging with one; ``'policies=[swap,faulty_policy]' policies.faulty_policy.fault=NAME`` is a host policy with
+one. Each bug is one the kernel's rules (or the framework's contract) exist to prevent, and each is caught:
 
 =================== ==================================================== =========================================
 fault               what the plugin does                                 how it is caught
@@ -33,6 +34,29 @@ refuse_nonblockable (faulty_odp) refuses every non-blockable batch       counted
                                                                          logged; legal, but never silent
 no_set_seq          (faulty_odp) zaps in invalidate but never calls      coherence/isolation check, as
                     set_seq(cur_seq)                                     no_seq_bump
+forge_pins          marks every entry S_PINNED, pinning nothing          nothing to catch: pins are counted and
+                                                                         released by the framework's own record
+                                                                         (SecondaryMMU.accessed), not its bits
+wild_frame          writes a frame number past the host's memory into    isolation check: "no frame of the host",
+                    its table                                            naming it; no read past memory
+rewrite_pinned      (pin mode) points a pinned entry at another frame    pin check (the pinned frame is held by
+                                                                         no entry), coherence; no pin underflow
+swap_table          replaces its table with a small int8 array and       nothing to catch: the framework works on
+                    reshapes its state                                   its own views of the table's memory
+raise_in_fault_     sets a fault block and raises in fault_around        PluginError naming it and fault_around
+around
+nan_fault_cost      returns NaN from fault_cost_ns                       PluginError naming it and fault_cost_ns
+=================== ==================================================== =========================================
+
+``faulty_policy`` (a host policy; its faults, ``policies.faulty_policy.fault``):
+
+=================== ==================================================== =========================================
+flip_view           sets a page table view writable and clears dirty     PluginError: "wrote to host state ...
+                    bits through it (instead of ``mm.mkclean``)          through a read-only view", naming it
+collapse_past_end   collapse_huge_page at the mm's end (the compiled     PluginError naming it, the operation and
+                    collapse wrote past the page table before)           the argument
+discard_negative    discards page -1 (numpy wrapped it to the last page) PluginError naming it and discard
+charge_nan          charges NaN ns of host work                          PluginError naming it and charge
 =================== ==================================================== =========================================
 """
 
@@ -40,14 +64,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmnsim import NotifierRange, hookimpl, require
+from mmnsim import HostPolicy, NotifierRange, collapse_huge_page, hookimpl, require
+from mmnsim.pagebits import P_DIRTY, S_PINNED, clear_mask
 
 from .kvm import KVM, KVMConfig
 from .rdma import RDMA, RDMAConfig
 
 KVM_FAULTS = ("none", "ignore_invalidate", "map_in_window", "keep_pins", "young_all", "young_none", "raise_in_hook",
-              "no_seq_bump", "defer_unmap", "keep_until_tick", "ignore_nonblockable", "test_young_clears")  # fmt: skip
+              "no_seq_bump", "defer_unmap", "keep_until_tick", "ignore_nonblockable", "test_young_clears",
+              "forge_pins", "wild_frame", "rewrite_pinned", "swap_table", "raise_in_fault_around",
+              "nan_fault_cost")  # fmt: skip
 ODP_FAULTS = ("none", "refuse_nonblockable", "no_set_seq")
+POLICY_FAULTS = ("none", "flip_view", "collapse_past_end", "discard_negative", "charge_nan")
+WILD_FRAME = 2**31 - 1  # a frame number no host has
 
 
 @dataclass
@@ -98,8 +127,22 @@ class FaultyKVM(KVM):
 
     @hookimpl
     def host_tick(self, sim) -> None:
-        if self.cfg.fault == "keep_until_tick":
+        """keep_until_tick drops what it kept; the other faults here write the plugin's own table or state
+        behind the framework's back."""
+        fault = self.cfg.fault
+        if fault == "keep_until_tick":
             self._zap_deferred()
+        mapped = np.flatnonzero(self.spte >= 0)
+        if fault == "forge_pins":
+            self.sflags[mapped] |= S_PINNED
+        elif fault == "wild_frame" and mapped.size:
+            self.spte[mapped[:: max(1, mapped.size // 4)]] = WILD_FRAME
+        elif fault == "rewrite_pinned" and mapped.size > 1:
+            self.spte[mapped[0]] = self.spte[mapped[-1]]  # a frame the entry never pinned
+        elif fault == "swap_table":
+            self.spte = np.zeros(3, dtype=np.int8)
+            self.sflags = np.zeros(3, dtype=np.int64)
+            self.state.shape = (1, -1)
 
     def _zap_deferred(self) -> None:
         for ranges in self.deferred:
@@ -142,6 +185,19 @@ class FaultyKVM(KVM):
             return
         super().teardown()
 
+    def attach(self) -> None:
+        super().attach()
+        if self.cfg.fault == "raise_in_fault_around":
+            self.set_fault_block(8)
+
+    def fault_around(self, page: int) -> int:
+        if self.cfg.fault == "raise_in_fault_around":
+            raise RuntimeError("injected fault")
+        return super().fault_around(page)
+
+    def fault_cost_ns(self, faults: int) -> float:
+        return float("nan") if self.cfg.fault == "nan_fault_cost" else super().fault_cost_ns(faults)
+
 
 @dataclass
 class FaultyODPConfig(RDMAConfig):
@@ -167,6 +223,38 @@ class FaultyODP(RDMA):
             super().set_seq(cur_seq)
 
 
+@dataclass
+class FaultyPolicyConfig:
+    fault: str  # one of POLICY_FAULTS
+
+    def __post_init__(self) -> None:
+        require(self.fault in POLICY_FAULTS, f"fault must be one of {', '.join(POLICY_FAULTS)}; got {self.fault!r}")
+
+
+class FaultyPolicy(HostPolicy):
+    """A host policy with one bug, from its second tick on (the first runs clean)."""
+
+    name = "faulty_policy"
+    Config = FaultyPolicyConfig
+
+    @hookimpl
+    def host_tick(self, sim) -> None:
+        if sim.tick < 1:
+            return
+        mm = sim.tenants[0].mm
+        fault = self.cfg.fault
+        if fault == "flip_view":  # the write-protect of writeback done by hand, not through mm.mkclean
+            flags = mm.flags
+            flags.flags.writeable = True
+            flags[:] &= clear_mask(P_DIRTY)
+        elif fault == "collapse_past_end":
+            collapse_huge_page(sim, mm, mm.npages, 0)
+        elif fault == "discard_negative":
+            mm.discard(np.array([-1]))
+        elif fault == "charge_nan":
+            sim.charge(float("nan"))
+
+
 @hookimpl
 def register_components():
-    return [FaultyKVM, FaultyODP]
+    return [FaultyKVM, FaultyODP, FaultyPolicy]

@@ -24,4 +24,4 @@ def test_a_full_log_compacts_keeping_recent_changes_exact_and_older_ones_bounded
     assert actors.who_changed(last % 500) == f"policy 'p{last % 3}' (CLEAR of mm 'guest0') at tick {last}"
     old = actors.who_changed(900)  # merged with the other old changes of its actor: bounded, not lost
     assert old.startswith("policy 'old' (CLEAR of mm 'guest0') at or before tick "), old
-    assert actors.who_changed(901) is None and actors.changed.dtype == np.uint16
+    assert actors.who_changed(901) is None and actors._changed.dtype == np.uint16

@@ -72,6 +72,17 @@ def test_a_sweep_with_both_examples_runs_and_reports_their_metrics(installed, tm
     assert runs["kvm"]["kvm.pages_zapped"] > 0
 
 
+def test_an_installed_plugins_device_given_inline_gets_its_yaml_defaults(installed, tmp_path):
+    """guest.devices and processes[i].secondary compose an installed plugin's YAML, as secondary=NAME does
+    (before, only built-in YAML files were read for them: "guest.devices[0].secondary.mode: missing")."""
+    device = "{secondary: {name: iommu_sva}, workload: {name: uniform, accesses: 20000}}"
+    out = cli(f"guest.devices=[{device}]", "guest.memory_mib=16", "host.memory_mib=64", "workload.accesses=20000",
+              "hydra.run.dir=run", cwd=tmp_path, env=installed)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run = pl.read_parquet(tmp_path / "run" / "summary.parquet").row(0, named=True)
+    assert run["iommu_sva.accesses"] > 0 and run["invariant_violations"] == 0
+
+
 def test_pinned_guest_memory_is_never_merged(installed, tmp_path):
     out = cli("secondary.mode=pin", "policies=[swap,ksm]", "policies.ksm.pages_to_scan=20000",
               "workload.boot_writes=false", "guest.memory_mib=16", "host.memory_mib=64", "workload.accesses=200000",

@@ -19,13 +19,14 @@ from mmnsim.settings import load_settings
 
 
 def _array_bytes(root) -> int:
-    """Bytes of every numpy array reachable from ``root`` (each base array once)."""
+    """Bytes of every numpy array reachable from ``root`` (each base array once: a read-only view's, through
+    the read-only buffer it is built on, is the framework's writable array)."""
     seen, total, stack = set(), 0, [root]
     while stack:
         obj = stack.pop()
         if isinstance(obj, np.ndarray):
-            while isinstance(obj.base, np.ndarray):
-                obj = obj.base
+            while isinstance(obj.base, np.ndarray | memoryview):
+                obj = obj.base.obj if isinstance(obj.base, memoryview) else obj.base
             if id(obj) not in seen:
                 seen.add(id(obj))
                 total += obj.nbytes

@@ -7,7 +7,7 @@ in pin or notifier mode, up to two more devices on the same mm, and optionally a
 plain process or a second KVM guest). It then runs a random sequence of:
 
 * mm operations: CPU reads and writes of page ranges, mmap, munmap, mprotect (none / r / rw), madvise
-  DONTNEED, scattered discards, process exit;
+  DONTNEED, scattered discards, writeback's write-protect (mkclean) and a soft-dirty clear, process exit;
 * secondary accesses: a device's reads and writes inside its region, get_user_pages populate, whole ticks
   (``sim.step``: every client's batch and every host policy);
 * policy actions: reclaim through the swap policy, ``swap_out`` of chosen pages, migration between nodes,
@@ -54,6 +54,7 @@ from mmnsim.frames import ORPHAN, PAGEBLOCK_SHIFT, PB_NODE
 from mmnsim.pagebits import (
     HUGE_PAGES,
     P_DEVICE,
+    P_DIRTY,
     P_HUGE,
     P_PROTNONE,
     P_READ,
@@ -341,6 +342,31 @@ class MMNotifierMachine(RuleBasedStateMachine):
             return
         mm.mprotect(lo, hi, prot)
 
+    @rule(which=WHICH, start=PAGE, length=LENGTH, stride=st.integers(1, 5))
+    def mkclean(self, which, start, length, stride):
+        """Writeback's write-protect (PROTECTION_PAGE per folio): the pages lose their dirty bit, and no
+        subscribed secondary MMU keeps an entry for them."""
+        self._count()
+        mm = self._tenant(which).mm
+        lo, hi = self._range(mm, start, length)
+        pages = np.arange(lo, hi, stride)
+        mm.mkclean(pages)
+        present = pages[(mm.pte[pages] >= 0) & ((mm.flags[pages] & P_DEVICE) == 0)]
+        assert not (mm.flags[present] & P_DIRTY).any()
+        for sec in mm.chain.subscribers():
+            if getattr(sec, "spte", np.zeros(0)).size:
+                assert not (sec.spte[present] >= 0).any(), f"{sec.label} kept an entry mkclean write-protected"
+
+    @rule(which=WHICH)
+    def clear_soft_dirty(self, which):
+        """echo 4 > clear_refs (SOFT_DIRTY over the whole mm): every unpinned present page is clean after."""
+        self._count()
+        mm = self._tenant(which).mm
+        mm.clear_soft_dirty()
+        present = (mm.pte >= 0) & ((mm.flags & P_DEVICE) == 0)
+        present[present] = self.sim.host.ft.pin[mm.pte[present]] == 0
+        assert not (mm.flags[present] & P_DIRTY).any()
+
     @rule(which=WHICH, start=PAGE, length=LENGTH)
     def madvise_dontneed(self, which, start, length):
         self._count()
@@ -442,6 +468,8 @@ class MMNotifierMachine(RuleBasedStateMachine):
         pte, flags = mm.pte[first : first + HUGE_PAGES], mm.flags[first : first + HUGE_PAGES]
         present = pte >= 0
         if flags[0] & P_HUGE or ((flags & P_VMA_RW) != P_VMA_RW).any() or (pte < PTE_NONE).any():
+            return
+        if (flags & P_DEVICE).any():  # khugepaged skips device-private pages (and collapses into RAM only)
             return
         if not present.any() or self.sim.host.ft.pin[pte[present]].any():
             return
