@@ -86,7 +86,7 @@ from .settings import load_settings
 from .share import break_cow
 from .timeseries import TimeSeries
 from .workingset import FaultCounts
-from .workload import PAGE_DTYPE, WorkloadStream, client_streams, pages_inside
+from .workload import PAGE_DTYPE, WorkloadStream, client_streams
 
 log = logging.getLogger("mmnsim")
 
