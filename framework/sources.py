@@ -142,6 +142,9 @@ def doc() -> str:
         rows = [c for c in costs_of(compose_checked([f"policies=[{name}]"])) if c.key.startswith("policies.")]
         if rows:
             parts += [f"\n## policies=[{name}]\n", markdown(rows)]
+    from .costchecks import section  # it uses this module's number()
+
+    parts += ["", section()]
     return "\n".join(parts) + "\n"
 
 
