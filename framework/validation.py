@@ -239,6 +239,28 @@ THP_SWAP = (
 )
 
 
+GUEST_FIRST = (
+    "the kernel reclaimed 9 guest pages (the rest the idle process's), the model 64, of which 23 refaulted. Our "
+    "reading (docs/real.md saw every guest page on the active list under a limit): a KVM fault marks the page "
+    "accessed twice (mm/gup.c follow_page_pte with FOLL_TOUCH, then KVM releasing it accessed), so guest pages "
+    "go to the active list and reclaim takes the inactive list's idle process pages first; the model's one LRU "
+    "has no such order. Fix: the active/inactive split (mm/vmscan.c shrink_active_list) with a KVM fault "
+    "activating the page"
+)
+AGING_SQLITE = (
+    "KVM was asked about 7 to 36 guest pages for 1,200 reclaimed: the kernel reclaimed the idle process's "
+    "pages, which no secondary MMU maps (folio_referenced asks the notifiers of the mms that map the page "
+    "only), and aged guest pages only when it isolated them; the model's hand ages every guest page it "
+    "passes (2,780). Fix: as the swap rows, the active/inactive split with aging at isolation"
+)
+ACCESS = (
+    "the model charges every access a DRAM access (costs.access_ns, 80 ns) and a page walk per TLB miss; the "
+    "trace's 8 MiB mostly hits this CPU's caches, so an access in the twin's guest costs about 51 ns with the "
+    "exits and faults included. Fix: the access cost of this machine's profile (mmnsim-calibrate), or a cache "
+    "model for working sets that fit the caches"
+)
+
+
 ROWS = [
     Row("First touch: host faults per guest page", "first_touch",
         "the tenants' minor faults per guest page (the boot writes each page once: do_anonymous_page through "
@@ -283,15 +305,15 @@ ROWS = [
     Row("Swap under a limit: time per access", "swap", "sim_time_ns per access",
         ratio("sim_time_ns", "accesses"), "ns/access", 2.0, time=True, outside=PROFILE),
     Row("sqlite trace under a limit: major faults", "sqlite", "major faults (swap-ins)", ratio("major_faults", 1),
-        "faults", 1.25),
+        "faults", 1.25, outside=GUEST_FIRST),
     Row("sqlite trace under a limit: swap-outs", "sqlite", "pages written to swap (the twin: the run's pages "
         "reclaimed)", ratio("swap_outs", 1, real_numerator=RECLAIMED), "pages",
         1.25),
     Row("sqlite trace under a limit: young-op pages per reclaimed page", "sqlite",
         "pages KVM aged per swap-out", ratio("young_pages_aged", "swap_outs", real_denominator=RECLAIMED),
-        "pages/page", 1.5),
+        "pages/page", 1.5, outside=AGING_SQLITE),
     Row("sqlite trace under a limit: time per access", "sqlite", "sim_time_ns per access",
-        ratio("sim_time_ns", "accesses"), "ns/access", 2.0, time=True),
+        ratio("sim_time_ns", "accesses"), "ns/access", 2.0, time=True, outside=ACCESS),
     Row("THP-backed guest under a limit: THPs split or swapped out whole", "thp",
         "thp_split + thp_swpout (the twin: /proc/vmstat, machine-wide)", total("thp_split", "thp_swpout"), "THPs",
         1.5, outside=THP_SWAP),
@@ -299,9 +321,9 @@ ROWS = [
         "share of the guest pages KVM maps that it maps with 2 MiB entries at the end (the twin: from KVM's "
         "pages_2m and pages_4k)", huge_share, "fraction", 1.5, outside=THP_SWAP),
     Row("Eager release (release_cost reduced): KVM faults", "release_cost", "secondary faults",
-        ratio("secondary_faults", 1), "faults", 1.25),
+        ratio("secondary_faults", 1), "faults", 1.25, outside=PREFETCH),
     Row("Eager release (release_cost reduced): time per access", "release_cost", "sim_time_ns per access",
-        ratio("sim_time_ns", "accesses"), "ns/access", 2.0, time=True),
+        ratio("sim_time_ns", "accesses"), "ns/access", 2.0, time=True, outside=PROFILE),
     Row("KVM demand paging: populating guest memory, per 4 KiB page and vCPU", "populate",
         "sim_time_ns per guest page of the boot (host fault, KVM fault, the access), against a published "
         "bare-metal populate time", ratio("sim_time_ns", 64 * MIB_PAGES), "ns/page", 2.0,
