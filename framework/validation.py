@@ -469,7 +469,7 @@ def doc(values: dict[str, float] | None = None, record_data: dict | None = None)
             machine = entry["machine"]
             loads = ", ".join(r.get("loadavg_before", "?") for r in entry["runs"])
             lines.append(f"  Real: `{entry['command']}`, {len(entry['runs'])} runs on {entry['date']}, "
-                         f"Linux {machine.get('machine.kernel', '?')}, {machine.get('machine.cpu', '?')}, "
+                         f"{machine.get('machine.kernel', '?')}, {machine.get('machine.cpu', '?')}, "
                          f"{machine.get('machine.kvm_module', '?')} ({machine.get('machine.kvm_paging', '?')} "
                          f"paging), THP {machine.get('machine.thp', '?')}; load average before each run "
                          f"(1, 5, 15 min): {loads}")  # fmt: skip
