@@ -179,6 +179,9 @@ def doc() -> str:
     if profiles:
         parts += ["\n## Measured profiles\n", MEASURED.rstrip()]
         parts += [f"\n### costs={name}\n\n{profile_doc(name, default)}" for name in profiles]
+    from .costchecks import section  # it uses this module's number()
+
+    parts += ["", section()]
     return "\n".join(parts) + "\n"
 
 

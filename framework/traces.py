@@ -33,8 +33,6 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
-from .output import NotAFile, output_path
-
 MMT_MAGIC = b"MMNSIMT1"
 MMT_WRITE = np.uint32(1 << 31)
 MMT_MAX_PAGE = (1 << 31) - 1
@@ -414,6 +412,8 @@ class TraceWriter:
     """
 
     def __init__(self, path: str | os.PathLike, fmt: str, zstd: bool | None = None):
+        from .output import output_path  # output imports the metrics, which import the notifier, which imports this
+
         self.fmt = fmt
         if fmt not in ("mmt", "valpin", "oracle", "csv"):
             raise TraceError(f"{path}: cannot write format {fmt!r}; accepted: mmt, valpin, oracle, csv")
@@ -472,6 +472,8 @@ class TraceWriter:
     def close(self) -> None:
         """Finish the file and rename it into place; on an error (a full disk at the last flush, the path
         taken by a directory meanwhile) remove the temporary file and raise."""
+        from .output import NotAFile, output_path
+
         try:
             self._out.close()
             if not self._raw.closed:

@@ -88,3 +88,21 @@ def test_cost_problem_names_the_fault():
     assert Cost("k_ns", 5, None, None, "").problem == "k_ns: no `sources` entry (range and source)"
     assert Cost("k_ns", 5, 1, 10, " ").problem == "k_ns: empty source"
     assert Cost("k_ns", 5, 1, 10, "x").problem == ""
+
+
+# --- where some costs come from (framework/costchecks.py, the end of docs/costs.md) ----------------------
+
+from mmnsim.costchecks import ROWS as COST_CHECKS  # noqa: E402
+
+
+@pytest.mark.parametrize("row", COST_CHECKS, ids=[r.name.split(":")[0] for r in COST_CHECKS])
+def test_cost_check_keeps_its_status(row):
+    """Each cost stays inside its tolerance of the measurement it was set from, or, for one marked outside,
+    stays outside until the row is updated."""
+    value = row.model()
+    if row.known_outside():
+        assert not row.inside(value), f"{row.name}: now inside its tolerance ({value:g}); mark it inside"
+    else:
+        assert row.inside(value), (
+            f"{row.name}: {value:g} {row.unit} outside [{row.low / row.tolerance:g}, {row.high * row.tolerance:g}]"
+        )

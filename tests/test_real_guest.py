@@ -63,7 +63,7 @@ def wait_gone(pid: int, seconds: float = 10.0) -> bool:
 
 # The modules that start the twin, and only inside a function, when backend=real is asked for: the command,
 # the config check (load_settings, for backend=real alone; Simulation refuses such a config before it), the bench.
-LAZY_IMPORTERS = {"cli.py", "settings.py", "bench.py"}
+LAZY_IMPORTERS = {"cli.py", "settings.py", "bench.py", "validation.py"}
 
 
 def test_the_simulator_never_imports_the_real_twin():
