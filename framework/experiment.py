@@ -2,6 +2,7 @@
 
     mmnsim-experiment swap              # runs `mmnsim -m +experiment=swap`, then reports into experiments/swap/
     mmnsim-experiment all               # the five, one after the other (a few minutes on 2 cores)
+    mmnsim-experiment swap_real         # a NAME_real experiment: the model beside the real twin (root, /dev/kvm)
     mmnsim-experiment defrag --sensitivity  # vary the costs over their ranges (framework/sensitivity.py)
 
 An experiment is a config under ``conf/experiment/``: a multirun sweep (``hydra.sweeper.params``) with
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("overrides", nargs="*", help="extra overrides for the sweep (e.g. hydra.launcher.n_jobs=1)")
     args = parser.parse_intermixed_args(argv)  # options may follow the name: NAME --sensitivity
-    names = experiment_names() if args.name == "all" else [args.name]
     if args.name not in (*experiment_names(), "all"):
         _input_error(f"unknown experiment {args.name!r}; accepted: {', '.join(experiment_names())}, all")
+    names = selected(args.name)
     if args.out and len(names) > 1:
         _input_error("--out needs one experiment, not all")
     if args.sensitivity and args.name == "all":  # the experiments that define a headline
@@ -97,6 +98,14 @@ def main(argv: list[str] | None = None) -> None:
         except OSError as exc:  # a full disk, or a folder made read-only since the check
             print(f"mmnsim-experiment: {disk_error(exc)}", file=sys.stderr)
             sys.exit(2 if isinstance(exc, NotAFile) else 1)
+
+
+def selected(name: str) -> list[str]:
+    """The experiments ``name`` stands for: itself, or for ``all`` every experiment but the real twin's
+    (``report.real_twin``: they need root, /dev/kvm and a memory cgroup, so they run only when named)."""
+    if name != "all":
+        return [name]
+    return [n for n in experiment_names() if not _spec(n).get("report", {}).get("real_twin")]
 
 
 def _spec(name: str) -> dict:

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import cli, config
 from mmnsim import Simulation
-from mmnsim.experiment import experiment_names
+from mmnsim.experiment import experiment_names, selected
 from mmnsim.output import flatten, run_config
 from mmnsim.report import compare, load, plot, plot_timeseries, table
 
@@ -203,6 +203,15 @@ def test_unknown_experiment_names_the_accepted_ones(tmp_path):
     out = tool("mmnsim-experiment", "swapp", cwd=tmp_path)
     assert out.returncode != 0
     assert (
-        "unknown experiment 'swapp'; accepted: defrag, devices, numa, numa_guests, passthrough, release_cost, swap, all"
-        in out.stderr
+        "unknown experiment 'swapp'; accepted: defrag, defrag_real, devices, numa, numa_guests, passthrough, "
+        "release_cost, release_cost_real, swap, swap_real, all" in out.stderr
     )
+
+
+def test_all_leaves_out_the_real_twins_experiments_which_run_only_by_name():
+    """`mmnsim-experiment all` must run anywhere: the NAME_real experiments (report.real_twin) need root and
+    /dev/kvm, so only their own name runs them."""
+    real = [n for n in experiment_names() if n.endswith("_real")]
+    assert real, "no real twin experiment to leave out"
+    assert set(selected("all")) == set(experiment_names()) - set(real)
+    assert selected("swap_real") == ["swap_real"]
