@@ -205,6 +205,8 @@ def charge_reclaim(sim: "Simulation", scanned: int, swapped: int) -> float:
     (``costs.swap_out_ns`` each), through ``sim.charge`` (to the client stalled in direct reclaim, else host CPU
     time). ``scan_frames``, ``referenced`` and ``swap_out`` charge nothing themselves; a secondary MMU charges its
     own aging and invalidation work inside the calls they make."""
+    scanned = count_arg(scanned, "charge_reclaim", "scanned")
+    swapped = count_arg(swapped, "charge_reclaim", "swapped")
     ns = scanned * sim.costs.reclaim_scan_ns + swapped * sim.costs.swap_out_ns
     sim.charge(ns)
     return ns

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from . import counters as C
+from .arguments import int_scalar, mm_arg
 from .frames import PAGEBLOCK_SHIFT, PB_NODE
 from .kernel import count_at_most
 from .pagebits import HUGE_PAGES, P_HUGE
@@ -61,6 +62,8 @@ def lru_folios(sim: "Simulation", mm: "MM", hand: int = 0) -> Folios:
     wrapping round, as the scan's hand moves. Nothing is cleared or charged; the arrays are copies, the caller's
     to keep or change. Pass them to ``referenced`` and ``swap_out``; ``pages`` index per-page state of the mm.
     """
+    mm = mm_arg(sim, mm, "lru_folios")
+    hand = int_scalar(hand, "lru_folios", "hand")  # any integer: the frames from it on, wrapping round
     host = sim.host
     ft = host.ft
     pte = mm.pte

@@ -43,6 +43,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "scan_frames": ("sim", "frame", "count", "count"),
     "swap_out": ("sim", "frames"),
     "folio_pages": ("sim", "frames"),
+    "lru_folios": ("sim", "mm", "count"),
+    "charge_reclaim": ("sim", "count", "count"),
     "split_huge_pages": ("sim", "mm", "pages"),
     "NotifierRange": ("mm", "starts", "ends", "event"),
     "single_pages": ("mm", "pages", "event"),
@@ -96,7 +98,7 @@ NO_ARGUMENTS = {
     "SecondaryMMU.attach", "SecondaryMMU.teardown", "SecondaryMMU.end_invalidate", "SecondaryMMU.bump_seq",
     "SecondaryMMU.mapped_pages", "SecondaryMMU.tlb_huge", "Host.free_frames", "Host.pages_to_high",
     "Host.pages_to_low", "Host.high_watermarks", "Host.above_min", "Host.pinned_pages", "Host.swap_used",
-    "sharing",
+    "sharing", "MM.counters",
 }  # fmt: skip
 PLUGIN_IMPLEMENTED = {"SecondaryMMU.walk_refs", "SecondaryMMU.fault_cost_ns", "SecondaryMMU.region_of",
                       "SecondaryMMU.device_memory_pages", "SecondaryMMU.charge_zap",
