@@ -40,9 +40,10 @@ MIB_PAGES = 256  # 4 KiB pages in a MiB
 # The cost profile measured on this machine kind (mmnsim-calibrate, conf/costs/NAME.yaml), for the time rows;
 # None: the time rows run on the default costs (a bare-metal host's).
 TIME_COSTS: str | None = "pvm-shadow"
-# How this machine kind's KVM translates (kvm_pvm: shadow paging; machine.kvm_paging in the record): the model
-# mirrors it in every row against the twin (a shadow MMU prefetches, walks one table), whatever the costs.
-TWIN_PAGING = "shadow"
+# What the model mirrors of the twin in every row against it, whatever the costs: how this machine kind's KVM
+# translates (kvm_pvm: shadow paging, machine.kvm_paging in the record; a shadow MMU prefetches and walks one
+# table) and the twin's swap area, a file (docs/real.md; a THP is split to swap it out).
+TWIN = ("secondary.paging=shadow", "host.swap_device=file")
 
 
 def compose(*overrides: str) -> DictConfig:
@@ -67,8 +68,8 @@ class Scenario:
 
     def model_overrides(self, time_costs: str | None = None) -> list[str]:
         costs = [f"costs={time_costs}"] if time_costs else []
-        paging = [] if self.published else [f"secondary.paging={TWIN_PAGING}"]
-        return [*self.overrides, "host.memcg=true", *paging, *self.model, *costs]
+        twin = () if self.published else TWIN
+        return [*self.overrides, "host.memcg=true", *twin, *self.model, *costs]
 
     def real_overrides(self) -> list[str]:
         return ["backend=real", *self.overrides, *self.real]
@@ -237,12 +238,12 @@ IPI = (
     "batch runs and it is not in a fault (or tenants that run concurrently in the twin)"
 )
 THP_SWAP = (
-    "the twin's swap is a file: a swap file that is not a block device gets no large swap entries "
-    "(mm/swapfile.c, 'Swapfile is not block device so unable to allocate large entries'), so the "
-    "kernel split every old THP to swap it out (thp_swpout 0, thp_swpout_fallback = thp_split, 27-33 of "
-    "48 THPs) where the model, whose swap device is a block device (zram) with free clusters, swapped "
-    "20 out whole and split none. Fix: a model swap device that is a file (THP_SWPOUT_FALLBACK on "
-    "every THP), or the twin swapping to a block device (a loop device over its file, or zram)"
+    "the model now swaps to a file as the twin does (host.swap_device=file: mm/swapfile.c "
+    "cluster_alloc_swap_entry gives a swap file no large entries), and splits every THP it reclaims as the "
+    "kernel did (thp_swpout 0 in both; thp_swpout_fallback 20 in the model, 27-33 of 48 in the twin). What "
+    "is left is which folios reclaim takes: the model's one LRU spends more of its reclaim on the process's "
+    "pages and less on the guest's THPs, so it splits fewer and keeps more of the guest on 2 MiB sptes. Fix: "
+    "the active/inactive LRU of rows 10-12"
 )
 
 

@@ -2,8 +2,8 @@
 MMU under EPT maps the faulting gfn alone. The validation rows 9 and 23 rest on it (docs/validation.md)."""
 
 import numpy as np
-from conftest import run, simulation
 
+from conftest import run, simulation
 from mmnsim.secondary import PREFETCH
 
 # A 16 MiB guest (4,096 pages) that boots, then each tick has its sptes dropped by an mprotect round trip
