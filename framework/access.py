@@ -81,6 +81,7 @@ from .secondary import (
     INV_HI,
     INV_LO,
     MODE,
+    PREFETCH,
     RACE_COUNT,
     RACE_RATE,
     REGION_HI,
@@ -390,35 +391,66 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
         if first >= sstate[REGION_LO] and first + HUGE_PAGES <= min(sstate[REGION_HI], spte.size):
             lo, hi = first, first + HUGE_PAGES
     size_bit = S_HUGE if hi - lo > 1 else 0
-    pin_mode = (sstate[MODE] & SEC_PIN) != 0
     for q in range(lo, hi):
-        k = key - p + q
-        f = pte[k]
-        old = spte[q]
-        sfl = size_bit | (S_WRITABLE if pflags[k] & P_WRITE and fkey[f] >= 0 else 0)  # shared: read-only
-        pin = pin_mode
-        # Whether the old entry holds a pin is the framework's record (SH_PINNED), not the plugin's S_PINNED;
-        # a frame number the plugin rewrote out of range, or to a frame without pins, is not unpinned.
-        if saccessed[q] & SH_PINNED and 0 <= old < fpin.size:
-            if old == f and pin:
-                sfl |= S_PINNED
-                pin = False
-            elif fpin[old] > 0:
-                fpin[old] -= 1
-                ctr[C.PINS_RELEASED] += 1
-        if pin:
-            fpin[f] += 1
-            ctr[C.PINS_ACQUIRED] += 1
-            sfl |= S_PINNED
-        spte[q] = f
-        sflags[q] = sfl
-        saccessed[q] = SH_PINNED if sfl & S_PINNED else 0
+        _install(ctr, sstate, spte, sflags, saccessed, pte, pflags, fkey, fpin, q, key - p + q, size_bit)
+    if hi - lo == 1 and sstate[PREFETCH] > 1 and sstate[IN_PROGRESS] == 0:
+        _prefetch(ctr, sstate, spte, sflags, saccessed, pte, pflags, fkey, fpin, key, p)
     ks[K_SEQ] = -1
     ks[K_RETRIES] = 0
     if sstate[FAULT_BLOCK] > 1 and hi - lo < sstate[FAULT_BLOCK]:  # the driver maps the block around it
         ks[K_VICTIM] = p
         return _ASK - FAULT_AROUND
     return _AGAIN
+
+
+@kernel(inline=True)
+def _install(ctr, sstate, spte, sflags, saccessed, pte, pflags, fkey, fpin, q, k, size_bit):
+    """Map secondary page ``q`` to the frame primary page ``k`` holds, with its accessed bit clear; in pin
+    mode with a long-term pin on the frame (once per entry)."""
+    f = pte[k]
+    old = spte[q]
+    sfl = size_bit | (S_WRITABLE if pflags[k] & P_WRITE and fkey[f] >= 0 else 0)  # shared: read-only
+    pin = (sstate[MODE] & SEC_PIN) != 0
+    # Whether the old entry holds a pin is the framework's record (SH_PINNED), not the plugin's S_PINNED;
+    # a frame number the plugin rewrote out of range, or to a frame without pins, is not unpinned.
+    if saccessed[q] & SH_PINNED and 0 <= old < fpin.size:
+        if old == f and pin:
+            sfl |= S_PINNED
+            pin = False
+        elif fpin[old] > 0:
+            fpin[old] -= 1
+            ctr[C.PINS_RELEASED] += 1
+    if pin:
+        fpin[f] += 1
+        ctr[C.PINS_ACQUIRED] += 1
+        sfl |= S_PINNED
+    spte[q] = f
+    sflags[q] = sfl
+    saccessed[q] = SH_PINNED if sfl & S_PINNED else 0
+
+
+@kernel(inline=True)
+def _prefetch(ctr, sstate, spte, sflags, saccessed, pte, pflags, fkey, fpin, key, p):
+    """After a fault on secondary page ``p`` mapped one 4 KiB entry: map the neighbours in its aligned block
+    of ``sstate[PREFETCH]`` pages that have no entry, in order from the block's start, while the primary
+    table maps their pages (arch/x86/kvm/mmu/paging_tmpl.h FNAME(pte_prefetch): present sptes and the
+    faulting one are skipped, and the first gpte FNAME(prefetch_gpte) cannot map, its host page not found by
+    get_user_page_fast_only, ends the block). Nothing is faulted in and nothing counts as an access; the
+    entries' accessed bits stay clear, as make_spte leaves a prefetched spte's. (The guest's own page
+    table is not modelled: every neighbour's gpte counts as present and accessed.)"""
+    block = sstate[PREFETCH]
+    first = p & ~(block - 1)
+    lo = max(first, sstate[REGION_LO])
+    hi = min(first + block, sstate[REGION_HI], spte.size)
+    for q in range(lo, hi):
+        if q == p or spte[q] >= 0:
+            continue
+        k = key - p + q
+        fl = pflags[k]
+        if pte[k] < 0 or not fl & P_VMA or not fl & P_READ or fl & (P_PROTNONE | P_DEVICE):
+            break
+        _install(ctr, sstate, spte, sflags, saccessed, pte, pflags, fkey, fpin, q, k, 0)
+        ctr[C.SECONDARY_PREFETCHED] += 1
 
 
 @kernel(inline=True)

@@ -72,6 +72,7 @@ NAMES = (
     "oom_ticks",  # ticks in which oom_events grew
     "thp_swpout",  # THPs reclaim wrote to swap whole, into a free swap cluster (THP_SWPOUT)
     "thp_swpout_fallback",  # old THPs reclaim split to swap out as 4 KiB pages: no free cluster (THP_SWPOUT_FALLBACK)
+    "secondary_prefetched",  # entries a secondary fault mapped beside its own (KVM shadow MMU: FNAME(pte_prefetch))
 )
 
 (
@@ -134,6 +135,7 @@ NAMES = (
     OOM_TICKS,
     THP_SWPOUT,
     THP_SWPOUT_FALLBACK,
+    SECONDARY_PREFETCHED,
 ) = range(len(NAMES))
 
 

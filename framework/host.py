@@ -48,6 +48,18 @@ MAX_MIB = ((1 << 31) - 1) // MIB_PAGES  # page and frame numbers are int32 (page
 LOCAL_DISTANCE, REMOTE_DISTANCE = 10, 20  # include/linux/topology.h
 
 
+class SwapDevice(StrEnum):
+    """What the swap area is: a large folio (THP) is written whole only to a block device.
+
+    mm/swapfile.c cluster_alloc_swap_entry (6.12+; scan_swap_map_slots before): "Swapfile is not block device
+    so unable to allocate large entries" (``if (order && !(si->flags & SWP_BLKDEV)) return 0``), so reclaim
+    splits every THP it swaps to a swap file (mm/vmscan.c shrink_folio_list: add_to_swap fails for the large
+    folio, split_folio_to_list, THP_SWPOUT_FALLBACK)."""
+
+    blockdev = "blockdev"  # a block device (zram, a partition): an old THP goes whole into a free cluster
+    file = "file"  # a swap file on a filesystem (swapon of a regular file): every THP is split first
+
+
 class OOM(StrEnum):
     """What happens when reclaim cannot free memory for an allocation."""
 
@@ -77,6 +89,7 @@ class HostConfig:
     swap_read_error_rate: float  # fault injection: probability that a swap read fails
     oom: OOM  # when reclaim cannot free memory: kill a tenant, or fail the allocation
     memcg: bool = False  # memory_mib is a memory cgroup's limit on the tenants: no watermarks, direct reclaim only
+    swap_device: SwapDevice = SwapDevice.blockdev  # file: no large swap entries, every THP split to swap it out
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")

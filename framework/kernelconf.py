@@ -33,6 +33,13 @@ What differs, each from the kernel source of its time:
   any invalidation was in progress anywhere in the VM (mmu_notifier_count); today's
   mmu_invalidate_retry_gfn retries only a fault inside the range being invalidated.
 
+* ``spte_prefetch``: KVM's shadow MMU maps, beside the faulting gfn, the neighbours in its aligned block of
+  8 whose host pages are present (arch/x86/kvm/mmu/paging_tmpl.h FNAME(pte_prefetch), PTE_PREFETCH_NUM),
+  since 2.6.36 (Xiao Guangrong, "KVM: MMU: prefetch ptes when intercepted guest #PF", 2010); 2.6.27's
+  shadow MMU mapped the faulting gfn alone. Under EPT today's TDP MMU maps the faulting gfn alone
+  (arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_map walks [fault->gfn, fault->gfn + 1)), so it matters only
+  with ``secondary.paging: shadow``.
+
 * ``oom_reaper``: the OOM reaper came in 4.6 (2016, mm/oom_kill.c oom_reaper); before it an OOM victim's
   memory was freed only by its own exit (exit_mmap: mmu_notifier_release, then the unmap), so no
   non-blockable invalidation is ever raised.
@@ -80,6 +87,7 @@ class KernelConfig:
     thp: bool  # transparent huge pages, khugepaged and MADV_HUGEPAGE (2.6.38+)
     compaction: bool  # memory compaction (2.6.35+)
     numa_balancing: bool  # automatic NUMA balancing (3.8+)
+    spte_prefetch: bool  # KVM's shadow MMU maps up to 8 present neighbours per fault (2.6.36+)
 
 
 # The features a config may ask for, with the release that brought each (for the error naming them).
@@ -97,4 +105,4 @@ def missing_features(kernel: KernelConfig, features: tuple[str, ...]) -> list[st
 
 TODAY = KernelConfig("6.x", interval_notifiers=True, invalidate_page=False, young_flush=False,
                      ept_accessed_bits=True, retry_whole_vm=False, oom_reaper=True, thp=True, compaction=True,
-                     numa_balancing=True)  # fmt: skip
+                     numa_balancing=True, spte_prefetch=True)  # fmt: skip

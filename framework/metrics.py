@@ -112,6 +112,9 @@ COUNTERS = (
        "cluster of 512 slots (their PMD split into swap entries, their pageblock freed)", kernel="thp_swpout"),
     _m("thp_swpout_fallback", "THPs", int, "old THPs reclaim split to swap out as 4 KiB pages, no swap cluster "
        "being free (each also counts in thp_split)", kernel="thp_swpout_fallback"),
+    _m("secondary_prefetched", "entries", int, "entries a secondary fault mapped beside its own, for neighbours "
+       "the primary table already mapped (KVM's shadow MMU: FNAME(pte_prefetch), up to 8 per fault; not TDP)",
+       kernel="kvmmmu:kvm_mmu_set_spte events less pf_fixed", per_secondary=True),
     _m("compact_success", "pageblocks", int, "pageblocks compaction emptied"),
     _m("compact_fail", "pageblocks", int, "pageblocks compaction could not empty because a page in them is pinned"),
     _m("huge_accesses", "accesses", int, "completed accesses through a 2 MiB mapping (a THP's PMD, or a huge "
@@ -590,6 +593,9 @@ REAL_SOURCES: dict[str, tuple[str, str]] = {
     ),
 }
 REAL_UNOBSERVED: dict[str, str] = {
+    "secondary_prefetched": "KVM keeps no count of prefetched sptes; the twin's spte_installs "
+    "(kvmmmu:kvm_mmu_set_spte) counts them with the faults' own, from the run's threads, where secondary_faults "
+    "(pf_fixed) counts from the guest's creation, so their difference is only an estimate",
     "compile_seconds": "the twin compiles nothing: numba's compile time is the simulator's own",
     "fault_retries": "KVM keeps no statistic of RET_PF_RETRY (kvm_mmu_page_fault retries silently)",
     "alloc_failures": "a failed charge ends in the group's OOM killer or SIGBUS: no counter",

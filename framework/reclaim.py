@@ -30,6 +30,7 @@ from . import counters as C
 from .arguments import OperationError, count_arg, frames_arg, page_arg
 from .fastpath import INVALIDATE_OPS, swap_out_pages, young_frames
 from .frames import PAGEBLOCK_SHIFT, is_device_frame
+from .host import SwapDevice
 from .invariants import report_young
 from .kernel import AHEAD, U, kernel, prefetch
 from .notifier import Event, NotifierRange, expand_ranges, sum_per_range
@@ -264,14 +265,16 @@ def _swap_out_thp(sim: "Simulation", mm, first: int) -> tuple[int, bool]:
     """Reclaim the old THP at page ``first`` of ``mm``: with a free swap cluster, whole (its PMD split into swap
     entries: try_to_unmap with TTU_SPLIT_HUGE_PMD raises __split_huge_pmd's CLEAR over the 2 MiB, then
     try_to_unmap_one's); without one, split (THP_SWPOUT_FALLBACK: split_folio_to_list, which raises its own
-    CLEAR) for the caller to swap out its pages one by one. Returns (pages swapped, whether it fell back)."""
+    CLEAR) for the caller to swap out its pages one by one; always so to a swap file (``host.swap_device``).
+    Returns (pages swapped, whether it fell back)."""
     host = sim.host
     pt, ft, sw = host._pt, host._ft, host._sw
     frame = int(pt.pte[mm.base + first])
     if ft.pin[frame : frame + HUGE_PAGES].any():  # folio_maybe_dma_pinned: it stays
         host._ctr[C.PIN_SKIPPED] += 1
         return 0, False
-    slot = swap_alloc_cluster(sw.key, sw.free, sw.reg)
+    # A swap file gets no large entries (mm/swapfile.c cluster_alloc_swap_entry: SWP_BLKDEV only).
+    slot = swap_alloc_cluster(sw.key, sw.free, sw.reg) if host.cfg.swap_device is SwapDevice.blockdev else -1
     if slot < 0:
         host._ctr[C.THP_SWPOUT_FALLBACK] += 1
         split(sim, mm, np.array([first]))

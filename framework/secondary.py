@@ -67,8 +67,11 @@ if TYPE_CHECKING:
 # FAULT_BLOCK: pages a device fault maps around the faulting page (a power of two; 0 or 1: just that page).
 # RACE_RATE: the chance (of 2**32) that a fault through it sleeps in a race window (engine.race_window);
 # RACE_COUNT: its faults drawn so far (the seeded draw's counter).
-SEQ, IN_PROGRESS, MODE, DEV_NODE, REGION_LO, REGION_HI, INV_LO, INV_HI, FAULT_BLOCK, RACE_RATE, RACE_COUNT = range(11)
-STATE_SIZE = 11
+# PREFETCH: the aligned block (a power of two; 0 or 1: none) in which a fault that mapped one 4 KiB entry also
+# maps the neighbours the primary table already maps, without faulting them in (``set_prefetch``).
+(SEQ, IN_PROGRESS, MODE, DEV_NODE, REGION_LO, REGION_HI, INV_LO, INV_HI, FAULT_BLOCK, RACE_RATE, RACE_COUNT,
+ PREFETCH) = range(12)  # fmt: skip
+STATE_SIZE = 12
 # Bits of state[MODE].
 SEC_PIN = 1  # install entries with a long-term pin
 SEC_YOUNG = 2  # accesses through this MMU are visible to reclaim (it implements the young ops)
@@ -254,6 +257,21 @@ class SecondaryMMU(Component):
             raise OperationError(f"set_fault_block: a fault block must be a power of two in [1, {self.mm.npages}] "
                                  f"(the mm's pages), got {pages}")  # fmt: skip
         self._state[FAULT_BLOCK] = pages
+
+    def set_prefetch(self, pages: int) -> None:
+        """Make each fault that maps one 4 KiB entry also map its neighbours in the aligned block of ``pages``
+        (a power of two) whose pages the primary table already maps, in order from the block's start, up to
+        the first that it does not (one absent, swapped out, PROT_NONE or device-private): KVM's shadow MMU,
+        arch/x86/kvm/mmu/paging_tmpl.h FNAME(pte_prefetch) with PTE_PREFETCH_NUM 8, whose
+        FNAME(prefetch_gpte) takes the host page only if get_user_page_fast_only finds it and stops the
+        block at the first it cannot. Nothing is faulted in, no access is counted, the entries are installed
+        with their accessed bit clear (make_spte with ``prefetch``) and, as there, not while an invalidation is
+        in progress (mmu_invalidate_in_progress); each is counted in ``secondary_prefetched``. 1: none."""
+        pages = count_arg(pages, "set_prefetch", "pages")
+        if pages < 1 or pages & (pages - 1) or pages > HUGE_PAGES:
+            raise OperationError(f"set_prefetch: a prefetch block must be a power of two in [1, {HUGE_PAGES}], "
+                                 f"got {pages}")  # fmt: skip
+        self._state[PREFETCH] = pages
 
     def fault_around(self, page: int) -> int:
         """Called by the framework after a device fault on ``page`` installed it, when a fault block is set:

@@ -101,7 +101,7 @@ _NO_STATS = np.zeros((0, STATS), dtype=np.int64)
 PER_SECONDARY = tuple(m.name for m in FRAMEWORK if m.per_secondary and m.name in C.NAMES)
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
-_EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE; DEV_NODE = -1
+_EMPTY_STATE = np.array([0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)  # secondary.STATE_SIZE; DEV_NODE = -1
 
 
 def _draw_ahead() -> bool:

@@ -30,6 +30,11 @@ pages, ``guest.thp``; host levels, 3 through a 2 MiB spte), page-walk caches cou
 (``mmnsim.costs.walk_refs``), and a TLB entry covers the smaller of the guest's and the host's page: a
 2 MiB spte under 4 KiB guest pages only shortens the walk (splintering). Shadow paging
 (``paging: shadow``) walks one table, as native.
+
+Prefetch: under shadow paging a fault that maps one 4 KiB spte also maps the neighbours in its aligned block
+of ``prefetch`` (PTE_PREFETCH_NUM, 8) whose host pages are present, up to the first that is not
+(arch/x86/kvm/mmu/paging_tmpl.h FNAME(pte_prefetch), since 2.6.36), with their accessed bits clear; the TDP
+MMU under EPT maps the faulting gfn alone (arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_map).
 """
 
 from dataclasses import dataclass
@@ -54,10 +59,12 @@ class KVMConfig(SecondaryConfig):
     age_page_ns: float  # test-and-clear one spte accessed bit
     flush_on_age: bool  # flush after aging found a range young (non-x86); x86 elides it since 6.13
     paging: Paging  # ept (two-dimensional) or shadow paging
+    prefetch: int  # shadow paging: sptes a fault may map in its aligned block (PTE_PREFETCH_NUM); 1: none
 
     def __post_init__(self) -> None:
         for key in ("fault_ns", "zap_page_ns", "remote_flush_ns", "flush_ipi_ns", "age_page_ns"):
             require(getattr(self, key) >= 0, f"{key} must be >= 0 ns, got {getattr(self, key)}")
+        require(self.prefetch in (1, 2, 4, 8, 16), f"prefetch must be 1, 2, 4, 8 or 16 sptes, got {self.prefetch}")
 
 
 class KVM(SecondaryMMU):
@@ -78,6 +85,10 @@ class KVM(SecondaryMMU):
         self.young = not (cfg.paging is Paging.ept and not sim.kernel.ept_accessed_bits)
         super().__init__(sim, client, cfg)
         self.guest_huge = client.tenant.guest_thp  # the guest kernel maps its memory with 2 MiB pages
+        # The shadow MMU maps the present neighbours of a faulting gfn (paging_tmpl.h FNAME(pte_prefetch));
+        # the TDP MMU of EPT/NPT maps the faulting gfn alone (tdp_mmu.c kvm_tdp_mmu_map).
+        if cfg.paging is Paging.shadow and sim.kernel.spte_prefetch:
+            self.set_prefetch(cfg.prefetch)
         for name in ("remote_tlb_flush", "vcpu_tlb_flushes"):
             self.metrics[name] += 0  # reported when zero: a VM whose vCPUs never got an IPI
 

@@ -73,6 +73,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     # a secondary MMU's helpers
     "SecondaryMMU.populate": ("secondary", "start", "end"),
     "SecondaryMMU.set_fault_block": ("secondary", "block"),
+    "SecondaryMMU.set_prefetch": ("secondary", "block"),
     "SecondaryMMU.fault_around": ("secondary", "page"),
     "SecondaryMMU.invalidate_self": ("secondary", "ranges"),
     "SecondaryMMU.begin_invalidate": ("secondary", "ranges"),

@@ -51,6 +51,13 @@ def test_without_a_free_swap_cluster_an_old_thp_is_split_and_swapped_out_page_by
     assert m["swap_outs"] > 0 and m["invariant_violations"] == 0
 
 
+def test_a_swap_file_gets_no_large_entries_so_every_old_thp_is_split():
+    """mm/swapfile.c cluster_alloc_swap_entry: no large swap entries unless the area is a block device."""
+    _, m = run(*PRESSED, "host.swap_device=file")  # the same free clusters as the block device's run above
+    assert m["thp_swpout"] == 0 and m["thp_swpout_fallback"] > 0 and m["thp_split"] >= m["thp_swpout_fallback"]
+    assert m["swap_outs"] > 0 and m["invariant_violations"] == 0
+
+
 def test_a_thp_is_aged_as_one_folio_and_a_hot_one_stays_huge():
     # One 4 KiB page of each even THP used every tick: the THP is young as a whole (its PMD's bit, its 2 MiB
     # spte's), so reclaim leaves it huge and KVM keeps its 2 MiB entry; the odd ones, unused, go whole.
