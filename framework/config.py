@@ -6,7 +6,9 @@ Settings given inline, with no YAML file of their own (a process's), may have de
 Range checks go in the dataclass's ``__post_init__`` as ``require(...)`` calls.
 """
 
+import copy
 import dataclasses
+import json
 import traceback
 from enum import Enum
 from pathlib import Path
@@ -43,6 +45,12 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# typed()'s results by schema, path and content: OmegaConf's structured merge takes tens of milliseconds, and a
+# sweep checks and builds the same host, engine and costs for every job (in the sweep's process and in each
+# worker). Only what passed is kept: a bad node raises again, with its message, every time.
+_TYPED: dict[tuple[type, str, str], Any] = {}
+
+
 def typed(node: Any, schema: type[T], path: str) -> T:
     """Check ``node`` (a DictConfig or dict) against the dataclass ``schema`` and return an instance."""
     if not isinstance(node, DictConfig | dict):
@@ -59,8 +67,13 @@ def typed(node: Any, schema: type[T], path: str) -> T:
         raise ConfigError(f"{path}.{missing[0]}: missing; {path} needs: {', '.join(fields)}")
     _check_raw_types(node, fields, path)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), _resolved(node))
-        return OmegaConf.to_object(merged)
+        data = _resolved(node)
+        key = (schema, path, json.dumps(data, sort_keys=True, default=repr))
+        if key not in _TYPED:
+            if len(_TYPED) >= 512:
+                _TYPED.clear()
+            _TYPED[key] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+        return copy.deepcopy(_TYPED[key])  # the caller's own: a sweep's jobs must not share one
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
         field = fields.get(key.split(".")[0])

@@ -8,6 +8,10 @@ is imported, in the sweep's process and in each worker) replaces
 * ``hydra.core.utils._save_config`` (the ``.hydra/`` files) and the ``OmegaConf.save`` the basic sweeper
   calls for ``multirun.yaml`` by writes through ``output.write_bytes_atomic`` (a temporary file renamed
   into place, removed on an error; never onto a directory or a device node);
+* ``Sweeper.validate_batch_is_legal``, which composes every job of a batch in the sweep's process before the
+  launcher composes it again in its worker, by a no-op once ``mmnsim.cli.check_overrides`` has checked the
+  command line (``overrides_checked``): that check composes each value of each sweep and checks its settings,
+  which Hydra's does not. A sweep of N short jobs then composes N configs, not 2N, before its first job ends.
 * ``hydra._internal.utils.run_and_report`` by one that prints one line: an ``OSError`` (a full or
   read-only disk under Hydra's files) as ``cannot write PATH: ...`` with exit status 1, Hydra's and
   OmegaConf's own errors (input it refuses) with exit status 2, anything else as an internal error with
@@ -25,6 +29,7 @@ from typing import Any
 import hydra._internal.core_plugins.basic_sweeper as basic_sweeper
 import hydra._internal.utils as hydra_utils
 import hydra.core.utils as hydra_core_utils
+import hydra.plugins.sweeper as hydra_sweeper
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -32,6 +37,14 @@ from omegaconf.errors import OmegaConfBaseException
 from .output import NotAFile, disk_error, write_bytes_atomic
 
 EXIT_INPUT, EXIT_FAILED = 2, 1
+_validate_batch = hydra_sweeper.Sweeper.validate_batch_is_legal
+overrides_checked = False  # set by mmnsim.cli once check_overrides passed for this command line
+
+
+def validate_batch_is_legal(self: Any, batch: Any) -> None:
+    """Hydra's check that each job of a batch composes, unless mmnsim's own check already ran."""
+    if not overrides_checked:
+        _validate_batch(self, batch)
 
 
 def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
@@ -79,3 +92,4 @@ def install() -> None:
     hydra_core_utils._save_config = save_config
     basic_sweeper.OmegaConf = AtomicSaveOmegaConf
     hydra_utils.run_and_report = run_and_report
+    hydra_sweeper.Sweeper.validate_batch_is_legal = validate_batch_is_legal

@@ -277,14 +277,15 @@ def declared_metrics(cfg: DictConfig) -> dict[str, Metric]:
     return summary_metrics(secondaries, [*others, *pm.get_plugins()])
 
 
-def summary_frame(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any] | None = None) -> pl.DataFrame:
+def summary_frame(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any] | None = None,
+                  prov: dict[str, str] | None = None) -> pl.DataFrame:  # fmt: skip
     """The summary's one row: the flattened config, every metric the config declares (0, or "" for text,
     where nothing was reported: the same columns for every run of a configuration) and the provenance;
     ``extra``: more provenance (the real twin's machine.* columns). The real twin's run leaves a metric it
     cannot observe null, never 0 (``mmnsim.metrics.REAL_UNOBSERVED``)."""
     observed = cfg.get("backend", "sim") != "real"
     zeros = {name: m.type() if observed else None for name, m in declared_metrics(cfg).items() if name not in metrics}
-    row = {**flatten(run_config(cfg)), **metrics, **zeros, **provenance(cfg), **(extra or {})}
+    row = {**flatten(run_config(cfg)), **metrics, **zeros, **(prov or provenance(cfg)), **(extra or {})}
     return pl.DataFrame([row])
 
 
@@ -375,10 +376,10 @@ def write_results(outdir: Path, cfg: DictConfig, metrics: dict[str, float], rows
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / FAILED).unlink(missing_ok=True)  # an earlier attempt's failure
     (outdir / SUMMARY).unlink(missing_ok=True)  # the summary is last, and only beside its own time series
-    summary = summary_frame(cfg, metrics, extra)
+    prov = provenance(cfg)
+    summary = summary_frame(cfg, metrics, extra, prov)
     timeseries = pl.DataFrame(rows) if rows else None
     if timeseries is not None:
-        prov = provenance(cfg)
         timeseries = timeseries.with_columns(pl.lit(v).alias(k) for k, v in prov.items())
         write_atomic(timeseries, outdir / TIMESERIES)
     else:

@@ -120,3 +120,40 @@ def test_progress_reaches_one_and_the_bar_draws_only_on_a_terminal():
         bar.close()
     assert " 50.0% |" in tty.getvalue() and "left" in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_a_sweeps_scalar_values_are_checked_as_composed_without_composing_each():
+    """check_overrides derives a sweep's scalar alternatives from the first job's config (Hydra applies a value
+    override last, by OmegaConf.update); the result must be the config composing gives, and anything else
+    (a config group, a mapping, a + or ~) must be composed."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from mmnsim import cli as mcli
+
+    first = ["seed=0", "host.memory_mib=512", "secondary.mode=pin", "kernel=6.x"]
+    with initialize_config_module("mmnsim.conf", version_base="1.3"):
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        base = mcli._without_hydra(compose("config", overrides=first, return_hydra_config=True))
+        for i, alternative in (
+            (0, "seed=7"),
+            (1, "host.memory_mib=${guest.memory_mib}"),
+            (2, "secondary.mode=notifier"),
+        ):
+            variant = mcli._plain_variant(base, parser, first[i], alternative)
+            composed = compose("config", overrides=[*first[:i], alternative, *first[i + 1 :]])
+            assert variant is not None
+            assert OmegaConf.to_container(variant) == OmegaConf.to_container(composed)
+        kept = OmegaConf.to_container(base)  # the base is left as it was
+        assert (kept["seed"], kept["host"]["memory_mib"], kept["secondary"]["mode"]) == (0, 512, "pin")
+        assert mcli._plain_variant(base, parser, first[3], "kernel=6.1") is None  # a config group
+        assert mcli._plain_variant(base, parser, first[1], "+host.nosuch=1") is None
+        assert mcli._plain_variant(base, parser, "guest.memory_mib=64", "guest={memory_mib: 8}") is None
+
+
+def test_a_bad_value_late_in_a_sweep_is_still_an_input_error(workdir):
+    out = cli("-m", "workload.accesses=10", "guest.memory_mib=16", "host.memory_mib=32", "seed=0,1,-2", cwd=workdir)
+    assert out.returncode == 2 and "seed" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (workdir / "multirun").exists() or not any((workdir / "multirun").rglob("summary.parquet"))
