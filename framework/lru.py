@@ -19,12 +19,18 @@ A new folio starts inactive and unreferenced (since 5.9, commit b518154e59aa: fo
 whose refault distance is within the workingset starts active (mm/workingset.c workingset_refault, in the access
 kernel: ``swapdev.workingset_refault``), against the active list's size that the last round published.
 
+A KVM fault marks the page it maps accessed (``access._kvm_mark_accessed``): 6.18's kvm_release_faultin_page ->
+kvm_release_page_clean (virt/kvm/kvm_main.c) calls kvm_set_page_accessed -> mark_page_accessed, and for a page
+not yet resident hva_to_pfn_slow's get_user_pages_unlocked adds FOLL_TOUCH (mm/gup.c follow_page_pte ->
+folio_mark_accessed): twice, so a page KVM faults in starts active.
+
 Simplifications: each list's order is the frames' order, from a hand per list (a CLOCK over the frames of the
 list): a folio rotated or deactivated is met again when its list's hand comes round, not strictly after every
-folio then on the list. One lruvec for all nodes and tenants (the memory cgroup's, under ``host.memcg``). A KVM
-fault does not mark the page accessed here: 6.18's kvm_release_page_clean (virt/kvm/kvm_main.c) calls
-kvm_set_page_accessed -> mark_page_accessed, and hva_to_pfn_slow's get_user_pages_unlocked adds FOLL_TOUCH
-(mm/gup.c follow_page_pte -> folio_mark_accessed), but that is not modelled yet.
+folio then on the list. Deactivation, when reclaim may deactivate, takes folios in proportion to the lists'
+sizes each round (get_scan_count's proportional scan, without its priorities). The workingset size a refault is
+measured against is the active list's size at the last count (``lru_sizes``, once per reclaim call), not at the
+refault. One lruvec for all nodes and tenants (the memory cgroup's, under ``host.memcg``). No PG_workingset (the
+"was active before eviction" restore accounting).
 """
 
 from typing import TYPE_CHECKING, NamedTuple
@@ -117,7 +123,7 @@ class Shrunk(NamedTuple):
 
     hand: int  # the list's hand, for the next batch
     passed: int  # frames the hand passed (a bound on the work, as ``scan_frames``'s limit)
-    scanned: int  # pages isolated (nr_taken), the pages reclaim's own CPU work is charged for
+    scanned: int  # pages of the list's folios met, pinned ones too (nr_scanned): reclaim's own CPU work
     moved: int  # pages deactivated (shrink_active) or activated (shrink_inactive)
     reclaim: np.ndarray  # shrink_inactive: the folios found old, for ``swap_out`` (a THP as its first frame)
 

@@ -51,8 +51,8 @@ def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit,
 
     ``lru`` -1: every folio (one list, every frame passed counts as scanned); 0 or 1: only the inactive or the
     active list's folios (``fref``'s LRU_ACTIVE; ``mmnsim.lru``), the others passed over unscanned, as they
-    are on another list: only the isolated folios' pages count (isolate_lru_folios' nr_taken). Returns the
-    folios found, the new hand, the frames passed and the pages scanned."""
+    are on another list: the pages of that list's folios met count, pinned ones too (isolate_lru_folios'
+    nr_scanned). Returns the folios found, the new hand, the frames passed and the pages scanned."""
     n = fkey.size
     found = 0
     scanned = 0
@@ -71,6 +71,7 @@ def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit,
             scanned += end - f
             hand = end if end < n else 0
             if f == b << PAGEBLOCK_SHIFT and (lru < 0 or ((fref[f] & LRU_ACTIVE) != 0) == (lru == 1)):
+                taken += end - f
                 pinned = False
                 for g in range(f, end):
                     pinned |= fpin[g] > 0
@@ -79,7 +80,6 @@ def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit,
                 else:
                     out[found] = f
                     found += 1
-                    taken += end - f
             continue
         hand = hand + 1 if hand + 1 < n else 0
         scanned += 1
@@ -87,12 +87,12 @@ def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit,
             continue
         if lru >= 0 and ((fref[f] & LRU_ACTIVE) != 0) != (lru == 1):  # on the other list
             continue
+        taken += 1
         if fpin[f] > 0:
             ctr[C.PIN_SKIPPED] += 1
             continue
         out[found] = f
         found += 1
-        taken += 1
     ctr[C.PGSCAN] += scanned if lru < 0 else taken
     return found, hand, scanned, taken
 

@@ -33,8 +33,7 @@ the pages isolated from either list; with one, every frame the hand passes) and 
 written (KVM charges its aging and zaps itself, inside the notifier calls).
 
 Simplification: one LRU for all nodes, no swap cache; with two lists, each list's order is the frame order
-from a hand per list (a rotated or deactivated folio is met when that hand comes round), and a KVM fault does
-not mark the page accessed (``mmnsim.lru``).
+from a hand per list (a rotated or deactivated folio is met when that hand comes round; ``mmnsim.lru``).
 """
 
 from dataclasses import dataclass

@@ -137,5 +137,5 @@ def test_two_lists_age_only_what_they_isolate(memcg):
 
 
 def test_lists_is_checked():
-    with pytest.raises(Exception, match="lists must be 1"):
+    with pytest.raises(Exception, match=r"policies.swap.lists: must be 1 \(one list\) or 2"):
         simulation("policies.swap.lists=3")
