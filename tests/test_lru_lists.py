@@ -7,9 +7,19 @@ import numpy as np
 import pytest
 
 from conftest import run, simulation
-from mmnsim import OperationError, lru_sizes, referenced, shrink_active, shrink_inactive, swap_out
+from mmnsim import (
+    OperationError,
+    inactive_is_low,
+    lru_sizes,
+    may_deactivate,
+    referenced,
+    shrink_active,
+    shrink_inactive,
+    split_huge_pages,
+    swap_out,
+)
 from mmnsim.frames import LRU_ACTIVE, LRU_REFERENCED
-from mmnsim.pagebits import P_YOUNG
+from mmnsim.pagebits import P_HUGE, P_YOUNG
 from mmnsim.swapdev import REG_NONRESIDENT_AGE, REG_WORKINGSET
 
 # A process beside the guest, started at tick 2 (the validation's swap scenario, reduced).
@@ -139,3 +149,21 @@ def test_two_lists_age_only_what_they_isolate(memcg):
 def test_lists_is_checked():
     with pytest.raises(Exception, match=r"policies.swap.lists: must be 1 \(one list\) or 2"):
         simulation("policies.swap.lists=3")
+
+
+def test_inactive_is_low_and_may_deactivate_follow_vmscan():
+    assert inactive_is_low(100, 101) and not inactive_is_low(100, 100)  # below 1 GiB the ratio is 1
+    gib4 = 4 << 18  # 4 GiB of pages: inactive_ratio = int_sqrt(40) = 6
+    assert not inactive_is_low(gib4 // 7 + 1, gib4 - gib4 // 7 - 1)
+    assert inactive_is_low(gib4 // 8, gib4 - gib4 // 8)
+    assert may_deactivate(100, 50, True) and not may_deactivate(100, 50, False)  # refaults seen: deactivate
+
+
+def test_a_split_thp_keeps_its_lru_flags_on_every_page():
+    sim = simulation("guest.memory_mib=8", "host.memory_mib=64", "workload.accesses=0", "host.thp=always")
+    sim.run()  # KVM faults the guest's THPs in: active
+    mm = sim.mms[0]
+    head = int(mm.pte[0])
+    assert mm.flags[0] & P_HUGE and flags(sim, [head])[0] & LRU_ACTIVE
+    split_huge_pages(sim, mm, np.array([0]))
+    assert (flags(sim, np.arange(head, head + 512)) & LRU_ACTIVE).all()
