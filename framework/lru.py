@@ -93,12 +93,18 @@ def may_deactivate(inactive: int, active: int, refaulted: bool) -> bool:
     """mm/vmscan.c prepare_scan_count: reclaim deactivates from the active anonymous list when refaults were
     activated since the last reclaim took its snapshot (snapshot_refaults: "a new workingset is being
     established") or the inactive list is low."""
-    return refaulted or inactive_is_low(inactive, active)
+    inactive = count_arg(inactive, "may_deactivate", "inactive")
+    active = count_arg(active, "may_deactivate", "active")
+    if not isinstance(refaulted, bool | np.bool_):
+        raise OperationError(f"may_deactivate: refaulted must be a bool, got {refaulted!r}")
+    return bool(refaulted) or inactive_is_low(inactive, active)
 
 
 def inactive_is_low(inactive: int, active: int) -> bool:
     """mm/vmscan.c inactive_is_low: the inactive list is too small beside the active one, so shrink_lruvec (and
     shrink_list, through sc->may_deactivate) deactivates from the active list first."""
+    inactive = count_arg(inactive, "inactive_is_low", "inactive")
+    active = count_arg(active, "inactive_is_low", "active")
     gib = (inactive + active) >> 18  # pages >> (30 - PAGE_SHIFT)
     ratio = int(np.sqrt(10 * gib)) if gib else 1  # int_sqrt(10 * gb)
     return inactive * ratio < active
@@ -134,8 +140,11 @@ def shrink_active(sim: "Simulation", hand: int, want: int, limit: int, op: str =
     the bits), then moved to the inactive list whatever the answer, as an anonymous folio is."""
     frames, hand, passed, taken = _isolate(sim, 1, hand, want, limit, op, "shrink_active")
     referenced(sim, frames, op)
-    sim.host._ft.ref[frames] &= np.uint8(0xFF ^ LRU_ACTIVE)
-    return Shrunk(hand, passed, taken, taken, frames[:0])
+    ft = sim.host._ft
+    ft.ref[frames] &= np.uint8(0xFF ^ LRU_ACTIVE)
+    huge = (sim.host._pt.flags[ft.key[frames]] & P_HUGE) != 0  # (pinned folios were not isolated: they stay)
+    moved = int(np.where(huge, HUGE_PAGES, 1).sum())
+    return Shrunk(hand, passed, taken, moved, frames[:0])
 
 
 @kernel

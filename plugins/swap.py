@@ -135,7 +135,7 @@ class Swap(HostPolicy):
         freed = passed = 0
         while freed < nr_pages and passed < limit:
             scanned = 0
-            if active and may_deactivate(inactive, active, refaulted):
+            if active > 0 and may_deactivate(inactive, active, refaulted):
                 # get_scan_count scans the lists in proportion to their sizes (SCAN_EQUAL at one priority)
                 want = min(-(-SWAP_CLUSTER_MAX * active // max(inactive, 1)), 8 * SWAP_CLUSTER_MAX)
                 done = shrink_active(sim, self.active_hand, want, limit - passed, op)
@@ -150,7 +150,8 @@ class Swap(HostPolicy):
             inactive, active = inactive - done.moved, active + done.moved
             got = swap_out(sim, done.reclaim)
             freed += got
-            inactive -= got
+            inactive = max(inactive - got, 0)  # (estimates between counts: never below empty)
+            active = max(active, 0)
             charge_reclaim(sim, scanned, got)
             if scanned == 0:
                 break  # nothing on either list to take
