@@ -19,6 +19,7 @@ from .discovery import PluginConfSearchPath
 from .hookspecs import hookimpl, hookspec
 from .host import Watermarks
 from .kernel import AHEAD, U, kernel, prefetch
+from .lru import LruSizes, Shrunk, inactive_is_low, lru_sizes, may_deactivate, shrink_active, shrink_inactive
 from .metrics import REGISTRATION_METRICS, Metric
 from .migrate import migrate
 from .mm import MM
@@ -70,6 +71,7 @@ __all__ = [
     "read_trace",
     "split_huge_pages",
     "MM",
+    "LruSizes",
     "MMCounters",
     "Metric",
     "ConfigError",
@@ -83,6 +85,7 @@ __all__ = [
     "PluginError",
     "SecondaryConfig",
     "SecondaryMMU",
+    "Shrunk",
     "Simulation",
     "Tenant",
     "Watermarks",
@@ -95,8 +98,11 @@ __all__ = [
     "folio_pages",
     "hookimpl",
     "hookspec",
+    "inactive_is_low",
     "is_shared",
     "lru_folios",
+    "lru_sizes",
+    "may_deactivate",
     "merge_pages",
     "mergeable",
     "migrate",
@@ -104,6 +110,8 @@ __all__ = [
     "require",
     "scan_frames",
     "sharing",
+    "shrink_active",
+    "shrink_inactive",
     "single_pages",
     "sum_per_range",
     "swap_out",

@@ -32,6 +32,8 @@ from .fastpath import swap_out_pages
 from .frames import (
     FREE,
     KSWAPD_FUTILE,
+    LRU_ACTIVE,
+    LRU_LISTS,
     MEMCG,
     NFREE,
     ORPHAN,
@@ -93,7 +95,17 @@ from .secondary import (
     SEC_YOUNG,
     SEQ,
 )
-from .swapdev import REG_IO_SEED, REG_READ_ERRORS, SWAPPED, WRITE_FAILED, io_fails, swap_free, swap_out_frame
+from .swapdev import (
+    REG_IO_SEED,
+    REG_READ_ERRORS,
+    SWAPPED,
+    WRITE_FAILED,
+    folio_mark_accessed,
+    io_fails,
+    swap_free,
+    swap_out_frame,
+    workingset_refault,
+)
 
 # Kernel state (ks): where a batch stopped and the fault in flight.
 (K_I, K_SEQ, K_LEVEL, K_RETRIES, K_VICTIM, K_FRESH, K_SKIP, K_FRAME, K_COMPACTED, K_WINDOW, K_WFRAME,
@@ -266,6 +278,23 @@ def _retry(ks, ctr, sstate, p):
 
 
 @kernel(inline=True)
+def _kvm_mark_accessed(fref, sreg, f, huge, faulted):
+    """A KVM fault marks the page it maps accessed (two-list reclaim only): kvm_release_faultin_page ->
+    kvm_release_page_clean/dirty -> kvm_set_page_accessed -> mark_page_accessed (virt/kvm/kvm_main.c, 6.18), and
+    before it, when the page was not resident, the gup slow path (hva_to_pfn_slow -> get_user_pages_unlocked,
+    which adds FOLL_TOUCH: mm/gup.c follow_page_pte -> folio_mark_accessed), so a page KVM faults in starts
+    active; one it finds present (hva_to_pfn_fast, gup-fast, no touch) is marked once. Applied to a secondary
+    with young ops (SEC_YOUNG: KVM's). A fault resumed after a race window (``_after_window``) is not marked."""
+    pages = 1
+    if huge:  # a THP's flags are its first frame's
+        f = (f >> PAGEBLOCK_SHIFT) << PAGEBLOCK_SHIFT
+        pages = HUGE_PAGES
+    if faulted:
+        folio_mark_accessed(fref, sreg, f, pages)
+    folio_mark_accessed(fref, sreg, f, pages)
+
+
+@kernel(inline=True)
 def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base, mm_flags, fkey, ftoken, fpin, fref,
           pb, bits, lists, node, node_order, reg, skey, stoken, sfree, sreg, key, p, write, nid):  # fmt: skip
     """The slow path of one access: a fault, through the secondary (``spte.size > 0``) or the CPU.
@@ -361,6 +390,8 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
                 ks[K_RETRIES] = 0
                 return _NEXT
             ftoken[f] = stoken[slot]
+            if workingset_refault(sreg, slot):  # a recent refault starts on the active list (two-list reclaim)
+                fref[f] = LRU_ACTIVE
             swap_free(skey, stoken, sfree, sreg, slot)
             major = True
             ctr[C.MAJOR_FAULTS] += 1
@@ -383,6 +414,8 @@ def _miss(ks, ctr, sstate, spte, sflags, saccessed, pte, pflags, ptoken, mm_base
     retry = _retry(ks, ctr, sstate, p)
     if retry != _OK:
         return retry
+    if reg[REG_FLAGS] & LRU_LISTS and sstate[MODE] & SEC_YOUNG:
+        _kvm_mark_accessed(fref, sreg, pte[key], (pflags[key] & P_HUGE) != 0, ks[K_FRESH] != 0)
     # Install the translation, for the whole 2 MiB if the primary maps a THP and the MMU maps huge pages
     # (KVM's host-mapping-level rule); in pin mode take a long-term pin on each frame (once per entry).
     lo, hi = p, p + 1

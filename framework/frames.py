@@ -29,6 +29,8 @@ ORPHAN = -2  # FrameTable.key of a frame no page maps any more but a long-term p
 # SHARED for one, SHARED - 1 for two, ... (see ``mmnsim.share``). Every key < 0 is skipped by reclaim,
 # migration and compaction, which move only frames that name their one page.
 SHARED = -3
+# FrameTable.ref under two-list reclaim: the folio's PG_active and PG_referenced (mm/vmscan.c, mm/swap.c).
+LRU_ACTIVE, LRU_REFERENCED = 2, 4
 
 # Columns of FrameTable.node (one row per NUMA node). N_ON_LIST + kind counts the pageblocks on a list.
 PB_LO, PB_HI, NFREE, N_ON_LIST, _N_ON_FREEBLK, WMARK_MIN, WMARK_LOW, WMARK_HIGH, NFRAMES = range(9)
@@ -50,6 +52,7 @@ OOM_FLAGS = KSWAPD_FUTILE | RECLAIM_FUTILE  # both are cleared at the start of e
 THP_ENABLED = 4  # transparent huge pages at fault time (host.thp: always or madvise)
 THP_MADVISE = 8  # ... only in an mm that asked for them (MM_HUGEPAGE; host.thp: madvise)
 MEMCG = 16  # the host is a memory cgroup's limit (host.memcg): no watermarks, no kswapd, direct reclaim only
+LRU_LISTS = 32  # two-list reclaim (``Simulation.use_lru_lists``): FrameTable.ref holds the folios' LRU flags
 
 _ONE = np.uint64(1)
 
@@ -58,7 +61,10 @@ class FrameTable(NamedTuple):
     key: np.ndarray  # int32 per frame: the global page key it holds, FREE, ORPHAN, or <= SHARED
     token: np.ndarray  # uint32 per frame: the content it holds
     pin: np.ndarray  # uint16 per frame: long-term pin count
-    ref: np.ndarray  # uint8 per frame: the exact CLOCK's reference bit
+    # uint8 per frame: the exact CLOCK's reference bit (1); under two-list reclaim (``mmnsim.lru``) the folio's
+    # LRU flags instead, LRU_ACTIVE and LRU_REFERENCED, on a THP's first frame. Cleared when a frame is
+    # allocated: a new folio starts inactive and unreferenced (since 5.9, commit b518154e59aa, folio_add_lru).
+    ref: np.ndarray
     pb: np.ndarray  # int32 [pageblocks, PB_COLUMNS]
     bits: np.ndarray  # uint64 [pageblocks, WORDS]: free bitmap of each pageblock
     lists: np.ndarray  # int32 [2, pageblocks]: per-node stacks (node n in [PB_LO, PB_HI)) of each list

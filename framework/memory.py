@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 FRAME_BYTES = 11  # frames.py new_frame_table: key int32, token uint32, pin uint16, ref uint8 per frame
 PAGEBLOCK_BYTES = 4 * 8 + 8 * 8 + 2 * 4  # per 2 MiB pageblock: pb row, free bitmap, list links (frames.py)
 PTE_BYTES = 9  # pagetable.py new_page_table: pte int32, flags uint8, token uint32 per page of every mm
-SLOT_BYTES = 8  # swapdev.py new_swap_table: key int32, token uint32 per swap slot
+SLOT_BYTES = 10  # swapdev.py new_swap_table: key int32, token uint32, eviction time 16 bits (reg) per swap slot
 SPTE_BYTES = 5  # secondary.py SecondaryMMU: spte int32, sflags uint8 per page of its mm
 ACCESS_BYTES = 24  # per access of a tick's batch, an upper bound: pages (int32, an int64 copy when offset), write flags
 TIMESERIES_ROW_BYTES = 4096  # one time-series row: a dict of about 100 counters (measured ~2.5 KB)

@@ -29,7 +29,7 @@ import numpy as np
 from . import counters as C
 from .arguments import OperationError, count_arg, frames_arg, page_arg
 from .fastpath import INVALIDATE_OPS, swap_out_pages, young_frames
-from .frames import PAGEBLOCK_SHIFT, is_device_frame
+from .frames import LRU_ACTIVE, PAGEBLOCK_SHIFT, is_device_frame
 from .host import SwapDevice
 from .invariants import report_young
 from .kernel import AHEAD, U, kernel, prefetch
@@ -45,13 +45,19 @@ YOUNG_OPS = ("clear_flush_young", "clear_young", "test_young")
 
 
 @kernel
-def _scan(fkey, fpin, pb, node_order, pflags, ctr, hand, want, limit, out):
+def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit, out):
     """The LRU scan: the next in-use, unpinned folios from ``hand``. A THP (a pageblock mapping one aligned
     2 MiB region, in order) is one folio of 512 pages: its first frame stands for it, its pages count as
-    scanned (nr_scanned += folio_nr_pages), its other frames are passed over."""
+    scanned (nr_scanned += folio_nr_pages), its other frames are passed over.
+
+    ``lru`` -1: every folio (one list, every frame passed counts as scanned); 0 or 1: only the inactive or the
+    active list's folios (``fref``'s LRU_ACTIVE; ``mmnsim.lru``), the others passed over unscanned, as they
+    are on another list: the pages of that list's folios met count, pinned ones too (isolate_lru_folios'
+    nr_scanned). Returns the folios found, the new hand, the frames passed and the pages scanned."""
     n = fkey.size
     found = 0
     scanned = 0
+    taken = 0
     thp_block = -1  # the pageblock last found to hold a THP
     checked_block = -1
     while found < want and scanned < limit:
@@ -65,7 +71,8 @@ def _scan(fkey, fpin, pb, node_order, pflags, ctr, hand, want, limit, out):
             end = min((b + 1) << PAGEBLOCK_SHIFT, n)
             scanned += end - f
             hand = end if end < n else 0
-            if f == b << PAGEBLOCK_SHIFT:
+            if f == b << PAGEBLOCK_SHIFT and (lru < 0 or ((fref[f] & LRU_ACTIVE) != 0) == (lru == 1)):
+                taken += end - f
                 pinned = False
                 for g in range(f, end):
                     pinned |= fpin[g] > 0
@@ -79,13 +86,16 @@ def _scan(fkey, fpin, pb, node_order, pflags, ctr, hand, want, limit, out):
         scanned += 1
         if fkey[f] < 0 or is_device_frame(pb, node_order, f):  # free, orphaned, or not on any LRU
             continue
+        if lru >= 0 and ((fref[f] & LRU_ACTIVE) != 0) != (lru == 1):  # on the other list
+            continue
+        taken += 1
         if fpin[f] > 0:
             ctr[C.PIN_SKIPPED] += 1
             continue
         out[found] = f
         found += 1
-    ctr[C.PGSCAN] += scanned
-    return found, hand, scanned
+    ctr[C.PGSCAN] += scanned if lru < 0 else taken
+    return found, hand, scanned, taken
 
 
 def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np.ndarray, int, int]:
@@ -99,8 +109,8 @@ def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np
     want = min(count_arg(want, "scan_frames", "want"), ft.key.size)
     limit = min(count_arg(limit, "scan_frames", "limit"), ft.key.size)  # a batch never holds a frame twice
     out = np.empty(want, dtype=np.int64)
-    found, hand, scanned = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host._pt.flags, sim.host._ctr, hand, want,
-                                 limit, out)  # fmt: skip
+    found, hand, scanned, _ = _scan(ft.key, ft.pin, ft.pb, ft.node_order, sim.host._pt.flags, ft.ref, -1,
+                                    sim.host._ctr, hand, want, limit, out)  # fmt: skip
     return out[:found], int(hand), int(scanned)
 
 

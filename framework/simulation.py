@@ -67,7 +67,7 @@ from .config import ConfigError
 from .costs import translation_ns, walk_refs
 from .discovery import Registry, plugin_manager
 from .fastpath import INVALIDATE_OPS, FastRoutes
-from .frames import KSWAPD_FUTILE, OOM_FLAGS, REG_FLAGS, REG_HINTS
+from .frames import KSWAPD_FUTILE, LRU_LISTS, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import OOM, Host
 from .invariants import InvariantViolation
 from .kernel import count_at_least, count_set
@@ -304,6 +304,13 @@ class Simulation:
     def use_exact_clock(self) -> None:
         """Make allocations evict one page at a time with the textbook CLOCK (see ``mmnsim.access``)."""
         self.exact_clock = True
+
+    def use_lru_lists(self) -> None:
+        """Keep the active/inactive LRU flags (``mmnsim.lru``) for a two-list policy: a KVM fault marks its page
+        accessed, and a refault within the workingset starts active (from the policy's first ``lru_sizes``)."""
+        if self.exact_clock:
+            raise OperationError("use_lru_lists: exact CLOCK keeps its own reference bits; use one or the other")
+        self.host._ft.reg[REG_FLAGS] |= LRU_LISTS
 
     def deferred_flushes(self, owner: object, requests: int) -> int:
         """How many of ``requests`` TLB-flush requests ``owner``'s vCPU in the host (``outside``) performs: one

@@ -20,14 +20,20 @@ import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 from . import counters as C
-from .frames import free_frame
+from .frames import LRU_ACTIVE, LRU_REFERENCED, free_frame
 from .kernel import AHEAD, U, kernel, prefetch
 from .pagebits import HUGE_PAGES, P_DIRTY, P_HUGE, P_PROTNONE, P_YOUNG, clear_mask, swap_entry
 
 SLOT_FREE = 0  # SwapTable.key of a free slot; a used one holds its page's key + 1 (zero-filled memory is free)
 # SwapTable.reg: the lowest summary word that may show a free slot, slots in use, I/O error thresholds
-# (probability x 2**32), I/Os decided, seed, and where the summary starts in SwapTable.free.
-REG_HINT, REG_USED, REG_WRITE_ERRORS, REG_READ_ERRORS, REG_IO_COUNT, REG_IO_SEED, REG_SUMMARY = range(7)
+# (probability x 2**32), I/Os decided, seed, where the summary starts in SwapTable.free, the workingset's clock
+# (lruvec->nonresident_age), the workingset size a refault is measured against (-1: no refault activation),
+# refaults activated (WORKINGSET_ACTIVATE_ANON), the eviction time's bucket order, then from REG_EVICTED on each
+# slot's eviction time, 16 bits a slot, four to a register (``workingset_eviction``).
+(REG_HINT, REG_USED, REG_WRITE_ERRORS, REG_READ_ERRORS, REG_IO_COUNT, REG_IO_SEED, REG_SUMMARY, REG_NONRESIDENT_AGE,
+ REG_WORKINGSET, REG_WORKINGSET_ACTIVATE, REG_BUCKET_ORDER, REG_EVICTED) = range(12)  # fmt: skip
+EVICTION_BITS = 16  # as mm/workingset.c packs the eviction time into a shadow entry: its low bits, in buckets
+_EVICTION_MASK = (1 << EVICTION_BITS) - 1
 
 _ONE = np.uint64(1)
 _UNMAP_CLEAR = clear_mask(P_YOUNG | P_DIRTY | P_HUGE | P_PROTNONE)  # a swap entry is no hinting entry
@@ -45,7 +51,10 @@ class SwapTable(NamedTuple):
 
 def new_swap_table(slots: int, write_error_rate: float = 0.0, read_error_rate: float = 0.0,
                    seed: int = 0) -> SwapTable:  # fmt: skip
-    reg = np.zeros(7, dtype=np.int64)
+    reg = np.zeros(REG_EVICTED + -(-slots // 4), dtype=np.int64)
+    reg[REG_WORKINGSET] = -1  # until a two-list reclaim publishes its active list's size
+    # workingset_init: buckets of 2**order pages, so that the 16 bits span the device's slots
+    reg[REG_BUCKET_ORDER] = max(0, max(slots - 1, 1).bit_length() - EVICTION_BITS)
     reg[REG_WRITE_ERRORS] = round(write_error_rate * 2**32)
     reg[REG_READ_ERRORS] = round(read_error_rate * 2**32)
     reg[REG_IO_SEED] = seed & (2**62 - 1)
@@ -136,11 +145,13 @@ def swap_out_thp(pte, pflags, fkey, ftoken, node, lists, pb, bits, skey, stoken,
         return WRITE_FAILED
     for i in range(HUGE_PAGES):
         key = first_key + i
+        _set_eviction(sreg, slot + i)  # one eviction time for the folio (workingset_eviction)
         skey[slot + i] = key + 1
         stoken[slot + i] = ftoken[frame + i]
         pte[key] = swap_entry(slot + i)
         pflags[key] &= _UNMAP_CLEAR
         free_frame(node, lists, pb, bits, fkey, ftoken, frame + i)
+    sreg[REG_NONRESIDENT_AGE] += HUGE_PAGES  # workingset_age_nonresident(lruvec, folio_nr_pages(folio))
     ctr[C.SWAP_OUTS] += HUGE_PAGES
     ctr[C.THP_SWPOUT] += 1
     return SWAPPED
@@ -183,8 +194,65 @@ def swap_out_frame(pte, pflags, fkey, ftoken, fpin, node, lists, pb, bits, skey,
     pte[key] = swap_entry(slot)
     pflags[key] &= _UNMAP_CLEAR
     free_frame(node, lists, pb, bits, fkey, ftoken, f)
+    workingset_eviction(sreg, slot, 1)
     ctr[C.SWAP_OUTS] += 1
     return SWAPPED
+
+
+@kernel(inline=True)
+def workingset_eviction(sreg, slot, pages):
+    """mm/workingset.c workingset_eviction: the slot keeps the workingset clock's reading (the shadow entry's
+    eviction time) and the clock advances by the folio's pages (workingset_age_nonresident)."""
+    _set_eviction(sreg, slot)
+    sreg[REG_NONRESIDENT_AGE] += pages
+
+
+@kernel(inline=True)
+def _set_eviction(sreg, slot):
+    """Keep the clock's reading for ``slot``: its low EVICTION_BITS in buckets of 2**REG_BUCKET_ORDER pages
+    (pack_shadow after ``eviction >>= bucket_order``)."""
+    stamp = (sreg[REG_NONRESIDENT_AGE] >> sreg[REG_BUCKET_ORDER]) & _EVICTION_MASK
+    w = REG_EVICTED + (slot >> 2)
+    shift = (slot & 3) * EVICTION_BITS
+    sreg[w] = (sreg[w] & ~(_EVICTION_MASK << shift)) | (stamp << shift)
+
+
+@kernel(inline=True)
+def _refault_distance(sreg, slot):
+    """workingset_test_recent: (refault - eviction) & EVICTION_MASK, in pages (``eviction <<= bucket_order``). As
+    in the kernel, an entry older than the bits span aliases to a small distance (an occasional false
+    activation, which the kernel's comment accepts)."""
+    order = sreg[REG_BUCKET_ORDER]
+    stamp = (sreg[REG_EVICTED + (slot >> 2)] >> ((slot & 3) * EVICTION_BITS)) & _EVICTION_MASK
+    return (((sreg[REG_NONRESIDENT_AGE] >> order) - stamp) & _EVICTION_MASK) << order
+
+
+@kernel(inline=True)
+def folio_mark_accessed(fref, sreg, f, pages):
+    """mm/swap.c folio_mark_accessed on the folio whose LRU flags are frame ``f``'s (``pages`` long): the first
+    mark sets PG_referenced; a mark on a referenced inactive folio activates it (folio_activate, or
+    __lru_cache_activate_folio for one still in the per-CPU batch), clears PG_referenced and advances the
+    workingset clock (workingset_activation -> workingset_age_nonresident)."""
+    if not fref[f] & LRU_REFERENCED:
+        fref[f] |= LRU_REFERENCED
+    elif not fref[f] & LRU_ACTIVE:
+        fref[f] = (fref[f] | LRU_ACTIVE) & ~LRU_REFERENCED
+        sreg[REG_NONRESIDENT_AGE] += pages
+
+
+@kernel(inline=True)
+def workingset_refault(sreg, slot):
+    """mm/workingset.c workingset_refault (workingset_test_recent) for the anonymous page swapped in from ``slot``:
+    activate it when its refault distance (evictions and activations since it was evicted) is at most the
+    workingset size (an anonymous refault with swap free: NR_ACTIVE_ANON, the model having no file pages), which
+    two-list reclaim publishes in REG_WORKINGSET at its last count (``lru_sizes``; -1: one list or exact CLOCK, no
+    activation). An activation advances the clock (workingset_age_nonresident). Returns whether it activates."""
+    size = sreg[REG_WORKINGSET]
+    if size < 0 or _refault_distance(sreg, slot) > size:
+        return False
+    sreg[REG_NONRESIDENT_AGE] += 1
+    sreg[REG_WORKINGSET_ACTIVATE] += 1
+    return True
 
 
 @kernel

@@ -35,8 +35,11 @@ def split(sim: "Simulation", mm: "MM", pages: np.ndarray) -> int:
     ranges = NotifierRange(mm, firsts, firsts + HUGE_PAGES, Event.CLEAR)
 
     def demote() -> None:
+        fref = sim.host._ft.ref
         for first in firsts:
             mm._flags[first : first + HUGE_PAGES] &= np.uint8(0xFF ^ P_HUGE)
+            head = int(mm.pte[first])  # the pages keep the folio's LRU flags (__split_folio_to_order copies them)
+            fref[head : head + HUGE_PAGES] = fref[head]
 
     mm.invalidate(ranges, demote)
     sim.host._ctr[C.THP_SPLIT] += firsts.size

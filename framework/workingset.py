@@ -2,9 +2,9 @@
 
 * ``lru_folios``: an mm's reclaim candidates (resident, in RAM, not shared, not pinned; a THP as one folio)
   in the order ``scan_frames`` visits frames, from a hand: the mm's own LRU as the framework's reclaim sees
-  it (a CLOCK over frames; no active/inactive lists). A policy that reclaims one tenant at a time, as
-  ``memory.reclaim`` reclaims one cgroup (mm/memcontrol.c memory_reclaim -> try_to_free_mem_cgroup_pages),
-  walks these.
+  it (a CLOCK over frames; the two lists of ``mmnsim.lru`` keep the same frame order). A policy that reclaims
+  one tenant at a time, as ``memory.reclaim`` reclaims one cgroup (mm/memcontrol.c memory_reclaim ->
+  try_to_free_mem_cgroup_pages), walks these.
 * ``MMCounters`` (``mm.counters()``): its resident, swapped and pinned pages, and the faults its accesses
   took, refaults among them.
 

@@ -2,20 +2,38 @@
 
 Two modes:
 
-* ``lru`` (default), an LRU approximation in batches: a hand sweeps the frames (pinned ones are skipped,
-  as reclaim gives up on maybe-pinned pages); each candidate is tested for recent use through its PTE's
-  young bit and every subscribed secondary MMU's ``clear_flush_young`` (or ``clear_young``); pages found
-  young get a second chance, the rest are swapped out, their secondary translations invalidated first.
+* ``lru`` (default), an LRU approximation in batches, with ``lists``:
+
+  - ``2`` (default), the kernel's active/inactive anonymous LRU (mm/vmscan.c, classic LRU, no MGLRU;
+    ``mmnsim.lru``). Each round, when reclaim may deactivate (refaults were activated since the last reclaim,
+    or the inactive list is low beside the active one: prepare_scan_count, inactive_is_low), folios are
+    deactivated from the active list's tail in proportion to the lists' sizes (shrink_active_list: their
+    young bits are asked and cleared, anonymous ones move whatever the answer). Then SWAP_CLUSTER_MAX folios
+    are isolated from the inactive list's tail and only they are aged (shrink_folio_list,
+    folio_check_references): referenced with PG_referenced set -> activated; referenced the first time ->
+    PG_referenced and kept; not referenced -> swapped out, their secondary translations invalidated first.
+    New folios start inactive; a page KVM faults in starts active (KVM marks it accessed); a swapped-in page
+    whose refault distance is within the active list's size starts active (mm/workingset.c
+    workingset_refault).
+  - ``1``, one list with second chance (the model before the two lists): a hand sweeps the frames (pinned ones
+    are skipped, as reclaim gives up on maybe-pinned pages); each candidate is tested for recent use
+    through its PTE's young bit and every subscribed secondary MMU's ``clear_flush_young`` (or
+    ``clear_young``); pages found young get a second chance, the rest are swapped out. It ages every
+    candidate the hand passes.
+
   kswapd runs when an allocation finds a node below its low watermark and reclaims up to the high one;
-  direct reclaim runs when the allocation reaches the min watermark.
+  direct reclaim runs when the allocation reaches the min watermark (under ``host.memcg``, the memory
+  cgroup's limit: direct reclaim in the charging thread, no kswapd). Both call this policy.
 * ``clock``, the exact textbook CLOCK (one list, one reference bit, second chance): every allocation that
   finds no free frame evicts exactly one page, chosen by the hand (see ``mmnsim.access``). Its fault
-  counts equal the textbook algorithm's on any trace. Watermarks and kswapd play no part.
+  counts equal the textbook algorithm's on any trace. Watermarks, kswapd and ``lists`` play no part.
 
-Its own CPU work is charged with ``charge_reclaim``: ``costs.reclaim_scan_ns`` per frame looked at and
-``costs.swap_out_ns`` per page written (KVM charges its aging and zaps itself, inside the notifier calls).
+Its own CPU work is charged with ``charge_reclaim``: ``costs.reclaim_scan_ns`` per page scanned (with two lists,
+the pages isolated from either list; with one, every frame the hand passes) and ``costs.swap_out_ns`` per page
+written (KVM charges its aging and zaps itself, inside the notifier calls).
 
-Simplification: one LRU for all nodes, no active/inactive split, no swap cache.
+Simplification: one LRU for all nodes, no swap cache; with two lists, each list's order is the frame order
+from a hand per list (a rotated or deactivated folio is met when that hand comes round; ``mmnsim.lru``).
 """
 
 from dataclasses import dataclass
@@ -23,7 +41,22 @@ from enum import StrEnum
 
 import numpy as np
 
-from mmnsim import HostPolicy, charge_reclaim, folio_pages, hookimpl, referenced, require, scan_frames, swap_out
+from mmnsim import (
+    HostPolicy,
+    charge_reclaim,
+    folio_pages,
+    hookimpl,
+    lru_sizes,
+    may_deactivate,
+    referenced,
+    require,
+    scan_frames,
+    shrink_active,
+    shrink_inactive,
+    swap_out,
+)
+
+SWAP_CLUSTER_MAX = 32  # folios isolated from a list per batch (mm/vmscan.c isolate_lru_folios)
 
 
 class ReclaimMode(StrEnum):
@@ -40,10 +73,12 @@ class YoungOp(StrEnum):
 class SwapConfig:
     mode: ReclaimMode
     young_op: YoungOp  # how reclaim asks secondary MMUs whether a page was used
-    batch: int  # fewest candidates examined per round of the lru mode
+    batch: int  # fewest candidates examined per round of the lru mode with one list
     passes: float  # how many sweeps over memory one reclaim call may make before giving up
+    lists: int = 2  # lru mode: 2, the active/inactive LRU; 1, one list with second chance
 
     def __post_init__(self) -> None:
+        require(self.lists in (1, 2), f"lists must be 1 (one list) or 2 (active and inactive), got {self.lists}")
         require(self.batch >= 1, f"batch must be >= 1, got {self.batch}")
         require(self.passes > 0, f"passes must be > 0, got {self.passes}")
 
@@ -54,14 +89,20 @@ class Swap(HostPolicy):
 
     def __init__(self, sim, cfg: SwapConfig):
         super().__init__(sim, cfg)
-        self.hand = 0
+        self.hand = 0  # with two lists, the inactive list's hand
+        self.active_hand = 0
+        self.refaults = 0  # refaults activated when the last reclaim ended (lruvec->refaults, snapshot_refaults)
         if cfg.mode is ReclaimMode.clock:
             sim.use_exact_clock()
+        elif cfg.lists == 2:
+            sim.use_lru_lists()
 
     @hookimpl
     def reclaim(self, sim, nr_pages: int, direct: bool) -> int | None:
         if self.cfg.mode is ReclaimMode.clock:
             return None
+        if self.cfg.lists == 2:
+            return self._shrink_lists(sim, nr_pages)
         limit = int(self.cfg.passes * sim.host.nframes)
         freed = scanned = 0
         while freed < nr_pages and scanned < limit:
@@ -80,6 +121,41 @@ class Swap(HostPolicy):
             freed += got
             charge_reclaim(sim, looked, got)
             if got < old.size and sim.host.swap_used() == sim.host.sw.key.size:
+                break  # swap is full
+        return freed
+
+    def _shrink_lists(self, sim, nr_pages: int) -> int:
+        """shrink_lruvec, simplified: rounds of (deactivate from the active list when reclaim may, then one batch of
+        the inactive list) until ``nr_pages`` are freed, or the hands have passed ``passes`` times the frames."""
+        op = self.cfg.young_op.value
+        limit = int(self.cfg.passes * sim.host.nframes)
+        inactive, active, activated = lru_sizes(sim)  # the counts are kept current below from what each batch did
+        refaulted = activated != self.refaults  # refaults activated since the last reclaim (snapshot_refaults)
+        self.refaults = activated
+        freed = passed = 0
+        while freed < nr_pages and passed < limit:
+            scanned = 0
+            if active > 0 and may_deactivate(inactive, active, refaulted):
+                # get_scan_count scans the lists in proportion to their sizes (SCAN_EQUAL at one priority)
+                want = min(-(-SWAP_CLUSTER_MAX * active // max(inactive, 1)), 8 * SWAP_CLUSTER_MAX)
+                done = shrink_active(sim, self.active_hand, want, limit - passed, op)
+                self.active_hand = done.hand
+                passed += done.passed
+                scanned += done.scanned
+                inactive, active = inactive + done.moved, active - done.moved
+            done = shrink_inactive(sim, self.hand, SWAP_CLUSTER_MAX, max(limit - passed, 1), op)
+            self.hand = done.hand
+            passed += done.passed
+            scanned += done.scanned
+            inactive, active = inactive - done.moved, active + done.moved
+            got = swap_out(sim, done.reclaim)
+            freed += got
+            inactive = max(inactive - got, 0)  # (estimates between counts: never below empty)
+            active = max(active, 0)
+            charge_reclaim(sim, scanned, got)
+            if scanned == 0:
+                break  # nothing on either list to take
+            if got < done.reclaim.size and sim.host.swap_used() == sim.host.sw.key.size:
                 break  # swap is full
         return freed
 

@@ -44,6 +44,10 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "swap_out": ("sim", "frames"),
     "folio_pages": ("sim", "frames"),
     "lru_folios": ("sim", "mm", "count"),
+    "shrink_inactive": ("sim", "frame", "count", "count", "young_op"),
+    "shrink_active": ("sim", "frame", "count", "count", "young_op"),
+    "inactive_is_low": ("count", "count"),
+    "may_deactivate": ("count", "count", "bool"),
     "charge_reclaim": ("sim", "count", "count"),
     "split_huge_pages": ("sim", "mm", "pages"),
     "NotifierRange": ("mm", "starts", "ends", "event"),
@@ -95,7 +99,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
 # Public methods with nothing to fuzz: no arguments, or arguments a plugin implements rather than passes
 # (they are calls into a plugin, wrapped as hooks are: tests/test_plugin_calls.py).
 NO_ARGUMENTS = {
-    "MM.exit", "MM.oom_reap", "MM.clear_soft_dirty", "Simulation.use_exact_clock", "Simulation.take_hint_faults",
+    "MM.exit", "MM.oom_reap", "MM.clear_soft_dirty", "Simulation.use_exact_clock", "Simulation.use_lru_lists",
+    "lru_sizes", "Simulation.take_hint_faults",
     "SecondaryMMU.attach", "SecondaryMMU.teardown", "SecondaryMMU.end_invalidate", "SecondaryMMU.bump_seq",
     "SecondaryMMU.mapped_pages", "SecondaryMMU.tlb_huge", "Host.free_frames", "Host.pages_to_high",
     "Host.pages_to_low", "Host.high_watermarks", "Host.above_min", "Host.pinned_pages", "Host.swap_used",

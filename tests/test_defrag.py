@@ -136,9 +136,10 @@ def test_thps_come_at_fault_time_and_under_pressure_only_the_notifier_guest_lose
         assert m["compact_stall"] > 0 and m["thp_fault_fallback"] == 0 and m["thp_fault_alloc"] >= 256
     assert p["thp_coverage"] == 1.0 and p["kvm.huge_mapped_fraction"] == 1.0
     # Reclaim takes the notifier guest's old THPs whole (a THP is aged by its one accessed bit): none is split,
-    # the cold ones go to swap (coverage drops), KVM keeps its 2 MiB entries for the hot ones.
+    # the cold ones go to swap (coverage drops), KVM keeps its 2 MiB entries for the hot ones; a swapped-out THP
+    # that is touched again comes back a 4 KiB page at a time (do_swap_page), mapped by 4 KiB sptes.
     assert n["thp_split"] == 0 and n["thp_swpout"] > 0 and n["thp_coverage"] < 1.0
-    assert n["kvm.huge_mapped_fraction"] > 0.99
+    assert 0.5 < n["kvm.huge_mapped_fraction"] < 1.0 and n["major_faults"] > 0
     assert p["compact_fail"] > 0 and n["compact_fail"] == 0  # the pins make pageblocks unmovable
     assert p["swap_outs"] > 2 * n["swap_outs"]  # the pinned guest's neighbour pays for it
     assert n["invariant_violations"] == p["invariant_violations"] == 0

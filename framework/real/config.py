@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ConfigError, require, typed
-from ..host import OOM, THP
+from ..host import OOM, THP, SwapDevice
 from . import machineinfo
 
 PIN_METHODS = ("auto", "io_uring", "mlock")  # mmnsim.real.pin.METHODS (not imported: it loads ctypes syscalls)
@@ -81,6 +81,10 @@ def _host(host: Any) -> None:
         if getattr(host, key):
             raise ConfigError(f"host.{key}={getattr(host, key)}: the real twin cannot inject errors into the "
                               "kernel's swap I/O; 0 only")  # fmt: skip
+    if host.swap_device is not SwapDevice.file:
+        raise ConfigError(f"host.swap_device={host.swap_device.value}: the real twin swaps to a file of the run "
+                          "(real.swap_directory; a swap block device is the machine's); "
+                          "host.swap_device=file only")  # fmt: skip
     if host.oom is OOM.fail:
         raise ConfigError("host.oom=fail: the kernel has no such mode (a charge the cgroup cannot reclaim for ends "
                           "in its OOM killer); host.oom=kill only")  # fmt: skip
@@ -151,6 +155,9 @@ def _policies(policies: dict) -> None:
     if young != "clear_flush_young":
         raise ConfigError(f"policies.swap.young_op={young}: the kernel's reclaim ages with clear_flush_young "
                           "(folio_referenced_one); young_op=clear_flush_young only")  # fmt: skip
+    if getattr(swap, "lists", 2) != 2:
+        raise ConfigError(f"policies.swap.lists={swap.lists}: the kernel's classic LRU has an inactive and an active "
+                          "list; lists=2 only")  # fmt: skip
     if "schedule" in policies and policies["schedule"][1].events:
         raise ConfigError("policies.schedule.events: moving vCPUs between NUMA nodes needs nodes this machine "
                           "lacks; events=[] only")  # fmt: skip

@@ -1,0 +1,169 @@
+"""Two-list reclaim (``policies.swap.lists=2``, ``mmnsim.lru``): the inactive and the active anonymous LRU,
+aging only the folios isolated from the inactive list's tail (folio_check_references), deactivation from the
+active list (shrink_active_list), new folios inactive, refault activation (mm/workingset.c workingset_refault),
+and a KVM fault marking its page accessed."""
+
+import numpy as np
+import pytest
+
+from conftest import run, simulation
+from mmnsim import (
+    OperationError,
+    inactive_is_low,
+    lru_sizes,
+    may_deactivate,
+    referenced,
+    shrink_active,
+    shrink_inactive,
+    split_huge_pages,
+    swap_out,
+)
+from mmnsim.frames import LRU_ACTIVE, LRU_REFERENCED
+from mmnsim.pagebits import P_HUGE, P_YOUNG
+from mmnsim.swapdev import REG_NONRESIDENT_AGE, REG_WORKINGSET
+
+# A process beside the guest, started at tick 2 (the validation's swap scenario, reduced).
+HOG = "processes=[{name: hog, memory_mib: 32, node: 0, workload: {name: uniform, accesses: 150000, start_tick: 2}}]"
+SCENARIO = ("guest.memory_mib=48", "guest.vcpus=2", "guest.thp=false", "host.memory_mib=64", "host.swap_mib=128",
+            "workload.accesses=150000", "engine.accesses_per_tick=32768", HOG)  # fmt: skip
+
+
+def flags(sim, frames) -> np.ndarray:
+    return np.asarray(sim.host.ft.ref)[frames]
+
+
+def process_only(*overrides: str):
+    """A sim with one process (no secondary MMU) of 4 MiB, its pages touched once, their young bits then cleared,
+    in a host with room."""
+    sim = simulation("guest.memory_mib=4", "host.memory_mib=64", "workload.accesses=0", "secondary=none", *overrides)
+    sim.run()
+    mm = sim.mms[0]
+    referenced(sim, mm.pte[mm.pte >= 0].astype(np.int64), "clear_young")
+    return sim, mm
+
+
+def test_new_folios_start_inactive_and_a_process_fault_marks_nothing():
+    sim, mm = process_only()
+    frames = mm.pte[mm.pte >= 0].astype(np.int64)
+    assert frames.size > 0
+    assert (flags(sim, frames) == 0).all()  # folio_add_lru: inactive, unreferenced
+    sizes = lru_sizes(sim)
+    assert sizes.active == 0 and sizes.inactive == frames.size
+
+
+def test_a_referenced_folio_rotates_once_then_activates_and_an_old_one_is_reclaimed():
+    sim, mm = process_only()
+    frames = np.sort(mm.pte[:64].astype(np.int64))
+    sim.run_client(mm, None, np.arange(32))  # pages 0..31 used again: young
+    young = np.isin(frames, mm.pte[:32])
+    done = shrink_inactive(sim, int(frames[0]), 64, sim.host.nframes)
+    assert set(done.reclaim.tolist()) == set(frames[~young].tolist())  # not referenced: reclaim
+    assert done.moved == 0  # referenced the first time: PG_referenced, kept inactive
+    assert (flags(sim, frames[young]) == LRU_REFERENCED).all()
+    assert done.scanned == 64
+    sim.run_client(mm, None, np.arange(32))
+    done = shrink_inactive(sim, int(frames[0]), 64, sim.host.nframes)
+    assert done.moved == 32  # referenced with PG_referenced: activated
+    assert (flags(sim, frames[young]) & LRU_ACTIVE).all()
+    done = shrink_inactive(sim, int(frames[0]), 32, sim.host.nframes)  # the active folios are passed over
+    assert np.array_equal(np.sort(done.reclaim), frames[~young]) and done.passed == 64 and done.scanned == 32
+
+
+def test_shrink_active_deactivates_whether_referenced_or_not_and_asks_the_young_op():
+    sim, mm = process_only()
+    frames = np.sort(mm.pte[:16].astype(np.int64))
+    for _ in range(2):
+        sim.run_client(mm, None, np.arange(16))
+        shrink_inactive(sim, int(frames[0]), 16, sim.host.nframes)
+    assert (flags(sim, frames) & LRU_ACTIVE).all()
+    sim.run_client(mm, None, np.arange(16))  # young again: an anonymous folio is deactivated all the same
+    done = shrink_active(sim, int(frames[0]), 16, sim.host.nframes)
+    assert done.moved == 16 and not (flags(sim, frames) & LRU_ACTIVE).any()
+    assert not (np.asarray(mm.flags)[:16] & P_YOUNG).any()  # folio_referenced cleared them
+
+
+def test_the_young_op_must_age():
+    sim, _ = process_only()
+    with pytest.raises(OperationError, match="test_young"):
+        shrink_inactive(sim, 0, 8, 8, "test_young")
+
+
+def test_a_kvm_fault_activates_the_page_it_faults_in():
+    sim = simulation("guest.memory_mib=8", "host.memory_mib=64", "workload.accesses=0")
+    sim.run()  # the guest's boot: every page faulted in through KVM (gup with FOLL_TOUCH, then the release)
+    frames = sim.mms[0].pte[sim.mms[0].pte >= 0].astype(np.int64)
+    assert (flags(sim, frames) & LRU_ACTIVE).all()
+    sim1 = simulation("guest.memory_mib=8", "host.memory_mib=64", "workload.accesses=0", "policies.swap.lists=1")
+    sim1.run()
+    assert not np.asarray(sim1.host.ft.ref).any()  # one list: no LRU flags kept
+
+
+def test_a_hot_page_that_refaults_is_activated_and_survives_the_next_rounds():
+    sim, mm = process_only("host.swap_mib=64")
+    hot = np.arange(8)
+    lru_sizes(sim)  # publishes the workingset size (0 active pages: only a refault at distance 0 activates)
+    frames = mm.pte[hot].astype(np.int64)
+    # Reclaim the hot pages (old: never used since their first touch), then make the active list large.
+    got = shrink_inactive(sim, int(frames.min()), 4096, sim.host.nframes).reclaim
+    swap_out(sim, got[np.isin(got, frames)])
+    assert (mm.pte[hot] < -1).all()  # in swap
+    sim.host._sw.reg[REG_WORKINGSET] = 1 << 20  # a large active list: every refault is within it
+    age = int(sim.host.sw.reg[REG_NONRESIDENT_AGE])
+    sim.run_client(mm, None, hot)  # the refaults
+    new = mm.pte[hot].astype(np.int64)
+    assert (new >= 0).all() and (flags(sim, new) & LRU_ACTIVE).all()
+    assert int(sim.host.sw.reg[REG_NONRESIDENT_AGE]) == age + hot.size  # each activation ages the clock
+    # The next rounds of the inactive list do not take them; one list's hand would have aged them.
+    for _ in range(3):
+        assert not np.isin(new, shrink_inactive(sim, 0, 4096, sim.host.nframes).reclaim).any()
+    # A refault beyond the workingset starts inactive.
+    swap_out(sim, new[:1])
+    sim.host._sw.reg[REG_WORKINGSET] = 0
+    sim.host._sw.reg[REG_NONRESIDENT_AGE] += 100
+    sim.run_client(mm, None, hot[:1])
+    assert flags(sim, mm.pte[hot[:1]].astype(np.int64))[0] & LRU_ACTIVE == 0
+
+
+def test_a_plugin_cannot_write_the_lru_flags_or_the_workingset_clock():
+    sim, _ = process_only()
+    with pytest.raises(ValueError):
+        sim.host.ft.ref[0] = LRU_ACTIVE
+    with pytest.raises(ValueError):
+        sim.host.sw.reg[REG_WORKINGSET] = 5
+
+
+@pytest.mark.parametrize("memcg", [True, False])  # direct reclaim under a cgroup's limit; kswapd and watermarks
+def test_two_lists_age_only_what_they_isolate(memcg):
+    results = {}
+    for lists in (1, 2):
+        sim, m = run(*SCENARIO, f"host.memcg={str(memcg).lower()}", f"policies.swap.lists={lists}", small=False)
+        assert m["swap_outs"] > 1000, lists
+        results[lists] = m["young_pages_aged"] / m["swap_outs"]
+        if lists == 2:
+            assert lru_sizes(sim).active > 0
+            assert int(sim.host.sw.reg[REG_NONRESIDENT_AGE]) >= m["swap_outs"]
+    # One list's hand ages every candidate it passes; two lists age the isolated ones (and the deactivated).
+    assert results[2] < 0.7 * results[1], results
+
+
+def test_lists_is_checked():
+    with pytest.raises(Exception, match=r"policies.swap.lists: must be 1 \(one list\) or 2"):
+        simulation("policies.swap.lists=3")
+
+
+def test_inactive_is_low_and_may_deactivate_follow_vmscan():
+    assert inactive_is_low(100, 101) and not inactive_is_low(100, 100)  # below 1 GiB the ratio is 1
+    gib4 = 4 << 18  # 4 GiB of pages: inactive_ratio = int_sqrt(40) = 6
+    assert not inactive_is_low(gib4 // 7 + 1, gib4 - gib4 // 7 - 1)
+    assert inactive_is_low(gib4 // 8, gib4 - gib4 // 8)
+    assert may_deactivate(100, 50, True) and not may_deactivate(100, 50, False)  # refaults seen: deactivate
+
+
+def test_a_split_thp_keeps_its_lru_flags_on_every_page():
+    sim = simulation("guest.memory_mib=8", "host.memory_mib=64", "workload.accesses=0", "host.thp=always")
+    sim.run()  # KVM faults the guest's THPs in: active
+    mm = sim.mms[0]
+    head = int(mm.pte[0])
+    assert mm.flags[0] & P_HUGE and flags(sim, [head])[0] & LRU_ACTIVE
+    split_huge_pages(sim, mm, np.array([0]))
+    assert (flags(sim, np.arange(head, head + 512)) & LRU_ACTIVE).all()
