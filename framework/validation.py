@@ -42,8 +42,9 @@ MIB_PAGES = 256  # 4 KiB pages in a MiB
 TIME_COSTS: str | None = "pvm-shadow"
 # What the model mirrors of the twin in every row against it, whatever the costs: how this machine kind's KVM
 # translates (kvm_pvm: shadow paging, machine.kvm_paging in the record; a shadow MMU prefetches and walks one
-# table) and the twin's swap area, a file (docs/real.md; a THP is split to swap it out).
-TWIN = ("secondary.paging=shadow", "host.swap_device=file")
+# table) and the twin's swap area, a file (docs/real.md; a THP is split to swap it out); and the kernel's reclaim,
+# the two-list LRU (policies.swap.lists=2, not yet the model's default: README).
+TWIN = ("secondary.paging=shadow", "host.swap_device=file", "policies.swap.lists=2")
 
 
 def compose(*overrides: str) -> DictConfig:

@@ -75,7 +75,7 @@ class SwapConfig:
     young_op: YoungOp  # how reclaim asks secondary MMUs whether a page was used
     batch: int  # fewest candidates examined per round of the lru mode with one list
     passes: float  # how many sweeps over memory one reclaim call may make before giving up
-    lists: int = 2  # lru mode: 2, the active/inactive LRU; 1, one list with second chance
+    lists: int = 1  # lru mode: 1, one list with second chance; 2, the active/inactive LRU
 
     def __post_init__(self) -> None:
         require(self.lists in (1, 2), f"lists must be 1 (one list) or 2 (active and inactive), got {self.lists}")
@@ -126,16 +126,30 @@ class Swap(HostPolicy):
 
     def _shrink_lists(self, sim, nr_pages: int) -> int:
         """shrink_lruvec, simplified: rounds of (deactivate from the active list when reclaim may, then one batch of
-        the inactive list) until ``nr_pages`` are freed, or the hands have passed ``passes`` times the frames."""
-        op = self.cfg.young_op.value
-        limit = int(self.cfg.passes * sim.host.nframes)
-        inactive, active, activated = lru_sizes(sim)  # the counts are kept current below from what each batch did
+        the inactive list) until ``nr_pages`` are freed, or the hands have passed ``passes`` times the frames. If
+        that fell short while the active list was left alone, once more with deactivation forced
+        (do_try_to_free_pages: ``skipped_deactivate`` -> ``force_deactivate``, as when the inactive list holds only
+        pinned folios that shrink_folio_list keeps)."""
+        inactive, active, activated = lru_sizes(sim)
         refaulted = activated != self.refaults  # refaults activated since the last reclaim (snapshot_refaults)
         self.refaults = activated
+        freed, skipped = self._rounds(sim, nr_pages, inactive, active, refaulted, force=False)
+        if freed < nr_pages and skipped:
+            inactive, active, _ = lru_sizes(sim)
+            freed += self._rounds(sim, nr_pages - freed, inactive, active, refaulted, force=True)[0]
+        return freed
+
+    def _rounds(self, sim, nr_pages: int, inactive: int, active: int, refaulted: bool, force: bool) -> tuple[int, bool]:
+        """The rounds of ``_shrink_lists``; returns the pages freed and whether deactivation was ever skipped."""
+        op = self.cfg.young_op.value
+        limit = int(self.cfg.passes * sim.host.nframes)
         freed = passed = 0
+        skipped = False  # the counts are kept current below from what each batch did
         while freed < nr_pages and passed < limit:
             scanned = 0
-            if active > 0 and may_deactivate(inactive, active, refaulted):
+            deactivate = force or may_deactivate(inactive, active, refaulted)
+            skipped |= active > 0 and not deactivate
+            if active > 0 and deactivate:
                 # get_scan_count scans the lists in proportion to their sizes (SCAN_EQUAL at one priority)
                 want = min(-(-SWAP_CLUSTER_MAX * active // max(inactive, 1)), 8 * SWAP_CLUSTER_MAX)
                 done = shrink_active(sim, self.active_hand, want, limit - passed, op)
@@ -157,7 +171,7 @@ class Swap(HostPolicy):
                 break  # nothing on either list to take
             if got < done.reclaim.size and sim.host.swap_used() == sim.host.sw.key.size:
                 break  # swap is full
-        return freed
+        return freed, skipped
 
 
 @hookimpl

@@ -136,7 +136,7 @@ def stop_at_replay(procs: list[subprocess.Popen], timeout: float = 120.0) -> Non
         ("host.oom=fail", "host.oom=fail"),
         ("guest.count=2", "guest.count=2"),
         ("policies.swap.mode=clock", "policies.swap.mode=clock"),
-        ("policies.swap.lists=1", "policies.swap.lists=1"),
+        ("host.swap_device=blockdev", "host.swap_device=blockdev"),
         ("real.eager_release=madvise", "real.eager_release"),
     ],
 )

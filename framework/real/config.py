@@ -155,9 +155,6 @@ def _policies(policies: dict) -> None:
     if young != "clear_flush_young":
         raise ConfigError(f"policies.swap.young_op={young}: the kernel's reclaim ages with clear_flush_young "
                           "(folio_referenced_one); young_op=clear_flush_young only")  # fmt: skip
-    if getattr(swap, "lists", 2) != 2:
-        raise ConfigError(f"policies.swap.lists={swap.lists}: the kernel's classic LRU has an inactive and an active "
-                          "list; lists=2 only")  # fmt: skip
     if "schedule" in policies and policies["schedule"][1].events:
         raise ConfigError("policies.schedule.events: moving vCPUs between NUMA nodes needs nodes this machine "
                           "lacks; events=[] only")  # fmt: skip
