@@ -89,7 +89,7 @@ def test_the_young_op_must_age():
 
 
 def test_a_kvm_fault_activates_the_page_it_faults_in():
-    sim = simulation("guest.memory_mib=8", "host.memory_mib=64", "workload.accesses=0")
+    sim = simulation("guest.memory_mib=8", "host.memory_mib=64", "workload.accesses=0", "policies.swap.lists=2")
     sim.run()  # the guest's boot: every page faulted in through KVM (gup with FOLL_TOUCH, then the release)
     frames = sim.mms[0].pte[sim.mms[0].pte >= 0].astype(np.int64)
     assert (flags(sim, frames) & LRU_ACTIVE).all()
@@ -160,7 +160,9 @@ def test_inactive_is_low_and_may_deactivate_follow_vmscan():
 
 
 def test_a_split_thp_keeps_its_lru_flags_on_every_page():
-    sim = simulation("guest.memory_mib=8", "host.memory_mib=64", "workload.accesses=0", "host.thp=always")
+    sim = simulation(
+        "guest.memory_mib=8", "host.memory_mib=64", "workload.accesses=0", "host.thp=always", "policies.swap.lists=2"
+    )
     sim.run()  # KVM faults the guest's THPs in: active
     mm = sim.mms[0]
     head = int(mm.pte[0])
