@@ -86,3 +86,22 @@ def fill(fs: Path, free_pages: int = 0) -> None:
         assert exc.errno == errno.ENOSPC
     os.ftruncate(fd, max(os.fstat(fd).st_size - free_pages * PAGE, 0))
     os.close(fd)
+
+
+def real_host_missing(kvm: bool = True, tracefs: bool = True) -> str | None:
+    """Why the real twin's tests cannot run here (None: they can): root for a memory cgroup v1 and a swap
+    file, and, as asked, /dev/kvm and tracefs. The reason is the skip's."""
+    from mmnsim.real import cgroup, tracing
+    from mmnsim.real.errors import HostError
+
+    if os.geteuid() != 0:
+        return "needs root (a memory cgroup, a swap file, a tracing instance, KVM)"
+    if kvm and not os.path.exists("/dev/kvm"):
+        return "no /dev/kvm on this machine"
+    try:
+        cgroup.memory_hierarchy_v1()
+    except HostError as exc:
+        return str(exc)
+    if tracefs and tracing.find_tracefs() is None and "tracefs" not in Path("/proc/filesystems").read_text().split():
+        return "the kernel has no tracefs"
+    return None

@@ -7,7 +7,6 @@ and on a tiny run where the machine can (root, /dev/kvm, the memory cgroup v1 co
 the documented format and leaves no swap file or cgroup behind.
 """
 
-import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -17,10 +16,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from conftest import real_host_missing
 from mmnsim.config import ConfigError, typed
 from mmnsim.costs import Costs
 from mmnsim.real import calibrate, cgroup
-from mmnsim.real.errors import HostError
 from mmnsim.sources import compose_checked, costs_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,19 +27,7 @@ PROFILE = ROOT / "conf" / "costs" / "pvm-shadow.yaml"
 KVM_COSTS = ("fault_ns", "zap_page_ns", "remote_flush_ns", "flush_ipi_ns", "age_page_ns")
 
 
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (a memory cgroup, a swap file, KVM)"
-    if not os.path.exists("/dev/kvm"):
-        return "no /dev/kvm on this machine"
-    try:
-        cgroup.memory_hierarchy_v1()
-    except HostError as exc:
-        return str(exc)
-    return None
-
-
-WHY_NOT = _why_not()
+WHY_NOT = real_host_missing(tracefs=False)
 needs_machine = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import real_host_missing
 from mmnsim.metrics import FRAMEWORK
 from mmnsim.real import cgroup, cleanup, counters, preflight, swapfile, tracing
 from mmnsim.real.errors import HostError
@@ -28,19 +29,7 @@ PAGE = mmap.PAGESIZE
 STANDIN = Path(__file__).with_name("real_standin.py")
 
 
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (it creates cgroups, swap files and tracing instances)"
-    try:
-        cgroup.memory_hierarchy_v1()
-    except HostError as exc:
-        return str(exc)
-    if tracing.find_tracefs() is None and "tracefs" not in Path("/proc/filesystems").read_text().split():
-        return "the kernel has no tracefs"
-    return None
-
-
-WHY_NOT = _why_not()
+WHY_NOT = real_host_missing(kvm=False)
 needs_host = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 needs_kvm = pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="needs /dev/kvm")
 

@@ -11,7 +11,6 @@ the reason elsewhere; the refusals run anywhere.
 """
 
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -23,33 +22,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import cli, simulation
+from conftest import cli, real_host_missing, simulation
 from mmnsim.cli import check_overrides, quote_numbered_options
 from mmnsim.config import ConfigError
 from mmnsim.host import THP
 from mmnsim.metrics import catalogue
 from mmnsim.real import cgroup, cleanup, counters, swapfile, tracing
-from mmnsim.real.errors import HostError
 from mmnsim.real.guest import PAGEMAP_PRESENT, Guest, Process
 from mmnsim.real.run import release, thp_advice
 from mmnsim.report import table
 
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (a memory cgroup, a swap file, a tracing instance, KVM)"
-    if not os.path.exists("/dev/kvm"):
-        return "no /dev/kvm on this machine"
-    try:
-        cgroup.memory_hierarchy_v1()
-    except HostError as exc:
-        return str(exc)
-    if tracing.find_tracefs() is None and "tracefs" not in Path("/proc/filesystems").read_text().split():
-        return "the kernel has no tracefs"
-    return None
-
-
-WHY_NOT = _why_not()
+WHY_NOT = real_host_missing()
 needs_machine = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 _ROOT = tracing.find_tracefs()
 TOP_EVENTS = (_ROOT / "set_event").read_text() if _ROOT is not None and WHY_NOT is None else None  # someone else's
