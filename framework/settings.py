@@ -6,6 +6,7 @@ combination of a sweep before any job starts.
 import functools
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,14 @@ class ProcessConfig:
         _check_oom_score_adj(self.oom_score_adj)
 
 
+class Schedule(StrEnum):
+    """How the clients of a tick share the machine's CPUs."""
+
+    concurrent = "concurrent"  # each client on its own CPUs at once: the tick lasts as long as the slowest
+    serial = "serial"  # one after the other, as the real twin replays a tick: the tick is their sum, and no
+    # other client's CPU is in guest mode while one runs
+
+
 @dataclass(frozen=True)  # the checks' switches: a plugin cannot turn them off (``sim.engine``)
 class EngineConfig:
     accesses_per_tick: int  # accesses each client issues per tick
@@ -94,6 +103,7 @@ class EngineConfig:
     allow_violations: bool = False  # exit 0 even if an invariant was violated (the mmnsim command)
     race_window: float = 0.0  # chance that a secondary fault sleeps while the host invalidates; 0: never
     max_memory_gib: float | None = None  # the memory guard's limit; null: what the machine has (MemAvailable)
+    schedule: Schedule = Schedule.concurrent
 
     def __post_init__(self) -> None:
         require(self.accesses_per_tick >= 1, f"accesses_per_tick must be >= 1, got {self.accesses_per_tick}")

@@ -82,7 +82,7 @@ from .pagetable import MM_HUGEPAGE, read_only
 from .reclaim import swap_out
 from .secondary import DEV_NODE, IN_PROGRESS, MODE, RACE_RATE, SEC_NOFAULT, STATE_SIZE, SecondaryMMU
 from .sectables import SecondaryTables
-from .settings import load_settings
+from .settings import Schedule, load_settings
 from .share import break_cow
 from .timeseries import TimeSeries
 from .workingset import FaultCounts
@@ -130,6 +130,9 @@ class Client:
         self.secondary: SecondaryMMU | None = None
         self.elapsed_ns = 0.0  # time of one of its CPUs, summed over ticks
         self.stall_ns = 0.0  # part of elapsed_ns not spent on its own accesses
+        self.guest_ns = 0.0  # part of elapsed_ns spent on its own accesses (a vCPU: in guest mode)
+        self._in_guest = 1.0  # that part of its last tick (before its first batch: all of it)
+        self._batch_share: float | None = None  # that part of its batch so far, while the batch runs
         self.translation_ns = 0.0  # its accesses' page walks (all CPUs together)
         self._pending_stall = 0.0
 
@@ -169,6 +172,20 @@ class Client:
     def done(self) -> bool:
         """Its workload is over, or its tenant was killed."""
         return self.stream.done or self.tenant.killed
+
+    @property
+    def in_guest(self) -> float:
+        """The chance that one of its CPUs is on its own accesses at this moment (a vCPU: in guest mode, where
+        a TLB-flush request reaches it by IPI), from 0 to 1: the share of its last tick they spent so, not
+        serving faults in the host, not stalled, not idle once its batch was done (1 before its first tick).
+        While its own batch runs (a flush from its own fault's reclaim, or from the kswapd it woke), the share of
+        the batch so far. Under ``engine.schedule=serial``, 0 while another client's batch runs, or none."""
+        sim = self.mm.sim
+        if sim.running is self and self._batch_share is not None:
+            return self._batch_share
+        if sim.engine.schedule is Schedule.serial and sim.running is not self:
+            return 0.0
+        return self._in_guest
 
     def stall(self, ns: float) -> None:
         """All of this client's CPUs lose ``ns`` (a TLB-flush IPI, a direct-reclaim stall)."""
@@ -280,6 +297,7 @@ class Simulation:
         # The client one of whose CPUs is in the host serving a fault (its thread in reclaim, or asleep on the
         # fault's I/O), not in guest mode: a TLB-flush request reaches it at its next entry, with no IPI.
         self.outside: Client | None = None
+        self.running: Client | None = None  # the client whose tick batch runs now (engine.schedule=serial)
         self.episode = 0  # the faults served so far (each with its own Python call): deferred_flushes counts them
         self._flushed_in: dict[int, int] = {}
         self._each_window = False  # settling race windows done in the kernel: each was a fault of its own
@@ -443,18 +461,31 @@ class Simulation:
         if self.oom is not None:
             self.oom.reap()  # the OOM reaper's next attempt on a victim whose memory a subscriber kept
         self.call_hook("host_tick", sim=self)
+        serial = self.engine.schedule is Schedule.serial
         tick_ns = 0.0
+        spans = []
         for client in self.clients:
             batch = None if client.tenant.killed else guarded(
                 self.actors.running, f"workload '{client.stream.workload.name}' of {client.name}", "pages",
                 client.stream.next_batch, client.batch, self.tick)  # fmt: skip
-            before = client.elapsed_ns
+            before, guest = client.elapsed_ns, client.guest_ns
             if batch is not None:
                 pages, writes = batch  # checked by next_batch: inside the client's region
-                self._run_batch(client.mm, client.secondary, pages + client.region[0] if client.region[0] else pages,
-                                writes, client)  # fmt: skip
+                self.running = client
+                try:
+                    self._run_batch(client.mm, client.secondary,
+                                    pages + client.region[0] if client.region[0] else pages, writes, client)
+                finally:
+                    self.running, client._batch_share = None, None
             self._settle_stalls(client)
-            tick_ns = max(tick_ns, client.elapsed_ns - before)
+            span = client.elapsed_ns - before
+            spans.append((client, span, client.guest_ns - guest))
+            if span > 0:  # until the tick's length is known (a later client's reclaim may flush this one)
+                client._in_guest = min(1.0, (client.guest_ns - guest) / span)
+            tick_ns = tick_ns + span if serial else max(tick_ns, span)
+        for client, span, guest in spans:  # concurrent: a client done before the tick ends idles (halted)
+            whole = span if serial else tick_ns
+            client._in_guest = min(1.0, guest / whole) if whole > 0 else 0.0
         self.time_ns += tick_ns
         if self.host._ctr[C.OOM_EVENTS] > oom_events:
             self.host._ctr[C.OOM_TICKS] += 1
@@ -528,6 +559,8 @@ class Simulation:
                 if status == DONE:
                     break
                 self.episode += 1
+                if client is not None and client is self.running:
+                    client._batch_share = self._batch_share(client, host._ctr - before)
                 if status == WAKE_KSWAPD:
                     self._wake_kswapd()
                 elif status == DIRECT_RECLAIM:
@@ -727,10 +760,26 @@ class Simulation:
                     break
         return results
 
+    def _access_ns(self, d: np.ndarray) -> float:
+        """The memory time of the accesses counted in ``d`` (their translation aside)."""
+        numa = self.host._ft.node.shape[0] > 1  # the kernel sums access distances only then
+        return self.costs.access_ns * (d[C.ACCESS_DISTANCE] / 10 if numa else d[C.ACCESSES])
+
+    def _batch_share(self, client: Client, d: np.ndarray) -> float:
+        """The share of its time ``client``'s CPUs have spent on their own accesses in the batch so far (``d``
+        its counts): the accesses against the host faults, the secondary faults at their base cost
+        (``fault_ns``: a plugin's own ``fault_cost_ns`` is asked once, at the batch's end) and its stalls."""
+        c = self.costs
+        access = self._access_ns(d)
+        host = d[C.MINOR_FAULTS] * c.minor_fault_ns + d[C.MAJOR_FAULTS] * c.swap_in_ns + client._pending_stall * (
+            client.vcpus)  # fmt: skip
+        if client.secondary is not None:
+            host += float(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]) * float(client.secondary.cfg.fault_ns)
+        return float(access / (access + host)) if access + host > 0 else client._in_guest
+
     def _account(self, client: Client, d: np.ndarray) -> None:
         c = self.costs
-        numa = self.host._ft.node.shape[0] > 1  # the kernel sums access distances only then
-        access = c.access_ns * (d[C.ACCESS_DISTANCE] / 10 if numa else d[C.ACCESSES])
+        access = self._access_ns(d)
         swap_in = d[C.MAJOR_FAULTS] * c.swap_in_ns
         faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + swap_in
         sec = client.secondary
@@ -752,6 +801,7 @@ class Simulation:
             for name in PER_SECONDARY:
                 sec._counts[name] += int(d[C.NAMES.index(name)])
         spread = (access + faults) / client.vcpus
+        client.guest_ns += access / client.vcpus
         if c.swap_serial and swap_in > spread:
             # One disk reads one page at a time: the vCPUs queue for it, and the batch takes at least the
             # disk's busy time however many vCPUs share the rest (the bottleneck bound of a closed system).

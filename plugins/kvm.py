@@ -37,6 +37,7 @@ of ``prefetch`` (PTE_PREFETCH_NUM, 8) whose host pages are present, up to the fi
 MMU under EPT maps the faulting gfn alone (arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_map).
 """
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -91,6 +92,7 @@ class KVM(SecondaryMMU):
             self.set_prefetch(cfg.prefetch)
         for name in ("remote_tlb_flush", "vcpu_tlb_flushes"):
             self.metrics[name] += 0  # reported when zero: a VM whose vCPUs never got an IPI
+        self._carried: dict[str, float] = {}  # _count's fractions
 
     def walk_refs(self, huge: bool) -> float:
         """Under EPT a two-dimensional walk: each guest level (4, or 3 with the guest's 2 MiB pages) and the
@@ -112,27 +114,40 @@ class KVM(SecondaryMMU):
 
     def _flush_remote_tlbs(self, flushes: int) -> None:
         """kvm_flush_remote_tlbs, ``flushes`` times (virt/kvm/kvm_main.c): a KVM_REQ_TLB_FLUSH request to every
-        vCPU and an IPI to each one in guest mode (kvm_make_vcpus_request_mask: kvm_request_needs_ipi). A vCPU
-        whose thread is in the host serving a fault (``sim.outside``: in direct reclaim, or asleep on a swap-in
-        while kswapd reclaims) gets no IPI and takes one flush at its next entry for every request it missed
-        (vcpu_enter_guest: kvm_check_request(KVM_REQ_TLB_FLUSH)). ``remote_tlb_flush`` counts the requests that
-        sent an IPI (the requester's side, remote_flush_ns, is paid either way)."""
+        vCPU and an IPI to each one in guest mode (kvm_make_vcpus_request_mask: kvm_request_needs_ipi, which
+        reads vcpu->mode). A vCPU outside the guest gets no IPI and performs one flush at its next entry for
+        every request it missed (vcpu_enter_guest: kvm_check_request(KVM_REQ_TLB_FLUSH)): the vCPU whose thread
+        serves a fault in the host (``sim.outside``: in direct reclaim, or asleep on a swap-in while kswapd
+        reclaims), and each of the others unless it is on the guest's accesses (``client.in_guest``: not
+        faulting, not stalled, not halted once its batch is done). ``remote_tlb_flush`` counts the requests
+        that sent an IPI (kvm_make_all_cpus_request returned true); the requester's side, remote_flush_ns, is
+        paid either way. Counts of kicked vCPUs are expected values, their fractions carried to the next
+        request, so that a run stays determined by its seed."""
         if not flushes:
             return
         vcpus = self.client.vcpus
         outside = self.sim.outside is self.client
-        kicked = vcpus - outside
+        others = vcpus - outside
+        share = self.client.in_guest
+        kicks = flushes * others * share
         self.metrics["tlb_flushes"] += flushes
-        self.metrics["tlb_flush_ipis"] += flushes * kicked
-        if kicked:
-            self.metrics["remote_tlb_flush"] += flushes
+        self._count("tlb_flush_ipis", kicks)
+        self._count("remote_tlb_flush", flushes * (1.0 - (1.0 - share) ** others))  # at least one in the guest
         deferred = self.sim.deferred_flushes(self, flushes) if outside else 0
-        self.metrics["vcpu_tlb_flushes"] += flushes * kicked + deferred
-        self.metrics["flush_cost_ns"] += flushes * (self.cfg.remote_flush_ns + kicked * self.cfg.flush_ipi_ns)
+        if share < 1.0 and others:  # the others out of the guest take the requests of this episode at one entry
+            deferred += others * (1.0 - share) * self.sim.deferred_flushes(self.client, flushes)
+        self._count("vcpu_tlb_flushes", kicks + deferred)
+        self.metrics["flush_cost_ns"] += flushes * self.cfg.remote_flush_ns + kicks * self.cfg.flush_ipi_ns
         self.sim.charge(flushes * self.cfg.remote_flush_ns)
-        # Each kicked vCPU loses flush_ipi_ns per request: on average over the client's vCPUs, kicked / vcpus
-        # of it (the vCPU in the host pays its one flush inside the fault it is serving).
-        self.client.stall(flushes * self.cfg.flush_ipi_ns * (kicked / vcpus if outside else 1))
+        # Each kicked vCPU loses flush_ipi_ns per request: on average over the client's vCPUs, kicks / vcpus.
+        self.client.stall(kicks * self.cfg.flush_ipi_ns / vcpus)
+
+    def _count(self, name: str, expected: float) -> None:
+        """Add ``expected`` to the count ``name``, the fraction carried to the next call."""
+        total = self._carried.get(name, 0.0) + expected
+        whole = math.floor(total + 1e-9)  # 1e-9: a sum of thirds that should be whole is whole
+        self._carried[name] = total - whole
+        self.metrics[name] += whole
 
     # Its invalidations and young ops are the standard ones, charged by charge_zap and charge_aging: the
     # framework's compiled reclaim path may do them for it (mmnsim.fastpath).

@@ -66,16 +66,3 @@ def test_a_memory_cgroup_host_reclaims_directly_in_the_charging_thread_without_k
     assert sim.host.watermark() == (0, 0, 0)
     _, watermarks = run("engine.race_window=0")
     assert watermarks["kswapd_wakeups"] > 0 and watermarks["direct_reclaims"] == 0
-
-
-@pytest.mark.parametrize("vcpus", [1, 4])
-def test_flush_ipis_go_only_to_vcpus_in_guest_mode(vcpus):
-    # Under a memory cgroup every reclaim runs in the faulting vCPU's own thread: that vCPU is in the host and gets
-    # no IPI; it flushes once at its next entry. With kswapd (its own CPU) every vCPU is kicked.
-    _, memcg = run("host.memcg=true", f"guest.vcpus={vcpus}", "engine.race_window=0")
-    flushes = memcg["kvm.tlb_flushes"]
-    assert flushes > 0 and memcg["kvm.tlb_flush_ipis"] == (vcpus - 1) * flushes
-    assert memcg["kvm.remote_tlb_flush"] == (flushes if vcpus > 1 else 0)  # one vCPU alone: no IPI ever sent
-    assert memcg["kvm.vcpu_tlb_flushes"] == (vcpus - 1) * flushes + memcg["direct_reclaims"]
-    _, kswapd = run(f"guest.vcpus={vcpus}", "engine.race_window=0")
-    assert kswapd["direct_reclaims"] == 0 and kswapd["kvm.tlb_flush_ipis"] == vcpus * kswapd["kvm.tlb_flushes"]

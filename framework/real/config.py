@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import ConfigError, require, typed
 from ..host import OOM, THP, SwapDevice
+from ..settings import Schedule
 from . import machineinfo
 
 PIN_METHODS = ("auto", "io_uring", "mlock")  # mmnsim.real.pin.METHODS (not imported: it loads ctypes syscalls)
@@ -63,6 +64,9 @@ def check(settings: Any, top: dict) -> RealConfig:
     """The twin's settings, typed; ConfigError naming the first key the real twin cannot run."""
     real = typed(top.get("real") or {}, RealConfig, "real")
     _host(settings.host)
+    if settings.engine.schedule is not Schedule.serial:
+        raise ConfigError(f"engine.schedule={settings.engine.schedule.value}: the real twin replays a tick's tenants "
+                          "one after the other (docs/real.md); engine.schedule=serial only")  # fmt: skip
     if settings.kernel.name != "6.x":
         raise ConfigError(f"kernel={settings.kernel.name}: the real twin runs this machine's kernel "
                           f"({machineinfo.provenance()['machine.kernel']}), not {settings.kernel.name}'s; "
