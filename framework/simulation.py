@@ -473,8 +473,8 @@ class Simulation:
                 pages, writes = batch  # checked by next_batch: inside the client's region
                 self.running = client
                 try:
-                    self._run_batch(client.mm, client.secondary,
-                                    pages + client.region[0] if client.region[0] else pages, writes, client)
+                    shifted = pages + client.region[0] if client.region[0] else pages
+                    self._run_batch(client.mm, client.secondary, shifted, writes, client)
                 finally:
                     self.running, client._batch_share = None, None
             self._settle_stalls(client)

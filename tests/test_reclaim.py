@@ -2,7 +2,6 @@
 and the allocator keeps free memory in whole pageblocks."""
 
 import numpy as np
-import pytest
 
 from conftest import run, simulation
 from mmnsim import referenced, swap_out
