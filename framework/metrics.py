@@ -175,7 +175,8 @@ OTHERS = (
        "requests; RDMA: translation-cache invalidations; GPU/IOMMU: TLB invalidations)",
        kernel="KVM remote_tlb_flush_requests", per_secondary=True),
     _m("tlb_flush_ipis", "IPIs", int, "vCPU kicks the flushes sent: one per request to each vCPU in guest mode (a "
-       "vCPU whose thread is in the host serving a fault gets none; it flushes at its next entry)",
+       "vCPU whose thread is in the host serving a fault gets none; it flushes at its next entry). An expected "
+       "count: each vCPU is in guest mode for the share of its time its own accesses take (Client.in_guest)",
        per_secondary=True),
     _m("remote_tlb_flush", "flushes", int, "remote TLB-flush requests that sent an IPI to a vCPU in guest mode (a "
        "request while every vCPU is in the host sends none)", kernel="KVM remote_tlb_flush", per_secondary=True),
@@ -582,7 +583,7 @@ REAL_SOURCES: dict[str, tuple[str, str]] = {
     "sim_time_ns": (
         "the replay's wall time: each batch from its first vCPU's start to its last one's exit, summed",
         "this machine's time (itself a guest under PVM: every exit costly); the tenants' batches of a tick run "
-        "one after the other, where the model takes the slowest client's",
+        "one after the other (the model's `engine.schedule=serial`; its default takes the slowest client's)",
     ),
     "sim_time_ns_per_access": ("the replay's wall time / accesses", "as sim_time_ns"),
     "wall_seconds": ("the run's wall time", "the whole run: setup, boot pass, replay and teardown"),

@@ -181,7 +181,8 @@ class Row:
     unit: str
     tolerance: float  # inside when 1 / tolerance <= model / real <= tolerance
     outside: str = ""  # known outside its tolerance: why, and what would fix it (kernel file and function)
-    time: bool = False  # the model side depends on the cost profile (TIME_COSTS)
+    time: bool = False  # the model side depends on the cost profile (TIME_COSTS), the real one on the load
+    note: str = ""  # what the verdict leans on, for a row inside as for one outside
     published: tuple[float, str] | None = None  # the real figure is this published one (its value, its source)
 
     def inside(self, model: float, real: float) -> bool:
@@ -228,9 +229,19 @@ SWAP_TIME = (
     "counts are near the twin's (rows 10, 11), and with its tick the sum of the tenants' batches, as the twin "
     "replays them (engine.schedule=serial), its time is 0.35 of the twin's: the twin took 9.7 s for 641,000 "
     "accesses, 650 us per major fault, where this machine's profile charges a swap-in 155 us (measured in "
-    "another sitting) and the model charges 17,600 of them. Not yet explained: the twin ran at a load average "
-    "of 11 on 2 CPUs, its process and vCPUs sharing them, which the model does not charge. Fix: measure the "
-    "swap-in in the row's own sitting and conditions, or charge the CPU contention"
+    "another sitting) and the model charges 17,600 of them. The twin ran at a load average of 11 on 2 CPUs, "
+    "its process and vCPUs sharing them with other work, which the model does not charge: the same scenario "
+    "at a load average of 0.2 (2026-12-07 10:51 UTC, one run, not recorded) took 2,604 ns per access, half the "
+    "model's time. Fix: calibrate the profile and record the rows in one quiet sitting, or charge the CPU "
+    "contention"
+)
+
+
+KICKS_LOAD = (
+    "a share of time, and so of the load: the recorded runs, at a load average of 10, kicked a vCPU with 0.066% "
+    "of the requests, one run at a load average of 0.2 (2026-12-07 10:51 UTC, not recorded) with 2.5% (460 of "
+    "18,650), when its replay took 2,604 ns per access against 15,200; the model gives 0.086% on this machine's "
+    "profile, measured at a load average of 9 to 17, and 2.1% on the default costs, a bare-metal host's"
 )
 
 
@@ -293,9 +304,11 @@ ROWS = [
     # kvm_request_needs_ipi), a vCPU is there for the share of its time not spent in faults or stalls
     # (Client.in_guest), and the twin replays the process's batch while no vCPU runs (engine.schedule=serial):
     # the requests that found a vCPU to kick are those of the guest's own reclaims, its other vCPU in the guest.
+    # That share is a share of time, so the row is a time row: the model's from the profile's costs, the
+    # kernel's from the machine's load (a vCPU thread waiting for a CPU is not in guest mode either).
     Row("Swap under a limit: remote TLB flushes per invalidation", "swap",
         "flush requests that sent an IPI to a vCPU in guest mode, per invalidation",
-        ratio("remote_tlb_flush", "invalidations"), "flushes/call", 1.5),
+        ratio("remote_tlb_flush", "invalidations"), "flushes/call", 1.5, time=True, note=KICKS_LOAD),
     Row("Swap under a limit: time per access", "swap", "sim_time_ns per access",
         ratio("sim_time_ns", "accesses"), "ns/access", 2.0, time=True, outside=SWAP_TIME),
     Row("sqlite trace under a limit: major faults", "sqlite", "major faults (swap-ins)", ratio("major_faults", 1),
@@ -417,6 +430,8 @@ def verdict(row: Row, model: float | None, real: float | None) -> str:
     word = "inside" if row.inside(model, real) else "**outside**"
     if row.outside:
         word += f": {row.outside}"
+    if row.note:
+        word += f" ({row.note})"
     if row.time and TIME_COSTS is None:
         word += " (model on the default costs, a bare-metal host's: no profile of this machine committed yet)"
     return word
