@@ -11,7 +11,10 @@
   isolate_lru_folios) and sort them as shrink_folio_list -> folio_check_references does: referenced (the PTE's
   young bit or a subscriber's young op) and PG_referenced already set -> activate; referenced the first time ->
   set PG_referenced and keep (back to the inactive list's head); not referenced -> reclaim. Only the isolated
-  folios are aged.
+  folios are aged. A pinned folio (a long-term pin: VFIO, a pinning KVM) is activated where the hand meets it
+  on the inactive list, without being aged: the kernel ages it, tries to unmap it, fails (try_to_unmap_one:
+  folio_try_share_anon_rmap_pte refuses a maybe-pinned folio) and activates it (shrink_folio_list:
+  activate_locked); it comes back with the active list's deactivation.
 
 The lists are the frames' LRU flags (``FrameTable.ref``: LRU_ACTIVE, LRU_REFERENCED, a THP's on its first frame),
 framework state no plugin can write (plugins read ``host.ft`` as read-only views; these operations change it).
@@ -142,7 +145,7 @@ def shrink_active(sim: "Simulation", hand: int, want: int, limit: int, op: str =
     referenced(sim, frames, op)
     ft = sim.host._ft
     ft.ref[frames] &= np.uint8(0xFF ^ LRU_ACTIVE)
-    huge = (sim.host._pt.flags[ft.key[frames]] & P_HUGE) != 0  # (pinned folios were not isolated: they stay)
+    huge = (sim.host._pt.flags[ft.key[frames]] & P_HUGE) != 0  # pinned folios too: deactivated as any other
     moved = int(np.where(huge, HUGE_PAGES, 1).sum())
     return Shrunk(hand, passed, taken, moved, frames[:0])
 

@@ -53,14 +53,20 @@ def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit,
     ``lru`` -1: every folio (one list, every frame passed counts as scanned); 0 or 1: only the inactive or the
     active list's folios (``fref``'s LRU_ACTIVE; ``mmnsim.lru``), the others passed over unscanned, as they
     are on another list: the pages of that list's folios met count, pinned ones too (isolate_lru_folios'
-    nr_scanned). Returns the folios found, the new hand, the frames passed and the pages scanned."""
+    nr_scanned). A pinned folio met on the inactive list is activated: shrink_folio_list's try_to_unmap
+    fails on it (mm/rmap.c try_to_unmap_one: folio_try_share_anon_rmap_pte refuses a folio that may be
+    DMA-pinned) and the folio goes to activate_locked; on the active list it is deactivated as any other
+    (shrink_active_list does not look at pins), so it is returned with the others. Returns the folios found,
+    the new hand, the frames passed and the pages scanned. On a list, ``want`` bounds the folios met, pinned
+    ones included (isolate_lru_folios takes nr_to_scan folios, SWAP_CLUSTER_MAX, whatever shrink_folio_list
+    will do with them); on the one list, the folios found."""
     n = fkey.size
     found = 0
     scanned = 0
     taken = 0
     thp_block = -1  # the pageblock last found to hold a THP
     checked_block = -1
-    while found < want and scanned < limit:
+    while (found if lru < 0 else taken) < want and scanned < limit:  # a list's batch: want folios met
         f = hand
         b = f >> PAGEBLOCK_SHIFT
         if b != checked_block:  # one look per pageblock at its first page: is it a THP?
@@ -76,8 +82,10 @@ def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit,
                 pinned = False
                 for g in range(f, end):
                     pinned |= fpin[g] > 0
-                if pinned:  # folio_maybe_dma_pinned: a pinned THP stays
+                if pinned and lru != 1:  # folio_maybe_dma_pinned: a pinned THP stays mapped
                     ctr[C.PIN_SKIPPED] += 1
+                    if lru == 0:
+                        fref[f] |= LRU_ACTIVE  # activate_locked
                 else:
                     out[found] = f
                     found += 1
@@ -89,8 +97,10 @@ def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit,
         if lru >= 0 and ((fref[f] & LRU_ACTIVE) != 0) != (lru == 1):  # on the other list
             continue
         taken += 1
-        if fpin[f] > 0:
+        if fpin[f] > 0 and lru != 1:
             ctr[C.PIN_SKIPPED] += 1
+            if lru == 0:
+                fref[f] |= LRU_ACTIVE  # activate_locked
             continue
         out[found] = f
         found += 1

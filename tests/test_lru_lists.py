@@ -169,3 +169,21 @@ def test_a_split_thp_keeps_its_lru_flags_on_every_page():
     assert mm.flags[0] & P_HUGE and flags(sim, [head])[0] & LRU_ACTIVE
     split_huge_pages(sim, mm, np.array([0]))
     assert (flags(sim, np.arange(head, head + 512)) & LRU_ACTIVE).all()
+
+
+def test_a_pinned_folio_met_on_the_inactive_list_is_activated_and_counts_toward_the_batch():
+    # try_to_unmap fails on a folio that may be DMA-pinned, so shrink_folio_list activates it (activate_locked);
+    # a batch is SWAP_CLUSTER_MAX folios met, pinned ones included (isolate_lru_folios), not 32 unpinned ones
+    # found; shrink_active_list deactivates a pinned folio as any other.
+    sim = simulation("guest.memory_mib=8", "host.memory_mib=64", "workload.accesses=0", "secondary.mode=pin",
+                     "policies.swap.lists=2")  # fmt: skip
+    sim.run()
+    frames = np.sort(sim.mms[0].pte[sim.mms[0].pte >= 0].astype(np.int64))
+    assert frames.size == 2048 and (np.asarray(sim.host.ft.pin)[frames] > 0).all()
+    assert (flags(sim, frames) & LRU_ACTIVE).all()  # KVM's fault marked each accessed twice: active
+    assert shrink_active(sim, int(frames[0]), frames.size, sim.host.nframes).moved == frames.size
+    assert not (flags(sim, frames) & LRU_ACTIVE).any()
+    done = shrink_inactive(sim, int(frames[0]), 32, sim.host.nframes)
+    assert done.reclaim.size == 0 and done.scanned == 32
+    met = (flags(sim, frames) & LRU_ACTIVE) != 0
+    assert met.sum() == 32 and met[np.isin(frames, frames[:32])].all()
