@@ -299,7 +299,7 @@ class Simulation:
         self.outside: Client | None = None
         self.running: Client | None = None  # the client whose tick batch runs now (engine.schedule=serial)
         self.episode = 0  # the faults served so far (each with its own Python call): deferred_flushes counts them
-        self._flushed_in: dict[int, int] = {}
+        self._flushed_in: dict[int, tuple[int, int]] = {}
         self._each_window = False  # settling race windows done in the kernel: each was a fault of its own
         self._scratch = np.zeros(2, dtype=np.int64)  # the access kernel's room for a race window's page
         for sec in self.secondaries:  # last: a registration pins, may reclaim, and may even OOM-kill
@@ -332,14 +332,15 @@ class Simulation:
 
     def deferred_flushes(self, owner: object, requests: int) -> int:
         """How many of ``requests`` TLB-flush requests ``owner``'s vCPU in the host (``outside``) performs: one
-        at its next entry for all that came while it served one fault (vcpu_enter_guest checks
-        KVM_REQ_TLB_FLUSH once)."""
+        at its next entry for all that came while it served one fault, or while it was out of the guest during one
+        reclaim pass of a tick (vcpu_enter_guest checks KVM_REQ_TLB_FLUSH once)."""
         requests = count_arg(requests, "deferred_flushes", "requests")
         if self._each_window:
             return requests  # race windows settled together: each a fault of its own, one request each
-        if self._flushed_in.get(id(owner)) == self.episode:
+        when = (self.tick, self.episode)  # a vCPU out of the guest for a whole tick re-entered it by the next
+        if self._flushed_in.get(id(owner)) == when:
             return 0
-        self._flushed_in[id(owner)] = self.episode
+        self._flushed_in[id(owner)] = when
         return 1
 
     def charge(self, ns: float) -> None:
@@ -775,7 +776,8 @@ class Simulation:
             client.vcpus)  # fmt: skip
         if client.secondary is not None:
             host += float(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]) * float(client.secondary.cfg.fault_ns)
-        return float(access / (access + host)) if access + host > 0 else client._in_guest
+        share = float(access / (access + host)) if access + host > 0 else client._in_guest
+        return share if 0.0 <= share <= 1.0 else client._in_guest  # a plugin's own config may be anything now
 
     def _account(self, client: Client, d: np.ndarray) -> None:
         c = self.costs

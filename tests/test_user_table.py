@@ -295,7 +295,7 @@ def test_ctrl_c_is_one_line_in_a_run_and_in_a_sweep_and_the_sweep_resumes(tmp_pa
     assert err.splitlines() == ["mmnsim: interrupted (SIGINT): the run into run, which wrote no results; run the same "
                                 "command again"], err  # fmt: skip
     args = ["-m", "guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64", "engine.accesses_per_tick=16384",
-            "workload.accesses=2000000,20000000", "hydra.sweep.dir=sweep", "hydra.launcher.n_jobs=2"]  # fmt: skip
+            "workload.accesses=2000000,200000000", "hydra.sweep.dir=sweep", "hydra.launcher.n_jobs=2"]  # fmt: skip
     sweep = subprocess.Popen([str(EXE), *args], cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     out, err = _interrupt_when(sweep, lambda: (tmp_path / "sweep" / "0" / "summary.parquet").exists())
@@ -310,7 +310,7 @@ def test_ctrl_c_is_one_line_in_a_run_and_in_a_sweep_and_the_sweep_resumes(tmp_pa
 
 def test_sigterm_to_a_sweep_is_its_one_line_and_leaves_the_directory_free(tmp_path):
     args = ["-m", "guest.memory_mib=32", "host.memory_mib=24", "host.swap_mib=64", "engine.accesses_per_tick=16384",
-            "workload.accesses=2000000,40000000", "hydra.sweep.dir=sweep", "hydra.launcher.n_jobs=2"]  # fmt: skip
+            "workload.accesses=2000000,400000000", "hydra.sweep.dir=sweep", "hydra.launcher.n_jobs=2"]  # fmt: skip
     sweep = subprocess.Popen([str(EXE), *args], cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     out, err = _interrupt_when(sweep, lambda: (tmp_path / "sweep" / "0" / "summary.parquet").exists(), sigterm=True)
