@@ -766,14 +766,16 @@ class Simulation:
         numa = self.host._ft.node.shape[0] > 1  # the kernel sums access distances only then
         return self.costs.access_ns * (d[C.ACCESS_DISTANCE] / 10 if numa else d[C.ACCESSES])
 
+    def _host_fault_ns(self, d: np.ndarray) -> float:
+        """The host's time for the primary faults counted in ``d``: minor faults and swap-ins."""
+        return d[C.MINOR_FAULTS] * self.costs.minor_fault_ns + d[C.MAJOR_FAULTS] * self.costs.swap_in_ns
+
     def _batch_share(self, client: Client, d: np.ndarray) -> float:
         """The share of its time ``client``'s CPUs have spent on their own accesses in the batch so far (``d``
         its counts): the accesses against the host faults, the secondary faults at their base cost
         (``fault_ns``: a plugin's own ``fault_cost_ns`` is asked once, at the batch's end) and its stalls."""
-        c = self.costs
         access = self._access_ns(d)
-        host = d[C.MINOR_FAULTS] * c.minor_fault_ns + d[C.MAJOR_FAULTS] * c.swap_in_ns + client._pending_stall * (
-            client.vcpus)  # fmt: skip
+        host = self._host_fault_ns(d) + client._pending_stall * client.vcpus
         if client.secondary is not None:
             host += float(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]) * float(client.secondary.cfg.fault_ns)
         share = float(access / (access + host)) if access + host > 0 else client._in_guest
@@ -783,7 +785,7 @@ class Simulation:
         c = self.costs
         access = self._access_ns(d)
         swap_in = d[C.MAJOR_FAULTS] * c.swap_in_ns
-        faults = d[C.MINOR_FAULTS] * c.minor_fault_ns + swap_in
+        faults = self._host_fault_ns(d)
         sec = client.secondary
         if sec is not None:
             walk, tlb_huge = self._plugin_walk(sec), bool(self._ask(sec, "tlb_huge"))
