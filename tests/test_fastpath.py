@@ -16,6 +16,16 @@ SCENARIOS = {
     "two_guests": ("workload.accesses=200000", "guest.count=2", "host.memory_mib=48"),
     "shadow_2008": ("workload.accesses=200000", "kernel='2008'", "secondary.paging=shadow"),
     "thp": ("workload.accesses=400000", "host.thp=always"),
+    # race windows on THP-backed guest RAM under a cgroup limit, two lists and a swap file (validation's thp scenario)
+    "thp_race_windows": (
+        "workload.accesses=300000",
+        "host.thp=always",
+        "host.memcg=true",
+        "host.swap_device=file",
+        "policies.swap.lists=2",
+        "secondary.paging=shadow",
+        "engine.race_window=0.01",
+    ),
     "memcg": ("workload.accesses=400000", "host.memcg=true"),
     "numa": (
         "+scenario=numa_moved_vcpus",
