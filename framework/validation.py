@@ -213,10 +213,9 @@ GUEST_256 = 256 * MIB_PAGES
 GUEST_64 = 64 * MIB_PAGES
 
 # What would bring each row that is outside inside: the kernel mechanism the model lacks or the twin differs in.
-# The time rows came inside (rows 3, 16, 24: 30,100 against 68,800 ns a page, 5,320 against 15,200 and 1,590
-# against 10,300 ns an access) when the profile and the rows were measured in one quiet sitting: both had been
-# taken at a load average of 9 to 17 on the 2 CPUs, which slowed every measured cost, and the twin's wall time
-# most, 3 to 6 times.
+# The time rows 3, 16 and 24 came inside when the profile and the rows were measured in one quiet sitting: both
+# had been taken at a load average of 9 to 17 on the 2 CPUs, which slowed every measured cost, and the twin's wall
+# time most, 3 to 6 times (each row's figures before: below).
 QUIET_SITTING = (
     "the profile (costs=pvm-shadow) and this row's real runs measured in one quiet sitting, 2026-12-07 12:35 "
     "UTC, at a load average of 0.1 to 0.9; at 9 to 17 (the sitting before) the row was outside, at {before}"
