@@ -19,7 +19,16 @@ from .discovery import PluginConfSearchPath
 from .hookspecs import hookimpl, hookspec
 from .host import Watermarks
 from .kernel import AHEAD, U, kernel, prefetch
-from .lru import LruSizes, Shrunk, inactive_is_low, lru_sizes, may_deactivate, shrink_active, shrink_inactive
+from .lru import (
+    LruSizes,
+    Shrunk,
+    inactive_is_low,
+    lru_sizes,
+    lru_stats,
+    may_deactivate,
+    shrink_active,
+    shrink_inactive,
+)
 from .metrics import REGISTRATION_METRICS, Metric
 from .migrate import migrate
 from .mm import MM
@@ -102,6 +111,7 @@ __all__ = [
     "is_shared",
     "lru_folios",
     "lru_sizes",
+    "lru_stats",
     "may_deactivate",
     "merge_pages",
     "mergeable",

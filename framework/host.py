@@ -11,6 +11,11 @@ try_to_free_mem_cgroup_pages, at least SWAP_CLUSTER_MAX pages: mm/vmscan.c), and
 cgroup's (mem_cgroup_out_of_memory). Simplified: one reclaim attempt before the OOM killer (the kernel retries
 MAX_RECLAIM_RETRIES times), no per-CPU charge batches (MEMCG_CHARGE_BATCH), and a THP fault takes a free
 pageblock or falls back without reclaiming for its 512 pages.
+
+``read_stats_each_tick``: a monitor reads the cgroup's memory.stat at the end of every tick, which flushes its
+statistics (mm/memcontrol-v1.c memcg1_stat_format -> mem_cgroup_flush_stats), so reclaim's heuristics see them
+at most a tick old instead of up to ``kernel.lru_stats_flush_ms`` (``mmnsim.lru.lru_stats``). The real twin
+does (framework/real/run.py: its per-tick row samples the group), so every run set beside it does too.
 """
 
 import math
@@ -44,6 +49,7 @@ from .pagetable import new_page_table, read_only, read_only_tables
 from .swapdev import new_swap_table
 
 MIB_PAGES = (1 << 20) // PAGE_SIZE
+STATS_FLUSH_STREAM = 0x57A7  # the stats flusher's phase is drawn on a stream of its own (``Host._stats_phase``)
 MAX_MIB = ((1 << 31) - 1) // MIB_PAGES  # page and frame numbers are int32 (pagetable.py, frames.py)
 LOCAL_DISTANCE, REMOTE_DISTANCE = 10, 20  # include/linux/topology.h
 
@@ -90,6 +96,7 @@ class HostConfig:
     oom: OOM  # when reclaim cannot free memory: kill a tenant, or fail the allocation
     memcg: bool = False  # memory_mib is a memory cgroup's limit on the tenants: no watermarks, direct reclaim only
     swap_device: SwapDevice = SwapDevice.blockdev  # file: no large swap entries, every THP split to swap it out
+    read_stats_each_tick: bool = False  # a monitor reads memory.stat after every tick, flushing the statistics
 
     def __post_init__(self) -> None:
         require(self.memory_mib > 0, f"memory_mib must be > 0, got {self.memory_mib}")
@@ -176,6 +183,12 @@ class Host:
             self.ft.reg[REG_FLAGS] |= MEMCG
         self.sw = new_swap_table(cfg.swap_mib * MIB_PAGES, cfg.swap_write_error_rate, cfg.swap_read_error_rate, seed)
         self.pt = new_page_table(mm_pages)
+        # Reclaim's LRU statistics as of their last flush (``mmnsim.lru.lru_stats``): a new cgroup's, or a fresh
+        # machine's, are zero. The periodic flusher runs on its own clock: its phase against the run is drawn
+        # from the seed, on a stream of its own, so that every other draw of a run stays as it was.
+        self._lru_stats = np.zeros(3, dtype=np.int64)  # inactive, active, refaults activated
+        self._stats_phase = float(np.random.default_rng([seed, STATS_FLUSH_STREAM]).random())  # of a period
+        self._stats_epoch = -1  # the flush the statistics are from (-1: none yet)
         self._ctr = counters.new_counters()  # the framework's (kernels and operations count into it)
         self.ctr = read_only(self._ctr)  # the kernel counters, read-only: ``sim.counter(name)`` reads one
         # The framework's writable tables (``_pt``, ``_ft``, ``_sw``: the kernels and the mm operations write

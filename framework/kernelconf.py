@@ -2,7 +2,8 @@
 
 * ``kernel=6.x`` (the default): Linux 6.13 and later (the sources cited are of 6.13 to 6.17).
 * ``kernel=6.1``: Linux 6.1 to 6.12, the long-term kernels most hosts run (6.1, 6.6, 6.12): as ``6.x``
-  but KVM flushes the remote TLBs when aging finds a young spte (``young_flush``).
+  but KVM flushes the remote TLBs when aging finds a young spte (``young_flush``), and reclaim reads its LRU
+  statistics fresh (``lru_stats_flush_ms``, 6.1 to 6.11).
 * ``kernel=2008``: 2.6.25 to 2.6.27, the first kernels with mmu notifiers (the kernel of the 2008 thread).
 
 What differs, each from the kernel source of its time:
@@ -56,6 +57,17 @@ What differs, each from the kernel source of its time:
   MADV_HUGEPAGE, and the guest's kernel has no THP either, ``guest.thp: false``, which a config may still
   set: a guest's own page size is its kernel's, and a 2008 guest could back memory with hugetlbfs).
 
+* ``lru_stats_flush_ms``: reclaim's heuristics (inactive_is_low, the refaults that let it deactivate, the
+  workingset a refault is measured against) read the LRU lists' sizes from the memory cgroup's statistics
+  (lruvec_page_state; global reclaim reads the root cgroup's), folded from per-CPU counters only when flushed.
+  6.1 to 6.11 flushed them in every reclaim pass (mm/vmscan.c prepare_scan_control -> mem_cgroup_flush_stats,
+  once MEMCG_CHARGE_BATCH updates per CPU were pending): as good as exact, 0 here. Since "memcg: use
+  ratelimited stats flush in the reclaim" (Shakeel Butt, v2 of August 2024, merged for 6.12) reclaim calls
+  mem_cgroup_flush_stats_ratelimited, which flushes only when the periodic flusher (mm/memcontrol.c
+  flush_memcg_stats_dwork, every FLUSH_TIME = 2 s) is a whole cycle late: the statistics are up to 2 s old,
+  2000 here (``mmnsim.lru.lru_stats``). kernel=6.1 stands for 6.1 and 6.6 there; 6.12 behaves as 6.x.
+  2.6.27 read exact zone counters (one LRU for anonymous and file pages until 2.6.28's split LRU): 0.
+
 Disk swap (milliseconds per I/O) is a cost, set by ``conf/kernel/2008.yaml`` in ``costs``, with
 ``costs.swap_serial``: one disk serves one read at a time, so a client's swap-ins queue for it instead of
 being spread over its vCPUs (``mmnsim.simulation`` ``_account``); today's zram decompresses in the faulting
@@ -74,6 +86,8 @@ walks, mm/vmscan.c walk_mm) is modelled: both age through the classic LRU's rmap
 
 from dataclasses import dataclass
 
+from .config import require
+
 
 @dataclass
 class KernelConfig:
@@ -88,6 +102,11 @@ class KernelConfig:
     compaction: bool  # memory compaction (2.6.35+)
     numa_balancing: bool  # automatic NUMA balancing (3.8+)
     spte_prefetch: bool  # KVM's shadow MMU maps up to 8 present neighbours per fault (2.6.36+)
+    lru_stats_flush_ms: int  # reclaim reads LRU statistics flushed this often (6.12+: 2000); 0: exact
+
+    def __post_init__(self) -> None:
+        require(self.lru_stats_flush_ms >= 0, "lru_stats_flush_ms must be >= 0 (0: exact statistics), got "
+                f"{self.lru_stats_flush_ms}")  # fmt: skip
 
 
 # The features a config may ask for, with the release that brought each (for the error naming them).
@@ -105,4 +124,4 @@ def missing_features(kernel: KernelConfig, features: tuple[str, ...]) -> list[st
 
 TODAY = KernelConfig("6.x", interval_notifiers=True, invalidate_page=False, young_flush=False,
                      ept_accessed_bits=True, retry_whole_vm=False, oom_reaper=True, thp=True, compaction=True,
-                     numa_balancing=True, spte_prefetch=True)  # fmt: skip
+                     numa_balancing=True, spte_prefetch=True, lru_stats_flush_ms=2000)  # fmt: skip

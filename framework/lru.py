@@ -1,9 +1,12 @@
 """Two-list reclaim: the inactive and the active anonymous LRU, after mm/vmscan.c (classic LRU, no MGLRU).
 
-* ``lru_sizes``: the pages on each list (lruvec_page_state NR_INACTIVE_ANON, NR_ACTIVE_ANON) and the refaults
-  activated so far; ``inactive_is_low`` (mm/vmscan.c inactive_is_low: inactive * inactive_ratio < active, the
-  ratio int_sqrt(10 * size in GiB), 1 below 1 GiB) and ``may_deactivate`` (prepare_scan_count: refaults
-  activated since the last reclaim, or the inactive list low).
+* ``lru_sizes``: the pages on each list now (lruvec_lru_size, exact under the LRU lock: what get_scan_count
+  scales its scan by) and the refaults activated so far. ``lru_stats``: the same as reclaim's heuristics read
+  them, from the memory cgroup's statistics (lruvec_page_state NR_INACTIVE_ANON, NR_ACTIVE_ANON,
+  WORKINGSET_ACTIVATE_ANON) as of their last flush, up to ``kernel.lru_stats_flush_ms`` old.
+  ``inactive_is_low`` (mm/vmscan.c inactive_is_low: inactive * inactive_ratio < active, the ratio
+  int_sqrt(10 * size in GiB), 1 below 1 GiB) and ``may_deactivate`` (prepare_scan_control: refaults
+  activated since the last reclaim, or the inactive list low) take the statistics.
 * ``shrink_active``: deactivate folios from the active list's tail (mm/vmscan.c shrink_active_list). It asks
   folio_referenced, so the young ops reach the secondary MMUs, but an anonymous folio is deactivated whether
   referenced or not (only a referenced executable file folio rotates, and the model has no file pages).
@@ -20,7 +23,7 @@ The lists are the frames' LRU flags (``FrameTable.ref``: LRU_ACTIVE, LRU_REFEREN
 framework state no plugin can write (plugins read ``host.ft`` as read-only views; these operations change it).
 A new folio starts inactive and unreferenced (since 5.9, commit b518154e59aa: folio_add_lru); a swapped-in page
 whose refault distance is within the workingset starts active (mm/workingset.c workingset_refault, in the access
-kernel: ``swapdev.workingset_refault``), against the active list's size that the last round published.
+kernel: ``swapdev.workingset_refault``), against the active list's size in the statistics (``lru_stats``).
 
 A KVM fault marks the page it maps accessed (``access._kvm_mark_accessed``): 6.18's kvm_release_faultin_page ->
 kvm_release_page_clean (virt/kvm/kvm_main.c) calls kvm_set_page_accessed -> mark_page_accessed, and for a page
@@ -30,10 +33,11 @@ folio_mark_accessed): twice, so a page KVM faults in starts active.
 Simplifications: each list's order is the frames' order, from a hand per list (a CLOCK over the frames of the
 list): a folio rotated or deactivated is met again when its list's hand comes round, not strictly after every
 folio then on the list. Deactivation, when reclaim may deactivate, takes folios in proportion to the lists'
-sizes each round (get_scan_count's proportional scan, without its priorities). The workingset size a refault is
-measured against is the active list's size at the last count (``lru_sizes``, once per reclaim call), not at the
-refault. One lruvec for all nodes and tenants (the memory cgroup's, under ``host.memcg``). No PG_workingset (the
-"was active before eviction" restore accounting).
+sizes each round (get_scan_count's proportional scan, without its priorities). The statistics are flushed at
+the first read after the flush is due (the kernel's flusher folds them at its own time: what changed in
+between is seen early), and a refault is measured against the workingset size the last read published (the
+kernel reads it at the refault). One lruvec for all nodes and tenants (the memory cgroup's, under
+``host.memcg``). No PG_workingset (the "was active before eviction" restore accounting).
 """
 
 from typing import TYPE_CHECKING, NamedTuple
@@ -79,17 +83,47 @@ def _sizes(fkey, pb, node_order, pflags, fref):
 
 
 def lru_sizes(sim: "Simulation") -> LruSizes:
-    """The pages on the inactive and the active list now (a THP counts its 512). One compiled pass over the
-    frames: a policy counts once per reclaim call and keeps the counts up to date from what its rounds did.
-
-    It also records the active list's size as the workingset size a refault is measured against until the next
-    count (mm/workingset.c workingset_test_recent: for an anonymous refault NR_ACTIVE_FILE + NR_INACTIVE_FILE,
-    none here, plus NR_ACTIVE_ANON while swap has a free slot, mem_cgroup_get_nr_swap_pages > 0). Until a
-    two-list policy first counts, no refault is activated."""
+    """The pages on the inactive and the active list now (a THP counts its 512), and the refaults activated so
+    far: what the lists hold (lruvec_lru_size, kept exact under the LRU lock; get_scan_count scales its scan by
+    it). One compiled pass over the frames: a policy counts once per reclaim call and keeps the counts up to date
+    from what its rounds did. For reclaim's heuristics, ``lru_stats``."""
     ft, sw = sim.host._ft, sim.host._sw
     inactive, active = _sizes(ft.key, ft.pb, ft.node_order, sim.host._pt.flags, ft.ref)
-    sw.reg[REG_WORKINGSET] = active if sw.reg[REG_USED] < sw.key.size else 0
     return LruSizes(int(inactive), int(active), int(sw.reg[REG_WORKINGSET_ACTIVATE]))
+
+
+def lru_stats(sim: "Simulation") -> LruSizes:
+    """The lists' sizes and the refaults activated as reclaim's heuristics read them: the memory cgroup's
+    statistics (lruvec_page_state; global reclaim reads the root cgroup's), which inactive_is_low and
+    prepare_scan_control's refault test (``may_deactivate``) take, and workingset_test_recent the workingset
+    size from. The kernel folds them from per-CPU counters only when they are flushed: since 6.12 every
+    FLUSH_TIME = 2 s by the periodic flusher (mm/memcontrol.c flush_memcg_stats_dwork), reclaim itself flushing
+    only when that flusher is a whole cycle late (mm/vmscan.c prepare_scan_control ->
+    mem_cgroup_flush_stats_ratelimited). ``kernel.lru_stats_flush_ms`` is that period (0: flushed at every read,
+    as 6.1's reclaim did); the flusher's phase against the run is drawn from the seed. Before the first flush the
+    statistics are a new cgroup's: zero. So a guest whose boot fills its limit before a flush meets "no pages
+    active", and reclaim deactivates nothing (docs/validation.md, row 27).
+
+    Each read also publishes the statistics' active list as the workingset size a refault is measured against
+    (workingset_test_recent: for an anonymous refault NR_ACTIVE_FILE + NR_INACTIVE_FILE, none here, plus
+    NR_ACTIVE_ANON while swap has a free slot, mem_cgroup_get_nr_swap_pages > 0). Until a two-list policy
+    first reads them, no refault is activated."""
+    host = sim.host
+    period = sim.kernel.lru_stats_flush_ms * 1e6
+    epoch = int(np.floor(sim.now_ns() / period - host._stats_phase)) if period else host._stats_epoch + 1
+    if epoch > host._stats_epoch:  # a flush since the last read: the statistics as the lists are now
+        host._stats_epoch = epoch
+        flush_lru_stats(sim)
+    inactive, active, activated = (int(x) for x in host._lru_stats)
+    sw = host._sw
+    sw.reg[REG_WORKINGSET] = active if sw.reg[REG_USED] < sw.key.size else 0
+    return LruSizes(inactive, active, activated)
+
+
+def flush_lru_stats(sim: "Simulation") -> None:
+    """Fold the statistics now, off the periodic flusher's clock: what a read of the cgroup's memory.stat does
+    (mm/memcontrol-v1.c memcg1_stat_format -> mem_cgroup_flush_stats; ``host.read_stats_each_tick``)."""
+    sim.host._lru_stats[:] = lru_sizes(sim)
 
 
 def may_deactivate(inactive: int, active: int, refaulted: bool) -> bool:

@@ -71,6 +71,7 @@ from .frames import KSWAPD_FUTILE, LRU_LISTS, OOM_FLAGS, REG_FLAGS, REG_HINTS
 from .host import OOM, Host
 from .invariants import InvariantViolation
 from .kernel import count_at_least, count_set
+from .lru import flush_lru_stats
 from .metrics import FRAMEWORK, Catalogue, MetricError, catalogue, describe, plugin_declarations, where_to_declare
 from .migrate import migrate
 from .mm import MM
@@ -283,6 +284,8 @@ class Simulation:
                         self.kernel.name, ", ".join(forced))  # fmt: skip
         self.tick = 0  # before attaching: a registration may already reclaim and charge
         self.time_ns = 0.0
+        self._tick_base_ns = 0.0  # ``now_ns``: when the running batch began (its tick's earlier serial batches in)
+        self._batch_ns = 0.0  # ``now_ns``: the running batch's time so far, as its last episode estimated it
         self.host_cpu_ns = 0.0
         self.oom = OOMKiller(self) if self.host_cfg.oom is OOM.kill else None
         for comp in [*self.policies, *self.secondaries]:
@@ -470,6 +473,7 @@ class Simulation:
                 self.actors.running, f"workload '{client.stream.workload.name}' of {client.name}", "pages",
                 client.stream.next_batch, client.batch, self.tick)  # fmt: skip
             before, guest = client.elapsed_ns, client.guest_ns
+            self._tick_base_ns = self.time_ns + (tick_ns if serial else 0.0)
             if batch is not None:
                 pages, writes = batch  # checked by next_batch: inside the client's region
                 self.running = client
@@ -488,6 +492,9 @@ class Simulation:
             whole = span if serial else tick_ns
             client._in_guest = min(1.0, guest / whole) if whole > 0 else 0.0
         self.time_ns += tick_ns
+        self._tick_base_ns = self.time_ns
+        if self.host_cfg.read_stats_each_tick and self.host._ft.reg[REG_FLAGS] & LRU_LISTS:
+            flush_lru_stats(self)  # a monitor's read of memory.stat (the real twin's per-tick row)
         if self.host._ctr[C.OOM_EVENTS] > oom_events:
             self.host._ctr[C.OOM_TICKS] += 1
         if self.oom is not None:
@@ -561,7 +568,11 @@ class Simulation:
                     break
                 self.episode += 1
                 if client is not None and client is self.running:
-                    client._batch_share = self._batch_share(client, host._ctr - before)
+                    access, host_ns = self._batch_parts(client, host._ctr - before)
+                    share = access / (access + host_ns) if access + host_ns > 0 else -1.0
+                    client._batch_share = share if 0.0 <= share <= 1.0 else None  # None: its last tick's share
+                    spent = (access + host_ns) / client.vcpus
+                    self._batch_ns = spent if 0.0 <= spent < math.inf else self._batch_ns
                 if status == WAKE_KSWAPD:
                     self._wake_kswapd()
                 elif status == DIRECT_RECLAIM:
@@ -605,6 +616,7 @@ class Simulation:
         finally:
             self._charge_to = None
             self.outside = outside
+            self._batch_ns = 0.0
             host._ctr[C.ACCESSES_ATTEMPTED] += int(ks[K_I])  # every access up to where the kernel stopped
             self._mm_faults.settle(mm.index, host._ctr, faults)  # this batch's faults are its mm's
         if self.engine.check_accesses and secondary is not None:
@@ -770,16 +782,24 @@ class Simulation:
         """The host's time for the primary faults counted in ``d``: minor faults and swap-ins."""
         return d[C.MINOR_FAULTS] * self.costs.minor_fault_ns + d[C.MAJOR_FAULTS] * self.costs.swap_in_ns
 
-    def _batch_share(self, client: Client, d: np.ndarray) -> float:
-        """The share of its time ``client``'s CPUs have spent on their own accesses in the batch so far (``d``
-        its counts): the accesses against the host faults, the secondary faults at their base cost
-        (``fault_ns``: a plugin's own ``fault_cost_ns`` is asked once, at the batch's end) and its stalls."""
-        access = self._access_ns(d)
-        host = self._host_fault_ns(d) + client._pending_stall * client.vcpus
+    def _batch_parts(self, client: Client, d: np.ndarray) -> tuple[float, float]:
+        """The time ``client``'s CPUs have spent in the batch so far (``d`` its counts), all CPUs together: on
+        their own accesses, and in the host (its faults, the secondary faults at their base cost: ``fault_ns``,
+        a plugin's own ``fault_cost_ns`` being asked once, at the batch's end; its stalls). A plugin's own
+        config may be anything by now: the callers check what they make of them."""
+        access = float(self._access_ns(d))
+        host = float(self._host_fault_ns(d)) + client._pending_stall * client.vcpus
         if client.secondary is not None:
             host += float(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]) * float(client.secondary.cfg.fault_ns)
-        share = float(access / (access + host)) if access + host > 0 else client._in_guest
-        return share if 0.0 <= share <= 1.0 else client._in_guest  # a plugin's own config may be anything now
+        return access, host
+
+    def now_ns(self) -> float:
+        """The simulated time now, in ns since the run began: the ticks done and, inside a tick, the batches run
+        before this one (under ``engine.schedule=serial``; side by side otherwise), and the running batch so far
+        as its last episode (a fault that left the access kernel: a reclaim, a kswapd wake-up) estimated it
+        (``_batch_parts``, over the client's CPUs). For what happens at a time (a periodic flush), not for what a
+        run costs: a batch's time is settled at its end."""
+        return self._tick_base_ns + self._batch_ns
 
     def _account(self, client: Client, d: np.ndarray) -> None:
         c = self.costs

@@ -6,9 +6,10 @@ Two modes:
 
   - ``2`` (default), the kernel's active/inactive anonymous LRU (mm/vmscan.c, classic LRU, no MGLRU;
     ``mmnsim.lru``). Each round, when reclaim may deactivate (refaults were activated since the last reclaim,
-    or the inactive list is low beside the active one: prepare_scan_count, inactive_is_low), folios are
-    deactivated from the active list's tail in proportion to the lists' sizes (shrink_active_list: their
-    young bits are asked and cleared, anonymous ones move whatever the answer). Then SWAP_CLUSTER_MAX folios
+    or the inactive list is low beside the active one: prepare_scan_control, inactive_is_low, both read from
+    the statistics as of their last flush, ``lru_stats``), folios are deactivated from the active list's tail
+    in proportion to the lists' sizes (shrink_active_list: their young bits are asked and cleared, anonymous
+    ones move whatever the answer). Then SWAP_CLUSTER_MAX folios
     are isolated from the inactive list's tail and only they are aged (shrink_folio_list,
     folio_check_references): referenced with PG_referenced set -> activated; referenced the first time ->
     PG_referenced and kept; not referenced -> swapped out, their secondary translations invalidated first.
@@ -47,6 +48,7 @@ from mmnsim import (
     folio_pages,
     hookimpl,
     lru_sizes,
+    lru_stats,
     may_deactivate,
     referenced,
     require,
@@ -126,20 +128,24 @@ class Swap(HostPolicy):
 
     def _shrink_lists(self, sim, nr_pages: int) -> int:
         """shrink_lruvec, simplified: rounds of (deactivate from the active list when reclaim may, then one batch of
-        the inactive list) until ``nr_pages`` are freed, or the hands have passed ``passes`` times the frames. If
-        that fell short while the active list was left alone, once more with deactivation forced
-        (do_try_to_free_pages: ``skipped_deactivate`` -> ``force_deactivate``, as when the inactive list holds only
-        pinned folios that shrink_folio_list keeps)."""
-        inactive, active, activated = lru_sizes(sim)
-        refaulted = activated != self.refaults  # refaults activated since the last reclaim (snapshot_refaults)
-        self.refaults = activated
-        freed, skipped = self._rounds(sim, nr_pages, inactive, active, refaulted, force=False)
+        the inactive list) until ``nr_pages`` are freed, or the hands have passed ``passes`` times the frames.
+        Whether it may deactivate is decided once, from the statistics (prepare_scan_control; ``lru_stats``, up
+        to 2 s old), how much from the lists as they are (get_scan_count; ``lru_sizes``). If that fell short
+        while the active list was left alone, once more with deactivation forced (do_try_to_free_pages:
+        ``skipped_deactivate`` -> ``force_deactivate``, as when the inactive list holds only pinned folios that
+        shrink_folio_list keeps)."""
+        inactive, active, _ = lru_sizes(sim)
+        stats = lru_stats(sim)
+        refaulted = stats.refaults_activated != self.refaults  # since the last reclaim (snapshot_refaults)
+        self.refaults = stats.refaults_activated
+        deactivate = may_deactivate(stats.inactive, stats.active, refaulted)
+        freed, skipped = self._rounds(sim, nr_pages, inactive, active, deactivate)
         if freed < nr_pages and skipped:
             inactive, active, _ = lru_sizes(sim)
-            freed += self._rounds(sim, nr_pages - freed, inactive, active, refaulted, force=True)[0]
+            freed += self._rounds(sim, nr_pages - freed, inactive, active, True)[0]
         return freed
 
-    def _rounds(self, sim, nr_pages: int, inactive: int, active: int, refaulted: bool, force: bool) -> tuple[int, bool]:
+    def _rounds(self, sim, nr_pages: int, inactive: int, active: int, deactivate: bool) -> tuple[int, bool]:
         """The rounds of ``_shrink_lists``; returns the pages freed and whether deactivation was ever skipped."""
         op = self.cfg.young_op.value
         limit = int(self.cfg.passes * sim.host.nframes)
@@ -147,8 +153,9 @@ class Swap(HostPolicy):
         skipped = False  # the counts are kept current below from what each batch did
         while freed < nr_pages and passed < limit:
             scanned = 0
-            deactivate = force or may_deactivate(inactive, active, refaulted)
-            skipped |= active > 0 and not deactivate
+            # shrink_lruvec's loop reaches the active list (shrink_list, which notes the skip) only while the
+            # inactive list has folios to scan: its condition is nr[LRU_INACTIVE_ANON], no file pages here.
+            skipped |= active > 0 and inactive > 0 and not deactivate
             if active > 0 and deactivate:
                 # get_scan_count scans the lists in proportion to their sizes (SCAN_EQUAL at one priority)
                 want = min(-(-SWAP_CLUSTER_MAX * active // max(inactive, 1)), 8 * SWAP_CLUSTER_MAX)

@@ -100,7 +100,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
 # (they are calls into a plugin, wrapped as hooks are: tests/test_plugin_calls.py).
 NO_ARGUMENTS = {
     "MM.exit", "MM.oom_reap", "MM.clear_soft_dirty", "Simulation.use_exact_clock", "Simulation.use_lru_lists",
-    "lru_sizes", "Simulation.take_hint_faults",
+    "lru_sizes", "lru_stats", "Simulation.now_ns", "Simulation.take_hint_faults",
     "SecondaryMMU.attach", "SecondaryMMU.teardown", "SecondaryMMU.end_invalidate", "SecondaryMMU.bump_seq",
     "SecondaryMMU.mapped_pages", "SecondaryMMU.tlb_huge", "Host.free_frames", "Host.pages_to_high",
     "Host.pages_to_low", "Host.high_watermarks", "Host.above_min", "Host.pinned_pages", "Host.swap_used",

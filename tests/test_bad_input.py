@@ -91,6 +91,11 @@ CASES = [
     ),
     config("negative-host-memory", "host.memory_mib=-1", message=("host.memory_mib: must be > 0, got -1",)),
     config("negative-swap", "host.swap_mib=-64", message=("host.swap_mib: must be >= 0, got -64",)),
+    config(
+        "negative-lru-stats-flush",
+        "kernel.lru_stats_flush_ms=-5",
+        message=("kernel.lru_stats_flush_ms: must be >= 0 (0: exact statistics), got -5",),
+    ),
     config("zero-guest-memory", "guest.memory_mib=0", message=("guest.memory_mib: must be > 0, got 0",)),
     config(
         "write-fraction-above-1",

@@ -158,11 +158,12 @@ def test_kvm_flushes_when_aging_finds_young_sptes_until_6_12_and_not_since_6_13(
     assert kvm.metrics["tlb_flushes"] - before["tlb_flushes"] == flushes
 
 
-def test_kernel_6_1_is_6x_but_for_kvms_flush_when_aging():
+def test_kernel_6_1_is_6x_but_for_kvms_flush_when_aging_and_fresh_lru_statistics():
     old, today = compose_checked(["kernel=6.1"]), compose_checked([])
     k_old, k_today = OmegaConf.to_container(old.kernel), OmegaConf.to_container(today.kernel)
-    assert {k for k in k_today if k_old[k] != k_today[k]} == {"name", "young_flush"}
+    assert {k for k in k_today if k_old[k] != k_today[k]} == {"name", "young_flush", "lru_stats_flush_ms"}
     assert k_old["young_flush"] and not k_today["young_flush"]
+    assert k_old["lru_stats_flush_ms"] == 0 and k_today["lru_stats_flush_ms"] == 2000
     rest = [k for k in today if k not in ("kernel", "hydra")]
     assert OmegaConf.masked_copy(old, rest) == OmegaConf.masked_copy(today, rest)  # costs, guest, host alike
 

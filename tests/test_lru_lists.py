@@ -11,6 +11,7 @@ from mmnsim import (
     OperationError,
     inactive_is_low,
     lru_sizes,
+    lru_stats,
     may_deactivate,
     referenced,
     shrink_active,
@@ -101,7 +102,7 @@ def test_a_kvm_fault_activates_the_page_it_faults_in():
 def test_a_hot_page_that_refaults_is_activated_and_survives_the_next_rounds():
     sim, mm = process_only("host.swap_mib=64")
     hot = np.arange(8)
-    lru_sizes(sim)  # publishes the workingset size (0 active pages: only a refault at distance 0 activates)
+    lru_stats(sim)  # publishes the workingset size (0 active pages: only a refault at distance 0 activates)
     frames = mm.pte[hot].astype(np.int64)
     # Reclaim the hot pages (old: never used since their first touch), then make the active list large.
     got = shrink_inactive(sim, int(frames.min()), 4096, sim.host.nframes).reclaim
@@ -187,3 +188,53 @@ def test_a_pinned_folio_met_on_the_inactive_list_is_activated_and_counts_toward_
     assert done.reclaim.size == 0 and done.scanned == 32
     met = (flags(sim, frames) & LRU_ACTIVE) != 0
     assert met.sum() == 32 and met[np.isin(frames, frames[:32])].all()
+
+
+def test_reclaim_reads_the_lists_statistics_as_of_their_last_flush(monkeypatch):
+    # mm/memcontrol.c flush_memcg_stats_dwork folds the statistics every 2 s; reclaim reads them
+    # (prepare_scan_control -> mem_cgroup_flush_stats_ratelimited), the lists themselves stay exact.
+    sim, mm = process_only("policies.swap.lists=2")
+    first = sim.host._stats_phase * 2e9  # the flusher's first run, after the run began
+    now = [first - 1.0]
+    monkeypatch.setattr(sim, "now_ns", lambda: now[0])
+    exact = lru_sizes(sim)
+    assert exact.inactive > 0 and tuple(lru_stats(sim)) == (0, 0, 0)  # a new cgroup's: nothing counted yet
+    now[0] = first + 1.0
+    assert lru_stats(sim) == exact
+    frames = mm.pte[mm.pte >= 0].astype(np.int64)
+    shrink_inactive(sim, int(frames.min()), 64, sim.host.nframes)  # nothing referenced: none activated
+    sim.run_client(mm, None, np.arange(16))
+    shrink_inactive(sim, int(frames.min()), 4096, sim.host.nframes)  # referenced once: PG_referenced, kept
+    sim.run_client(mm, None, np.arange(16))
+    shrink_inactive(sim, int(frames.min()), 4096, sim.host.nframes)  # twice: activated
+    moved = lru_sizes(sim)
+    assert moved.active == 16 and moved != exact
+    now[0] = first + 1.99e9
+    assert lru_stats(sim) == exact  # until the next flush
+    now[0] = first + 2e9 + 1.0
+    assert lru_stats(sim) == moved
+    with_exact = simulation("guest.memory_mib=4", "host.memory_mib=64", "workload.accesses=0", "secondary=none",
+                            "policies.swap.lists=2", "kernel='6.1'")  # fmt: skip
+    with_exact.run()
+    assert with_exact.kernel.lru_stats_flush_ms == 0 and lru_stats(with_exact) == lru_sizes(with_exact)
+
+
+# Validation row 27: a 1.5x guest booting alone into a cgroup's limit (its pages start active: KVM marks them
+# accessed), with the statistics not yet flushed, reclaim sees no active pages and deactivates nothing, and
+# finding the inactive list empty it never sets skipped_deactivate (shrink_lruvec's loop runs on
+# nr[LRU_INACTIVE_ANON]): no force_deactivate, and the cgroup's OOM killer kills the guest.
+BOOT = ("guest.memory_mib=24", "guest.vcpus=2", "guest.thp=false", "host.memory_mib=16", "host.memcg=true",
+        "host.swap_mib=64", "workload.accesses=20000", "engine.accesses_per_tick=16384",
+        "policies.swap.lists=2")  # fmt: skip
+
+
+def test_a_guest_filling_its_limit_before_the_statistics_flush_is_oom_killed():
+    late = "kernel.lru_stats_flush_ms=600000"  # a first flush minutes away, whatever the seed's phase
+    sim, m = run(*BOOT, late)
+    assert m["oom_kills"] == 1 and m["swap_outs"] == 0, m
+    assert tuple(lru_stats(sim))[:2] == (0, 0)
+    _, fresh = run(*BOOT, "kernel.lru_stats_flush_ms=0")  # exact statistics: the inactive list is low
+    assert fresh["oom_kills"] == 0 and fresh["swap_outs"] > 2048, fresh
+    # A flush before the boot reaches the limit shows the active pages: reclaim deactivates and the guest lives.
+    _, flushed = run(*BOOT, "kernel.lru_stats_flush_ms=1")
+    assert flushed["oom_kills"] == 0 and flushed["swap_outs"] > 2048, flushed
