@@ -120,6 +120,7 @@ def stop_at_replay(procs: list[subprocess.Popen], timeout: float = 120.0) -> Non
         ("guest.count=2", "guest.count=2"),
         ("policies.swap.mode=clock", "policies.swap.mode=clock"),
         ("host.swap_device=blockdev", "host.swap_device=blockdev"),
+        ("host.read_stats_each_tick=false", "host.read_stats_each_tick=false"),
         ("engine.schedule=concurrent", "engine.schedule=concurrent"),
         ("real.eager_release=madvise", "real.eager_release"),
     ],

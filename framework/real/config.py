@@ -89,6 +89,9 @@ def _host(host: Any) -> None:
         raise ConfigError(f"host.swap_device={host.swap_device.value}: the real twin swaps to a file of the run "
                           "(real.swap_directory; a swap block device is the machine's); "
                           "host.swap_device=file only")  # fmt: skip
+    if not host.read_stats_each_tick:
+        raise ConfigError("host.read_stats_each_tick=false: the real twin reads the cgroup's memory.stat after every "
+                          "tick (its time-series row), flushing the statistics reclaim reads; true only")  # fmt: skip
     if host.oom is OOM.fail:
         raise ConfigError("host.oom=fail: the kernel has no such mode (a charge the cgroup cannot reclaim for ends "
                           "in its OOM killer); host.oom=kill only")  # fmt: skip
