@@ -102,7 +102,9 @@ def lru_stats(sim: "Simulation") -> LruSizes:
     mem_cgroup_flush_stats_ratelimited). ``kernel.lru_stats_flush_ms`` is that period (0: flushed at every read,
     as 6.1's reclaim did); the flusher's phase against the run is drawn from the seed. Before the first flush the
     statistics are a new cgroup's: zero. So a guest whose boot fills its limit before a flush meets "no pages
-    active", and reclaim deactivates nothing (docs/validation.md, row 27).
+    active", and reclaim deactivates nothing (docs/validation.md, row 27). Global reclaim (no ``host.memcg``)
+    reads the root cgroup's, from the same flusher: modelled alike (zero before the first flush, the tenants
+    starting with the run), and not checked on the real twin, which runs under a cgroup.
 
     Each read also publishes the statistics' active list as the workingset size a refault is measured against
     (workingset_test_recent: for an anonymous refault NR_ACTIVE_FILE + NR_INACTIVE_FILE, none here, plus

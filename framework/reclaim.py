@@ -44,6 +44,20 @@ if TYPE_CHECKING:
 YOUNG_OPS = ("clear_flush_young", "clear_young", "test_young")
 
 
+@kernel(inline=True)
+def _met(f, pinned, lru, fref, ctr, out, found):
+    """A folio the scan met (a THP as its first frame): a pinned one stays mapped (folio_maybe_dma_pinned), and on
+    the inactive list shrink_folio_list activates it (activate_locked); any other is found. Returns the count
+    found."""
+    if pinned and lru != 1:
+        ctr[C.PIN_SKIPPED] += 1
+        if lru == 0:
+            fref[f] |= LRU_ACTIVE
+        return found
+    out[found] = f
+    return found + 1
+
+
 @kernel
 def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit, out):
     """The LRU scan: the next in-use, unpinned folios from ``hand``. A THP (a pageblock mapping one aligned
@@ -82,13 +96,7 @@ def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit,
                 pinned = False
                 for g in range(f, end):
                     pinned |= fpin[g] > 0
-                if pinned and lru != 1:  # folio_maybe_dma_pinned: a pinned THP stays mapped
-                    ctr[C.PIN_SKIPPED] += 1
-                    if lru == 0:
-                        fref[f] |= LRU_ACTIVE  # activate_locked
-                else:
-                    out[found] = f
-                    found += 1
+                found = _met(f, pinned, lru, fref, ctr, out, found)
             continue
         hand = hand + 1 if hand + 1 < n else 0
         scanned += 1
@@ -97,13 +105,7 @@ def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit,
         if lru >= 0 and ((fref[f] & LRU_ACTIVE) != 0) != (lru == 1):  # on the other list
             continue
         taken += 1
-        if fpin[f] > 0 and lru != 1:
-            ctr[C.PIN_SKIPPED] += 1
-            if lru == 0:
-                fref[f] |= LRU_ACTIVE  # activate_locked
-            continue
-        out[found] = f
-        found += 1
+        found = _met(f, fpin[f] > 0, lru, fref, ctr, out, found)
     ctr[C.PGSCAN] += scanned if lru < 0 else taken
     return found, hand, scanned, taken
 

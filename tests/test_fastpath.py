@@ -16,7 +16,8 @@ SCENARIOS = {
     "two_guests": ("workload.accesses=200000", "guest.count=2", "host.memory_mib=48"),
     "shadow_2008": ("workload.accesses=200000", "kernel='2008'", "secondary.paging=shadow"),
     "thp": ("workload.accesses=400000", "host.thp=always"),
-    # race windows on THP-backed guest RAM under a cgroup limit, two lists and a swap file (validation's thp scenario)
+    # race windows on THP-backed guest RAM under a cgroup limit, two lists and a swap file (validation's thp
+    # scenario); the LRU statistics exact (with the 2 s flusher the guest is OOM-killed at boot: row 27)
     "thp_race_windows": (
         "workload.accesses=300000",
         "host.thp=always",
@@ -25,6 +26,17 @@ SCENARIOS = {
         "policies.swap.lists=2",
         "secondary.paging=shadow",
         "engine.race_window=0.01",
+        "kernel.lru_stats_flush_ms=0",
+    ),
+    # two lists under a cgroup limit, a process pushing the guest out from tick 2, the LRU statistics flushed
+    # every 5 simulated ms: on the clock both paths estimate mid-batch (Simulation.now_ns)
+    "stale_lru_stats": (
+        "workload.accesses=400000",
+        "guest.memory_mib=32",
+        "host.memcg=true",
+        "policies.swap.lists=2",
+        "kernel.lru_stats_flush_ms=5",
+        "processes=[{name: hog, memory_mib: 32, node: 0, workload: {name: uniform, accesses: 200000, start_tick: 2}}]",
     ),
     "memcg": ("workload.accesses=400000", "host.memcg=true"),
     "numa": (
