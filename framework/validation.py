@@ -263,9 +263,18 @@ KICKS = (
     "the kernel kicked with 0.04% (22 of 53,443) and the model with none. At a load average of 10 the kernel "
     "kicked with 0.066% and the model, on that sitting's profile, 0.086%. Which mode the kicked vCPU was in "
     "(kvm_request_needs_ipi sends a KVM_REQUEST_WAIT request to any vCPU not OUTSIDE_GUEST_MODE: in the guest, "
-    "exiting it, or reading shadow page tables) is not yet known. Fix: trace the flush requests and the vCPUs' "
-    "exits in the twin (kvm_exit, kvm_entry with the requester's thread) and model what keeps a vCPU in guest "
-    "mode"
+    "exiting it, or reading shadow page tables) is not yet known. Traced in the twin (2026-12-07 16:18 UTC, a "
+    "load average of 0.5; the ipi:ipi_send_cpu and sched:sched_switch events in a tracing instance of its own): "
+    "all 363 IPIs of kvm_make_all_cpus_request (remote_tlb_flush 363) were sent by a vCPU thread in its own "
+    "reclaim to the CPU then running the guest's other vCPU thread (on it for 50 us at the median); the process's "
+    "reclaims, half of the 18,360 flush requests, sent none (the twin replays its batch while no vCPU runs, as "
+    "the model does). So the model's structure holds (a vCPU's own reclaim kicks the other vCPU, the process's "
+    "kick none) and its share does not: 3.9% of the vCPUs' own requests kicked (363 of 9,239; 2.0% of all), "
+    "the model's 0.04% of all. A vCPU is IN_GUEST_MODE from before its VM entry to after its exit (arch/x86/kvm/x86.c "
+    "vcpu_enter_guest: vcpu->mode is set before kvm_x86_call(vcpu_run) and reset after it), which counts the "
+    "world switch both ways, where the model counts only the accesses. PVM emits no kvm_entry or kvm_exit event, "
+    "so that window was not seen. Fix: measure the entry-to-exit window per exit (a timed exit loop in the twin's "
+    "guest program) and count it in Client.in_guest"
 )
 
 

@@ -238,3 +238,24 @@ def test_a_guest_filling_its_limit_before_the_statistics_flush_is_oom_killed():
     # A flush before the boot reaches the limit shows the active pages: reclaim deactivates and the guest lives.
     _, flushed = run(*BOOT, "kernel.lru_stats_flush_ms=1")
     assert flushed["oom_kills"] == 0 and flushed["swap_outs"] > 2048, flushed
+
+
+def test_reclaim_mid_batch_reads_a_clock_inside_its_tick(monkeypatch):
+    # Simulation.now_ns, which the statistics' flusher runs on: a reclaim in tick k reads a time between the
+    # end of tick k - 1 and the end of tick k, and the time never goes back.
+    import mmnsim.plugins.swap as swap_plugin
+
+    calls = []
+    read = swap_plugin.lru_stats
+
+    def spy(sim):
+        calls.append((sim.tick, sim.now_ns()))
+        return read(sim)
+
+    monkeypatch.setattr(swap_plugin, "lru_stats", spy)
+    sim, m = run(*SCENARIO, "host.memcg=true", "policies.swap.lists=2")
+    ends = {row["tick"]: row["sim_time_ns"] for row in sim._timeseries.to_list()}
+    assert len(calls) > 100 and len(ends) == m["ticks"]
+    assert all(b >= a for (_, a), (_, b) in zip(calls, calls[1:], strict=False))
+    assert all(ends.get(tick - 1, 0.0) <= now <= ends[tick] for tick, now in calls)
+    assert any(a[0] == b[0] and b[1] > a[1] for a, b in zip(calls, calls[1:], strict=False))  # inside a tick too
