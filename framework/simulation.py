@@ -328,7 +328,7 @@ class Simulation:
 
     def use_lru_lists(self) -> None:
         """Keep the active/inactive LRU flags (``mmnsim.lru``) for a two-list policy: a KVM fault marks its page
-        accessed, and a refault within the workingset starts active (from the policy's first ``lru_sizes``)."""
+        accessed, and a refault within the workingset starts active (from the policy's first ``lru_stats``)."""
         if self.exact_clock:
             raise OperationError("use_lru_lists: exact CLOCK keeps its own reference bits; use one or the other")
         self.host._ft.reg[REG_FLAGS] |= LRU_LISTS

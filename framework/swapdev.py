@@ -245,8 +245,9 @@ def workingset_refault(sreg, slot):
     """mm/workingset.c workingset_refault (workingset_test_recent) for the anonymous page swapped in from ``slot``:
     activate it when its refault distance (evictions and activations since it was evicted) is at most the
     workingset size (an anonymous refault with swap free: NR_ACTIVE_ANON, the model having no file pages), which
-    two-list reclaim publishes in REG_WORKINGSET at its last count (``lru_sizes``; -1: one list or exact CLOCK, no
-    activation). An activation advances the clock (workingset_age_nonresident). Returns whether it activates."""
+    two-list reclaim publishes in REG_WORKINGSET at its last read of the statistics (``lru_stats``; -1: one list or
+    exact CLOCK, no activation). An activation advances the clock (workingset_age_nonresident). Returns whether
+    it activates."""
     size = sreg[REG_WORKINGSET]
     if size < 0 or _refault_distance(sreg, slot) > size:
         return False
