@@ -4,19 +4,19 @@ Two modes:
 
 * ``lru`` (default), an LRU approximation in batches, with ``lists``:
 
-  - ``2`` (default), the kernel's active/inactive anonymous LRU (mm/vmscan.c, classic LRU, no MGLRU;
-    ``mmnsim.lru``). Each round, when reclaim may deactivate (refaults were activated since the last reclaim,
-    or the inactive list is low beside the active one: prepare_scan_control, inactive_is_low, both read from
-    the statistics as of their last flush, ``lru_stats``), folios are deactivated from the active list's tail
-    in proportion to the lists' sizes (shrink_active_list: their young bits are asked and cleared, anonymous
-    ones move whatever the answer). Then SWAP_CLUSTER_MAX folios
-    are isolated from the inactive list's tail and only they are aged (shrink_folio_list,
-    folio_check_references): referenced with PG_referenced set -> activated; referenced the first time ->
-    PG_referenced and kept; not referenced -> swapped out, their secondary translations invalidated first.
-    New folios start inactive; a page KVM faults in starts active (KVM marks it accessed); a swapped-in page
-    whose refault distance is within the active list's size starts active (mm/workingset.c
-    workingset_refault).
-  - ``1``, one list with second chance (the model before the two lists): a hand sweeps the frames (pinned ones
+  - ``2``, the kernel's active/inactive anonymous LRU (mm/vmscan.c, classic LRU, no MGLRU; ``mmnsim.lru``; the
+    one docs/validation.md checks against the kernel, not yet the default: README). Each round, when reclaim
+    may deactivate (refaults were activated since the last reclaim, or the inactive list is low beside the
+    active one: prepare_scan_control, inactive_is_low, both read from the statistics as of their last flush,
+    ``lru_stats``), folios are deactivated from the active list's tail in proportion to the lists' sizes
+    (shrink_active_list: their young bits are asked and cleared, anonymous ones move whatever the answer).
+    Then SWAP_CLUSTER_MAX folios are isolated from the inactive list's tail and only they are aged
+    (shrink_folio_list, folio_check_references): referenced with PG_referenced set -> activated; referenced
+    the first time -> PG_referenced and kept; not referenced -> swapped out, their secondary translations
+    invalidated first. New folios start inactive; a page KVM faults in starts active (KVM marks it accessed);
+    a swapped-in page whose refault distance is within the statistics' active list starts active
+    (mm/workingset.c workingset_refault).
+  - ``1`` (default), one list with second chance (the model before the two lists): a hand sweeps the frames (pinned ones
     are skipped, as reclaim gives up on maybe-pinned pages); each candidate is tested for recent use
     through its PTE's young bit and every subscribed secondary MMU's ``clear_flush_young`` (or
     ``clear_young``); pages found young get a second chance, the rest are swapped out. It ages every

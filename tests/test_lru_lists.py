@@ -259,3 +259,17 @@ def test_reclaim_mid_batch_reads_a_clock_inside_its_tick(monkeypatch):
     assert all(b >= a for (_, a), (_, b) in zip(calls, calls[1:], strict=False))
     assert all(ends.get(tick - 1, 0.0) <= now <= ends[tick] for tick, now in calls)
     assert any(a[0] == b[0] and b[1] > a[1] for a, b in zip(calls, calls[1:], strict=False))  # inside a tick too
+
+
+def test_a_monitor_reading_memory_stat_each_tick_flushes_the_statistics():
+    # host.read_stats_each_tick: the twin's per-tick read of memory.stat (memcg1_stat_format ->
+    # mem_cgroup_flush_stats) leaves the statistics as the lists were at the tick's end, whatever the flusher.
+    late = "kernel.lru_stats_flush_ms=600000"  # the periodic flusher minutes away
+    sim = simulation(*SCENARIO, "host.memcg=true", "policies.swap.lists=2", late, "host.read_stats_each_tick=true")
+    sim.step()
+    sim.step()
+    assert tuple(sim.host._lru_stats[:2]) == tuple(lru_sizes(sim))[:2] and lru_sizes(sim).active > 0
+    unread = simulation(*SCENARIO, "host.memcg=true", "policies.swap.lists=2", late)
+    unread.step()
+    unread.step()
+    assert tuple(unread.host._lru_stats) == (0, 0, 0)
