@@ -176,7 +176,8 @@ OTHERS = (
        kernel="KVM remote_tlb_flush_requests", per_secondary=True),
     _m("tlb_flush_ipis", "IPIs", int, "vCPU kicks the flushes sent: one per request to each vCPU in guest mode (a "
        "vCPU whose thread is in the host serving a fault gets none; it flushes at its next entry). An expected "
-       "count: each vCPU is in guest mode for the share of its time its own accesses take (Client.in_guest)",
+       "count: each vCPU is in guest mode for the share of its time its own accesses and its faults' world "
+       "switches take (Client.in_guest; KVM: secondary.guest_mode_ns a fault)",
        per_secondary=True),
     _m("remote_tlb_flush", "flushes", int, "remote TLB-flush requests that sent an IPI to a vCPU in guest mode (a "
        "request while every vCPU is in the host sends none)", kernel="KVM remote_tlb_flush", per_secondary=True),

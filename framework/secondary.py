@@ -238,6 +238,12 @@ class SecondaryMMU(Component):
         """Cost of ``faults`` secondary faults beyond the primary fault path (VM exit and handling, ...)."""
         return faults * float(self.cfg.fault_ns)
 
+    def guest_mode_ns(self, faults: int) -> float:
+        """Of the cost of ``faults`` secondary faults (``fault_cost_ns``), the time their CPU still counts as on
+        its client's accesses for a TLB-flush request (``Client.in_guest``): a vCPU's world switch, both ways,
+        in guest mode. None by default: a device's fault is all host work."""
+        return 0.0
+
     def attach(self) -> None:
         """Start mapping the mm: in notifier mode, subscribe to its chain (mmu_notifier_register or
         mmu_interval_notifier_insert). Pin and unpinned modes do not subscribe."""

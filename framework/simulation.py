@@ -131,7 +131,7 @@ class Client:
         self.secondary: SecondaryMMU | None = None
         self.elapsed_ns = 0.0  # time of one of its CPUs, summed over ticks
         self.stall_ns = 0.0  # part of elapsed_ns not spent on its own accesses
-        self.guest_ns = 0.0  # part of elapsed_ns spent on its own accesses (a vCPU: in guest mode)
+        self.guest_ns = 0.0  # part of elapsed_ns in guest mode (a vCPU): its accesses, its faults' world switches
         self._in_guest = 1.0  # that part of its last tick (before its first batch: all of it)
         self._batch_share: float | None = None  # that part of its batch so far, while the batch runs
         self.translation_ns = 0.0  # its accesses' page walks (all CPUs together)
@@ -178,7 +178,9 @@ class Client:
     def in_guest(self) -> float:
         """The chance that one of its CPUs is on its own accesses at this moment (a vCPU: in guest mode, where
         a TLB-flush request reaches it by IPI), from 0 to 1: the share of its last tick they spent so, not
-        serving faults in the host, not stalled, not idle once its batch was done (1 before its first tick).
+        serving faults in the host, not stalled, not idle once its batch was done (1 before its first tick). A
+        secondary fault's world switch counts as guest mode (``SecondaryMMU.guest_mode_ns``: KVM's vcpu->mode
+        is IN_GUEST_MODE from before the entry to after the exit).
         While its own batch runs (a flush from its own fault's reclaim, or from the kswapd it woke), the share of
         the batch so far. Under ``engine.schedule=serial``, 0 while another client's batch runs, or none."""
         sim = self.mm.sim
@@ -568,8 +570,8 @@ class Simulation:
                     break
                 self.episode += 1
                 if client is not None and client is self.running:
-                    access, host_ns = self._batch_parts(client, host._ctr - before)
-                    share = access / (access + host_ns) if access + host_ns > 0 else -1.0
+                    access, host_ns, switches = self._batch_parts(client, host._ctr - before)
+                    share = (access + switches) / (access + host_ns) if access + host_ns > 0 else -1.0
                     client._batch_share = share if 0.0 <= share <= 1.0 else None  # None: its last tick's share
                     spent = (access + host_ns) / client.vcpus
                     self._batch_ns = spent if 0.0 <= spent < math.inf else self._batch_ns
@@ -782,16 +784,21 @@ class Simulation:
         """The host's time for the primary faults counted in ``d``: minor faults and swap-ins."""
         return d[C.MINOR_FAULTS] * self.costs.minor_fault_ns + d[C.MAJOR_FAULTS] * self.costs.swap_in_ns
 
-    def _batch_parts(self, client: Client, d: np.ndarray) -> tuple[float, float]:
+    def _batch_parts(self, client: Client, d: np.ndarray) -> tuple[float, float, float]:
         """The time ``client``'s CPUs have spent in the batch so far (``d`` its counts), all CPUs together: on
-        their own accesses, and in the host (its faults, the secondary faults at their base cost: ``fault_ns``,
-        a plugin's own ``fault_cost_ns`` being asked once, at the batch's end; its stalls). A plugin's own
-        config may be anything by now: the callers check what they make of them."""
+        their own accesses; in the host (its faults, the secondary faults at their base cost: ``fault_ns``,
+        a plugin's own ``fault_cost_ns`` being asked once, at the batch's end; its stalls); and of the host's
+        part, in the secondary faults' world switches (``guest_mode_ns``). A plugin's own config may be
+        anything by now: the callers check what they make of them."""
         access = float(self._access_ns(d))
         host = float(self._host_fault_ns(d)) + client._pending_stall * client.vcpus
-        if client.secondary is not None:
-            host += float(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]) * float(client.secondary.cfg.fault_ns)
-        return access, host
+        switches = 0.0
+        sec = client.secondary
+        if sec is not None:
+            faults = int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES])
+            host += faults * float(sec.cfg.fault_ns)
+            switches = self._ns_from(sec, "guest_mode_ns", faults)
+        return access, host, switches
 
     def now_ns(self) -> float:
         """The simulated time now, in ns since the run began: the ticks done and, inside a tick, the batches run
@@ -821,11 +828,16 @@ class Simulation:
             self.host._ctr[C.SECONDARY_FAULTS] += iopf
         if sec is not None:
             sec._counts["translation_ns"] += translation
-            faults += self._ns_from(sec, "fault_cost_ns", int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES]))
+            sec_faults = int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES])
+            faults += self._ns_from(sec, "fault_cost_ns", sec_faults)
+            switches = self._ns_from(sec, "guest_mode_ns", sec_faults)
             for name in PER_SECONDARY:
                 sec._counts[name] += int(d[C.NAMES.index(name)])
+        else:
+            switches = 0.0
         spread = (access + faults) / client.vcpus
-        client.guest_ns += access / client.vcpus
+        # A fault's world switch is part of its cost (faults) and guest mode to a flush request (in_guest).
+        client.guest_ns += (access + min(switches, faults)) / client.vcpus
         if c.swap_serial and swap_in > spread:
             # One disk reads one page at a time: the vCPUs queue for it, and the batch takes at least the
             # disk's busy time however many vCPUs share the rest (the bottleneck bound of a closed system).

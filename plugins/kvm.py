@@ -57,13 +57,14 @@ class KVMConfig(SecondaryConfig):
     zap_page_ns: float  # clear one spte under mmu_lock
     remote_flush_ns: float  # the requesting CPU's side of kvm_flush_remote_tlbs
     flush_ipi_ns: float  # what one vCPU loses to a flush request: kick, exit, flush, re-entry
+    guest_mode_ns: float  # of each fault, the world switch both ways: guest mode to a flush request
     age_page_ns: float  # test-and-clear one spte accessed bit
     flush_on_age: bool  # flush after aging found a range young (non-x86); x86 elides it since 6.13
     paging: Paging  # ept (two-dimensional) or shadow paging
     prefetch: int  # shadow paging: sptes a fault may map in its aligned block (PTE_PREFETCH_NUM); 1: none
 
     def __post_init__(self) -> None:
-        for key in ("fault_ns", "zap_page_ns", "remote_flush_ns", "flush_ipi_ns", "age_page_ns"):
+        for key in ("fault_ns", "zap_page_ns", "remote_flush_ns", "flush_ipi_ns", "age_page_ns", "guest_mode_ns"):
             require(getattr(self, key) >= 0, f"{key} must be >= 0 ns, got {getattr(self, key)}")
         require(self.prefetch in (1, 2, 4, 8, 16), f"prefetch must be 1, 2, 4, 8 or 16 sptes, got {self.prefetch}")
 
@@ -112,14 +113,23 @@ class KVM(SecondaryMMU):
         2 MiB pages too (a 2 MiB spte under 4 KiB guest pages is splintered)."""
         return self.guest_huge
 
+    def guest_mode_ns(self, faults: int) -> float:
+        """A fault's exit and re-entry, in guest mode to a flush request: vcpu_enter_guest (arch/x86/kvm/x86.c)
+        sets vcpu->mode to IN_GUEST_MODE before the VM entry and back to OUTSIDE_GUEST_MODE only after the exit,
+        and a KVM_REQUEST_WAIT request (KVM_REQ_TLB_FLUSH) kicks every vCPU not OUTSIDE_GUEST_MODE
+        (virt/kvm/kvm_main.c kvm_request_needs_ipi). The handling between them is not. At most the fault's
+        cost (``fault_ns``), of which it is a part."""
+        return faults * min(float(self.cfg.guest_mode_ns), float(self.cfg.fault_ns))
+
     def _flush_remote_tlbs(self, flushes: int) -> None:
         """kvm_flush_remote_tlbs, ``flushes`` times (virt/kvm/kvm_main.c): a KVM_REQ_TLB_FLUSH request to every
         vCPU and an IPI to each one in guest mode (kvm_make_vcpus_request_mask: kvm_request_needs_ipi, which
         reads vcpu->mode). A vCPU outside the guest gets no IPI and performs one flush at its next entry for
         every request it missed (vcpu_enter_guest: kvm_check_request(KVM_REQ_TLB_FLUSH)): the vCPU whose thread
         serves a fault in the host (``sim.outside``: in direct reclaim, or asleep on a swap-in while kswapd
-        reclaims), and each of the others unless it is on the guest's accesses (``client.in_guest``: not
-        faulting, not stalled, not halted once its batch is done). ``remote_tlb_flush`` counts the requests
+        reclaims), and each of the others unless it is in guest mode (``client.in_guest``: on its accesses or
+        in a fault's world switch, ``guest_mode_ns``; not handling a fault, not stalled, not halted once its
+        batch is done). ``remote_tlb_flush`` counts the requests
         that sent an IPI (kvm_make_all_cpus_request returned true); the requester's side, remote_flush_ns, is
         paid either way. Counts of kicked vCPUs are expected values, their fractions carried to the next
         request, so that a run stays determined by its seed."""

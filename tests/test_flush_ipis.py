@@ -62,3 +62,28 @@ def test_a_serial_schedule_finds_no_other_tenants_vcpu_in_guest_mode_and_sums_th
     assert sim.clients[0].in_guest == 0.0  # between batches: nobody's vCPU in the guest
     elapsed = [c.elapsed_ns for c in sim.clients]
     assert serial["sim_time_ns"] == pytest.approx(sum(elapsed), rel=1e-9)
+
+
+def test_a_faults_world_switch_is_guest_mode_and_at_most_the_fault():
+    """vcpu->mode is IN_GUEST_MODE from before a VM entry to after the exit (vcpu_enter_guest), so of each KVM
+    fault its ``guest_mode_ns`` counts as guest mode; the handling between does not. A guest whose sptes an eager
+    release zaps each tick spends its tick on accesses and KVM faults alone (memory to spare: no host fault after
+    the boot): with the whole fault counted, all of the tick is guest mode; with none, only the accesses."""
+    shares = {}
+    for window in (0, 500, 1000, 5000):  # fault_ns is 1000
+        sim = simulation("host.memory_mib=256", "workload.accesses=200000", "policies=[swap,eager_release]",
+                         "policies.eager_release.every_ticks=1", "engine.accesses_per_tick=65536", "guest.vcpus=1",
+                         f"secondary.guest_mode_ns={window}", "engine.race_window=0")  # fmt: skip
+        m = sim.run()
+        assert m["secondary_faults"] > 0 and m["major_faults"] == 0
+        shares[window] = sim.clients[0].in_guest
+    assert 0 < shares[0] < 0.5 < shares[500] < shares[1000] == pytest.approx(1.0, abs=1e-3)
+    assert shares[5000] == shares[1000]  # never more than the fault itself
+
+
+def test_the_world_switch_window_moves_the_kicks_of_a_guest_whose_vcpus_fault():
+    common = ("guest.vcpus=2", "host.memcg=true", "engine.race_window=0", "guest.memory_mib=96", "host.memory_mib=64")
+    _, none = run(*common, "secondary.guest_mode_ns=0")
+    _, whole = run(*common, "secondary.guest_mode_ns=1000")
+    assert none["kvm.tlb_flushes"] == whole["kvm.tlb_flushes"] > 0  # the same reclaim: the window only times
+    assert whole["kvm.tlb_flush_ipis"] > 2 * none["kvm.tlb_flush_ipis"]

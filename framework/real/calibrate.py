@@ -18,6 +18,10 @@ its memory cgroup and swap file (``mmnsim.real.cleanup.RunResources``: removed o
 - ``costs.swap_out_ns``, ``costs.swap_in_ns``: a plain process in a memory cgroup of half its size with a swap
   file: touching new pages past the limit (each a swap-out of another page), then touching swapped-out pages
   in random order (each a major fault and a swap-out).
+- ``secondary.guest_mode_ns``: how long a faulting vCPU counts as in guest mode for a TLB-flush request, per
+  exit: one vCPU faults while a thread of this process pages out other guest pages one at a time
+  (process_madvise MADV_PAGEOUT, each a KVM zap and a flush request); the share of the requests that kicked it
+  (KVM's remote_tlb_flush over remote_tlb_flush_requests) times its run time, over its exits.
 - ``costs.access_ns``: a replay of uniformly random accesses (30 % writes) over a guest of 2 MiB pages on host
   THPs (2 MiB sptes), every page resident.
 - ``costs.walk_ref_ns``: fitted: the 4K/4K replay's time per access less 2M/2M's in the same round (the four
@@ -49,6 +53,7 @@ import os
 import re
 import shlex
 import sys
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -57,7 +62,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..config import ConfigError
-from . import cleanup, counters, machineinfo, preflight
+from . import cleanup, counters, hostmem, machineinfo, preflight
 from .guest import Guest, Process
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -255,6 +260,71 @@ def kvm_faults(plan: Plan, progress) -> list[Measured]:
             "guest_refault",
             out["refault"],
             "guest refault after MADV_DONTNEED (host fault and KVM fault, one spte each) less a mapped touch",
+        ),  # fmt: skip
+    ]
+
+
+def guest_mode(plan: Plan, progress) -> list[Measured]:
+    """How long a faulting vCPU counts as in guest mode for a TLB-flush request, per exit. One vCPU faults (KVM
+    faults alone on present host pages; then faults that swap in too) while a thread of this process pages out
+    other guest pages one at a time (process_madvise MADV_PAGEOUT: a KVM zap and a flush request each). KVM
+    kicks a vCPU whose mode is not OUTSIDE_GUEST_MODE (virt/kvm/kvm_main.c kvm_request_needs_ipi) and counts
+    the requests that kicked one (remote_tlb_flush) among all (remote_tlb_flush_requests): their share, times
+    the vCPU's run time, over its exits. Needs swap on (``swap`` switches the run's file on)."""
+    loop = plan.pages * 16  # the loop's pages, one fault per 8 (no prefetch); the others are paged out
+    victims = plan.pages * 8
+    per_exit, shares = [], []
+    with Guest((victims + loop) // 256 + 2, vcpus=1) as guest, hostmem.OtherProcess(guest.pid) as other:
+        guest.madvise("nohugepage")
+        everything = np.arange(victims + loop)
+        _touch(guest, everything)
+        sparse = np.arange(victims, victims + loop, PREFETCH)
+        next_victim = [0]
+        for r in range(plan.repeats):
+            swapping = r % 2 == 1  # alternately: KVM faults alone, and faults that swap in
+            if swapping:
+                for page in sparse:
+                    other.madvise(guest.ram_range[0] + int(page) * PAGE, PAGE, "pageout")
+            else:
+                guest.mprotect("none", victims, loop)
+                guest.mprotect("rw", victims, loop)
+            stop = threading.Event()
+
+            def page_out(stop: threading.Event = stop) -> None:
+                while not stop.is_set() and next_victim[0] < victims:
+                    other.madvise(guest.ram_range[0] + next_victim[0] * PAGE, PAGE, "pageout")
+                    next_victim[0] += 1
+
+            vm, vcpu = guest.kvm_stats()
+            before = (vm["remote_tlb_flush"].value, vm["remote_tlb_flush_requests"].value, vcpu[0]["exits"].value)
+            thread = threading.Thread(target=page_out)
+            thread.start()
+            try:
+                seconds = _touch(guest, sparse)
+            finally:
+                stop.set()
+                thread.join()
+            vm, vcpu = guest.kvm_stats()
+            kicked = vm["remote_tlb_flush"].value - before[0]
+            requests = vm["remote_tlb_flush_requests"].value - before[1]
+            exits = vcpu[0]["exits"].value - before[2]
+            if requests < 100 or exits < sparse.size:
+                raise RuntimeError(f"the guest-mode loop made {requests} flush requests and {exits} exits for "
+                                   f"{sparse.size} faults: too few to measure (is swap on?)")  # fmt: skip
+            shares.append(kicked / requests)
+            per_exit.append(kicked / requests * seconds / exits * 1e9)
+            progress(f"guest mode {r + 1}/{plan.repeats}: {per_exit[-1]:,.0f} ns an exit ({kicked} of {requests} "
+                     f"requests kicked the vCPU{', swap-ins' if swapping else ''})")  # fmt: skip
+    return [
+        Measured(
+            "guest_mode_per_exit",
+            per_exit,
+            "one vCPU faulting (KVM faults alone, and with swap-ins, alternately) while another thread pages out "
+            "other guest pages one at a time (process_madvise MADV_PAGEOUT: a KVM zap and a flush request each); "
+            "the share of flush requests that found the vCPU in guest mode (KVM's remote_tlb_flush over "
+            "remote_tlb_flush_requests) times the vCPU's run time, per exit (KVM's exits)",
+            key="secondary.guest_mode_ns",
+            extra={"share_low": min(shares), "share_high": max(shares)},
         ),  # fmt: skip
     ]
 
@@ -500,6 +570,7 @@ def measure(plan: Plan, run: cleanup.RunResources, progress) -> tuple[list[Measu
     """Every measurement, and the splintering table."""
     costs, _ = default_profile()
     found = host_faults(plan, progress) + kvm_faults(plan, progress) + swap(plan, run, progress)
+    found += guest_mode(plan, progress)  # after swap: needs the run's swap file on
     sizes = {m.name: m for m in page_sizes(plan, progress)}
     tlb = tlb_measured(costs)
     entries = int(tlb.value) if tlb else costs["tlb_entries"]
