@@ -241,7 +241,7 @@ class SecondaryMMU(Component):
     def guest_mode_ns(self, faults: int) -> float:
         """Of the cost of ``faults`` secondary faults (``fault_cost_ns``), the time their CPU still counts as on
         its client's accesses for a TLB-flush request (``Client.in_guest``): a vCPU's world switch, both ways,
-        in guest mode. None by default: a device's fault is all host work."""
+        in guest mode. 0 by default: a device's fault is all host work."""
         return 0.0
 
     def attach(self) -> None:

@@ -129,10 +129,10 @@ class KVM(SecondaryMMU):
         serves a fault in the host (``sim.outside``: in direct reclaim, or asleep on a swap-in while kswapd
         reclaims), and each of the others unless it is in guest mode (``client.in_guest``: on its accesses or
         in a fault's world switch, ``guest_mode_ns``; not handling a fault, not stalled, not halted once its
-        batch is done). ``remote_tlb_flush`` counts the requests
-        that sent an IPI (kvm_make_all_cpus_request returned true); the requester's side, remote_flush_ns, is
-        paid either way. Counts of kicked vCPUs are expected values, their fractions carried to the next
-        request, so that a run stays determined by its seed."""
+        batch is done). ``remote_tlb_flush`` counts the requests that sent an IPI (kvm_make_all_cpus_request
+        returned true); the requester's side, remote_flush_ns, is paid either way. Counts of kicked vCPUs are
+        expected values, their fractions carried to the next request, so that a run stays determined by its
+        seed."""
         if not flushes:
             return
         vcpus = self.client.vcpus

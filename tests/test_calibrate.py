@@ -117,6 +117,7 @@ def test_a_tiny_run_writes_a_profile_of_the_documented_format(tmp_path):
         "secondary.fault_ns",
         "secondary.zap_page_ns",
         "secondary.remote_flush_ns",
+        "secondary.guest_mode_ns",
     ):
         section, name = key.split(".")
         source = data[section]["sources"][name]

@@ -26,7 +26,7 @@ import pytest
 
 from mmnsim.real import pagetables, pin, program
 from mmnsim.real.guest import PAGEMAP_PFN_MASK, PAGEMAP_PRESENT, Guest, GuestDied, GuestError
-from mmnsim.real.hostmem import Mapping
+from mmnsim.real.hostmem import Mapping, OtherProcess
 from mmnsim.real.kvm import KVM_EXIT_IO, Kvm
 from mmnsim.real.machine import CODE_ADDRESS
 
@@ -147,6 +147,28 @@ def test_auto_pin_falls_back_to_mlock_and_says_why(monkeypatch):
             pin.pin(mapping, "io_uring")
         with pytest.raises(ValueError, match="accepted: auto, io_uring, mlock"):
             pin.pin(mapping, "gup")
+
+
+def test_another_processs_pages_are_advised_through_a_pidfd_and_a_dead_pid_is_named():
+    """hostmem.OtherProcess: process_madvise(2) through a pidfd, as mmnsim-calibrate's guest_mode pages out a
+    guest's pages from outside its process. MADV_COLD on a child's pages works (no swap needed); a bad range
+    and a pid that does not exist are refused with the call named."""
+    code = (
+        "import ctypes, mmap, time; m = mmap.mmap(-1, 1 << 20); m.write(b'x' * (1 << 20)); "
+        "print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        start = int(child.stdout.readline())
+        with OtherProcess(child.pid) as other:
+            other.madvise(start, 1 << 20, "cold")
+            with pytest.raises(OSError, match=r"process_madvise\(.*cold\) failed"):
+                other.madvise(start + 1, 4096, "cold")  # not page-aligned: EINVAL
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(OSError, match=r"pidfd_open\(\d+\) failed"):
+        OtherProcess(2**22 + 7)  # above pid_max's largest value: no such process
 
 
 # -- a real guest -------------------------------------------------------------------------------------------

@@ -264,15 +264,25 @@ def kvm_faults(plan: Plan, progress) -> list[Measured]:
     ]
 
 
+def _guest_mode_pages(plan: Plan) -> tuple[int, int]:
+    """``guest_mode``'s pages: those paged out under the loop (enough for a few hundred flush requests a repeat
+    however small the plan), and the loop's, one fault in 8 (no prefetch)."""
+    return max(plan.pages * 8, 16384), max(plan.pages * 16, 32768)
+
+
+def swap_bytes(plan: Plan) -> int:
+    """The run's swap file: ``swap``'s process (twice its size) and every page ``guest_mode`` may page out."""
+    return (2 * plan.swap_mib << 20) + sum(_guest_mode_pages(plan)) * PAGE
+
+
 def guest_mode(plan: Plan, progress) -> list[Measured]:
     """How long a faulting vCPU counts as in guest mode for a TLB-flush request, per exit. One vCPU faults (KVM
     faults alone on present host pages; then faults that swap in too) while a thread of this process pages out
     other guest pages one at a time (process_madvise MADV_PAGEOUT: a KVM zap and a flush request each). KVM
     kicks a vCPU whose mode is not OUTSIDE_GUEST_MODE (virt/kvm/kvm_main.c kvm_request_needs_ipi) and counts
     the requests that kicked one (remote_tlb_flush) among all (remote_tlb_flush_requests): their share, times
-    the vCPU's run time, over its exits. Needs swap on (``swap`` switches the run's file on)."""
-    loop = plan.pages * 16  # the loop's pages, one fault per 8 (no prefetch); the others are paged out
-    victims = plan.pages * 8
+    the vCPU's run time, over its exits. Needs the run's swap file on (``swap_bytes``)."""
+    victims, loop = _guest_mode_pages(plan)
     per_exit, shares = [], []
     with Guest((victims + loop) // 256 + 2, vcpus=1) as guest, hostmem.OtherProcess(guest.pid) as other:
         guest.madvise("nohugepage")
@@ -330,11 +340,10 @@ def guest_mode(plan: Plan, progress) -> list[Measured]:
 
 
 def swap(plan: Plan, run: cleanup.RunResources, progress) -> list[Measured]:
-    """A plain process of ``swap_mib`` in a memory cgroup of half its size, with a swap file of the run."""
+    """A plain process of ``swap_mib`` in a memory cgroup of half its size, with the run's swap file on."""
     pages = (plan.swap_mib << 20) // PAGE
     limit_bytes = (plan.swap_mib << 20) // 2
     fits = pages * 3 // 8  # touched before the limit is reached (the group also holds page tables)
-    run.swapfile(2 * plan.swap_mib << 20)
     out: dict[str, list[float]] = {"out": [], "in": [], "minor": [], "major": []}
     rng = np.random.default_rng(0)
     group = run.cgroup(limit_bytes, 2 * plan.swap_mib << 20)  # each repeat's process joins it in turn
@@ -569,8 +578,9 @@ def tlb_measured(defaults: dict) -> Measured | None:
 def measure(plan: Plan, run: cleanup.RunResources, progress) -> tuple[list[Measured], str]:
     """Every measurement, and the splintering table."""
     costs, _ = default_profile()
+    run.swapfile(swap_bytes(plan))  # swap and guest_mode page out to it
     found = host_faults(plan, progress) + kvm_faults(plan, progress) + swap(plan, run, progress)
-    found += guest_mode(plan, progress)  # after swap: needs the run's swap file on
+    found += guest_mode(plan, progress)
     sizes = {m.name: m for m in page_sizes(plan, progress)}
     tlb = tlb_measured(costs)
     entries = int(tlb.value) if tlb else costs["tlb_entries"]
@@ -665,8 +675,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         plan.check()
         path = output_path(args.name, args.output, args.force)
-        guest_bytes = max(len(COMBOS) * plan.access_mib, plan.repeats * plan.pages // 256 + 2) << 20
-        preflight.check(guest_bytes, guest_bytes, 2 * plan.swap_mib << 20)
+        guest_bytes = max(len(COMBOS) * plan.access_mib, plan.repeats * plan.pages // 256 + 2,
+                          sum(_guest_mode_pages(plan)) // 256 + 2) << 20  # fmt: skip
+        preflight.check(guest_bytes, guest_bytes, swap_bytes(plan))
         load_before = os.getloadavg()
         with cleanup.RunResources(f"calibrate-{args.name}", time_limit_s=args.time_limit) as run:
             found, table = measure(plan, run, progress)
