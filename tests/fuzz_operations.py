@@ -106,8 +106,8 @@ NO_ARGUMENTS = {
     "Host.pages_to_low", "Host.high_watermarks", "Host.above_min", "Host.pinned_pages", "Host.swap_used",
     "sharing", "MM.counters",
 }  # fmt: skip
-PLUGIN_IMPLEMENTED = {"SecondaryMMU.walk_refs", "SecondaryMMU.fault_cost_ns", "SecondaryMMU.region_of",
-                      "SecondaryMMU.device_memory_pages", "SecondaryMMU.charge_zap",
+PLUGIN_IMPLEMENTED = {"SecondaryMMU.walk_refs", "SecondaryMMU.fault_cost_ns", "SecondaryMMU.guest_mode_ns",
+                      "SecondaryMMU.region_of", "SecondaryMMU.device_memory_pages", "SecondaryMMU.charge_zap",
                       "SecondaryMMU.charge_aging"}  # fmt: skip
 # Pure helpers: odd input is numpy's own error, still a PluginError naming the plugin; not operations on state.
 HELPERS = {
