@@ -317,18 +317,33 @@ BOOT_OOM = (
     "inactive list: row 17)"
 )
 GUEST_FIRST = (
-    "the model now reclaims none of the guest's pages (the twin 9, of which 3 refaulted): a KVM fault activates "
-    "the page it faults in (gup's FOLL_TOUCH and kvm_release_page_clean, both mark_page_accessed; "
-    "framework/access.py _kvm_mark_accessed), and with no refaults and the inactive list not low the model "
-    "never deactivates, so reclaim takes only the idle process's inactive pages. The kernel still let a few "
-    "guest pages reach the inactive list; which path (a guest page first touched by the VMM rather than "
-    "through KVM, or get_scan_count scanning the active list at a lower priority) is not yet known. Fix: trace the "
-    "guest pages' LRU moves in the twin (the mm_lru_insertion and mm_lru_activate tracepoints) and model that path"
+    "the model reclaims none of the guest's pages, and the twin's major faults are not the guest's either. Traced "
+    "in the twin (2026-12-07 21:03 to 21:07 UTC, a load average of 0.0 to 0.9; the vmscan, pagemap and kvm "
+    "events in a tracing instance of its own, four runs), reclaim unmapped 0 or 1 guest page a run "
+    "(kvm_unmap_hva_range inside guest RAM from shrink_folio_list) but 97 to 150 pages of the guest process's "
+    "own memory outside its memslots: the harness's interpreter heap, its threads' stacks and malloc arenas, "
+    "allocated after the process joined the cgroup and so charged to it. The cgroup's major faults were 2 to 20 "
+    "a run, none of them the hog's (its threads' majflt in /proc), so nearly all are the harness refaulting its "
+    "own pages, which the model does not have: the recorded 14 is not the guest's. In the model a KVM fault "
+    "activates the page it faults in (gup's FOLL_TOUCH and kvm_release_page_clean, both mark_page_accessed; "
+    "framework/access.py _kvm_mark_accessed) and nothing deactivates it here. Fix: keep the harness's memory out "
+    "of reclaim in the twin (lock the tenant processes' own memory once they join the cgroup, guest RAM "
+    "unlocked) or count only the faults in the tenants' RAM, and record again; the few guest pages the kernel "
+    "does expose are row 19's"
 )
 AGING_SQLITE = (
-    "the model asks KVM about no guest page (the twin 7 to 36 for 1,200 reclaimed): it ages only what it "
-    "isolates, all of it the idle process's pages, which no secondary MMU maps; the kernel isolated a few "
-    "guest pages too (row 17). Fix: as row 17"
+    "the model asks KVM about no guest page; the twin ages 6 to 36 guest pages a run for about 1,250 reclaimed. "
+    "Traced (as row 17), two kernel paths take them. (1) The folio that fills a CPU's lru_add batch (31 folios: "
+    "mm/swap.c folio_add_lru -> __folio_batch_add_and_move) goes onto the inactive list before KVM's two "
+    "mark_page_accessed calls, so the second finds it on the LRU and queues its activation in that CPU's "
+    "lru_activate batch (folio_mark_accessed -> folio_activate) instead of setting PG_active in the lru_add "
+    "batch (__lru_cache_activate_folio); until that batch drains (31 entries, or lru_add_drain on that CPU) "
+    "reclaim can isolate it: the guest pages aged from the inactive list lay mostly 31 apart (315, 340, 374, 405, "
+    "436, 465, 495, 526; 384, 415, 446; 358, 389, 420). (2) shrink_active_list's passes over the anon lists aged "
+    "4 to 64 of the guest's oldest pages (0, 1, 2, 4, ...): deactivation that prepare_scan_control allows on new "
+    "anon refaults, here the harness's (row 17). The model has neither per-CPU LRU batches nor a harness. Fix: "
+    "the twin's harness as row 17; then, if the row is still outside, per-CPU LRU batches in the model (about 1 "
+    "in 31 fresh folios of a faulting thread exposed on the inactive list until its CPU drains)"
 )
 
 
