@@ -563,10 +563,11 @@ REAL_SOURCES: dict[str, tuple[str, str]] = {
         "anonymous memory and swap cache of the tenants, THPs included",
     ),
     "pinned_pages": (
-        "memory.stat unevictable / page size (the run's cgroup) + /proc/vmstat nr_foll_pin_acquired - "
+        "/proc/PID/smaps Locked of the tenants' RAM / page size + /proc/vmstat nr_foll_pin_acquired - "
         "nr_foll_pin_released",
         "when the replay ended: the pin mode's mlocked pages (its fallback) or io_uring's long-term pins "
-        "(machine-wide: exact while nothing else pins)",
+        "(machine-wide: exact while nothing else pins); not the harness's own locked memory "
+        "(harness_locked_bytes)",
     ),
     "huge_mapped_fraction": (
         "KVM VM statistics pages_2m / (pages_4k + pages_2m + pages_1g)",
@@ -720,6 +721,14 @@ REAL_ONLY = (
         "the tenant processes' own memory (interpreter, numpy, the twin's modules) before they joined the "
         "memory cgroup: charged outside the limit",
         "/proc/PID/status VmRSS of each tenant process before it joined",
+    ),
+    _real(
+        "harness_locked_bytes",
+        "bytes",
+        "the tenant processes' own memory charged to the memory cgroup after they joined (the interpreter's "
+        "heap, the vCPU threads' stacks): locked, so that reclaim takes only the tenants' memory, as in the "
+        "model, but inside the limit, which the model's host does not lose",
+        "memory.stat unevictable less the tenants' RAM's smaps Locked, when the replay ended",
     ),
     _real(
         "trace_lost_events",

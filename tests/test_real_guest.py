@@ -264,6 +264,38 @@ def test_a_replay_touches_exactly_the_pages_asked():
     assert np.unique(frames[written]).size == written.size and zero_page[0] not in frames[written]
 
 
+def mappings(pid: int) -> list[tuple[int, int, set[str], int]]:
+    """Each mapping of process ``pid``: start, end, its VmFlags, and its Locked bytes (/proc/PID/smaps)."""
+    out: list = []
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(None, 1)[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            out.append([lo, hi, set(), 0])
+        elif head == "VmFlags:":
+            out[-1][2] = set(line.split()[1:])
+        elif head == "Locked:":
+            out[-1][3] = int(line.split()[1]) * 1024
+    return [tuple(m) for m in out]
+
+
+@needs_kvm
+def test_the_guest_process_locks_its_own_memory_and_not_the_guests():
+    """What the guest process's own code allocates once it is in the run's cgroup is charged there: locked, it
+    stays out of reclaim (hostmem.lock_this_process), so reclaim takes the tenants' memory alone, as in the
+    model, where the harness's pages were reclaimed and refaulted beside them. Guest RAM stays unlocked."""
+    with Guest(16) as guest:
+        guest.madvise("nohugepage")
+        guest.run(np.arange(guest.ram_pages), np.ones(guest.ram_pages, bool))
+        maps = mappings(guest.pid)
+        start, end = guest.ram_range
+    ram = [m for m in maps if m[0] < end and m[1] > start]  # (unlocked, it may merge with a neighbour)
+    assert ram and all("lo" not in flags and locked == 0 for _, _, flags, locked in ram), "guest RAM is locked"
+    own = [m for m in maps if m not in ram]
+    assert sum("lo" in flags for _, _, flags, _ in own) > len(own) // 2, "the process's own memory is not locked"
+    assert sum(locked for *_, locked in own) > 1 << 20
+
+
 @needs_kvm
 @pytest.mark.parametrize("guest_thp", [True, False])
 def test_guest_page_size_reaches_kvm(guest_thp):

@@ -229,6 +229,8 @@ def test_the_twin_reports_the_kernels_counts_for_the_simulations_own_accesses(sw
     assert real["young_pages_aged"] > 0 and real["age_calls"] > 0 and real["pgscan"] >= real["pages_reclaimed"] > 0
     assert real["direct_reclaims"] > 0 and real["memcg_failcnt"] > 0 and real["oom_kills"] == 0
     assert real["memcg_max_usage_bytes"] <= 128 << 20 and real["trace_lost_events"] == 0
+    # The tenants' own code's memory in the cgroup is locked (out of reclaim), and is not counted as pins.
+    assert real["pinned_pages"] == 0 and 0 < real["harness_locked_bytes"] < 16 << 20
     assert real["sim_time_ns"] > 0 and real["wall_seconds"] * 1e9 > real["sim_time_ns"]
     # What the twin cannot observe is null, not zero; the machine and the memcg-limited host are recorded.
     for name in ("fault_retries", "stale_reads", "oom_events", "flush_cost_ns", "invariant_violations"):

@@ -33,6 +33,7 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 
+from .hostmem import lock_this_process
 from .machine import GuestError, Machine, name_this_thread
 from .plain import PlainMemory
 
@@ -71,6 +72,7 @@ class _Server:
     def create(self, kind: str, memory_mib: int, vcpus: int, guest_thp: bool, chunk_accesses: int) -> dict:
         if self.machine is not None:
             raise GuestError("this process already has its guest")
+        lock_this_process()  # in the run's cgroup by now: the harness's own pages stay out of reclaim
         if kind == "kvm":
             self.machine = machine = Machine(memory_mib, vcpus, guest_thp, self.buffer_fd, chunk_accesses)
             ram_gpa = machine.layout.ram_start

@@ -87,18 +87,27 @@ def rusage_faults(rusage) -> Faults:
     return Faults(minor=rusage.ru_minflt, major=rusage.ru_majflt)
 
 
-def anon_huge_bytes(pid: int, start: int, end: int) -> int:
-    """AnonHugePages of process ``pid``'s mappings inside ``[start, end)`` (a memslot), from
-    /proc/PID/smaps (fs/proc/task_mmu.c show_smap): the guest memory a THP backs now."""
+def smaps_bytes(pid: int, start: int, end: int, field: str) -> int:
+    """The sum of ``field`` (``AnonHugePages``, ``Locked``, ...) over process ``pid``'s mappings inside
+    ``[start, end)`` (a memslot), from /proc/PID/smaps (fs/proc/task_mmu.c show_smap); 0 for a process gone."""
     total, inside = 0, False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    for line in text.splitlines():
         head = line.split(None, 1)[0]
         if "-" in head and not head.endswith(":"):
             lo, hi = (int(x, 16) for x in head.split("-"))
             inside = lo >= start and hi <= end
-        elif inside and head == "AnonHugePages:":
+        elif inside and head == field + ":":
             total += int(line.split()[1]) * 1024
     return total
+
+
+def anon_huge_bytes(pid: int, start: int, end: int) -> int:
+    """The guest memory a THP backs now: AnonHugePages inside ``[start, end)``."""
+    return smaps_bytes(pid, start, end, "AnonHugePages")
 
 
 # --- what one run observed ------------------------------------------------------------------------------
@@ -123,6 +132,7 @@ class Observation:
     guest_huge_bytes: int | None = None  # anon_huge_bytes over the memslots, at the end
     eager_releases: int | None = None  # the eager_release policy's round trips (None: no such policy)
     harness_rss_bytes: int | None = None  # the tenant processes' memory before they joined the cgroup
+    ram_locked_bytes: int | None = None  # the tenants' RAM mlocked (smaps Locked), when the replay ended
     chunk_exits: int | None = None  # the guest's exits to the host during the replay (one per vCPU per chunk)
 
 
@@ -192,11 +202,19 @@ class Source:
 
 
 def _pinned(obs: Observation) -> Value:
-    """mlocked pages (the cgroup's unevictable) plus long-term pins held (acquired less released)."""
-    if obs.memcg is None or obs.vmstat is None or "nr_foll_pin_acquired" not in obs.vmstat:
+    """The tenants' RAM mlocked plus long-term pins held (acquired less released)."""
+    if obs.ram_locked_bytes is None or obs.vmstat is None or "nr_foll_pin_acquired" not in obs.vmstat:
         return None
     pins = obs.vmstat["nr_foll_pin_acquired"] - obs.vmstat.get("nr_foll_pin_released", 0)
-    return obs.memcg.stat["unevictable"] // PAGE + max(0, pins)
+    return obs.ram_locked_bytes // PAGE + max(0, pins)
+
+
+def _harness_locked(obs: Observation) -> Value:
+    """The cgroup's unevictable memory that is not the tenants' RAM: what the tenant processes' own code
+    allocated after joining, which they lock (mmnsim.real.hostmem lock_this_process)."""
+    if obs.memcg is None or obs.ram_locked_bytes is None:
+        return None
+    return max(0, obs.memcg.stat["unevictable"] - obs.ram_locked_bytes)
 
 
 # How each metric the twin observes is computed; the registry (mmnsim.metrics) says where it comes from.
@@ -265,6 +283,7 @@ REAL_ONLY_VALUES: dict[str, Callable[[Observation], Value]] = {
     "memcg_max_usage_bytes": _memcg(lambda s: s.max_usage_bytes),
     "wall_ns_per_access": lambda o: _ratio(None if o.wall_seconds is None else o.wall_seconds * 1e9, o.accesses),
     "harness_rss_bytes": lambda o: o.harness_rss_bytes,
+    "harness_locked_bytes": _harness_locked,
     "chunk_exits": lambda o: o.chunk_exits,
     "trace_lost_events": lambda o: None if o.trace is None else o.trace.lost_events,
 }

@@ -42,7 +42,22 @@ _libc.madvise.argtypes = (c_void_p, c_size_t, c_int)
 _libc.mprotect.argtypes = (c_void_p, c_size_t, c_int)
 _libc.mlock.argtypes = (c_void_p, c_size_t)
 _libc.munlock.argtypes = (c_void_p, c_size_t)
+_libc.mlockall.argtypes = (c_int,)
 _MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+# include/uapi/asm-generic/mman-common.h
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+
+def lock_this_process() -> None:
+    """Keep this process's own memory out of reclaim: ``mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)``, each
+    page locked as it is faulted in, mappings made later included (mm->def_flags). A tenant's child calls it once
+    it is in the run's memory cgroup: what its interpreter and threads allocate from then on is charged to the
+    group, and unlocked it would be reclaimed and refaulted beside the tenant's memory, which the model's host
+    does not hold. Every ``Mapping`` unlocks itself (``munlock``), so the tenant's memory is reclaimed as
+    before."""
+    _check(_libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT), "mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)")
 
 
 def _check(ret: int, what: str) -> None:
@@ -81,6 +96,8 @@ class Mapping:
         if tail:
             _libc.munmap(start + size, tail)
         self.address = start
+        # Not locked, even in a process that locks its own memory (lock_this_process): no-op otherwise.
+        _check(_libc.munlock(start, size), f"munlock of {size} bytes")
 
     @property
     def end(self) -> int:

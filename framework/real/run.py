@@ -166,6 +166,9 @@ def _run(settings: Settings, streams: list[list[WorkloadStream]], resources: cle
             guest_huge_bytes=_huge_bytes(guest),
             eager_releases=releases,
             harness_rss_bytes=sum(t.handle.harness_rss_bytes for t in tenants),
+            ram_locked_bytes=sum(
+                counters.smaps_bytes(t.handle.pid, *t.handle.ram_range, "Locked") for t in tenants if not t.killed
+            ),
             chunk_exits=sum(t.handle.chunk_exits for t in tenants if t.kvm) if guest is not None else None,
         )
         obs.trace = reader.stop()
