@@ -22,6 +22,12 @@ its memory cgroup and swap file (``mmnsim.real.cleanup.RunResources``: removed o
   exit: one vCPU faults while a thread of this process pages out other guest pages one at a time
   (process_madvise MADV_PAGEOUT, each a KVM zap and a flush request); the share of the requests that kicked it
   (KVM's remote_tlb_flush over remote_tlb_flush_requests) times its run time, over its exits.
+- ``secondary.flush_ipi_ns``: what a vCPU in guest mode loses to a flush request that kicks it: one vCPU
+  replays resident guest pages (no fault) while a thread of this process pages out other guest pages one at a
+  time, in three conditions a repeat: none paged out; pages the host populated and KVM never mapped (the same
+  host work and the same host TLB-shootdown interrupts, no spte: no flush request); pages KVM maps (a zap and
+  a flush request each). The second gives the vCPU's time per interrupt exit (KVM's irq_exits); the third's
+  time, less its exits that were not kicks at that rate, per kick (KVM's remote_tlb_flush).
 - ``costs.access_ns``: a replay of uniformly random accesses (30 % writes) over a guest of 2 MiB pages on host
   THPs (2 MiB sptes), every page resident.
 - ``costs.walk_ref_ns``: fitted: the 4K/4K replay's time per access less 2M/2M's in the same round (the four
@@ -271,7 +277,8 @@ def _guest_mode_pages(plan: Plan) -> tuple[int, int]:
 
 
 def swap_bytes(plan: Plan) -> int:
-    """The run's swap file: ``swap``'s process (twice its size) and every page ``guest_mode`` may page out."""
+    """The run's swap file: ``swap``'s process (twice its size) and every page ``guest_mode`` or ``flush_kick``
+    may page out (one after the other: each guest's swap is freed with it)."""
     return (2 * plan.swap_mib << 20) + sum(_guest_mode_pages(plan)) * PAGE
 
 
@@ -337,6 +344,75 @@ def guest_mode(plan: Plan, progress) -> list[Measured]:
             extra={"share_low": min(shares), "share_high": max(shares)},
         ),  # fmt: skip
     ]
+
+
+def flush_kick(plan: Plan, progress) -> list[Measured]:
+    """What a vCPU in guest mode loses to one flush request that kicks it (``secondary.flush_ipi_ns``): the IPI,
+    its exit, the flush on re-entry (KVM_REQ_TLB_FLUSH, kvm_vcpu_flush_tlb_all) and the TLB refills after.
+    One vCPU replays resident guest pages (no fault) while a thread of this process pages out guest pages one
+    at a time (process_madvise MADV_PAGEOUT), in three conditions each repeat: (1) none; (2) pages the host
+    populated and KVM never mapped (MADV_POPULATE_WRITE): the same host work, and the same host TLB-shootdown
+    interrupts to the vCPU's CPU (the vCPU thread runs in the process's mm), but no spte, so no flush request;
+    (3) pages KVM maps: a zap and a flush request each, which kicks the vCPU in guest mode. (2) gives the
+    vCPU's time per interrupt exit (KVM's irq_exits); (3)'s time, less its exits that were not kicks at that
+    rate, over its kicks (KVM's remote_tlb_flush), is the figure. Needs the run's swap file (``swap_bytes``)."""
+    victims, loop = _guest_mode_pages(plan)
+    accesses = max(4 * plan.accesses, 1 << 23)  # thousands of kicks a repeat
+    per_kick, per_exit = [], []
+    with Guest((victims + loop) // 256 + 2, vcpus=1) as guest, hostmem.OtherProcess(guest.pid) as other:
+        guest.madvise("nohugepage")
+        _touch(guest, np.arange(victims + loop))
+        replay = victims + np.random.default_rng(0).integers(0, loop, accesses)
+
+        def replay_under(pageouts: bool) -> tuple[float, int, int]:
+            """The replay's seconds, and the vCPU's kicks and interrupt exits meanwhile."""
+            stop, done = threading.Event(), [0]
+
+            def page_out() -> None:
+                while pageouts and not stop.is_set() and done[0] < victims:
+                    other.madvise(guest.ram_range[0] + done[0] * PAGE, PAGE, "pageout")
+                    done[0] += 1
+
+            vm, vcpu = guest.kvm_stats()
+            before = vm["remote_tlb_flush"].value, vcpu[0]["irq_exits"].value
+            thread = threading.Thread(target=page_out)
+            thread.start()
+            try:
+                seconds = _touch(guest, replay, write=False)
+            finally:
+                stop.set()
+                thread.join()
+            vm, vcpu = guest.kvm_stats()
+            return seconds, vm["remote_tlb_flush"].value - before[0], vcpu[0]["irq_exits"].value - before[1]
+
+        for r in range(plan.repeats):
+            idle, _, _ = replay_under(False)
+            guest.madvise("dontneed", 0, victims)  # (2): host pages, no spte
+            guest.madvise("populate_write", 0, victims)
+            quiet, _, exits = replay_under(True)
+            _touch(guest, np.arange(victims))  # (3): the guest maps them again
+            kicked, kicks, kick_exits = replay_under(True)
+            if kicks < 100 or exits < 100:
+                raise RuntimeError(f"the flush-kick loop had {kicks} kicks and {exits} interrupt exits: too few to "
+                                   "measure (is swap on?)")  # fmt: skip
+            per_exit.append((quiet - idle) / exits * 1e9)
+            per_kick.append((kicked - idle - per_exit[-1] * 1e-9 * (kick_exits - kicks)) / kicks * 1e9)
+            progress(f"flush kick {r + 1}/{plan.repeats}: {per_kick[-1]:,.0f} ns a kick ({kicks} kicks, "
+                     f"{kick_exits} interrupt exits; {per_exit[-1]:,.0f} ns an exit without a kick)")  # fmt: skip
+    found = Measured(
+        "flush_kick",
+        per_kick,
+        "one vCPU replaying resident guest pages while another thread pages out guest pages one at a time: the "
+        "replay's extra time when each pageout zaps an spte and requests a flush, less its interrupt exits that "
+        "were not kicks (timed when the pages paged out had no spte), per kick (KVM's remote_tlb_flush)",
+        key="secondary.flush_ipi_ns",
+        extra={"exit_ns_median": float(np.median(per_exit))},
+        quantile=0.5,  # a difference of runs: load adds time to both sides, so no low statistic is the truer
+    )  # fmt: skip
+    if found.value <= 0:
+        raise RuntimeError(f"the flush kick came out at {found.value:,.0f} ns: lost in the machine's noise "
+                           "(run again on a quieter machine, or with more --accesses)")  # fmt: skip
+    return [found]
 
 
 def swap(plan: Plan, run: cleanup.RunResources, progress) -> list[Measured]:
@@ -578,9 +654,9 @@ def tlb_measured(defaults: dict) -> Measured | None:
 def measure(plan: Plan, run: cleanup.RunResources, progress) -> tuple[list[Measured], str]:
     """Every measurement, and the splintering table."""
     costs, _ = default_profile()
-    run.swapfile(swap_bytes(plan))  # swap and guest_mode page out to it
+    run.swapfile(swap_bytes(plan))  # swap, guest_mode and flush_kick page out to it
     found = host_faults(plan, progress) + kvm_faults(plan, progress) + swap(plan, run, progress)
-    found += guest_mode(plan, progress)
+    found += guest_mode(plan, progress) + flush_kick(plan, progress)
     sizes = {m.name: m for m in page_sizes(plan, progress)}
     tlb = tlb_measured(costs)
     entries = int(tlb.value) if tlb else costs["tlb_entries"]
