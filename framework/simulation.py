@@ -826,6 +826,7 @@ class Simulation:
             iopf = d[C.MINOR_FAULTS] + d[C.MAJOR_FAULTS]
             d[C.SECONDARY_FAULTS] += iopf
             self.host._ctr[C.SECONDARY_FAULTS] += iopf
+        switches = 0.0
         if sec is not None:
             sec._counts["translation_ns"] += translation
             sec_faults = int(d[C.SECONDARY_FAULTS] + d[C.FAULT_RETRIES])
@@ -833,8 +834,6 @@ class Simulation:
             switches = self._ns_from(sec, "guest_mode_ns", sec_faults)
             for name in PER_SECONDARY:
                 sec._counts[name] += int(d[C.NAMES.index(name)])
-        else:
-            switches = 0.0
         spread = (access + faults) / client.vcpus
         # A fault's world switch is part of its cost (faults) and guest mode to a flush request (in_guest).
         client.guest_ns += (access + min(switches, faults)) / client.vcpus

@@ -296,6 +296,25 @@ def test_the_guest_process_locks_its_own_memory_and_not_the_guests():
     assert sum(locked for *_, locked in own) > 1 << 20
 
 
+def test_a_process_that_may_not_lock_its_memory_is_told_what_it_needs():
+    import resource
+
+    root = os.geteuid() == 0
+    if root and shutil.which("setpriv") is None:
+        pytest.skip("root has CAP_IPC_LOCK, and setpriv (util-linux), which drops it, is not installed")
+    drop = ["setpriv", "--bounding-set", "-ipc_lock"] if root else []  # root's capabilities after exec: its bounds
+    code = "from mmnsim.real.hostmem import lock_this_process; lock_this_process()"
+
+    def small_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (1 << 16, 1 << 16))
+
+    done = subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=small_limit)  # fmt: skip
+    assert done.returncode != 0
+    assert "mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) failed" in done.stderr
+    assert "it needs CAP_IPC_LOCK, which root has, or an RLIMIT_MEMLOCK of unlimited" in done.stderr
+
+
 @needs_kvm
 @pytest.mark.parametrize("guest_thp", [True, False])
 def test_guest_page_size_reaches_kvm(guest_thp):

@@ -57,7 +57,11 @@ def lock_this_process() -> None:
     group, and unlocked it would be reclaimed and refaulted beside the tenant's memory, which the model's host
     does not hold. Every ``Mapping`` unlocks itself (``munlock``), so the tenant's memory is reclaimed as
     before."""
-    _check(_libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT), "mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)")
+    if _libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) failed: {os.strerror(err)} (the twin "
+                      "keeps its tenant processes' own memory out of reclaim: it needs CAP_IPC_LOCK, which root "
+                      "has, or an RLIMIT_MEMLOCK of unlimited)")  # fmt: skip
 
 
 def _check(ret: int, what: str) -> None:
