@@ -337,9 +337,9 @@ HARNESS = (
 )
 AGING_SQLITE = (
     "the model asks KVM about no guest page; the twin ages 0 to 6 guest pages a run for about 1,230 reclaimed "
-    "(recorded 2026-12-07 21:17 UTC, its harness locked as row 17 says; 6 to 36 before, when the harness's "
-    "refaults also let shrink_active_list deactivate the guest's oldest pages (0, 1, 2, 4, ...): "
-    "prepare_scan_control allows it on new anon refaults). Traced (as row 17), the kernel exposes them so: the "
+    "(recorded 2026-12-07 21:17 UTC, its harness locked as row 17 says; 6 to 29 in the runs recorded before, "
+    "when the harness's refaults also let shrink_active_list deactivate the guest's oldest pages (0, 1, 2, 4, "
+    "...): prepare_scan_control allows it on new anon refaults). Traced (as row 17), the kernel exposes them so: the "
     "folio that fills a CPU's lru_add batch (31 folios: mm/swap.c folio_add_lru -> __folio_batch_add_and_move) "
     "goes onto the inactive list before KVM's two mark_page_accessed calls, so the second finds it on the LRU "
     "and queues its activation in that CPU's lru_activate batch (folio_mark_accessed -> folio_activate) "
