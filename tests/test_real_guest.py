@@ -10,7 +10,6 @@ import ast
 import ctypes
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -298,6 +297,8 @@ def test_the_guest_process_locks_its_own_memory_and_not_the_guests():
 
 
 def test_a_process_that_may_not_lock_its_memory_is_told_what_it_needs():
+    import resource
+
     root = os.geteuid() == 0
     if root and shutil.which("setpriv") is None:
         pytest.skip("root has CAP_IPC_LOCK, and setpriv (util-linux), which drops it, is not installed")

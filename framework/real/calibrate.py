@@ -282,27 +282,6 @@ def swap_bytes(plan: Plan) -> int:
     return (2 * plan.swap_mib << 20) + sum(_guest_mode_pages(plan)) * PAGE
 
 
-@contextlib.contextmanager
-def _paging_out(guest: Guest, other: hostmem.OtherProcess, done: list[int], end: int):
-    """While the block runs, a thread of this process pages out guest pages ``done[0]``, ``done[0] + 1``, ...
-    (below ``end``) one at a time (process_madvise MADV_PAGEOUT: for a page KVM maps, a zap and a flush
-    request); ``done[0]`` counts on."""
-    stop = threading.Event()
-
-    def page_out() -> None:
-        while not stop.is_set() and done[0] < end:
-            other.madvise(guest.ram_range[0] + done[0] * PAGE, PAGE, "pageout")
-            done[0] += 1
-
-    thread = threading.Thread(target=page_out)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def guest_mode(plan: Plan, progress) -> list[Measured]:
     """How long a faulting vCPU counts as in guest mode for a TLB-flush request, per exit. One vCPU faults (KVM
     faults alone on present host pages; then faults that swap in too) while a thread of this process pages out
@@ -326,10 +305,22 @@ def guest_mode(plan: Plan, progress) -> list[Measured]:
             else:
                 guest.mprotect("none", victims, loop)
                 guest.mprotect("rw", victims, loop)
+            stop = threading.Event()
+
+            def page_out(stop: threading.Event = stop) -> None:
+                while not stop.is_set() and next_victim[0] < victims:
+                    other.madvise(guest.ram_range[0] + next_victim[0] * PAGE, PAGE, "pageout")
+                    next_victim[0] += 1
+
             vm, vcpu = guest.kvm_stats()
             before = (vm["remote_tlb_flush"].value, vm["remote_tlb_flush_requests"].value, vcpu[0]["exits"].value)
-            with _paging_out(guest, other, next_victim, victims):
+            thread = threading.Thread(target=page_out)
+            thread.start()
+            try:
                 seconds = _touch(guest, sparse)
+            finally:
+                stop.set()
+                thread.join()
             vm, vcpu = guest.kvm_stats()
             kicked = vm["remote_tlb_flush"].value - before[0]
             requests = vm["remote_tlb_flush_requests"].value - before[1]
@@ -375,10 +366,22 @@ def flush_kick(plan: Plan, progress) -> list[Measured]:
 
         def replay_under(pageouts: bool) -> tuple[float, int, int]:
             """The replay's seconds, and the vCPU's kicks and interrupt exits meanwhile."""
+            stop, done = threading.Event(), [0]
+
+            def page_out() -> None:
+                while pageouts and not stop.is_set() and done[0] < victims:
+                    other.madvise(guest.ram_range[0] + done[0] * PAGE, PAGE, "pageout")
+                    done[0] += 1
+
             vm, vcpu = guest.kvm_stats()
             before = vm["remote_tlb_flush"].value, vcpu[0]["irq_exits"].value
-            with _paging_out(guest, other, [0], victims) if pageouts else contextlib.nullcontext():
+            thread = threading.Thread(target=page_out)
+            thread.start()
+            try:
                 seconds = _touch(guest, replay, write=False)
+            finally:
+                stop.set()
+                thread.join()
             vm, vcpu = guest.kvm_stats()
             return seconds, vm["remote_tlb_flush"].value - before[0], vcpu[0]["irq_exits"].value - before[1]
 
