@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,38 @@ def test_a_run_is_entered_in_the_main_thread_only(tmp_path):
     thread.join()
     assert errors and "main thread" in errors[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_a_stop_raised_in_a_finalizer_still_stops_the_run_at_once(tmp_path, monkeypatch):
+    """Python loses an exception raised in a ``__del__`` (it prints "Exception ignored" and goes on): a SIGTERM
+    whose handler ran there must still stop the run, in the run's next bytecodes, and print nothing."""
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)  # the handler runs inside this finalizer
+            sum(range(1000))
+
+    went_on = []
+    run = cleanup.RunResources("pytest-finalizer", state_dir=tmp_path, swap_dirs=(tmp_path,))
+    with pytest.raises(cleanup.RunInterrupted, match="^stopped by SIGTERM$"), run:
+        Finalized()  # collected here
+        for _ in range(100):
+            time.sleep(0.01)
+        went_on.append(True)
+    assert went_on == [] and ignored == []
+    assert sys.unraisablehook == ignored.append  # restored
+    assert not list(tmp_path.glob("*.json"))  # the run's record is gone
+
+
+def test_a_stop_the_runs_code_swallowed_is_raised_when_the_run_leaves(tmp_path):
+    run = cleanup.RunResources("pytest-swallowed", state_dir=tmp_path, swap_dirs=(tmp_path,))
+    swallowed = contextlib.suppress(BaseException)  # the run's code swallows the stop
+    with pytest.raises(cleanup.RunInterrupted, match="^stopped by SIGHUP$"), run, swallowed:
+        signal.raise_signal(signal.SIGHUP)
+        time.sleep(1)
+    assert not list(tmp_path.glob("*.json"))
 
 
 def test_preflight_needs_root(monkeypatch):

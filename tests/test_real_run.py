@@ -11,6 +11,7 @@ the reason elsewhere; the refusals run anywhere.
 """
 
 import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import cli, real_host_missing, simulation
+from conftest import cli, config, real_host_missing, simulation
 from mmnsim.cli import check_overrides, quote_numbered_options
 from mmnsim.config import ConfigError
 from mmnsim.host import THP
@@ -30,6 +31,7 @@ from mmnsim.metrics import catalogue
 from mmnsim.real import cgroup, cleanup, counters, swapfile, tracing
 from mmnsim.real.guest import PAGEMAP_PRESENT, Guest, Process
 from mmnsim.real.run import release, thp_advice
+from mmnsim.real.run import run as real_run
 from mmnsim.report import table
 
 WHY_NOT = real_host_missing()
@@ -298,6 +300,25 @@ def test_no_resource_of_a_real_run_is_left_however_it_ends(sweep):
         assert leftovers(proc.pid) == [], proc.args
     if TOP_EVENTS is not None:
         assert (_ROOT / "set_event").read_text() == TOP_EVENTS
+
+
+@needs_machine
+def test_a_tenant_the_oom_killer_takes_between_its_own_batches_is_an_outcome_of_the_run():
+    """The cgroup's OOM killer kills the tenant it picks when any of them charges a page: here the idle guest
+    (oom_score_adj 1000, no swap), during the process's batch. The next request to the guest (its statistics,
+    for the tick's row) finds it dead: the run goes on and counts the kill, as the model's host.oom=kill does,
+    and does not fail as if the guest had crashed. (The kernel here often kills the process too, within
+    milliseconds, before the guest's memory is gone: that one is found dead in its own batch.)"""
+    hog = ("processes=[{name: hog, memory_mib: 40, node: 0, "
+           "workload: {name: uniform, accesses: 100000, start_tick: 2}}]")  # fmt: skip
+    result = real_run(config("backend=real", "guest.memory_mib=32", "guest.vcpus=1", "guest.oom_score_adj=1000",
+                             "host.memory_mib=64", "host.swap_mib=0", "workload.accesses=300000",
+                             "engine.accesses_per_tick=65536", hog), run_id="pytest-idle-oom")  # fmt: skip
+    metrics = result.metrics
+    assert metrics["oom_kills"] >= 1
+    assert metrics["kvm.accesses"] == 3 * 65536  # ticks 0 to 2, then killed during the process's batch
+    assert result.rows[-1]["oom_kills"] == metrics["oom_kills"]
+    assert leftovers(os.getpid()) == []
 
 
 # --- the pieces the run uses ------------------------------------------------------------------------------

@@ -72,8 +72,15 @@ def test_the_kernel_still_gives_the_recorded_verdicts(name, values):
     """Rerun the scenario on the real twin: each count row's verdict with the fresh figure is the recorded one
     (time rows are left out: this machine's wall time moves with the load of other work; small counts such as
     the remote flushes move by several times between runs, so the verdict, not the figure, is compared), and
-    the run leaves nothing behind."""
-    fresh = real_summary(SCENARIOS[name])
+    the run leaves nothing behind. The cgroup's OOM killer is a chance event of this kernel under a tight limit
+    (seen once in about 40 runs of the swap scenario): a rerun in which it killed a tenant, where none of the
+    recorded runs lost one, is run again, twice at most, and the test fails if it kills in all three."""
+    kills = max(run.get("oom_kills") or 0 for run in recorded()["scenarios"][name]["runs"])
+    for _ in range(3):
+        fresh = real_summary(SCENARIOS[name])
+        if (fresh.get("oom_kills") or 0) <= kills:
+            break
+    assert (fresh.get("oom_kills") or 0) <= kills, f"{name}: the OOM killer killed a tenant in each of 3 reruns"
     for row in ROWS:
         if row.scenario != name or row.time:
             continue

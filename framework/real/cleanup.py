@@ -14,7 +14,9 @@ Ctrl-C's KeyboardInterrupt, by SIGTERM or SIGHUP, which it turns into ``RunInter
 limit, ``RunTimeout``) removes what the run created, in an order that works: its child processes
 (killed and reaped), the tracing instance (its reader closed first), the cgroup, the swap file (swapoff
 after the tenants are gone, so nothing has to be read back), tracefs's mountpoint. A signal that arrives
-while it cleans up waits until it is done.
+while it cleans up waits until it is done. A stop raised where Python cannot propagate it (in a finalizer,
+``__del__``, which prints it as "Exception ignored" and goes on) is raised again in the run's own code, and
+one that the run's code swallowed is raised when the run leaves: a stopped run never ends as if it finished.
 
 **SIGKILL.** Nothing runs in a killed process, so the next run cleans up after it: entering
 ``RunResources`` sweeps (``sweep``) the records whose owner is no longer running, and any resource named
@@ -31,6 +33,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ SWAP_SUFFIX = ".swap"
 # swapped pages, a reader holds the instance, an instance lives on the mount.
 KINDS = ("child", "instance", "cgroup", "swapfile", "mount")
 RUN_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM})  # handled while a run runs
+RESIGNAL_DELAY_S = 0.05  # a stop lost in a finalizer is signalled again this much later, out of the finalizer
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -333,6 +337,9 @@ class RunResources:
         self._handlers: dict[int, object] = {}
         self._closing = False
         self._deferred: str | None = None
+        self._stop: tuple[int, BaseException] | None = None  # the last stop a signal raised, and the signal
+        self._unraisablehook = sys.unraisablehook
+        self._resignal = threading.Lock()
 
     def __enter__(self) -> "RunResources":
         if threading.current_thread() is not threading.main_thread():
@@ -343,12 +350,17 @@ class RunResources:
         self.record.save()
         for sig in RUN_SIGNALS:
             self._handlers[sig] = signal.signal(sig, self._on_signal)
+        self._unraisablehook = sys.unraisablehook
+        sys.unraisablehook = self._on_unraisable
         if self.time_limit_s:
             signal.setitimer(signal.ITIMER_REAL, self.time_limit_s)
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close(raise_deferred=exc[0] is None)
+    def __exit__(self, exc_type, exc, tb) -> None:
+        swallowed = self._stop[1] if exc_type is None and self._stop else None  # caught by the run's code
+        self.close(raise_deferred=exc_type is None)
+        if swallowed is not None:
+            raise swallowed
 
     def _on_signal(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
@@ -357,10 +369,31 @@ class RunResources:
                 self._deferred = name
             return
         if signum == signal.SIGALRM:
-            raise RunTimeout(f"the run went over its time limit of {self.time_limit_s:g} s")
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise RunInterrupted(f"stopped by {name}")
+            stop: BaseException = RunTimeout(f"the run went over its time limit of {self.time_limit_s:g} s")
+        elif signum == signal.SIGINT:
+            stop = KeyboardInterrupt()
+        else:
+            stop = RunInterrupted(f"stopped by {name}")
+        self._stop = (signum, stop)
+        raise stop
+
+    def _on_unraisable(self, unraisable) -> None:
+        """sys.unraisablehook while the run runs. The interpreter cannot propagate an exception raised in a
+        finalizer (a ``__del__``, a weakref callback): a stop raised there would be printed as ignored and
+        the run would go on to its end. So the signal is sent to the main thread again, a moment later, from
+        a thread of its own (from here, the handler would run inside this hook, and be lost too)."""
+        if self._stop is not None and unraisable.exc_value is self._stop[1]:
+            threading.Thread(target=self._signal_again, args=(self._stop[0],), name=f"{self.name}-stop",
+                             daemon=True).start()  # fmt: skip
+            return
+        self._unraisablehook(unraisable)
+
+    def _signal_again(self, signum: int) -> None:
+        block_run_signals()
+        time.sleep(RESIGNAL_DELAY_S)
+        with self._resignal:  # not once the run has restored the handlers it found
+            if self._handlers:
+                signal.pthread_kill(threading.main_thread().ident, signum)
 
     # Creating: each resource is written into the record before it is made.
     def cgroup(self, limit_bytes: int, swap_bytes: int | None) -> cgroup.MemoryCgroup:
@@ -420,9 +453,12 @@ class RunResources:
             if not self.record.resources:
                 self.record.path.unlink(missing_ok=True)
         finally:
-            for sig, handler in self._handlers.items():
-                signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: one not set from Python
-            self._handlers = {}
+            with self._resignal:
+                for sig, handler in self._handlers.items():
+                    signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: one not from Python
+                self._handlers = {}
+            if sys.unraisablehook == self._on_unraisable:
+                sys.unraisablehook = self._unraisablehook
             self.record = None
             self._closing = False
         if failure is not None:

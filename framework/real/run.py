@@ -31,6 +31,7 @@ The steps, each in the module that owns it:
    tallies, the replay's wall time.
 """
 
+import contextlib
 import logging
 import math
 import signal
@@ -47,6 +48,7 @@ from ..host import THP
 from ..settings import Settings, TenantSpec, load_settings
 from ..workload import WorkloadStream, client_streams
 from . import cleanup, counters, machineinfo, preflight
+from .errors import HostError
 from .guest import Guest, GuestDied, GuestError, Process
 from .hostmem import PAGE_SIZE
 
@@ -138,7 +140,14 @@ def _run(settings: Settings, streams: list[list[WorkloadStream]], resources: cle
         """A tenant's child, before any of its memory exists: registered (killed if the run ends), in the group."""
         resources.child(pid)
         group.add_process(pid)
-        Path(f"/proc/{pid}/oom_score_adj").write_text(str(oom_score_adj))
+        try:
+            Path(f"/proc/{pid}/oom_score_adj").write_text(str(oom_score_adj))
+        except PermissionError:  # fs/proc/base.c __set_oom_adj: below oom_score_adj_min needs CAP_SYS_RESOURCE
+            raise HostError(
+                f"cannot set a tenant's oom_score_adj to {oom_score_adj}: a value below the minimum this process "
+                "inherited (0 unless a privileged ancestor lowered it) needs CAP_SYS_RESOURCE, which it lacks; use "
+                "a value at or above it, or run with the capability"
+            ) from None
 
     tenants: list[Tenant] = []
     try:
@@ -161,7 +170,7 @@ def _run(settings: Settings, streams: list[list[WorkloadStream]], resources: cle
             replay_ns=replay_s * 1e9,
             vmstat=counters.vmstat_delta(vmstat_before, counters.read_vmstat()),
             memcg=group.sample(),
-            kvm=guest.kvm_stats() if guest is not None else None,
+            kvm=_guest_stats(guest, group, tenants, len(rows)),
             guest_bytes=guest.spec.pages * PAGE_SIZE if guest is not None else None,
             guest_huge_bytes=_huge_bytes(guest),
             eager_releases=releases,
@@ -225,7 +234,10 @@ def _replay(tenants: list[Tenant], settings: Settings, group, vmstat_before: dic
     total = sum(s.total for s in known)
     while not all(t.done for t in tenants):
         if every and tick % every == 0:
-            releases += sum(release(t.handle, settings.real.eager_release) for t in tenants if t.kvm and not t.killed)
+            for tenant in tenants:
+                if tenant.kvm and not tenant.killed:
+                    with _an_oom_kill_is_an_outcome(tenant, group, tenants, tick):
+                        releases += release(tenant.handle, settings.real.eager_release)
         for tenant in tenants:
             boot = min(tenant.batch, tenant.stream.boot_left)  # of this batch, the boot pass's accesses
             batch = None if tenant.killed else tenant.stream.next_batch(tenant.batch, tick)
@@ -235,19 +247,13 @@ def _replay(tenants: list[Tenant], settings: Settings, group, vmstat_before: dic
             region_start = tenant.spec.clients[0].region[0]
             pages = pages + region_start if region_start else pages
             tenant.attempted += pages.size
-            try:
+            with _an_oom_kill_is_an_outcome(tenant, group, tenants, tick):
                 # The boot pass first, whole, as the model runs it: the vCPUs run their shares of a batch at
                 # once, and a workload's read of a page another vCPU has yet to boot would map the zero page
                 # (and its boot write then copy it, an invalidation the model's order never makes).
                 for part in (slice(0, boot), slice(boot, None)):
                     if pages[part].size:
                         replay_s += tenant.handle.run(pages[part], writes[part])
-            except GuestDied as exc:
-                if not _oom_killed(group, tenants):
-                    raise
-                tenant.killed = True
-                log.warning("%s was killed by the memory cgroup's OOM killer at tick %d: %s", tenant.spec.name,
-                            tick, exc)  # fmt: skip
         rows.append(_row(tick, replay_s, tenants, group, vmstat_before))
         if progress is not None and total:
             progress(sum(s.issued for s in known) / total)
@@ -276,6 +282,30 @@ def release(guest: Guest, how: str) -> int:
     return 1
 
 
+@contextlib.contextmanager
+def _an_oom_kill_is_an_outcome(tenant: Tenant, group, tenants: list[Tenant], tick: int):
+    """A request to ``tenant`` during which its process is found dead: if the cgroup's OOM killer killed it,
+    the tenant is marked killed and the run goes on (an outcome, the model's ``oom_kills``), else the death is
+    raised. The killer takes whichever tenant it picks when any of them charges a page, so a tenant can die
+    between its own batches, and the next request to it, whatever it is, finds it."""
+    try:
+        yield
+    except GuestDied as exc:
+        if not _oom_killed(group, tenants):
+            raise
+        tenant.killed = True
+        log.warning("%s was killed by the memory cgroup's OOM killer at tick %d: %s", tenant.spec.name, tick, exc)
+
+
+def _guest_stats(guest: Tenant | None, group, tenants: list[Tenant], tick: int) -> dict[str, int] | None:
+    """The guest's KVM statistics (``Tenant.kvm_stats``), its last reading if it is found OOM-killed."""
+    if guest is None:
+        return None
+    with _an_oom_kill_is_an_outcome(guest, group, tenants, tick):
+        return guest.kvm_stats()
+    return guest.kvm_stats()
+
+
 def _oom_killed(group, tenants: list[Tenant]) -> bool:
     """Whether the group's OOM killer has killed more tenants than the run knows of."""
     kills = group.sample().oom_kills
@@ -291,7 +321,7 @@ def _row(tick: int, replay_s: float, tenants: list[Tenant], group, vmstat_before
         replay_ns=replay_s * 1e9,
         vmstat=counters.vmstat_delta(vmstat_before, counters.read_vmstat()),
         memcg=group.sample(),
-        kvm=guest.kvm_stats() if guest is not None else None,
+        kvm=_guest_stats(guest, group, tenants, tick),
     )
     found = counters.metrics(obs)
     keep = ("accesses", "writes", "minor_faults", "major_faults", "swap_outs", "swap_ins", "secondary_faults",
