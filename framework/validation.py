@@ -3,6 +3,10 @@
     python -m mmnsim.validation > docs/validation.md       # the table (tests/test_validation.py: it is current)
     python -m mmnsim.validation --record [SCENARIO ...]    # run the real twin, rewrite the recorded figures
 
+    # your machine's table: its costs, its kernel's figures (the committed record is left as it is)
+    sudo mmnsim-calibrate mine && sudo python -m mmnsim.validation --record --record-file mine.json
+    python -m mmnsim.validation --record-file mine.json --costs mine
+
 Each row is a behaviour: a quantity that several of the model's mechanisms produce together (faults, reclaim,
 aging, notifier calls, flushes, THP handling, time), never a cost the model takes as input (those are in
 docs/costs.md, with where each comes from). Each row names a scenario; the model runs it with
@@ -33,7 +37,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .sources import number
+from .config import ConfigError
+from .sources import compose_checked, number
 
 RECORD = Path(__file__).resolve().parent / "data" / "validation_real.json"
 MIB_PAGES = 256  # 4 KiB pages in a MiB
@@ -466,9 +471,9 @@ def real_summary(scenario: Scenario) -> dict:
     return {**result.metrics, "backend": "real"}
 
 
-def recorded() -> dict:
-    """The recorded real figures: {"machine": ..., "scenarios": {name: {"runs": [summary, ...], ...}}}."""
-    return json.loads(RECORD.read_text()) if RECORD.exists() else {"scenarios": {}}
+def recorded(path: Path = RECORD) -> dict:
+    """The recorded real figures: {"scenarios": {name: {"runs": [summary, ...], "machine": ..., ...}}}."""
+    return json.loads(Path(path).read_text()) if Path(path).exists() else {"scenarios": {}}
 
 
 def real_value(row: Row, record: dict | None = None) -> float | None:
@@ -480,8 +485,8 @@ def real_value(row: Row, record: dict | None = None) -> float | None:
     return statistics.median(values) if values else None
 
 
-def model_values(rows: list[Row] = ROWS) -> dict[str, float]:
-    """Each row's model figure, one model run per scenario."""
+def model_values(rows: list[Row] = ROWS, time_costs: str | None = TIME_COSTS) -> dict[str, float]:
+    """Each row's model figure, one model run per scenario (``time_costs``: the cost profile it runs on)."""
     summaries: dict[str, dict] = {}
     out = {}
     for row in rows:
@@ -489,7 +494,7 @@ def model_values(rows: list[Row] = ROWS) -> dict[str, float]:
         if scenario.skip:
             continue
         if row.scenario not in summaries:
-            summaries[row.scenario] = model_summary(scenario)
+            summaries[row.scenario] = model_summary(scenario, time_costs)
         out[row.name] = row.quantity(summaries[row.scenario])
     return out
 
@@ -498,7 +503,7 @@ def record(names: list[str], repeats: int, path: Path = RECORD) -> None:
     """Run each named scenario ``repeats`` times on the real twin and rewrite its recorded figures."""
     from .real import machineinfo
 
-    data = recorded()
+    data = recorded(path)
     for name in names:
         scenario = SCENARIOS[name]
         runs = []
@@ -519,7 +524,7 @@ def record(names: list[str], repeats: int, path: Path = RECORD) -> None:
 # --- the document ----------------------------------------------------------------------------------------
 
 
-def verdict(row: Row, model: float | None, real: float | None) -> str:
+def verdict(row: Row, model: float | None, real: float | None, time_costs: str | None = TIME_COSTS) -> str:
     if SCENARIOS[row.scenario].skip:
         return f"skipped: {SCENARIOS[row.scenario].skip}"
     if real is None or model is None:
@@ -529,13 +534,16 @@ def verdict(row: Row, model: float | None, real: float | None) -> str:
         word += f": {row.outside}"
     if row.note:
         word += f" ({row.note})"
-    if row.time and TIME_COSTS is None:
+    if row.time and time_costs is None:
         word += " (model on the default costs, a bare-metal host's: no profile of this machine committed yet)"
     return word
 
 
-def doc(values: dict[str, float] | None = None, record_data: dict | None = None) -> str:
-    values = values if values is not None else model_values()
+def doc(values: dict[str, float] | None = None, record_data: dict | None = None,
+        time_costs: str | None = TIME_COSTS) -> str:  # fmt: skip
+    """The table. ``values``, ``record_data`` and ``time_costs`` default to the committed ones; a table on
+    other recorded figures or another profile says so under its heading."""
+    values = values if values is not None else model_values(time_costs=time_costs)
     data = record_data if record_data is not None else recorded()
     lines = [
         "# Validation: the model beside this machine's kernel",
@@ -551,13 +559,25 @@ def doc(values: dict[str, float] | None = None, record_data: dict | None = None)
         "comparison and is not widened to pass. The costs the model takes as input, and where each comes "
         "from, are in [costs.md](costs.md).",
         "",
+        *(
+            [
+                "**The model's time rows on `costs="
+                + str(time_costs)
+                + "`**, not the committed profile (`"
+                + str(TIME_COSTS)
+                + "`).",
+                "",
+            ]
+            if time_costs != TIME_COSTS
+            else []
+        ),
         "| # | behaviour | what is compared | scenario | model | real | tolerance | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
     inside = outside = 0
     for i, row in enumerate(ROWS, 1):
         model, real = values.get(row.name), real_value(row, data)
-        text = verdict(row, model, real)
+        text = verdict(row, model, real, time_costs)
         shown = _fmt(real, row.unit) + (f" (published: {row.published[1]})" if row.published else "")
         inside += text.startswith("inside")
         outside += text.startswith("**outside")
@@ -596,15 +616,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", nargs="*", metavar="SCENARIO", help="run these scenarios (default: all that "
                         "can run here) on the real twin and rewrite their recorded figures")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="real runs per scenario (default 3)")
+    parser.add_argument("--record-file", type=Path, default=RECORD, metavar="FILE", help="the recorded figures: "
+                        "read (the table) or written (--record) here instead of the committed ones (a JSON "
+                        "file --record wrote)")  # fmt: skip
+    parser.add_argument("--costs", metavar="NAME", default=TIME_COSTS, help="the cost profile the model's "
+                        f"time rows run on (default {TIME_COSTS}; one mmnsim-calibrate wrote)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.record is not None:
         unknown = [n for n in args.record if n not in SCENARIOS]
         if unknown:
-            print(f"unknown scenario {unknown[0]!r}; accepted: {', '.join(SCENARIOS)}", file=sys.stderr)
-            sys.exit(2)
-        record(args.record or [n for n, s in SCENARIOS.items() if not (s.skip or s.published)], args.repeats)
+            _refuse(f"unknown scenario {unknown[0]!r}; accepted: {', '.join(SCENARIOS)}")
+        if args.record_file.is_dir() or not args.record_file.parent.is_dir():
+            _refuse(f"--record-file {args.record_file}: not a file in an existing directory")
+        record(args.record or [n for n, s in SCENARIOS.items() if not (s.skip or s.published)], args.repeats,
+               args.record_file)  # fmt: skip
         return
-    print(doc(), end="")
+    data = _readable_record(args.record_file)
+    if args.costs != TIME_COSTS:
+        try:
+            compose_checked([f"costs={args.costs}", "secondary=kvm"])
+        except ConfigError as exc:
+            _refuse(f"--costs {args.costs}: {exc}")
+    print(doc(record_data=data, time_costs=args.costs), end="")
+
+
+def _readable_record(path: Path) -> dict:
+    """The recorded figures in ``path``, or a one-line refusal saying what is wrong with the file."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data.get("scenarios"), dict):
+            raise ValueError("no 'scenarios' object")
+    except (OSError, ValueError, AttributeError) as exc:
+        _refuse(f"--record-file {path}: not a record `--record` wrote ({exc})")
+    return data
+
+
+def _refuse(message: str) -> None:
+    print(f"python -m mmnsim.validation: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

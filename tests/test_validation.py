@@ -7,13 +7,14 @@ v1 controller, tracefs) and checks the kernel still gives the recorded counts; e
 reason.
 """
 
+import copy
 import os
 from pathlib import Path
 
 import pytest
 from test_real_run import WHY_NOT, leftovers
 
-from mmnsim.validation import ROWS, SCENARIOS, doc, model_values, real_summary, real_value, recorded
+from mmnsim.validation import ROWS, SCENARIOS, doc, main, model_values, real_summary, real_value, recorded
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNABLE = [r for r in ROWS if not SCENARIOS[r.scenario].skip]
@@ -64,6 +65,41 @@ def test_a_skipped_row_says_why():
 def test_docs_validation_is_current(values):
     text = (ROOT / "docs" / "validation.md").read_text()
     assert text == doc(values), "regenerate: python -m mmnsim.validation > docs/validation.md"
+
+
+def test_a_table_on_another_machines_record_and_profile_says_so_and_moves_the_verdicts(values):
+    """``--record-file`` and ``--costs``: the table of another machine (its own record, its own profile), the
+    committed record left alone."""
+    other = copy.deepcopy(recorded())
+    for run in other["scenarios"]["swap"]["runs"]:  # a machine whose runs count ten times as much
+        run.update({k: v * 10 for k, v in run.items() if isinstance(v, int | float)})
+    text = doc(values, other, time_costs="default")
+    assert "**The model's time rows on `costs=default`**, not the committed profile (`pvm-shadow`)." in text
+    swap_outs = next(line for line in text.splitlines() if "| Swap under a limit: swap-outs |" in line)
+    assert "**outside**" in swap_outs
+    assert "**outside**" not in next(
+        line for line in doc(values).splitlines() if "| Swap under a limit: swap-outs |" in line
+    )
+    assert "costs=default" not in doc(values)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--record-file", "{tmp}/missing.json"], "--record-file {tmp}/missing.json: not a record `--record` wrote"),
+        (["--record-file", "{tmp}/empty.json"], "not a record `--record` wrote (no 'scenarios' object)"),
+        (["--costs", "nosuch"], "--costs nosuch: costs: unknown option 'nosuch'; accepted: default, pvm-shadow"),
+        (["--record", "--record-file", "{tmp}/no/such/dir.json"], "not a file in an existing directory"),
+        (["--record", "nosuch"], "unknown scenario 'nosuch'; accepted: first_touch"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, args, message):
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(SystemExit) as stopped:
+        main([a.format(tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("python -m mmnsim.validation: ") and message.format(tmp=tmp_path) in err, err
 
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")

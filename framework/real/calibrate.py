@@ -298,6 +298,9 @@ def guest_mode(plan: Plan, progress) -> list[Measured]:
         sparse = np.arange(victims, victims + loop, PREFETCH)
         next_victim = [0]
         for r in range(plan.repeats):
+            if next_victim[0]:  # swapped in and mapped again: a victim without an spte pages out with no flush
+                _touch(guest, np.arange(next_victim[0]))
+                next_victim[0] = 0
             swapping = r % 2 == 1  # alternately: KVM faults alone, and faults that swap in
             if swapping:
                 for page in sparse:
