@@ -33,7 +33,7 @@ from .metrics import REGISTRATION_METRICS, Metric
 from .migrate import migrate
 from .mm import MM
 from .notifier import Event, NotifierRange, PluginError, expand_ranges, single_pages, sum_per_range
-from .reclaim import charge_reclaim, folio_pages, referenced, scan_frames, swap_out
+from .reclaim import Batch, charge_reclaim, folio_pages, referenced, scan_frames, shrink_batch, swap_out
 from .secondary import FAULT_BLOCK, IN_PROGRESS, SEQ, SecondaryMMU, device_region
 from .share import is_shared, merge_pages, mergeable, sharing
 from .simulation import Simulation, Tenant
@@ -92,6 +92,7 @@ __all__ = [
     "NotifierRange",
     "OperationError",
     "PluginError",
+    "Batch",
     "SecondaryConfig",
     "SecondaryMMU",
     "Shrunk",
@@ -119,6 +120,7 @@ __all__ = [
     "referenced",
     "require",
     "scan_frames",
+    "shrink_batch",
     "sharing",
     "shrink_active",
     "shrink_inactive",

@@ -7,6 +7,8 @@
 * ``swap_out``: invalidate the secondaries (one range per page, event CLEAR, as try_to_unmap does per
   folio; under ``kernel=2008`` the ``invalidate_page`` op per page, as until 4.13), write the pages to swap
   and free their frames (shrink_folio_list + pageout).
+* ``shrink_batch``: the three in one round, as a one-list policy makes it (scan, age, swap out the old),
+  compiled where every subscriber's young op and invalidation are the standard ones.
 
 The unit of all three is the folio: a 4 KiB page, or a transparent huge page as a whole. A THP has one
 accessed bit (its PMD's; a 2 MiB secondary entry's one), so it is aged as one 2 MiB range and reclaimed
@@ -22,7 +24,7 @@ client that faults.
 A policy combines them; the built-in ``swap`` policy is one such combination.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -110,6 +112,33 @@ def _scan(fkey, fpin, pb, node_order, pflags, fref, lru, ctr, hand, want, limit,
     return found, hand, scanned, taken
 
 
+@kernel
+def _scan_age_select(fkey, fpin, pb, node_order, pflags, fref, ctr, hand, want, limit, frames, young, mm_base, table,
+                     offset, sflags, shadow, acc, flush, wrong, first, wanted, base, old, pages, out):  # fmt: skip
+    """``shrink_batch``'s compiled part, for one mm at key ``base``: the scan (one list), the young op over the
+    folios found (``young_frames``), and the old ones in order into ``old`` (their pages in ``pages``) until
+    ``wanted`` pages. ``out``: folios found, the new hand, frames passed, old folios taken; -1 taken if an old
+    THP comes first (its 512 pages are the caller's to count: ``folio_pages``)."""
+    found, hand, scanned, _ = _scan(fkey, fpin, pb, node_order, pflags, fref, -1, ctr, hand, want, limit, frames)
+    out[0], out[1], out[2] = found, hand, scanned
+    young_frames(frames[:found], young[:found], fkey, pflags, mm_base, table, offset, sflags, shadow, acc, flush,
+                 wrong, first)  # fmt: skip
+    taken = 0
+    for i in range(found):
+        if taken >= wanted:
+            break
+        if young[i]:
+            continue
+        k = fkey[frames[i]]
+        if pflags[k] & P_HUGE:
+            out[3] = -1
+            return
+        old[taken] = frames[i]
+        pages[taken] = k - base
+        taken += 1
+    out[3] = taken
+
+
 def scan_frames(sim: "Simulation", hand: int, want: int, limit: int) -> tuple[np.ndarray, int, int]:
     """Up to ``want`` reclaim candidates (folios) from ``hand`` on, looking at no more than ``limit`` frames: in-use,
     unpinned frames, a THP as its first frame (``folio_pages`` says how many pages each stands for).
@@ -135,6 +164,67 @@ def folio_pages(sim: "Simulation", frames: np.ndarray) -> np.ndarray:
     inuse = keys >= 0
     pages[inuse] = np.where(sim.host._pt.flags[keys[inuse]] & P_HUGE, HUGE_PAGES, 1)
     return pages
+
+
+class Batch(NamedTuple):
+    """What one ``shrink_batch`` round did."""
+
+    freed: int  # pages swapped out
+    offered: int  # old folios handed to swap_out
+    found: int  # folios the scan found
+    hand: int  # where the next scan starts
+    looked: int  # frames the scan passed
+
+
+def shrink_batch(sim: "Simulation", hand: int, want: int, limit: int, nr_pages: int,
+                 op: str = "clear_flush_young") -> Batch:  # fmt: skip
+    """One round of reclaim as a one-list policy makes it: ``scan_frames(hand, want, limit)``, ``referenced``
+    of the folios found (``op``), and ``swap_out`` of the old ones, in the order found, until their pages reach
+    ``nr_pages`` (``folio_pages``: a THP counts 512; the last folio whole; at least one). Exactly those calls, in that
+    order, with the same effects; where every subscriber's young op and invalidation are the standard ones
+    (``fast_ops``), one mm and no device memory, the scan, the young op and the choice are one compiled call
+    and the swap-out another. Charges nothing (``charge_reclaim`` is the policy's)."""
+    hand = page_arg(hand, sim.host._ft.key.size, "shrink_batch", "hand")
+    want = count_arg(want, "shrink_batch", "want")
+    limit = count_arg(limit, "shrink_batch", "limit")
+    nr_pages = count_arg(nr_pages, "shrink_batch", "nr_pages")
+    if op not in YOUNG_OPS:
+        raise OperationError(f"shrink_batch: unknown young op {op!r}; accepted: {', '.join(YOUNG_OPS)}")
+    wanted = max(nr_pages, 1)  # at least one folio, as the calls take one
+    host = sim.host
+    mm = sim.mms[0] if len(sim.mms) == 1 else None
+    table = sim.fast.young_table(op) if op != "test_young" and mm is not None else None
+    subs = None if sim.kernel.invalidate_page or table is None else sim.fast.subscribers(mm, INVALIDATE_OPS)
+    if subs is None or not subs.size or host.device_nodes:  # the calls themselves
+        frames, hand, looked = scan_frames(sim, hand, want, limit)
+        if frames.size == 0:
+            return Batch(0, 0, 0, hand, looked)
+        young = referenced(sim, frames, op)
+        return Batch(*_swap_out_old(sim, frames, young, wanted), frames.size, hand, looked)
+    ft, want, limit = host._ft, min(want, host._ft.key.size), min(limit, host._ft.key.size)
+    frames, young = np.empty(want, dtype=np.int64), np.empty(want, dtype=bool)
+    old, pages = np.empty(min(want, wanted), dtype=np.int64), np.empty(min(want, wanted), dtype=np.int64)
+    nsec = max(len(sim.secondaries), 1)
+    wrong, first, out = np.zeros((nsec, 2), dtype=np.int64), np.zeros((nsec, 2), dtype=np.int64), np.zeros(4, np.int64)
+    tables = sim._secondary_tables
+    _scan_age_select(ft.key, ft.pin, ft.pb, ft.node_order, host._pt.flags, ft.ref, host._ctr, hand, want, limit,
+                     frames, young, host._pt.mm_base, table, tables.offset, tables.sflags, tables.shadow, tables.acc,
+                     op == "clear_flush_young", wrong, first, wanted, mm.base, old, pages, out)  # fmt: skip
+    found, hand, looked, taken = (int(x) for x in out)
+    if found == 0:
+        return Batch(0, 0, 0, hand, looked)
+    _settle_young(sim, op, table, wrong, first)
+    if taken < 0:  # an old THP: counted and swapped out as the calls do it
+        return Batch(*_swap_out_old(sim, frames[:found], young[:found], wanted), found, hand, looked)
+    freed = _swap_out_fast(sim, mm, old[:taken], pages[:taken], subs) if taken else 0
+    return Batch(freed, taken, found, hand, looked)
+
+
+def _swap_out_old(sim: "Simulation", frames: np.ndarray, young: np.ndarray, nr_pages: int) -> tuple[int, int]:
+    """``swap_out`` of the old ``frames`` in order until their pages reach ``nr_pages``: (freed, offered)."""
+    old = frames[~young]
+    old = old[: int(np.searchsorted(np.cumsum(folio_pages(sim, old)), nr_pages)) + 1]
+    return swap_out(sim, old), old.size
 
 
 @kernel
@@ -326,6 +416,11 @@ def _young_fast(sim: "Simulation", frames: np.ndarray, op: str, table: np.ndarra
     young_frames(np.ascontiguousarray(frames, dtype=np.int64), young, host._ft.key, host._pt.flags, host._pt.mm_base,
                  table, tables.offset, tables.sflags, tables.shadow, tables.acc, op == "clear_flush_young", wrong,
                  first)  # fmt: skip
+    _settle_young(sim, op, table, wrong, first)
+
+
+def _settle_young(sim: "Simulation", op: str, table: np.ndarray, wrong: np.ndarray, first: np.ndarray) -> None:
+    """After ``young_frames``: each subscriber charges its aging, and the young op's postcondition is judged."""
     for j in np.unique(table[table >= 0]).tolist():
         sec = sim.secondaries[j]
         sec._settle_aging()

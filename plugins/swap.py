@@ -40,20 +40,16 @@ from a hand per list (a rotated or deactivated folio is met when that hand comes
 from dataclasses import dataclass
 from enum import StrEnum
 
-import numpy as np
-
 from mmnsim import (
     HostPolicy,
     charge_reclaim,
-    folio_pages,
     hookimpl,
     lru_sizes,
     lru_stats,
     may_deactivate,
-    referenced,
     require,
-    scan_frames,
     shrink_active,
+    shrink_batch,
     shrink_inactive,
     swap_out,
 )
@@ -108,21 +104,18 @@ class Swap(HostPolicy):
         limit = int(self.cfg.passes * sim.host.nframes)
         freed = scanned = 0
         while freed < nr_pages and scanned < limit:
-            # Look at a few candidates per page still wanted: most of a hot set turns out young.
+            # Look at a few candidates per page still wanted: most of a hot set turns out young. Of those
+            # found, the old ones go to swap until the pages still wanted (a THP is 512 of them:
+            # shrink_folio_list counts pages): scan_frames, referenced and swap_out, in one call.
             want = min(max(self.cfg.batch, 4 * (nr_pages - freed)), limit - scanned)
-            frames, self.hand, looked = scan_frames(sim, self.hand, want, limit - scanned)
-            scanned += looked
-            if frames.size == 0:
+            batch = shrink_batch(sim, self.hand, want, limit - scanned, nr_pages - freed, self.cfg.young_op.value)
+            self.hand = batch.hand
+            scanned += batch.looked
+            if batch.found == 0:
                 break
-            young = referenced(sim, frames, self.cfg.young_op.value)
-            old = frames[~young]
-            # Enough old folios for the pages still wanted (a THP is 512 of them: shrink_folio_list counts pages).
-            sizes = folio_pages(sim, old)
-            old = old[: int(np.searchsorted(np.cumsum(sizes), nr_pages - freed)) + 1]
-            got = swap_out(sim, old)
-            freed += got
-            charge_reclaim(sim, looked, got)
-            if got < old.size and sim.host.swap_used() == sim.host.sw.key.size:
+            freed += batch.freed
+            charge_reclaim(sim, batch.looked, batch.freed)
+            if batch.freed < batch.offered and sim.host.swap_used() == sim.host.sw.key.size:
                 break  # swap is full
         return freed
 

@@ -44,6 +44,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "swap_out": ("sim", "frames"),
     "folio_pages": ("sim", "frames"),
     "lru_folios": ("sim", "mm", "count"),
+    "shrink_batch": ("sim", "frame", "count", "count", "count", "young_op"),
     "shrink_inactive": ("sim", "frame", "count", "count", "young_op"),
     "shrink_active": ("sim", "frame", "count", "count", "young_op"),
     "inactive_is_low": ("count", "count"),

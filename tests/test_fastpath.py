@@ -67,6 +67,30 @@ def test_the_compiled_path_reports_every_metric_as_the_chain_does(name):
     assert not differ
 
 
+def test_a_reclaim_round_is_one_compiled_call_where_the_chain_is_served(monkeypatch):
+    """shrink_batch, the swap policy's round: the scan, the young op and the choice of the old folios in one
+    compiled call where every subscriber is served (the comparison above holds it to the calls' results); an
+    old THP first hands the rest back to the calls (folio_pages counts its 512 pages)."""
+    import mmnsim.reclaim as reclaim
+
+    rounds = {"compiled": 0, "thp": 0}
+    compiled = reclaim._scan_age_select
+
+    def counted(*args):
+        compiled(*args)
+        rounds["compiled"] += 1
+        rounds["thp"] += int(args[-1][3] < 0)
+
+    monkeypatch.setattr(reclaim, "_scan_age_select", counted)
+    m = _metrics(*SCENARIOS["core"], fast=True)
+    assert rounds["compiled"] > 10 and rounds["thp"] == 0 and m["swap_outs"] > 0
+    _metrics(*SCENARIOS["thp"], fast=True)
+    assert rounds["thp"] > 0
+    rounds["compiled"] = 0
+    _metrics(*SCENARIOS["two_guests"], fast=True)  # two mms: the calls
+    assert rounds["compiled"] == 0
+
+
 def test_only_the_declaring_class_is_served_and_only_when_every_subscriber_is():
     sim = simulation("workload.accesses=0", "workload.boot=false")
     mm, kvm = sim.mms[0], sim.secondaries[0]
