@@ -372,6 +372,34 @@ def test_a_private_instance_sees_kvm_notifier_events_and_leaves_the_top_level_al
 
 
 @needs_host
+def test_a_reader_stopped_while_it_opens_its_buffers_leaves_none_open(monkeypatch):
+    """A Ctrl-C that lands while the reader opens its per-CPU buffers (the twin's tests stop runs right there)
+    must not leave one open: the instance could not be removed (EBUSY)."""
+    opened, real_open = [], os.open
+
+    def interrupted(path, flags, *args):
+        if str(path).endswith("trace_pipe_raw") and opened:
+            raise KeyboardInterrupt
+        fd = real_open(path, flags, *args)
+        if str(path).endswith("trace_pipe_raw"):
+            opened.append(fd)
+        return fd
+
+    with tracefs_root() as root:
+        inst = tracing.TraceInstance.create(root, cleanup.run_name("pytest-interrupted"), buffer_kb=64)
+        try:
+            reader = tracing.TraceReader(inst)
+            monkeypatch.setattr(tracing.os, "open", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                reader.start()
+            monkeypatch.undo()
+            assert opened and not any(Path(f"/proc/self/fd/{fd}").exists() for fd in opened)
+        finally:
+            inst.remove()  # EBUSY (after a second of retries) if a buffer were still open
+        assert not inst.path.exists()
+
+
+@needs_host
 @needs_kvm
 def test_reclaim_under_the_limit_reaches_kvm_one_page_at_a_time_and_the_counts_fill_the_metrics():
     """A 96 MiB memslot touched under a 32 MiB limit: direct reclaim in the tenant's own thread swaps out

@@ -470,8 +470,18 @@ class TraceReader:
 
     def start(self) -> None:
         cpus = sorted(int(p.name[3:]) for p in (self.instance.path / "per_cpu").glob("cpu[0-9]*"))
-        self._fds = [os.open(self.instance.path / "per_cpu" / f"cpu{c}" / "trace_pipe_raw",
-                             os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) for c in cpus]  # fmt: skip
+        # Every buffer opened is kept, or closed: one left open keeps the instance from being removed (EBUSY).
+        # Signals wait meanwhile: a Ctrl-C's KeyboardInterrupt between an open and its keeping would lose it.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            for c in cpus:
+                self._fds.append(os.open(self.instance.path / "per_cpu" / f"cpu{c}" / "trace_pipe_raw",
+                                         os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self._thread = threading.Thread(target=self._run, name=f"mmnsim-trace-{self.instance.name}", daemon=True)
         self._thread.start()
 
