@@ -590,6 +590,23 @@ def default_profile() -> tuple[dict, dict]:
     return costs, kvm
 
 
+def outside_default_ranges(found: list[Measured]) -> list[str]:
+    """One line for each measured cost outside the range its default profile gives it: a sensitivity analysis
+    (``mmnsim-experiment NAME --sensitivity``) varies the default over that range, so it does not reach this
+    machine until the range is widened."""
+    costs, kvm = default_profile()
+    files = {"costs": (costs, "conf/costs/default.yaml"), "secondary": (kvm, "conf/secondary/kvm.yaml")}
+    lines = []
+    for m in found:
+        section, _, key = (m.key or "").partition(".")
+        data, file = files.get(section, ({}, ""))
+        low, high = (((data.get("sources") or {}).get(key) or {}).get("range") or [None, None])[:2]
+        if low is not None and not low <= m.value <= high:
+            lines.append(f"{m.key} measured {m.value:,.1f} lies outside the default's range [{low:g}, {high:g}] "
+                         f"({file}): widen it there for the sensitivity analyses to reach this machine")  # fmt: skip
+    return lines
+
+
 def _number(value: float) -> int | float:
     return int(round(value)) if abs(value) >= 10 else round(value, 1)
 
@@ -612,6 +629,9 @@ def profile_yaml(name: str, found: list[Measured], provenance: dict, table: str)
               "# Not measured, inherited from the default profile",
               "# (conf/costs/default.yaml; KVM's from conf/secondary/kvm.yaml):"]  # fmt: skip
     lines += [f"#   {k}" for k in inherited]
+    outside = outside_default_ranges(found)
+    if outside:
+        lines += ["#", "# Outside the default profile's ranges:"] + [f"#   {line}" for line in outside]
     lines += ["#", "# Also measured (ns; lower quartile, median, maximum over the repeats):"]
     for m in found:
         if not m.key:
@@ -775,6 +795,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mmnsim-calibrate: {str(exc).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
     print(summary(found))
+    outside = outside_default_ranges(found)
+    if outside:
+        print("\n" + "\n".join(outside))
     print()
     print(table)
     print(f"\nwrote {path}: select it with costs={args.name}")
