@@ -208,7 +208,7 @@ def test_a_stop_raised_in_a_finalizer_still_stops_the_run_at_once(tmp_path, monk
     run = cleanup.RunResources("pytest-finalizer", state_dir=tmp_path, swap_dirs=(tmp_path,))
     with pytest.raises(cleanup.RunInterrupted, match="^stopped by SIGTERM$"), run:
         Finalized()  # collected here
-        for _ in range(100):
+        for _ in range(1000):  # 10 s, ended 50 ms in by the stop signalled again
             time.sleep(0.01)
         went_on.append(True)
     assert went_on == [] and ignored == []
