@@ -29,6 +29,7 @@ from mmnsim.config import ConfigError
 from mmnsim.host import THP
 from mmnsim.metrics import catalogue
 from mmnsim.real import cgroup, cleanup, counters, swapfile, tracing
+from mmnsim.real.errors import HostError
 from mmnsim.real.guest import PAGEMAP_PRESENT, Guest, Process
 from mmnsim.real.run import release, thp_advice
 from mmnsim.real.run import run as real_run
@@ -318,6 +319,26 @@ def test_a_tenant_the_oom_killer_takes_between_its_own_batches_is_an_outcome_of_
     assert metrics["oom_kills"] >= 1
     assert metrics["kvm.accesses"] == 3 * 65536  # ticks 0 to 2, then killed during the process's batch
     assert result.rows[-1]["oom_kills"] == metrics["oom_kills"]
+    assert leftovers(os.getpid()) == []
+
+
+def _may_lower_oom_score_adj() -> bool:
+    """CAP_SYS_RESOURCE (bit 24) in this process's effective capabilities."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> 24 & 1)
+    return False
+
+
+@needs_machine
+def test_an_oom_score_adj_the_process_may_not_set_is_one_clear_error():
+    """Lowering a tenant's oom_score_adj below what it inherited needs CAP_SYS_RESOURCE (fs/proc/base.c
+    __set_oom_adj), which the machines of this project's kind withhold even from root: one line saying so,
+    and nothing of the run left."""
+    if _may_lower_oom_score_adj():
+        pytest.skip("this process has CAP_SYS_RESOURCE: it may lower oom_score_adj")
+    with pytest.raises(HostError, match=r"^cannot set a tenant's oom_score_adj to -1000: .* needs CAP_SYS_RESOURCE"):
+        real_run(config("backend=real", *QUICK, "guest.oom_score_adj=-1000"), run_id="pytest-oom-adj")
     assert leftovers(os.getpid()) == []
 
 
