@@ -388,6 +388,8 @@ def test_a_reader_stopped_while_it_opens_its_buffers_leaves_none_open(monkeypatc
     with tracefs_root() as root:
         inst = tracing.TraceInstance.create(root, cleanup.run_name("pytest-interrupted"), buffer_kb=64)
         try:
+            if len(list((inst.path / "per_cpu").glob("cpu[0-9]*"))) < 2:
+                pytest.skip("one CPU: one buffer, opened whole or not at all")
             reader = tracing.TraceReader(inst)
             monkeypatch.setattr(tracing.os, "open", interrupted)
             with pytest.raises(KeyboardInterrupt):
