@@ -180,10 +180,10 @@ def shrink_batch(sim: "Simulation", hand: int, want: int, limit: int, nr_pages: 
                  op: str = "clear_flush_young") -> Batch:  # fmt: skip
     """One round of reclaim as a one-list policy makes it: ``scan_frames(hand, want, limit)``, ``referenced``
     of the folios found (``op``), and ``swap_out`` of the old ones, in the order found, until their pages reach
-    ``nr_pages`` (``folio_pages``: a THP counts 512; the last folio whole; at least one). Exactly those calls, in that
-    order, with the same effects; where every subscriber's young op and invalidation are the standard ones
-    (``fast_ops``), one mm and no device memory, the scan, the young op and the choice are one compiled call
-    and the swap-out another. Charges nothing (``charge_reclaim`` is the policy's)."""
+    ``nr_pages`` (``folio_pages``: a THP counts 512; the last folio whole; at least one). Exactly those calls,
+    in that order, with the same effects; where every subscriber's young op and invalidation are the standard
+    ones (``fast_ops``), one mm and no device memory, the scan, the young op and the choice are one compiled
+    call and the swap-out another. Charges nothing (``charge_reclaim`` is the policy's)."""
     hand = page_arg(hand, sim.host._ft.key.size, "shrink_batch", "hand")
     want = count_arg(want, "shrink_batch", "want")
     limit = count_arg(limit, "shrink_batch", "limit")

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import DictConfig
 
@@ -545,6 +546,11 @@ def doc(values: dict[str, float] | None = None, record_data: dict | None = None,
     other recorded figures or another profile says so under its heading."""
     values = values if values is not None else model_values(time_costs=time_costs)
     data = record_data if record_data is not None else recorded()
+    other_profile = (
+        []
+        if time_costs == TIME_COSTS
+        else [f"**The model's time rows on `costs={time_costs}`**, not the committed profile (`{TIME_COSTS}`).", ""]
+    )
     lines = [
         "# Validation: the model beside this machine's kernel",
         "",
@@ -559,18 +565,7 @@ def doc(values: dict[str, float] | None = None, record_data: dict | None = None,
         "comparison and is not widened to pass. The costs the model takes as input, and where each comes "
         "from, are in [costs.md](costs.md).",
         "",
-        *(
-            [
-                "**The model's time rows on `costs="
-                + str(time_costs)
-                + "`**, not the committed profile (`"
-                + str(TIME_COSTS)
-                + "`).",
-                "",
-            ]
-            if time_costs != TIME_COSTS
-            else []
-        ),
+        *other_profile,
         "| # | behaviour | what is compared | scenario | model | real | tolerance | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -651,7 +646,7 @@ def _readable_record(path: Path) -> dict:
     return data
 
 
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> NoReturn:
     print(f"python -m mmnsim.validation: {message}", file=sys.stderr)
     sys.exit(2)
 

@@ -303,7 +303,7 @@ def _guest_stats(guest: Tenant | None, group, tenants: list[Tenant], tick: int) 
         return None
     with _an_oom_kill_is_an_outcome(guest, group, tenants, tick):
         return guest.kvm_stats()
-    return guest.kvm_stats()
+    return guest.last_stats
 
 
 def _oom_killed(group, tenants: list[Tenant]) -> bool:
